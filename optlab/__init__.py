@@ -1,0 +1,29 @@
+"""optlab: a laboratory for gradient-descent optimizers.
+
+Keras 3's optimizers and learning-rate schedules on numba kernels over numpy
+arrays. Submodules load on first use, so ``import optlab`` is light (no numba,
+no hydra, no mlflow).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .flat import FlatArrays, flat_like, flat_parameters, flatten
+
+__version__ = "0.1.0"
+
+_SUBMODULES = {"optimizers", "schedules", "kernels", "hparams", "registry", "bench"}
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'optlab' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | _SUBMODULES)
+
+
+__all__ = ["FlatArrays", "__version__", "flat_like", "flat_parameters", "flatten", "optimizers", "schedules"]

@@ -1,0 +1,269 @@
+"""Hyperparameters declared once, with their default, type and allowed range.
+
+A component (optimizer, schedule, ...) declares each hyperparameter as a class
+attribute::
+
+    class Adam(Optimizer):
+        beta_1 = Hyper(0.9, low=0.0, high=1.0, high_open=True, doc="decay of the first moment")
+
+Everything else is derived from these declarations: the constructor signature
+and its validation, assignment checks (``opt.beta_1 = 2.0`` raises),
+``get_config`` / ``from_config`` and the documentation tables.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, ClassVar
+
+_MISSING = object()
+
+
+class Hyper:
+    """A declared hyperparameter: default, kind (float, int, bool, str, list), range.
+
+    ``low``/``high`` bound numeric values (``low_open``/``high_open`` make the
+    bound exclusive); ``choices`` restricts strings; ``optional`` allows None.
+    A ``default`` of ``Hyper.REQUIRED`` makes the argument mandatory.
+    """
+
+    REQUIRED: ClassVar[object] = _MISSING
+
+    def __init__(
+        self,
+        default: Any = _MISSING,
+        *,
+        kind: type = float,
+        low: float | None = None,
+        high: float | None = None,
+        low_open: bool = False,
+        high_open: bool = False,
+        optional: bool = False,
+        choices: tuple | None = None,
+        doc: str = "",
+    ):
+        self.default = default
+        self.kind = kind
+        self.low, self.high = low, high
+        self.low_open, self.high_open = low_open, high_open
+        self.optional = optional or default is None
+        self.choices = choices
+        self.doc = doc
+        self.name = "?"
+
+    # -- descriptor protocol -------------------------------------------------
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        return obj.__dict__[self.name]
+
+    def __set__(self, obj, value):
+        obj.__dict__[self.name] = self.validate(value, type(obj).__name__)
+
+    # -- validation -----------------------------------------------------------
+    @property
+    def required(self) -> bool:
+        return self.default is _MISSING
+
+    def allowed(self) -> str:
+        """The allowed values in words, e.g. ``a float in [0, 1)``."""
+        if self.kind is bool:
+            text = "True or False"
+        elif self.choices is not None:
+            text = "one of " + ", ".join(repr(c) for c in self.choices)
+        else:
+            noun = {float: "a float", int: "an integer", str: "a string", list: "a list", object: "a value"}[self.kind]
+            text = noun + _range_text(self.low, self.high, self.low_open, self.high_open)
+        return text + (" or None" if self.optional else "")
+
+    def _error(self, owner: str, value) -> ValueError:
+        return ValueError(f"{owner}: `{self.name}` must be {self.allowed()}; received {self.name}={value!r}")
+
+    def validate(self, value, owner: str = ""):
+        """Return ``value`` coerced to the declared kind, or raise ``ValueError``."""
+        if value is None:
+            if self.optional:
+                return None
+            raise self._error(owner, value)
+        kind = self.kind
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise self._error(owner, value)
+            return value
+        if kind is str:
+            if not isinstance(value, str) or (self.choices is not None and value not in self.choices):
+                raise self._error(owner, value)
+            return value
+        if kind is object:
+            return value
+        if kind is list:
+            if not isinstance(value, (list, tuple)):
+                raise self._error(owner, value)
+            return list(value)
+        if isinstance(value, bool) or not _is_number(value):
+            raise self._error(owner, value)
+        if kind is int:
+            if float(value) != int(value):
+                raise self._error(owner, value)
+            value = int(value)
+        else:
+            value = float(value)
+            if math.isnan(value):
+                raise self._error(owner, value)
+        if not _in_range(value, self.low, self.high, self.low_open, self.high_open):
+            raise self._error(owner, value)
+        return value
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(value, (str, bytes))
+
+
+def _in_range(value, low, high, low_open, high_open) -> bool:
+    if low is not None and (value < low or (low_open and value == low)):
+        return False
+    if high is not None and (value > high or (high_open and value == high)):
+        return False
+    return True
+
+
+def _fmt(x) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def _range_text(low, high, low_open, high_open) -> str:
+    if low is None and high is None:
+        return ""
+    if high is None:
+        return f" {'>' if low_open else '>='} {_fmt(low)}"
+    if low is None:
+        return f" {'<' if high_open else '<='} {_fmt(high)}"
+    return f" in {'(' if low_open else '['}{_fmt(low)}, {_fmt(high)}{')' if high_open else ']'}"
+
+
+class Configurable:
+    """Base of every component built from declared hyperparameters.
+
+    Subclasses get a constructor taking the declared names (positionally in
+    declaration order, or by keyword), ``get_config``/``from_config``, and a
+    generated ``__signature__`` so that ``help()`` shows the real arguments.
+    ``registry_name`` is the lower-case name the component is looked up by.
+    """
+
+    registry_name: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()
+    _hypers: ClassVar[dict[str, Hyper]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "registry_name" not in cls.__dict__:
+            cls.registry_name = _snake(cls.__name__)
+        order: dict[str, Hyper] = {}
+        for klass in reversed(cls.__mro__):
+            for attr, value in vars(klass).items():
+                if isinstance(value, Hyper):
+                    order[attr] = value  # a redeclaration keeps the first position
+        cls._hypers = cls._order_hypers(order)
+        params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        for name, hyper in cls._hypers.items():
+            default = inspect.Parameter.empty if hyper.required else hyper.default
+            params.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default))
+        cls.__init__.__signature__ = inspect.Signature(params + cls._extra_parameters())
+
+    @classmethod
+    def _order_hypers(cls, hypers: dict[str, Hyper]) -> dict[str, Hyper]:
+        return hypers
+
+    @classmethod
+    def _extra_parameters(cls) -> list[inspect.Parameter]:
+        return []
+
+    @classmethod
+    def hyperparameters(cls) -> dict[str, Hyper]:
+        """The declared hyperparameters, in constructor order."""
+        return dict(cls._hypers)
+
+    def _assign_hypers(self, args: tuple, kwargs: dict) -> dict:
+        """Bind ``args``/``kwargs`` to the declarations, validate, assign; return leftovers."""
+        names = list(self._hypers)
+        owner = type(self).__name__
+        if len(args) > len(names):
+            raise TypeError(f"{owner} takes at most {len(names)} positional arguments ({len(args)} given)")
+        values = dict(zip(names, args))
+        for key in list(kwargs):
+            if key in self._hypers:
+                if key in values:
+                    raise TypeError(f"{owner}: got multiple values for argument `{key}`")
+                values[key] = kwargs.pop(key)
+        for name, hyper in self._hypers.items():
+            if name not in values:
+                if hyper.required:
+                    raise TypeError(f"{owner}: missing required argument `{name}` ({hyper.allowed()})")
+                values[name] = hyper.default
+            setattr(self, name, values[name])
+        return kwargs
+
+    def _unknown_arguments(self, kwargs: dict) -> ValueError:
+        from difflib import get_close_matches
+
+        owner = type(self).__name__
+        parts = []
+        for key in kwargs:
+            close = get_close_matches(key, list(self._hypers), n=1)
+            parts.append(f"`{key}`" + (f" (did you mean `{close[0]}`?)" if close else ""))
+        return ValueError(
+            f"{owner}: argument(s) not recognized: {', '.join(parts)}. Accepted arguments: {', '.join(self._hypers)}"
+        )
+
+    def get_config(self) -> dict:
+        """Plain-data description: ``{"name": registry name, hyperparameter: value, ...}``."""
+        config = {"name": self.registry_name}
+        for name in self._hypers:
+            config[name] = _plain(getattr(self, name))
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict):
+        """Rebuild an instance from ``get_config()`` output."""
+        config = dict(config)
+        name = config.pop("name", None)
+        if name is not None and name.lower() not in cls._names():
+            raise ValueError(f"config is for {name!r}, not for {cls.__name__} ({cls.registry_name!r})")
+        return cls(**config)
+
+    @classmethod
+    def _names(cls) -> set[str]:
+        return {cls.registry_name, cls.__name__.lower(), *(a.lower() for a in cls.aliases)}
+
+    def __repr__(self) -> str:
+        args = []
+        for name, hyper in self._hypers.items():
+            value = getattr(self, name)
+            if hyper.required or value != hyper.default:
+                args.append(f"{name}={value!r}")
+        return f"{type(self).__name__}({', '.join(args)})"
+
+
+def _plain(value):
+    if hasattr(value, "get_config"):
+        return value.get_config()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _snake(name: str) -> str:
+    out = []
+    for i, ch in enumerate(name):
+        if ch.isupper() and i and (name[i - 1].islower() or (i + 1 < len(name) and name[i + 1].islower())):
+            out.append("_")
+        out.append(ch.lower())
+    return "".join(out)

@@ -1,0 +1,136 @@
+"""numba kernels: the lazy ``kernel`` decorator and the generic element-wise passes.
+
+A kernel is written as a plain Python function over flat contiguous arrays
+that loops with ``prange`` and updates in place. ``@kernel`` compiles it
+twice, lazily, on first call: a serial version for small arrays (a parallel
+launch costs about 2 us) and a ``parallel=True`` version for large ones.
+Both use ``error_model='numpy'`` (the default Python error model's division
+check blocks SIMD) and ``cache=True``. numba itself is imported on the first
+kernel call, so ``import optlab`` stays light.
+
+Callers pass per-step scalars already cast to the array dtype: a Python float
+would promote float32 arithmetic to float64 inside the loop.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+
+import numpy as np
+
+prange = range  # inside kernels; replaced by numba.prange when compiled
+
+#: arrays with at least this many elements use the parallel variant
+PARALLEL_MIN_SIZE = 1 << 15
+
+
+class Kernel:
+    """A kernel compiled on demand; ``k(x, ...)`` picks serial or parallel by ``x.size``."""
+
+    def __init__(self, fn, parallel: bool = True):
+        self.fn = fn
+        self.__name__ = fn.__name__
+        self.__doc__ = fn.__doc__
+        self._parallel = parallel
+        self._serial_impl = None
+        self._parallel_impl = None
+
+    def _compile(self, parallel: bool):
+        import numba
+
+        namespace = dict(self.fn.__globals__)
+        namespace["prange"] = numba.prange if parallel else range
+        suffix = "_parallel" if parallel else "_serial"
+        fn = types.FunctionType(self.fn.__code__, namespace, self.fn.__name__ + suffix, self.fn.__defaults__)
+        # numba's on-disk cache is keyed by qualified name: keep the two variants apart
+        fn.__qualname__ = fn.__name__
+        fn.__module__ = self.fn.__module__
+        return numba.njit(cache=True, parallel=parallel, error_model="numpy")(fn)
+
+    @property
+    def serial(self):
+        if self._serial_impl is None:
+            self._serial_impl = self._compile(False)
+        return self._serial_impl
+
+    @property
+    def parallel(self):
+        if not self._parallel:
+            return self.serial
+        if self._parallel_impl is None:
+            self._parallel_impl = self._compile(True)
+        return self._parallel_impl
+
+    def __call__(self, x, *args):
+        impl = self.parallel if x.shape[0] >= PARALLEL_MIN_SIZE else self.serial
+        return impl(x, *args)
+
+
+def kernel(fn=None, *, parallel: bool = True):
+    """Decorator: make ``fn`` a lazily compiled numba kernel (see module docs)."""
+    if fn is None:
+        return lambda f: Kernel(f, parallel)
+    return Kernel(fn, parallel)
+
+
+# --- generic passes used by the optimizer base class ------------------------
+
+
+@kernel
+def scale_into(out, g, s):
+    """out = g * s"""
+    for i in prange(out.shape[0]):
+        out[i] = g[i] * s
+
+
+@kernel
+def mul_div_into(out, g, a, b):
+    """out = g * a / b (Keras's clip-by-norm rounding order)"""
+    for i in prange(out.shape[0]):
+        out[i] = g[i] * a / b
+
+
+@kernel
+def clip_into(out, g, v):
+    """out = clip(g, -v, v)"""
+    for i in prange(out.shape[0]):
+        out[i] = min(max(g[i], -v), v)
+
+
+@kernel
+def accumulate(acc, g):
+    """acc += g"""
+    for i in prange(acc.shape[0]):
+        acc[i] += g[i]
+
+
+@kernel
+def average_into(out, g, acc, n):
+    """out = (g + acc) / n; acc = 0 (the update step of gradient accumulation)"""
+    for i in prange(out.shape[0]):
+        out[i] = (g[i] + acc[i]) / n
+        acc[i] = 0
+
+
+@kernel
+def decay(p, c):
+    """p = p - p * c (decoupled weight decay, c = weight_decay * learning_rate)"""
+    for i in prange(p.shape[0]):
+        p[i] = p[i] - p[i] * c
+
+
+@kernel
+def ema(avg, p, momentum, one_minus):
+    """avg = momentum * avg + (1 - momentum) * p"""
+    for i in prange(avg.shape[0]):
+        avg[i] = momentum * avg[i] + one_minus * p[i]
+
+
+def sumsq(x: np.ndarray) -> float:
+    """sum(x**2) of a flat array, as a Python float (BLAS dot, float64 for float64 input)."""
+    return float(np.dot(x, x))
+
+
+def norm(x: np.ndarray) -> float:
+    return math.sqrt(sumsq(x))

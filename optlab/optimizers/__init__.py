@@ -1,0 +1,80 @@
+"""Optimizers with Keras 3's names, arguments, defaults and numerics.
+
+>>> opt = get("adam")                                   # by name, Keras defaults
+>>> opt = get({"name": "adam", "learning_rate": 0.01})  # from a config
+>>> opt.apply_gradients(zip(grads, params))             # one in-place step  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from ..registry import Registry
+from .adadelta import Adadelta
+from .adafactor import Adafactor
+from .adagrad import Adagrad
+from .adam import Adam
+from .adamax import Adamax
+from .adamw import AdamW
+from .base import LearningRate, Optimizer, Segments, Slot
+from .ftrl import Ftrl
+from .lamb import Lamb
+from .lion import Lion
+from .muon import Muon
+from .nadam import Nadam
+from .rmsprop import RMSprop
+from .schedule_free_adamw import ScheduleFreeAdamW
+from .sgd import SGD
+
+BUILTIN = (
+    SGD,
+    RMSprop,
+    Adagrad,
+    Adadelta,
+    Adam,
+    Adamax,
+    Nadam,
+    Ftrl,
+    AdamW,
+    Lion,
+    Lamb,
+    Adafactor,
+    Muon,
+    ScheduleFreeAdamW,
+)
+
+registry = Registry("optimizer")
+for _cls in BUILTIN:
+    registry.register(_cls)
+
+
+def get(identifier, **overrides) -> Optimizer | None:
+    """An optimizer from a name, a config dict (``{"name": ..., **arguments}``) or an instance.
+
+    Names are case-insensitive and accept Keras's aliases (``"RMSprop"``,
+    ``"schedulefreeadamw"``). ``None`` gives ``None``. Keyword ``overrides``
+    are passed to the constructor (with a name or a config).
+    """
+    if identifier is None or isinstance(identifier, Optimizer):
+        return identifier
+    return registry.create(identifier, **overrides)
+
+
+def serialize(optimizer: Optimizer) -> dict:
+    """The optimizer's config (``get`` rebuilds it)."""
+    return optimizer.get_config()
+
+
+def deserialize(config: dict) -> Optimizer:
+    return get(config)
+
+
+__all__ = [
+    "Optimizer",
+    "LearningRate",
+    "Slot",
+    "Segments",
+    "get",
+    "serialize",
+    "deserialize",
+    "registry",
+    *(c.__name__ for c in BUILTIN),
+]

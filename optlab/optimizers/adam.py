@@ -1,0 +1,71 @@
+"""Adam (Kingma and Ba, 2014), with the AMSGrad variant."""
+
+import math
+
+from ..hparams import Hyper
+from ..kernels import kernel, prange
+from .base import Optimizer
+
+
+@kernel
+def _adam(p, g, m, v, alpha, one_minus_b1, one_minus_b2, eps):
+    for i in prange(p.shape[0]):
+        m[i] += (g[i] - m[i]) * one_minus_b1
+        v[i] += (g[i] * g[i] - v[i]) * one_minus_b2
+        p[i] -= m[i] * alpha / (math.sqrt(v[i]) + eps)
+
+
+@kernel
+def _amsgrad(p, g, m, v, vhat, alpha, one_minus_b1, one_minus_b2, eps):
+    for i in prange(p.shape[0]):
+        m[i] += (g[i] - m[i]) * one_minus_b1
+        v[i] += (g[i] * g[i] - v[i]) * one_minus_b2
+        vhat[i] = max(vhat[i], v[i])
+        p[i] -= m[i] * alpha / (math.sqrt(vhat[i]) + eps)
+
+
+def adam_scalars(dt, lr, beta_1, beta_2, step):
+    """Per-step scalars of Adam: alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t), 1 - beta_1, 1 - beta_2."""
+    t = dt(step)
+    b1_power = dt(beta_1) ** t
+    b2_power = dt(beta_2) ** t
+    alpha = lr * dt(math.sqrt(dt(1) - b2_power)) / (dt(1) - b1_power)
+    return dt(alpha), dt(1.0 - beta_1), dt(1.0 - beta_2)
+
+
+class Adam(Optimizer):
+    r"""Adam: steps from bias-corrected first and second moment estimates.
+
+    .. math::
+        m &\leftarrow m + (1-\beta_1)(g - m), \qquad v \leftarrow v + (1-\beta_2)(g^2 - v) \\
+        \alpha_t &= \eta \sqrt{1-\beta_2^t} / (1-\beta_1^t) \\
+        p &\leftarrow p - \alpha_t\, m / (\sqrt{v} + \epsilon)
+
+    With ``amsgrad=True``, :math:`\hat v \leftarrow \max(\hat v, v)` replaces :math:`v` in the step.
+    Epsilon is added to :math:`\sqrt{v}` *before* bias correction is folded into
+    :math:`\alpha_t` (Kingma and Ba's "epsilon hat"), so it acts as
+    :math:`\epsilon / \sqrt{1-\beta_2^t}` relative to the paper's form.
+    References: Kingma and Ba, 2014, "Adam: A Method for Stochastic Optimization", arXiv:1412.6980;
+    Reddi, Kale and Kumar, 2018, "On the Convergence of Adam and Beyond" (AMSGrad).
+    """
+
+    registry_name = "adam"
+    beta_1 = Hyper(0.9, low=0.0, high=1.0, high_open=True, doc="decay of the first moment")
+    beta_2 = Hyper(0.999, low=0.0, high=1.0, high_open=True, doc="decay of the second moment")
+    epsilon = Hyper(1e-7, low=0.0, low_open=True, doc="added to the root of the second moment")
+    amsgrad = Hyper(False, kind=bool, doc="use the running maximum of the second moment (AMSGrad)")
+
+    def slots(self):
+        slots = {"momentum": 0.0, "velocity": 0.0}
+        if self.amsgrad:
+            slots["velocity_hat"] = 0.0
+        return slots
+
+    def update(self, param, grad, state, lr, step, seg):
+        dt = param.dtype.type
+        alpha, omb1, omb2 = adam_scalars(dt, lr, self.beta_1, self.beta_2, step)
+        eps = dt(self.epsilon)
+        if "velocity_hat" in state:
+            _amsgrad(param, grad, state["momentum"], state["velocity"], state["velocity_hat"], alpha, omb1, omb2, eps)
+        else:
+            _adam(param, grad, state["momentum"], state["velocity"], alpha, omb1, omb2, eps)

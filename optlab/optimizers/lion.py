@@ -1,0 +1,42 @@
+"""Lion (Chen et al., 2023): sign-based momentum."""
+
+from ..hparams import Hyper
+from ..kernels import kernel, prange
+from .base import Optimizer
+
+
+@kernel
+def _lion(p, g, m, lr, b1, one_minus_b1, b2, one_minus_b2):
+    for i in prange(p.shape[0]):
+        c = m[i] * b1 + g[i] * one_minus_b1
+        if c > 0:
+            p[i] -= lr
+        elif c < 0:
+            p[i] += lr
+        elif c != c:
+            p[i] = c
+        m[i] = m[i] * b2 + g[i] * one_minus_b2
+
+
+class Lion(Optimizer):
+    r"""Lion: the sign of an interpolated momentum is the step.
+
+    .. math::
+        p \leftarrow p - \eta\,\operatorname{sign}(\beta_1 m + (1-\beta_1) g), \qquad
+        m \leftarrow \beta_2 m + (1-\beta_2) g
+
+    Use a learning rate 3-10x smaller than for Adam.
+    Reference: Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms", arXiv:2302.06675.
+    """
+
+    registry_name = "lion"
+    beta_1 = Hyper(0.9, low=0.0, high=1.0, low_open=True, doc="interpolation for the step's sign (0 gives SignSGD)")
+    beta_2 = Hyper(0.99, low=0.0, high=1.0, high_open=True, doc="decay of the momentum")
+
+    def slots(self):
+        return {"momentum": 0.0}
+
+    def update(self, param, grad, state, lr, step, seg):
+        dt = param.dtype.type
+        b1, b2 = dt(self.beta_1), dt(self.beta_2)
+        _lion(param, grad, state["momentum"], lr, b1, dt(1.0) - b1, b2, dt(1.0) - b2)

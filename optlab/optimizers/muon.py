@@ -1,0 +1,106 @@
+"""Muon (Jordan et al., 2024): orthogonalized momentum for matrices, AdamW for the rest."""
+
+import math
+
+import numpy as np
+
+from ..hparams import Hyper
+from ..kernels import kernel, prange
+from .adam import _adam, adam_scalars
+from .base import Optimizer, Slot
+
+
+@kernel
+def _muon_momentum(m, g, look, mu, mu_minus_one, nesterov):
+    """m <- mu m + g (Keras's m += g + (mu - 1) m); look <- g + mu m (Nesterov) or m."""
+    for i in prange(m.shape[0]):
+        m[i] += g[i] + m[i] * mu_minus_one
+        if nesterov:
+            look[i] = g[i] + mu * m[i]
+        else:
+            look[i] = m[i]
+
+
+def newton_schulz5(x: np.ndarray, steps: int, a: float, b: float, c: float) -> np.ndarray:
+    """Approximate the orthogonal factor U V^T of ``x = U S V^T`` by a quintic Newton-Schulz iteration."""
+    transpose = x.shape[0] > x.shape[1]
+    if transpose:
+        x = x.T
+    x = x / (np.linalg.norm(x) + x.dtype.type(1e-7))
+    for _ in range(steps):
+        gram = x @ x.T
+        poly = b * gram + c * (gram @ gram)
+        x = a * x + poly @ x
+    return x.T if transpose else x
+
+
+def _adam_size(shape):
+    return 0 if len(shape) == 2 else int(np.prod(shape))
+
+
+class Muon(Optimizer):
+    r"""Muon: momentum orthogonalized by Newton-Schulz for 2-D parameters; AdamW for all others.
+
+    For a 2-D parameter of shape :math:`(r, c)`:
+
+    .. math::
+        m &\leftarrow \mu m + g, \qquad o = g + \mu m \ (\text{Nesterov}) \text{ or } m \\
+        p &\leftarrow p - \eta\, \operatorname{NS}_5(o)\, \sqrt{\max(r, c)}\ \text{rms\_rate}
+
+    where :math:`\operatorname{NS}_5` runs ``ns_steps`` iterations of
+    :math:`X \leftarrow aX + (bA + cA^2)X`, :math:`A = XX^T`, from :math:`X = o/(\|o\|_F + 10^{-7})`.
+    Parameters of any other rank take an Adam step with ``adam_beta_1``, ``adam_beta_2``,
+    ``epsilon`` and learning rate ``learning_rate * adam_lr_ratio``, and decay with
+    ``adam_weight_decay`` instead of ``weight_decay``.
+
+    Keras also routes 2-D parameters named like embeddings (or matching ``exclude_layers``) to
+    AdamW; optlab's parameters are unnamed arrays, so the rule here is by rank only.
+    Reference: Jordan et al., 2024, "Muon: An optimizer for hidden layers in neural networks"
+    (kellerjordan.github.io/posts/muon); Liu et al., 2025, "Muon is Scalable for LLM Training" (rms_rate).
+    """
+
+    registry_name = "muon"
+    adam_beta_1 = Hyper(0.9, low=0.0, high=1.0, high_open=True, doc="Adam first-moment decay (non-2-D)")
+    adam_beta_2 = Hyper(0.999, low=0.0, high=1.0, high_open=True, doc="Adam second-moment decay (non-2-D)")
+    adam_weight_decay = Hyper(0.004, low=0.0, doc="weight decay of non-2-D parameters")
+    epsilon = Hyper(1e-7, low=0.0, low_open=True, doc="Adam epsilon (non-2-D)")
+    weight_decay = Hyper(0.004, low=0.0, doc="weight decay of 2-D parameters")
+    muon_a = Hyper(3.4445, doc="Newton-Schulz coefficient a")
+    muon_b = Hyper(-4.775, doc="Newton-Schulz coefficient b")
+    muon_c = Hyper(2.0315, doc="Newton-Schulz coefficient c")
+    adam_lr_ratio = Hyper(1.0, low=0.0, doc="learning-rate multiplier of the Adam parameters")
+    momentum = Hyper(0.95, low=0.0, high=1.0, high_open=True, doc="momentum of the 2-D parameters")
+    ns_steps = Hyper(5, kind=int, low=0, doc="Newton-Schulz iterations")
+    nesterov = Hyper(True, kind=bool, doc="use the Nesterov look-ahead")
+    rms_rate = Hyper(0.2, low=0.0, low_open=True, optional=True, doc="match AdamW's update RMS (None: no scaling)")
+
+    def slots(self):
+        return {"momentum": 0.0, "velocity": Slot(0.0, _adam_size)}
+
+    def weight_decay_rate(self, shape):
+        return self.weight_decay if len(shape) == 2 else self.adam_weight_decay
+
+    def update(self, param, grad, state, lr, step, seg):
+        dt = param.dtype.type
+        adam = None
+        mu = dt(self.momentum)
+        for p, g, m, v, shape in zip(
+            seg.views(param),
+            seg.views(grad),
+            seg.views(state["momentum"]),
+            seg.views(state["velocity"], "velocity"),
+            seg.shapes,
+        ):
+            if len(shape) != 2:
+                if adam is None:
+                    adam = adam_scalars(dt, lr * dt(self.adam_lr_ratio), self.adam_beta_1, self.adam_beta_2, step)
+                _adam(p.reshape(-1), g.reshape(-1), m.reshape(-1), v, *adam, dt(self.epsilon))
+                continue
+            look = np.empty_like(p)
+            _muon_momentum(m.reshape(-1), g.reshape(-1), look.reshape(-1), mu, dt(self.momentum - 1), self.nesterov)
+            direction = newton_schulz5(look, self.ns_steps, self.muon_a, self.muon_b, self.muon_c)
+            direction *= lr
+            if self.rms_rate is not None:
+                direction *= dt(math.sqrt(max(shape)))
+                direction *= dt(self.rms_rate)
+            p -= direction
