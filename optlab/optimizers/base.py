@@ -614,8 +614,7 @@ class Optimizer(Configurable):
                 self._ema[...] = arrays["ema"]
             if self._acc is not None:
                 self._acc[...] = arrays["accumulator"]
-            dt = self._dtype.type
-            self._scalars = {k: dt(v) for k, v in meta["scalars"].items()}
+            self._scalars = {k: float(v) for k, v in meta["scalars"].items()}
         else:
             self._built = False
         self._iterations = int(meta["raw_iterations"])
