@@ -41,9 +41,7 @@ def test_trajectory_matches_keras(case, layout):
 SCHEDULES = schedule_reference()["cases"]
 
 
-@pytest.mark.parametrize(
-    "case", SCHEDULES, ids=[f"{c['keras_class']}-{i}" for i, c in enumerate(SCHEDULES)]
-)
+@pytest.mark.parametrize("case", SCHEDULES, ids=[f"{c['keras_class']}-{i}" for i, c in enumerate(SCHEDULES)])
 def test_schedule_matches_keras(case):
     schedule = optlab.schedules.get({"name": case["keras_class"], **case["kwargs"]})
     expected = np.array(case["values"])

@@ -96,18 +96,24 @@ SCHEDULES = [
     ("PiecewiseConstantDecay", {"boundaries": [10, 20, 50], "values": [1.0, 0.5, 0.1, 0.01]}),
     ("PolynomialDecay", {"initial_learning_rate": 0.1, "decay_steps": 50}),
     ("PolynomialDecay", {"initial_learning_rate": 0.1, "decay_steps": 50, "end_learning_rate": 0.01, "power": 2.0}),
-    ("PolynomialDecay", {"initial_learning_rate": 0.1, "decay_steps": 30, "end_learning_rate": 0.01, "power": 0.5,
-                         "cycle": True}),
+    (
+        "PolynomialDecay",
+        {"initial_learning_rate": 0.1, "decay_steps": 30, "end_learning_rate": 0.01, "power": 0.5, "cycle": True},
+    ),
     ("InverseTimeDecay", {"initial_learning_rate": 0.1, "decay_steps": 10, "decay_rate": 0.5}),
     ("InverseTimeDecay", {"initial_learning_rate": 0.1, "decay_steps": 10, "decay_rate": 0.5, "staircase": True}),
     ("CosineDecay", {"initial_learning_rate": 0.1, "decay_steps": 100}),
     ("CosineDecay", {"initial_learning_rate": 0.1, "decay_steps": 100, "alpha": 0.1}),
-    ("CosineDecay", {"initial_learning_rate": 0.0, "decay_steps": 100, "alpha": 0.05, "warmup_target": 0.5,
-                     "warmup_steps": 20}),
+    (
+        "CosineDecay",
+        {"initial_learning_rate": 0.0, "decay_steps": 100, "alpha": 0.05, "warmup_target": 0.5, "warmup_steps": 20},
+    ),
     ("CosineDecayRestarts", {"initial_learning_rate": 0.1, "first_decay_steps": 20}),
     ("CosineDecayRestarts", {"initial_learning_rate": 0.1, "first_decay_steps": 20, "t_mul": 1.0}),
-    ("CosineDecayRestarts", {"initial_learning_rate": 0.1, "first_decay_steps": 15, "t_mul": 1.5, "m_mul": 0.8,
-                             "alpha": 0.05}),
+    (
+        "CosineDecayRestarts",
+        {"initial_learning_rate": 0.1, "first_decay_steps": 15, "t_mul": 1.5, "m_mul": 0.8, "alpha": 0.05},
+    ),
 ]
 
 
@@ -129,7 +135,7 @@ def build_kwargs(kwargs):
     out = {}
     for key, value in kwargs.items():
         if key == "learning_rate" and isinstance(value, dict):
-            (cls, args), = value.items()
+            ((cls, args),) = value.items()
             value = getattr(keras.optimizers.schedules, cls)(**args)
         out[key] = value
     return out
