@@ -28,8 +28,9 @@ PARALLEL_MIN_SIZE = 1 << 15
 class Kernel:
     """A kernel compiled on demand; ``k(x, ...)`` picks serial or parallel by ``x.size``."""
 
-    def __init__(self, fn, parallel: bool = True):
+    def __init__(self, fn, parallel: bool = True, fastmath=False):
         self.fn = fn
+        self._fastmath = fastmath
         self.__name__ = fn.__name__
         self.__doc__ = fn.__doc__
         self._parallel = parallel
@@ -41,12 +42,19 @@ class Kernel:
 
         namespace = dict(self.fn.__globals__)
         namespace["prange"] = numba.prange if parallel else range
+        # a kernel may call other kernels: it gets their variant of the same kind
+        for key in self.fn.__code__.co_names:
+            value = namespace.get(key)
+            if isinstance(value, Kernel) and value is not self:
+                namespace[key] = value.parallel if parallel else value.serial
         suffix = "_parallel" if parallel else "_serial"
         fn = types.FunctionType(self.fn.__code__, namespace, self.fn.__name__ + suffix, self.fn.__defaults__)
         # numba's on-disk cache is keyed by qualified name: keep the two variants apart
         fn.__qualname__ = fn.__name__
         fn.__module__ = self.fn.__module__
-        return numba.njit(cache=True, parallel=parallel, error_model="numpy")(fn)
+        # only loops written with prange make a function parallel (a driver calling parallel kernels is not)
+        own_parallel = parallel and "prange" in self.fn.__code__.co_names
+        return numba.njit(cache=True, parallel=own_parallel, error_model="numpy", fastmath=self._fastmath)(fn)
 
     @property
     def serial(self):
@@ -67,11 +75,15 @@ class Kernel:
         return impl(x, *args)
 
 
-def kernel(fn=None, *, parallel: bool = True):
-    """Decorator: make ``fn`` a lazily compiled numba kernel (see module docs)."""
+def kernel(fn=None, *, parallel: bool = True, fastmath=False):
+    """Decorator: make ``fn`` a lazily compiled numba kernel (see module docs).
+
+    ``fastmath`` is passed to numba; kernels with a sum reduction use ``{"reassoc"}`` so that
+    LLVM may split the sum into SIMD lanes (without it, the loop runs at the add's latency).
+    """
     if fn is None:
-        return lambda f: Kernel(f, parallel)
-    return Kernel(fn, parallel)
+        return lambda f: Kernel(f, parallel, fastmath)
+    return Kernel(fn, parallel, fastmath)
 
 
 # --- generic passes used by the optimizer base class ------------------------

@@ -52,7 +52,7 @@ def _positive_steps(doc):
 
 
 class Constant(LearningRateSchedule):
-    """lr(step) = value."""
+    """lr(step) = learning_rate at every step."""
 
     registry_name = "constant"
     learning_rate = Hyper(REQUIRED, low=0.0, doc="the learning rate")
@@ -78,8 +78,11 @@ class ExponentialDecay(LearningRateSchedule):
 
 
 class PiecewiseConstantDecay(LearningRateSchedule):
-    """values[0] while step <= boundaries[0]; values[i] while boundaries[i-1] < step <= boundaries[i];
-    values[-1] after the last boundary."""
+    """Constant pieces: values[i] while boundaries[i-1] < step <= boundaries[i].
+
+    values[0] up to and including boundaries[0], values[-1] after the last boundary (a
+    boundary step belongs to the piece before it, as in Keras).
+    """
 
     registry_name = "piecewise_constant_decay"
     aliases = ("piecewise_constant",)

@@ -633,11 +633,22 @@ class Optimizer(Configurable):
         self.set_state(meta, arrays)
 
     def traffic(self) -> int:
-        """Arrays of parameter size read plus written by one step (for bandwidth figures)."""
+        """Parameter-sized arrays one step reads plus writes (for bandwidth figures).
+
+        The update rule's own count (``3 + 2 *`` parameter-shaped slots unless the class sets
+        ``traffic_per_element``) plus the generic passes in use: weight decay reads and writes
+        the parameters (2), the EMA reads the average and the parameters and writes the average (3).
+        """
         if self.traffic_per_element is not None:
-            return self.traffic_per_element
-        shaped = sum(1 for s in (self._slot_specs if self._built else self._specs()).values() if s.size is None)
-        return 3 + 2 * shaped
+            own = self.traffic_per_element
+        else:
+            specs = self._slot_specs if self._built else self._specs()
+            own = 3 + 2 * sum(1 for s in specs.values() if s.size is None)
+        if self.weight_decay:
+            own += 2
+        if self.use_ema:
+            own += 3
+        return own
 
     def _specs(self):
         return {k: (v if isinstance(v, Slot) else Slot(v)) for k, v in self.slots().items()}

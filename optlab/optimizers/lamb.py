@@ -10,26 +10,37 @@ from ..kernels import kernel, prange
 from .base import Optimizer
 
 
+@kernel(fastmath={"reassoc"})
+def _moments(p, g, m, v, one_minus_b1, one_minus_b2, bc1, bc2, eps):
+    """Update m and v; return sum(p^2) and sum(u^2) of the bias-corrected Adam step u."""
+    w_sq = 0.0
+    u_sq = 0.0
+    for i in prange(p.shape[0]):
+        m[i] += (g[i] - m[i]) * one_minus_b1
+        v[i] += (g[i] * g[i] - v[i]) * one_minus_b2
+        u = (m[i] / bc1) / (math.sqrt(v[i] / bc2) + eps)
+        w_sq += p[i] * p[i]
+        u_sq += u * u
+    return w_sq, u_sq
+
+
+@kernel
+def _scaled_step(p, m, v, scale, bc1, bc2, eps):
+    for i in prange(p.shape[0]):
+        p[i] -= scale * ((m[i] / bc1) / (math.sqrt(v[i] / bc2) + eps))
+
+
 @kernel
 def _lamb(p, g, m, v, offsets, ratio_buf, lr, one_minus_b1, one_minus_b2, bc1, bc2, eps):
     for k in range(offsets.shape[0] - 1):
-        start, stop = offsets[k], offsets[k + 1]
-        w_sq = 0.0
-        u_sq = 0.0
-        for i in prange(start, stop):
-            m[i] += (g[i] - m[i]) * one_minus_b1
-            v[i] += (g[i] * g[i] - v[i]) * one_minus_b2
-            u = (m[i] / bc1) / (math.sqrt(v[i] / bc2) + eps)
-            w_sq += p[i] * p[i]
-            u_sq += u * u
+        s, e = offsets[k], offsets[k + 1]
+        w_sq, u_sq = _moments(p[s:e], g[s:e], m[s:e], v[s:e], one_minus_b1, one_minus_b2, bc1, bc2, eps)
         w_norm = math.sqrt(w_sq)
         u_norm = math.sqrt(u_sq)
         ratio_buf[0] = 1.0
         if w_norm > 0 and u_norm > 0:
             ratio_buf[0] = w_norm / u_norm  # rounded to the parameters' dtype, as in Keras
-        scale = ratio_buf[0] * lr
-        for i in prange(start, stop):
-            p[i] -= scale * ((m[i] / bc1) / (math.sqrt(v[i] / bc2) + eps))
+        _scaled_step(p[s:e], m[s:e], v[s:e], ratio_buf[0] * lr, bc1, bc2, eps)
 
 
 class Lamb(Optimizer):
@@ -55,6 +66,12 @@ class Lamb(Optimizer):
     def slots(self):
         return {"momentum": 0.0, "velocity": 0.0}
 
+    def _ratio_buffer(self, dtype):
+        buf = getattr(self, "_ratio", None)
+        if buf is None or buf.dtype != dtype:
+            buf = self._ratio = np.empty(1, dtype)
+        return buf
+
     def update(self, param, grad, state, lr, step, seg):
         dt = param.dtype.type
         t = dt(step)
@@ -69,7 +86,7 @@ class Lamb(Optimizer):
             state["momentum"],
             state["velocity"],
             seg.offsets,
-            np.empty(1, param.dtype),
+            self._ratio_buffer(param.dtype),
             lr,
             dt(1.0 - self.beta_1),
             dt(1.0 - self.beta_2),

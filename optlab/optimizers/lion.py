@@ -6,15 +6,14 @@ from .base import Optimizer
 
 
 @kernel
-def _lion(p, g, m, lr, b1, one_minus_b1, b2, one_minus_b2):
+def _lion(p, g, m, lr, b1, one_minus_b1, b2, one_minus_b2, one, zero):
     for i in prange(p.shape[0]):
         c = m[i] * b1 + g[i] * one_minus_b1
-        if c > 0:
-            p[i] -= lr
-        elif c < 0:
-            p[i] += lr
-        elif c != c:
-            p[i] = c
+        # sign(c) as selects (NaN stays NaN), so the loop vectorises
+        s = one if c > 0 else zero
+        s = -one if c < 0 else s
+        s = c if c != c else s
+        p[i] -= lr * s
         m[i] = m[i] * b2 + g[i] * one_minus_b2
 
 
@@ -39,4 +38,4 @@ class Lion(Optimizer):
     def update(self, param, grad, state, lr, step, seg):
         dt = param.dtype.type
         b1, b2 = dt(self.beta_1), dt(self.beta_2)
-        _lion(param, grad, state["momentum"], lr, b1, dt(1.0) - b1, b2, dt(1.0) - b2)
+        _lion(param, grad, state["momentum"], lr, b1, dt(1.0) - b1, b2, dt(1.0) - b2, dt(1.0), dt(0.0))

@@ -1,0 +1,233 @@
+"""Benchmark: time per step and memory bandwidth of every optimizer's update.
+
+    python -m optlab.bench                       # every optimizer, 1e5 .. 3e7 float32 parameters
+    python -m optlab.bench --optimizers adam,sgd --sizes 1e6,1e7 --json out.json
+
+Figures are medians over repeated steps. Each optimizer's effective bandwidth is
+the bytes its update must read and write (``Optimizer.traffic()`` parameter-sized
+arrays x 4 bytes x n) divided by the step time, and is also reported as a fraction
+of the machine's memory bandwidth *measured in the same run* by a parallel
+read-modify-write kernel ``a[i] += s * b[i]`` (3 arrays' worth of bytes) on arrays
+far larger than the cache, because shared machines are noisy and absolute figures
+from another day mean little. A many-small-arrays case (500 arrays of 2,000
+elements, separate and as views of one flat buffer) shows the per-array overhead.
+Where torch is installed (never required) its CPU Adam, ``fused=True`` and
+``foreach=True``, runs as a peer in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from .kernels import kernel, prange
+
+DEFAULT_SIZES = (100_000, 1_000_000, 10_000_000, 30_000_000)
+#: optimizers whose work is matrix-shaped: benchmarked on matrices of this many columns
+MATRIX_SHAPED = {"adafactor": 256, "muon": 256}
+MANY_ARRAYS, MANY_SIZE = 500, 2_000
+
+
+@kernel
+def _rmw(a, b, s):
+    for i in prange(a.shape[0]):
+        a[i] += s * b[i]
+
+
+def median_time(fn: Callable[[], object], min_repeats: int = 5, min_seconds: float = 0.3, max_repeats: int = 200):
+    """Median wall time of ``fn()`` over at least ``min_repeats`` calls and ``min_seconds``."""
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_repeats and (len(times) < min_repeats or time.perf_counter() - start < min_seconds):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def memory_bandwidth(n: int = 30_000_000) -> float:
+    """Bytes per second of the parallel read-modify-write kernel on float32 arrays of ``n`` elements."""
+    a = np.ones(n, np.float32)
+    b = np.full(n, 0.5, np.float32)
+    s = np.float32(1e-3)
+    _rmw(a, b, s)  # compile, fault the pages in
+    seconds = median_time(lambda: _rmw(a, b, s), min_repeats=10)
+    return 3 * 4 * n / seconds
+
+
+def _problem(n: int, columns: int | None, seed: int = 0):
+    import optlab
+
+    rng = np.random.default_rng(seed)
+    shape = (n // columns, columns) if columns else (n,)
+    params = optlab.flat_parameters([shape], np.float32)
+    params.flat[:] = rng.standard_normal(params.flat.size, dtype=np.float32)
+    grads = optlab.flat_like(params)
+    grads.flat[:] = rng.standard_normal(grads.flat.size, dtype=np.float32) * np.float32(1e-2)
+    return params, grads
+
+
+def bench_optimizer(name: str, n: int) -> dict:
+    """Time one step of optimizer ``name`` (Keras defaults) on ``n`` float32 parameters."""
+    import optlab
+
+    columns = MATRIX_SHAPED.get(name)
+    params, grads = _problem(n, columns)
+    opt = optlab.optimizers.get(name)
+    for _ in range(2):  # build and compile
+        opt.apply(grads, params)
+    seconds = median_time(lambda: opt.apply(grads, params))
+    size = params.flat.size
+    nbytes = opt.traffic() * 4 * size
+    return {"optimizer": name, "n": size, "seconds": seconds, "bytes": nbytes, "gbps": nbytes / seconds / 1e9}
+
+
+def bench_many(name: str = "adam") -> dict:
+    """One step over 500 arrays of 2,000 elements, separate and flat, against one array of 1e6."""
+    import optlab
+
+    rng = np.random.default_rng(0)
+    shapes = [(MANY_SIZE,)] * MANY_ARRAYS
+    separate = [rng.standard_normal(s, dtype=np.float32) for s in shapes]
+    separate_grads = [rng.standard_normal(s, dtype=np.float32) * np.float32(1e-2) for s in shapes]
+    flat = optlab.flatten(separate, dtype=np.float32)
+    flat_grads = optlab.flatten(separate_grads, dtype=np.float32)
+    one, one_grads = _problem(MANY_ARRAYS * MANY_SIZE, None)
+    out = {"optimizer": name}
+    for label, params, grads in (
+        ("separate", separate, separate_grads),
+        ("flat", flat, flat_grads),
+        ("one", one, one_grads),
+    ):
+        opt = optlab.optimizers.get(name)
+        for _ in range(2):
+            opt.apply(grads, params)
+        out[label] = median_time(lambda opt=opt, grads=grads, params=params: opt.apply(grads, params))
+    return out
+
+
+def torch_peers(sizes) -> list[dict]:
+    """torch.optim.Adam on the CPU (fused and foreach) on the same problems, if torch is installed."""
+    try:
+        import torch
+    except ImportError:
+        return []
+    rows = []
+    for mode in ("fused", "foreach"):
+        for n in sizes:
+            p = torch.nn.Parameter(torch.randn(n, dtype=torch.float32))
+            p.grad = torch.randn(n, dtype=torch.float32) * 1e-2
+            opt = torch.optim.Adam([p], lr=1e-3, eps=1e-7, **{mode: True})
+            for _ in range(2):
+                opt.step()
+            seconds = median_time(opt.step)
+            nbytes = 7 * 4 * n
+            rows.append(
+                {
+                    "optimizer": f"torch-adam-{mode}",
+                    "n": n,
+                    "seconds": seconds,
+                    "bytes": nbytes,
+                    "gbps": nbytes / seconds / 1e9,
+                }
+            )
+        params = [torch.nn.Parameter(torch.randn(MANY_SIZE)) for _ in range(MANY_ARRAYS)]
+        for q in params:
+            q.grad = torch.randn(MANY_SIZE) * 1e-2
+        opt = torch.optim.Adam(params, lr=1e-3, **{mode: True})
+        for _ in range(2):
+            opt.step()
+        rows.append({"optimizer": f"torch-adam-{mode}", "many": median_time(opt.step)})
+    return rows
+
+
+def _fmt_time(seconds: float) -> str:
+    return f"{seconds * 1e3:9.3f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:9.1f} us"
+
+
+def main(argv=None) -> int:
+    import optlab
+
+    parser = argparse.ArgumentParser(prog="python -m optlab.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--optimizers", help="comma-separated names (default: every registered optimizer)")
+    parser.add_argument("--sizes", help="comma-separated parameter counts, e.g. 1e6,1e7 (default: 1e5,1e6,1e7,3e7)")
+    parser.add_argument("--no-torch", action="store_true", help="skip the torch peers even if torch is installed")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    args = parser.parse_args(argv)
+
+    registry = optlab.optimizers.registry
+    if args.optimizers:
+        try:
+            names = [registry.canonical(s.strip()) for s in args.optimizers.split(",") if s.strip()]
+        except ValueError as err:
+            parser.error(str(err))
+    else:
+        names = registry.names()
+    try:
+        sizes = [int(float(s)) for s in args.sizes.split(",")] if args.sizes else list(DEFAULT_SIZES)
+    except ValueError:
+        parser.error(f"--sizes must be comma-separated numbers, e.g. 1e6,1e7; received {args.sizes!r}")
+    if any(n < 1 for n in sizes):
+        parser.error("--sizes must be positive")
+
+    import numba
+
+    print(
+        f"optlab {optlab.__version__}, numpy {np.__version__}, numba {numba.__version__}, "
+        f"{numba.config.NUMBA_NUM_THREADS} threads, float32"
+    )
+    bandwidth = memory_bandwidth()
+    print(f"memory bandwidth (parallel a[i] += s*b[i] on 3e7 float32): {bandwidth / 1e9:.1f} GB/s\n")
+    results: dict = {"bandwidth_gbps": bandwidth / 1e9, "steps": [], "many": [], "torch": []}
+
+    print(f"{'optimizer':<22}{'n':>12}{'time/step':>14}{'GB/s':>9}{'of bw':>8}   bytes/elem")
+    for name in names:
+        for n in sizes:
+            row = bench_optimizer(name, n)
+            row["fraction"] = row["gbps"] * 1e9 / bandwidth
+            results["steps"].append(row)
+            note = "  (matrix-shaped)" if name in MATRIX_SHAPED else ""
+            print(
+                f"{name:<22}{row['n']:>12.0e}{_fmt_time(row['seconds']):>14}{row['gbps']:>9.1f}"
+                f"{row['fraction']:>8.2f}   {row['bytes'] // row['n']}{note}"
+            )
+        sys.stdout.flush()
+
+    print(f"\n{MANY_ARRAYS} arrays of {MANY_SIZE} elements vs one array of {MANY_ARRAYS * MANY_SIZE}:")
+    for name in [n for n in ("adam", "sgd") if n in names] or names[:1]:
+        many = bench_many(name)
+        results["many"].append(many)
+        print(
+            f"  {name:<10} separate {_fmt_time(many['separate'])}  flat {_fmt_time(many['flat'])}  "
+            f"one array {_fmt_time(many['one'])}  flat/one = {many['flat'] / many['one']:.2f}  "
+            f"separate/one = {many['separate'] / many['one']:.2f}"
+        )
+
+    if not args.no_torch:
+        peers = torch_peers(sizes)
+        if peers:
+            print("\ntorch peers (CPU, same run):")
+        for row in peers:
+            results["torch"].append(row)
+            if "many" in row:
+                print(f"  {row['optimizer']:<20} {MANY_ARRAYS} arrays of {MANY_SIZE}: {_fmt_time(row['many'])}")
+            else:
+                print(
+                    f"  {row['optimizer']:<20}{row['n']:>12.0e}{_fmt_time(row['seconds']):>14}"
+                    f"{row['gbps']:>9.1f}{row['gbps'] * 1e9 / bandwidth:>8.2f}"
+                )
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
