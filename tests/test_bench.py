@@ -1,0 +1,35 @@
+"""The benchmark's command line (its figures are for reading, not for asserting)."""
+
+import json
+
+import pytest
+
+from optlab import bench
+
+
+def test_bench_runs_and_writes_json(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "memory_bandwidth", lambda n=0, rounds=1: 10e9)
+    out = tmp_path / "b.json"
+    assert bench.main(["--optimizers", "SGD,lamb", "--sizes", "1e3,2000", "--no-torch", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "500 arrays of 2000 elements" in printed
+    data = json.loads(out.read_text())
+    rows = {(r["optimizer"], r["n"]) for r in data["steps"]}
+    assert rows == {("sgd", 1000), ("sgd", 2000), ("lamb", 1000), ("lamb", 2000)}
+    sgd = next(r for r in data["steps"] if r["optimizer"] == "sgd")
+    assert sgd["bytes"] == 12 * sgd["n"]  # p read + written, g read: 3 float32 arrays
+    assert sgd["gbps"] == pytest.approx(sgd["bytes"] / sgd["seconds"] / 1e9)
+
+
+def test_bench_rejects_unknown_optimizers_with_the_known_names(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--optimizers", "adamm"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Did you mean 'adam'" in err and "rmsprop" in err
+
+
+def test_bench_rejects_bad_sizes(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--sizes", "lots"])
+    assert "--sizes" in capsys.readouterr().err
