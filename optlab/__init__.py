@@ -11,19 +11,23 @@ import importlib
 
 from .flat import FlatArrays, flat_like, flat_parameters, flatten
 
-__version__ = "0.1.0"
-
-_SUBMODULES = {"optimizers", "schedules", "kernels", "hparams", "registry", "bench"}
-
 
 def __getattr__(name):
+    if name == "hookimpl":  # the marker plugin authors decorate their hooks with
+        from .hookspecs import hookimpl
+
+        return hookimpl
     if name in _SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'optlab' has no attribute {name!r}")
 
+__version__ = "0.1.0"
+
+_SUBMODULES = {"optimizers", "schedules", "kernels", "hparams", "registry", "plugins", "hookspecs", "testing", "bench"}
+
 
 def __dir__():
-    return sorted(set(globals()) | _SUBMODULES)
+    return sorted(set(globals()) | _SUBMODULES | {"hookimpl"})
 
 
 __all__ = ["FlatArrays", "__version__", "flat_like", "flat_parameters", "flatten", "optimizers", "schedules"]

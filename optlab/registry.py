@@ -1,8 +1,10 @@
-"""Name -> class registries for each kind of component.
+"""Name -> class registries, one per kind of component, filled by the plugin hooks.
 
 A registry maps lower-case names (and aliases) to classes. Lookups are
 case-insensitive; an unknown name raises ``ValueError`` listing the known
-names and the closest match.
+names and the closest match. The registries are empty until the first lookup,
+which loads the plugins (``optlab.plugins``): optlab's built-ins and every
+installed plugin register through the same hooks.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from difflib import get_close_matches
 class Registry:
     """Names of one kind of component (``"optimizer"``, ``"schedule"``, ...)."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, hook: str | None = None):
         self.kind = kind
+        self.hook = hook  # the plugin hook that fills it
         self._classes: dict[str, type] = {}
         self._aliases: dict[str, str] = {}
         self._sources: dict[str, str] = {}
@@ -35,8 +38,15 @@ class Registry:
                 self._aliases.setdefault(alias, name)
         return cls
 
+    def _load(self) -> None:
+        if self.hook is not None:
+            from . import plugins  # the plugin layer fills the registries on first use
+
+            plugins.load()
+
     def names(self) -> list[str]:
         """Registered names, sorted (aliases not included)."""
+        self._load()
         return sorted(self._classes)
 
     def source(self, name: str) -> str:
@@ -44,6 +54,9 @@ class Registry:
         return self._sources[self.canonical(name)]
 
     def canonical(self, name: str) -> str:
+        self._load()
+        if not isinstance(name, str):
+            raise self.unknown(name)
         key = name.lower()
         key = self._aliases.get(key, key)
         if key not in self._classes:
@@ -55,11 +68,16 @@ class Registry:
         return self._classes[self.canonical(name)]
 
     def __contains__(self, name: str) -> bool:
+        self._load()
         key = name.lower()
         return self._aliases.get(key, key) in self._classes
 
     def __iter__(self):
         return iter(self.names())
+
+    def items(self) -> list[tuple[str, type, str]]:
+        """``(name, class, source distribution)`` for every registered name, sorted by name."""
+        return [(n, self._classes[n], self._sources[n]) for n in self.names()]
 
     def unknown(self, name) -> ValueError:
         known = self.names()
@@ -89,3 +107,11 @@ class Registry:
         cls = self.get(config.pop("name"))
         config.update(overrides)
         return cls.from_config(config)
+
+
+#: the registries, filled by the hooks of the same name (see ``optlab.hookspecs``)
+optimizers = Registry("optimizer", hook="register_optimizers")
+schedules = Registry("schedule", hook="register_schedules")
+callbacks = Registry("callback", hook="register_callbacks")
+problems = Registry("problem", hook="register_problems")
+REGISTRIES = {"optimizers": optimizers, "schedules": schedules, "callbacks": callbacks, "problems": problems}

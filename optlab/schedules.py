@@ -16,8 +16,8 @@ import math
 
 import numpy as np
 
+from . import registry as _registries
 from .hparams import Configurable, Hyper
-from .registry import Registry
 
 REQUIRED = Hyper.REQUIRED
 
@@ -237,9 +237,8 @@ BUILTIN = (
     LinearWarmup,
 )
 
-registry = Registry("schedule")
-for _cls in BUILTIN:
-    registry.register(_cls)
+#: schedule names (filled by the plugin hooks on first use: the built-ins and installed plugins)
+registry = _registries.schedules
 
 
 def get(identifier, **overrides) -> LearningRateSchedule | None:

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from ..registry import Registry
+from .. import registry as _registries
 from .adadelta import Adadelta
 from .adafactor import Adafactor
 from .adagrad import Adagrad
@@ -41,16 +41,16 @@ BUILTIN = (
     ScheduleFreeAdamW,
 )
 
-registry = Registry("optimizer")
-for _cls in BUILTIN:
-    registry.register(_cls)
+#: optimizer names (filled by the plugin hooks on first use: the built-ins and installed plugins)
+registry = _registries.optimizers
 
 
 def get(identifier, **overrides) -> Optimizer | None:
     """An optimizer from a name, a config dict (``{"name": ..., **arguments}``) or an instance.
 
     Names are case-insensitive and accept Keras's aliases (``"RMSprop"``,
-    ``"schedulefreeadamw"``). ``None`` gives ``None``. Keyword ``overrides``
+    ``"schedulefreeadamw"``); installed plugins' optimizers are found the same way.
+    ``None`` gives ``None``. Keyword ``overrides``
     are passed to the constructor (with a name or a config).
     """
     if identifier is None or isinstance(identifier, Optimizer):

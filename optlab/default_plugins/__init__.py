@@ -1,0 +1,1 @@
+"""optlab's own plugins: the built-in components, registered through the public hooks."""
