@@ -207,8 +207,6 @@ def _resume_bit_for_bit(cls, kwargs):
 
 
 def _generic_options(cls, kwargs):
-    import optlab
-
     for label, options in GENERIC_OPTIONS.items():
         try:
             opt, params = _run(cls, kwargs, options=options)
@@ -246,7 +244,6 @@ def _generic_options(cls, kwargs):
             "parameters moved on an accumulating call",
             "do not update parameters outside update(); the base class calls it only on the N-th call",
         )
-    del optlab
 
 
 def _deterministic(cls, kwargs):
