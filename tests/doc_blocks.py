@@ -28,6 +28,9 @@ def run_blocks(path: Path):
     """Execute every python block; yield (index, source, printed, expected)."""
     namespace: dict = {"__name__": "__doc__"}
     for index, (source, expected) in enumerate(blocks(path)):
+        if source.startswith("# file: "):  # a file to write, not a snippet to run
+            yield index, source, "", None
+            continue
         buffer = io.StringIO()
         with contextlib.redirect_stdout(buffer):
             exec(compile(source, f"{path.name}[block {index}]", "exec"), namespace)
