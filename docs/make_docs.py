@@ -17,19 +17,10 @@ from pathlib import Path
 import optlab
 from optlab import schedules
 from optlab.optimizers import BUILTIN, Optimizer
+from optlab.optimizers.base import GENERIC_OPTIONS
 
 HERE = Path(__file__).parent
-GENERIC = [
-    "weight_decay",
-    "clipnorm",
-    "clipvalue",
-    "global_clipnorm",
-    "use_ema",
-    "ema_momentum",
-    "ema_overwrite_frequency",
-    "loss_scale_factor",
-    "gradient_accumulation_steps",
-]
+GENERIC = list(GENERIC_OPTIONS)
 
 INTRO = """\
 # Optimizers

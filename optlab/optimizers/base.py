@@ -45,7 +45,8 @@ from ..flat import flat_view
 from ..hparams import Configurable, Hyper
 
 STATE_FORMAT = "optlab.optimizer_state/1"
-_GENERIC = (
+#: the options every optimizer takes (besides learning_rate and name), in Keras's order
+GENERIC_OPTIONS = (
     "weight_decay",
     "clipnorm",
     "clipvalue",
@@ -164,8 +165,8 @@ class Optimizer(Configurable):
     @classmethod
     def _order_hypers(cls, hypers):
         first = {"learning_rate": hypers["learning_rate"]}
-        specific = {k: v for k, v in hypers.items() if k not in first and k not in _GENERIC}
-        generic = {k: hypers[k] for k in _GENERIC}
+        specific = {k: v for k, v in hypers.items() if k not in first and k not in GENERIC_OPTIONS}
+        generic = {k: hypers[k] for k in GENERIC_OPTIONS}
         return {**first, **specific, **generic}
 
     @classmethod
