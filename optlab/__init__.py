@@ -21,9 +21,23 @@ def __getattr__(name):
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'optlab' has no attribute {name!r}")
 
+
 __version__ = "0.1.0"
 
-_SUBMODULES = {"optimizers", "schedules", "kernels", "hparams", "registry", "plugins", "hookspecs", "testing", "bench"}
+_SUBMODULES = {
+    "optimizers",
+    "schedules",
+    "kernels",
+    "hparams",
+    "registry",
+    "plugins",
+    "hookspecs",
+    "testing",
+    "bench",
+    "problems",
+    "callbacks",
+    "trainer",
+}
 
 
 def __dir__():

@@ -172,15 +172,20 @@ class Configurable:
                 if isinstance(value, Hyper):
                     order[attr] = value  # a redeclaration keeps the first position
         cls._hypers = cls._order_hypers(order)
-        params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        params = []
         for name, hyper in cls._hypers.items():
             default = inspect.Parameter.empty if hyper.required else hyper.default
             params.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default))
-        cls.__init__.__signature__ = inspect.Signature(params + cls._extra_parameters())
+        # on the class, not on the shared __init__: each class shows its own arguments in help()
+        cls.__signature__ = inspect.Signature(params + cls._extra_parameters())
 
     @classmethod
     def _order_hypers(cls, hypers: dict[str, Hyper]) -> dict[str, Hyper]:
-        return hypers
+        """Constructor order: required arguments first, then the others, each in declaration order."""
+        return {
+            **{k: h for k, h in hypers.items() if h.required},
+            **{k: h for k, h in hypers.items() if not h.required},
+        }
 
     @classmethod
     def _extra_parameters(cls) -> list[inspect.Parameter]:

@@ -29,7 +29,12 @@ from .registry import REGISTRIES
 
 GROUP = "optlab"
 OWN = "optlab"  # optlab's own distribution
-DEFAULT_PLUGINS = ("optlab.default_plugins.optimizers", "optlab.default_plugins.schedules")
+DEFAULT_PLUGINS = (
+    "optlab.default_plugins.optimizers",
+    "optlab.default_plugins.schedules",
+    "optlab.default_plugins.problems",
+    "optlab.default_plugins.callbacks",
+)
 
 
 class PluginWarning(UserWarning):

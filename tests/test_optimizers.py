@@ -532,3 +532,14 @@ def test_ema_overwrite_frequency():
     assert p[0] == 1.0
     opt.apply([np.array([-1.0])], [p])  # p = 2, ema = 1.5, then overwritten (iterations hits 2)
     assert p[0] == 1.5
+
+
+def test_each_class_shows_its_own_signature():
+    import inspect
+
+    adam = inspect.signature(optlab.optimizers.Adam)
+    sgd = inspect.signature(optlab.optimizers.SGD)
+    assert list(adam.parameters)[:5] == ["learning_rate", "beta_1", "beta_2", "epsilon", "amsgrad"]
+    assert adam.parameters["learning_rate"].default == 0.001
+    assert list(sgd.parameters)[:3] == ["learning_rate", "momentum", "nesterov"]
+    assert "name" in adam.parameters

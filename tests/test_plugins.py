@@ -111,7 +111,8 @@ def test_builtins_are_registered_through_optlabs_own_entry_points():
     from importlib import metadata
 
     eps = {ep.name: ep.value for ep in metadata.entry_points(group="optlab") if ep.dist.name == "optlab"}
-    assert eps == {"optimizers": "optlab.default_plugins.optimizers", "schedules": "optlab.default_plugins.schedules"}
+    kinds = ("optimizers", "schedules", "problems", "callbacks")
+    assert eps == {kind: f"optlab.default_plugins.{kind}" for kind in kinds}
     report = plugins.report()
     sources = {row["name"]: row["distribution"] for row in report["components"]["optimizers"]}
     assert {cls.registry_name for cls in optlab.optimizers.BUILTIN} <= set(sources)

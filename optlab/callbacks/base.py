@@ -1,0 +1,156 @@
+"""The callback protocol (Keras's hooks and names) and the monitored-quantity helper."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+from ..hparams import Configurable, Hyper
+
+
+class Callback(Configurable):
+    """Base class: override any of Keras's hooks.
+
+    ``self.trainer`` (also available as ``self.model``, Keras's name) is the running
+    ``Trainer``: its ``optimizer``, ``params``, ``problem``, ``stop_training``. A callback that
+    keeps state across epochs implements ``get_state()`` / ``set_state(state)`` (JSON-able
+    values and numpy arrays) so that ``BackupAndRestore`` can resume it exactly.
+    """
+
+    def __init__(self, *args, **kwargs):
+        leftovers = self._assign_hypers(args, kwargs)
+        if leftovers:
+            raise self._unknown_arguments(leftovers)
+        self.trainer = None
+        self.check()
+
+    def check(self) -> None:
+        """Cross-argument validation (optional)."""
+
+    @property
+    def model(self):
+        """Keras's name for the object being trained: here the trainer."""
+        return self.trainer
+
+    def set_trainer(self, trainer) -> None:
+        self.trainer = trainer
+
+    # -- Keras's hooks ----------------------------------------------------------------------
+    def on_train_begin(self, logs=None): ...
+    def on_train_end(self, logs=None): ...
+    def on_epoch_begin(self, epoch, logs=None): ...
+    def on_epoch_end(self, epoch, logs=None): ...
+    def on_train_batch_begin(self, batch, logs=None): ...
+    def on_train_batch_end(self, batch, logs=None): ...
+
+    # -- resumable state ------------------------------------------------------------------------
+    def get_state(self) -> dict:
+        """State to save with a backup (JSON-able values; numpy arrays allowed)."""
+        return {}
+
+    def set_state(self, state: dict) -> None:
+        """Restore what ``get_state`` returned."""
+
+
+class CallbackList:
+    """Calls every callback's hook in order."""
+
+    def __init__(self, callbacks):
+        # callbacks that save the others' state (BackupAndRestore) run after them in every hook
+        callbacks = list(callbacks)
+        self.callbacks = [c for c in callbacks if not getattr(c, "runs_last", False)]
+        self.callbacks += [c for c in callbacks if getattr(c, "runs_last", False)]
+
+    def set_trainer(self, trainer):
+        for cb in self.callbacks:
+            cb.set_trainer(trainer)
+
+    def __iter__(self):
+        return iter(self.callbacks)
+
+    def _call(self, name, *args):
+        for cb in self.callbacks:
+            getattr(cb, name)(*args)
+
+    def on_train_begin(self, logs):
+        self._call("on_train_begin", logs)
+
+    def on_train_end(self, logs):
+        self._call("on_train_end", logs)
+
+    def on_epoch_begin(self, epoch, logs):
+        self._call("on_epoch_begin", epoch, logs)
+
+    def on_epoch_end(self, epoch, logs):
+        self._call("on_epoch_end", epoch, logs)
+
+    def on_train_batch_begin(self, batch, logs):
+        self._call("on_train_batch_begin", batch, logs)
+
+    def on_train_batch_end(self, batch, logs):
+        self._call("on_train_batch_end", batch, logs)
+
+
+#: metric names whose improvement is an increase (Keras's ``_direction = "up"`` metrics)
+MAXIMIZED = ("accuracy", "acc", "auc", "precision", "recall", "f1_score")
+#: metric names whose improvement is a decrease, besides anything ending in "loss"
+MINIMIZED = ("loss", "error", "mse", "mae", "distance_to_optimum", "excess")
+
+
+class Monitor(Callback):
+    """A callback watching one logged quantity (Keras's ``MonitorCallback``).
+
+    ``mode="auto"`` takes the direction from the name (with any ``val_`` prefix removed):
+    ``loss`` and other error-like names are minimised, accuracy-like names maximised; any
+    other name raises, asking for ``mode="min"`` or ``"max"``.
+    """
+
+    monitor = Hyper("val_loss", kind=str, doc="the logged quantity to watch")
+    mode = Hyper("auto", kind=str, choices=("auto", "min", "max"), doc="whether improvement is a decrease or increase")
+    min_delta = Hyper(0.0, doc="the smallest change that counts as an improvement (sign ignored)")
+
+    def _direction(self) -> str:
+        if self.mode != "auto":
+            return self.mode
+        name = self.monitor.removeprefix("val_")
+        if name.endswith("loss") or name in MINIMIZED:
+            return "min"
+        if name in MAXIMIZED:
+            return "max"
+        raise ValueError(
+            f"{type(self).__name__} received monitor={self.monitor!r}, but cannot tell whether it should be "
+            "maximized or minimized. Pass mode='max' or mode='min'."
+        )
+
+    def _is_improvement(self, value, reference) -> bool:
+        if reference is None:
+            return True
+        delta = abs(self.min_delta)
+        if self._direction() == "min":  # Keras: less(value - (-min_delta), reference)
+            return value + delta < reference
+        return value - delta > reference
+
+    def _current(self, logs, what: str):
+        logs = logs or {}
+        value = logs.get(self.monitor)
+        if value is None:
+            warnings.warn(
+                f"{what} conditioned on metric `{self.monitor}` which is not available. "
+                f"Available metrics are: {','.join(logs)}",
+                stacklevel=3,
+            )
+            return None
+        return float(value)
+
+
+def is_finite_number(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def as_array_state(params) -> list[np.ndarray]:
+    return [np.array(p, copy=True) for p in params]

@@ -1,0 +1,203 @@
+"""Checkpoints: ``BackupAndRestore`` (resume a killed run exactly) and ``ModelCheckpoint`` (keep parameters).
+
+Both write one ``.npz`` file (arrays, plus JSON metadata; no pickle) through a temporary file
+and an atomic rename, so a crash mid-write leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..hparams import Hyper
+from ..optimizers.base import load_npz, save_npz_atomic
+from .base import Callback, Monitor
+
+BACKUP_FORMAT = "optlab.backup/1"
+CHECKPOINT_FORMAT = "optlab.checkpoint/1"
+
+
+def _encode(value, arrays: dict, prefix: str):
+    """JSON-able form of ``value``; numpy arrays are moved into ``arrays`` under ``prefix``."""
+    if isinstance(value, np.ndarray):
+        arrays[prefix] = value
+        return {"__array__": prefix}
+    if isinstance(value, dict):
+        return {k: _encode(v, arrays, f"{prefix}/{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v, arrays, f"{prefix}/{i}") for i, v in enumerate(value)]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _decode(value, arrays: dict):
+    if isinstance(value, dict):
+        if set(value) == {"__array__"}:
+            return arrays[value["__array__"]]
+        return {k: _decode(v, arrays) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v, arrays) for v in value]
+    return value
+
+
+class BackupAndRestore(Callback):
+    """Back up the whole run to ``backup_dir``; a new run with the same backup_dir resumes from it.
+
+    Saved: the parameters, the optimizer's state (slots, step counter, EMA, accumulators,
+    learning rate), the loop's position (epoch, batch, step), the gradient-noise generator's
+    state, and every other callback's state (``Callback.get_state``). ``save_freq="epoch"``
+    saves after every epoch, an integer N every N steps. With ``delete_checkpoint`` the backup
+    is removed when training ends normally. A resumed run ends with exactly the parameters of
+    one that never stopped.
+    """
+
+    registry_name = "backup_and_restore"
+    backup_dir = Hyper(Hyper.REQUIRED, kind=str, doc="directory of the backup")
+    save_freq = Hyper("epoch", kind=object, doc='"epoch" or a number of steps')
+    delete_checkpoint = Hyper(True, kind=bool, doc="remove the backup when training ends")
+    runs_last = True  # the trainer calls it after the other callbacks, so it saves their final state
+
+    def check(self):
+        if self.save_freq != "epoch" and not (
+            isinstance(self.save_freq, int) and not isinstance(self.save_freq, bool) and self.save_freq >= 1
+        ):
+            raise ValueError(
+                f'BackupAndRestore: `save_freq` must be "epoch" or an integer >= 1; received {self.save_freq!r}'
+            )
+
+    @property
+    def path(self) -> Path:
+        return Path(self.backup_dir) / "backup.npz"
+
+    def on_train_begin(self, logs=None):
+        self._since = 0
+        if self.path.exists():
+            self._restore()
+
+    def _others(self):
+        return [cb for cb in self.trainer.callbacks if cb is not self]
+
+    def _save(self, epoch_done: bool):
+        trainer = self.trainer
+        arrays: dict[str, np.ndarray] = {"params": trainer.params.flat}
+        opt_meta, opt_arrays = trainer.optimizer.get_state()
+        arrays.update({f"optimizer/{k}": v for k, v in opt_arrays.items()})
+        states = [
+            {"class": type(cb).__name__, "state": _encode(cb.get_state(), arrays, f"callback/{i}")}
+            for i, cb in enumerate(self._others())
+        ]
+        meta = {
+            "format": BACKUP_FORMAT,
+            "position": trainer.position(),
+            "epoch_done": epoch_done,
+            "stopped": bool(trainer.stop_training),
+            "optimizer": opt_meta,
+            "callbacks": states,
+        }
+        os.makedirs(self.backup_dir, exist_ok=True)
+        save_npz_atomic(self.path, meta, arrays)
+
+    def _restore(self):
+        trainer = self.trainer
+        meta, arrays = load_npz(self.path)
+        if meta.get("format") != BACKUP_FORMAT:
+            raise ValueError(f"{self.path} is not an optlab backup (format {meta.get('format')!r})")
+        if arrays["params"].shape != trainer.params.flat.shape:
+            raise ValueError(
+                f"{self.path} holds {arrays['params'].size} parameters but the problem has "
+                f"{trainer.params.flat.size}: it is the backup of another run"
+            )
+        others = self._others()
+        if [s["class"] for s in meta["callbacks"]] != [type(cb).__name__ for cb in others]:
+            raise ValueError(
+                f"{self.path} was written with callbacks {[s['class'] for s in meta['callbacks']]}, "
+                f"this run has {[type(cb).__name__ for cb in others]}"
+            )
+        trainer.params.flat[...] = arrays["params"]
+        trainer.optimizer.set_state(
+            meta["optimizer"], {k[len("optimizer/") :]: v for k, v in arrays.items() if k.startswith("optimizer/")}
+        )
+        for cb, saved in zip(others, meta["callbacks"]):
+            cb.set_state(_decode(saved["state"], arrays))
+        trainer.restore_position(meta["position"], meta["epoch_done"])
+        if meta["stopped"]:
+            trainer.initial_epoch = trainer.epochs  # it had stopped: only on_train_end is left
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.save_freq == "epoch":
+            return
+        self._since += 1
+        if self._since >= self.save_freq:
+            self._since = 0
+            self._save(epoch_done=False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_freq == "epoch":
+            self._save(epoch_done=True)
+
+    def on_train_end(self, logs=None):
+        if self.delete_checkpoint and self.path.exists():
+            shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+
+class ModelCheckpoint(Monitor):
+    """Save the parameters (and the optimizer's state) after every epoch, or only the best ones.
+
+    ``filepath`` may contain ``{epoch}`` (1-based) and any logged name, e.g.
+    ``"ckpt/e{epoch:03d}-{val_loss:.3f}.npz"``. With ``save_best_only``, a file is written only
+    when ``monitor`` improves. ``load_checkpoint(path)`` reads one back.
+    """
+
+    registry_name = "model_checkpoint"
+    filepath = Hyper(Hyper.REQUIRED, kind=str, doc="file to write (a format string)")
+    verbose = Hyper(0, kind=int, low=0, doc="print when saving")
+    save_best_only = Hyper(False, kind=bool, doc="save only when the monitored value improves")
+    initial_value_threshold = Hyper(None, optional=True, doc="a value the first save must beat")
+
+    def on_train_begin(self, logs=None):
+        if not hasattr(self, "best") or self.trainer.initial_epoch == 0:
+            self.best = self.initial_value_threshold
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.save_best_only:
+            current = self._current(logs, "Can save best model only with")
+            if current is None or not self._is_improvement(current, self.best):
+                return
+            self.best = current
+        path = self.filepath.format(epoch=epoch + 1, **logs)
+        trainer = self.trainer
+        opt_meta, opt_arrays = trainer.optimizer.get_state()
+        arrays = {f"param/{i}": np.array(p) for i, p in enumerate(trainer.params)}
+        arrays.update({f"optimizer/{k}": v for k, v in opt_arrays.items()})
+        meta = {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": epoch,
+            "logs": {k: float(v) for k, v in logs.items() if isinstance(v, (int, float, np.floating))},
+            "optimizer": opt_meta,
+            "problem": trainer.problem.get_config(),
+        }
+        if os.path.dirname(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        save_npz_atomic(path, meta, arrays)
+        if self.verbose > 0:
+            print(f"\nEpoch {epoch + 1}: saving model to {path}")
+
+    def get_state(self):
+        return {"best": self.best}
+
+    def set_state(self, state):
+        self.best = state["best"]
+
+
+def load_checkpoint(path) -> tuple[list[np.ndarray], dict]:
+    """The parameters saved by ``ModelCheckpoint`` and its metadata (epoch, logs, problem config)."""
+    meta, arrays = load_npz(path)
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an optlab checkpoint (format {meta.get('format')!r})")
+    n = sum(1 for k in arrays if k.startswith("param/"))
+    return [arrays[f"param/{i}"] for i in range(n)], meta

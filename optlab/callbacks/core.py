@@ -1,0 +1,345 @@
+"""Keras's callbacks (semantics, argument names and defaults), plus a threshold stop."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+
+import numpy as np
+
+from ..hparams import Hyper
+from .base import Callback, Monitor, as_array_state, is_finite_number
+
+
+class History(Callback):
+    """Records every epoch's logs: ``history.history["loss"]`` is the list of epoch losses.
+
+    The trainer always adds one and returns it from ``fit()``. ``history.path`` holds the
+    parameters after every step for problems that record their path (the 2-D test functions).
+    """
+
+    registry_name = "history"
+
+    def on_train_begin(self, logs=None):
+        if not hasattr(self, "history") or self.trainer is None or self.trainer.initial_epoch == 0:
+            self.epoch: list[int] = []
+            self.history: dict[str, list] = {}
+            self.path: list[np.ndarray] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch.append(epoch)
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(value)
+
+    def get_state(self):
+        return {"epoch": list(self.epoch), "history": {k: list(v) for k, v in self.history.items()}}
+
+    def set_state(self, state):
+        self.epoch = list(state["epoch"])
+        self.history = {k: list(v) for k, v in state["history"].items()}
+        self.path = []
+
+
+class LearningRateScheduler(Callback):
+    """Sets the learning rate at the start of every epoch: ``lr = schedule(epoch, lr)``.
+
+    ``schedule`` is a function ``(epoch, lr) -> lr`` (or ``epoch -> lr``, Keras's old form), or
+    a learning-rate schedule (an ``optlab.schedules`` instance or config) evaluated at the epoch.
+    Epochs count from 0. The optimizer's learning rate must be a number, not a schedule.
+    """
+
+    registry_name = "learning_rate_scheduler"
+    schedule = Hyper(Hyper.REQUIRED, kind=object, doc="(epoch, lr) -> lr, or a schedule (instance or config)")
+    verbose = Hyper(0, kind=int, low=0, doc="print the new rate each epoch")
+
+    def check(self):
+        if isinstance(self.schedule, dict):
+            from .. import schedules
+
+            self.schedule = schedules.get(self.schedule)
+        if not callable(self.schedule):
+            raise ValueError(f"LearningRateScheduler: `schedule` must be callable; received {self.schedule!r}")
+
+    def get_config(self):
+        from ..schedules import LearningRateSchedule
+
+        if not isinstance(self.schedule, LearningRateSchedule):
+            raise TypeError("LearningRateScheduler with a function as schedule has no plain-data config")
+        return {"name": self.registry_name, "schedule": self.schedule.get_config(), "verbose": self.verbose}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        from ..schedules import LearningRateSchedule
+
+        optimizer = self.trainer.optimizer
+        if isinstance(self.schedule, LearningRateSchedule):
+            lr = self.schedule(epoch)
+        else:
+            try:
+                lr = self.schedule(epoch, float(optimizer.learning_rate))
+            except TypeError:  # Keras's old one-argument form
+                lr = self.schedule(epoch)
+        if not isinstance(lr, (float, np.floating)) and not (isinstance(lr, int) and not isinstance(lr, bool)):
+            raise ValueError(f"The output of the `schedule` function should be a float. Got: {lr!r}")
+        optimizer.learning_rate = float(lr)
+        if self.verbose > 0:
+            print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {float(lr)}.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(self.trainer.optimizer.learning_rate)
+
+
+class EarlyStopping(Monitor):
+    """Stops training when ``monitor`` has stopped improving for ``patience`` epochs (Keras's rules).
+
+    An epoch improves when the value beats the best so far by more than ``min_delta``; the
+    wait counter restarts only if it also beats ``baseline`` (when given). Training stops at
+    the end of an epoch (never the first) once ``wait >= patience``. Epochs before
+    ``start_from_epoch`` are ignored. With ``restore_best_weights``, the parameters of the
+    best epoch are put back at the end of training, whether or not it stopped early.
+    """
+
+    registry_name = "early_stopping"
+    patience = Hyper(0, kind=int, low=0, doc="epochs without improvement before stopping")
+    verbose = Hyper(0, kind=int, low=0, doc="print when stopping")
+    baseline = Hyper(None, optional=True, doc="a value to beat for the wait to restart")
+    restore_best_weights = Hyper(False, kind=bool, doc="restore the best epoch's parameters at the end")
+    start_from_epoch = Hyper(0, kind=int, low=0, doc="epochs to wait before monitoring")
+
+    def on_train_begin(self, logs=None):
+        self.wait = 0
+        self.stopped_epoch = 0
+        self.best = None
+        self.best_weights = None
+        self.best_epoch = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = self._current(logs, "Early stopping")
+        if current is None or epoch < self.start_from_epoch:
+            return
+        if self.restore_best_weights and self.best_weights is None:
+            self.best_weights = as_array_state(self.trainer.params)
+            self.best_epoch = epoch
+        self.wait += 1
+        if self._is_improvement(current, self.best):
+            self.best = current
+            self.best_epoch = epoch
+            if self.restore_best_weights:
+                self.best_weights = as_array_state(self.trainer.params)
+            if self.baseline is None or self._is_improvement(current, self.baseline):
+                self.wait = 0
+            return
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            self.trainer.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.stopped_epoch > 0 and self.verbose > 0:
+            print(f"Epoch {self.stopped_epoch + 1}: early stopping")
+        if self.restore_best_weights and self.best_weights is not None:
+            if self.verbose > 0:
+                print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
+            for p, best in zip(self.trainer.params, self.best_weights):
+                p[...] = best
+
+    def get_state(self):
+        state = {
+            "wait": self.wait,
+            "stopped_epoch": self.stopped_epoch,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+        }
+        if self.best_weights is not None:
+            state["best_weights"] = list(self.best_weights)
+        return state
+
+    def set_state(self, state):
+        self.wait, self.stopped_epoch = state["wait"], state["stopped_epoch"]
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        weights = state.get("best_weights")
+        self.best_weights = None if weights is None else [np.array(w) for w in weights]
+
+
+class ReduceLROnPlateau(Monitor):
+    """Multiplies the learning rate by ``factor`` when ``monitor`` has not improved for ``patience`` epochs.
+
+    Keras's rules: after a reduction, ``cooldown`` epochs pass with the wait counter held at
+    0; the rate never goes below ``min_lr`` (and is not reduced once it is at or below it).
+    """
+
+    registry_name = "reduce_lr_on_plateau"
+    factor = Hyper(0.1, low=0.0, high=1.0, high_open=True, doc="multiplier of the learning rate")
+    patience = Hyper(10, kind=int, low=0, doc="epochs without improvement before reducing")
+    verbose = Hyper(0, kind=int, low=0, doc="print when reducing")
+    min_delta = Hyper(1e-4, doc="the smallest change that counts as an improvement")
+    cooldown = Hyper(0, kind=int, low=0, doc="epochs to wait after a reduction")
+    min_lr = Hyper(0.0, low=0.0, doc="lower bound of the learning rate")
+
+    def on_train_begin(self, logs=None):
+        self.best = None
+        self.cooldown_counter = 0
+        self.wait = 0
+
+    def in_cooldown(self) -> bool:
+        return self.cooldown_counter > 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        optimizer = self.trainer.optimizer
+        if logs is not None:
+            logs["learning_rate"] = float(optimizer.learning_rate)
+        current = self._current(logs, "Learning rate reduction")
+        if current is None:
+            return
+        if self.in_cooldown():
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._is_improvement(current, self.best):
+            self.best = current
+            self.wait = 0
+        elif not self.in_cooldown():
+            self.wait += 1
+            if self.wait >= self.patience:
+                old_lr = float(optimizer.learning_rate)
+                if old_lr > np.float32(self.min_lr):
+                    new_lr = max(old_lr * self.factor, self.min_lr)
+                    optimizer.learning_rate = new_lr
+                    if self.verbose > 0:
+                        print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new_lr}.")
+                    self.cooldown_counter = self.cooldown
+                    self.wait = 0
+
+    def get_state(self):
+        return {"best": self.best, "cooldown_counter": self.cooldown_counter, "wait": self.wait}
+
+    def set_state(self, state):
+        self.best, self.cooldown_counter, self.wait = state["best"], state["cooldown_counter"], state["wait"]
+
+
+class TerminateOnNaN(Callback):
+    """Stops training as soon as a batch's loss is NaN or infinite (``raise_error=True``: raises instead)."""
+
+    registry_name = "terminate_on_nan"
+    raise_error = Hyper(False, kind=bool, doc="raise RuntimeError instead of stopping")
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not is_finite_number(loss):
+            if self.raise_error:
+                raise RuntimeError(f"NaN or Inf found in the loss at batch {batch}: {loss}")
+            print(f"Batch {batch}: Invalid loss, terminating training")
+            self.trainer.stop_training = True
+
+
+class ThresholdStop(Callback):
+    """Stops training once ``monitor`` crosses ``threshold``: at or below it (``mode="min"``), at or above (``"max"``).
+
+    Checked after every step (``every="batch"``, with the problem's metrics evaluated then)
+    or after every epoch. The tutorial's loop is ``ThresholdStop(monitor="excess",
+    threshold=0.1)`` on ``seed_linear``: it steps while a - 1 > 0.1 or b - 1 > 0.1.
+    """
+
+    registry_name = "threshold_stop"
+    monitor = Hyper("loss", kind=str, doc="the logged quantity to watch")
+    threshold = Hyper(Hyper.REQUIRED, doc="the value to cross")
+    mode = Hyper("min", kind=str, choices=("min", "max"), doc="stop at or below (min) or at or above (max)")
+    every = Hyper("epoch", kind=str, choices=("epoch", "batch"), doc="check after every epoch or every step")
+    verbose = Hyper(0, kind=int, low=0, doc="print when stopping")
+
+    def _crossed(self, logs) -> bool:
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            raise ValueError(
+                f"ThresholdStop monitors `{self.monitor}`, which is not logged. Logged: {', '.join(logs or {})}"
+            )
+        value = float(value)
+        return value <= self.threshold if self.mode == "min" else value >= self.threshold
+
+    def _check(self, logs, where):
+        if self._crossed(logs):
+            self.stopped_at = where
+            self.trainer.stop_training = True
+            if self.verbose > 0:
+                print(f"{where}: {self.monitor} = {logs[self.monitor]} crossed {self.threshold}; stopping")
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.every == "batch":
+            metrics = {**(logs or {}), **self.trainer.problem.evaluate(self.trainer.params)}
+            self._check(metrics, f"Step {self.trainer.step}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.every == "epoch":
+            self._check(logs, f"Epoch {epoch + 1}")
+
+
+class CSVLogger(Callback):
+    """Writes every epoch's logs as a CSV row (``append=True`` continues an existing file)."""
+
+    registry_name = "csv_logger"
+    filename = Hyper(Hyper.REQUIRED, kind=str, doc="the CSV file")
+    separator = Hyper(",", kind=str, doc="the field separator")
+    append = Hyper(False, kind=bool, doc="append to an existing file instead of overwriting it")
+
+    def on_train_begin(self, logs=None):
+        resuming = self.trainer is not None and self.trainer.initial_epoch > 0
+        self._append_header = not ((self.append or resuming) and os.path.exists(self.filename))
+        mode = "a" if (self.append or resuming) else "w"
+        self._file = open(self.filename, mode, newline="")
+        self._writer = None
+        self._keys = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        if self._keys is None:
+            self._keys = sorted(logs)
+            self._writer = csv.DictWriter(
+                self._file, fieldnames=["epoch", *self._keys], delimiter=self.separator, extrasaction="ignore"
+            )
+            if self._append_header:
+                self._writer.writeheader()
+        row = {"epoch": epoch, **{k: logs.get(k, "NA") for k in self._keys}}
+        self._writer.writerow(row)
+        self._file.flush()
+
+    def on_train_end(self, logs=None):
+        if getattr(self, "_file", None) is not None:
+            self._file.close()
+            self._file = None
+
+
+class ProgressBar(Callback):
+    """A progress bar per epoch (tqdm) showing the step, loss and learning rate; ``enabled=False`` turns it off."""
+
+    registry_name = "progress_bar"
+    enabled = Hyper(True, kind=bool, doc="show the bar")
+    leave = Hyper(False, kind=bool, doc="keep each epoch's bar on screen")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self.enabled:
+            return
+        from tqdm.auto import tqdm
+
+        total = self.trainer.steps_per_epoch
+        epochs = self.trainer.epochs
+        self._bar = tqdm(
+            total=total, desc=f"Epoch {epoch + 1}/{epochs}", leave=self.leave, file=sys.stderr, unit="step"
+        )
+
+    def on_train_batch_end(self, batch, logs=None):
+        bar = getattr(self, "_bar", None)
+        if bar is None:
+            return
+        logs = logs or {}
+        bar.update(1)
+        if "loss" in logs:
+            bar.set_postfix(loss=f"{logs['loss']:.4g}", lr=f"{logs.get('learning_rate', math.nan):.3g}", refresh=False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        bar = getattr(self, "_bar", None)
+        if bar is not None:
+            bar.close()
+            self._bar = None
+
+    def on_train_end(self, logs=None):
+        self.on_epoch_end(None, logs)  # a run stopped mid-epoch closes its bar too

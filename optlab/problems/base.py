@@ -1,0 +1,93 @@
+"""The problem protocol: something to optimize, with analytic gradients.
+
+A problem owns its data and its parameters' layout. The trainer asks it for:
+
+- ``init(seed, dtype)``: the initial parameters, as views of one flat buffer
+  (``optlab.FlatArrays``), so the optimizer updates them all in one kernel call;
+- ``batches(rng, batch_size)``: the batches of one epoch (index arrays, shuffled with ``rng``;
+  full-batch problems yield ``None`` once);
+- ``loss_and_grad(params, grads, batch, rng)``: the loss on a batch, with the gradient written
+  into ``grads`` (same layout as ``params``); ``rng`` is for problems with gradient noise;
+- ``evaluate(params)``: metrics after an epoch (``val_loss``, ``val_accuracy``,
+  ``distance_to_optimum``, ...), a dict of floats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from ..flat import FlatArrays, flat_parameters
+from ..hparams import Configurable
+
+
+class Problem(Configurable):
+    """Base class of the problems; subclasses declare ``Hyper`` arguments and implement the protocol."""
+
+    #: the 2-D test functions set this: the trainer records the parameters after every step
+    record_path: bool = False
+
+    def __init__(self, *args, **kwargs):
+        leftovers = self._assign_hypers(args, kwargs)
+        if leftovers:
+            raise self._unknown_arguments(leftovers)
+        self.check()
+
+    def check(self) -> None:
+        """Cross-argument validation (optional)."""
+
+    # -- the protocol -------------------------------------------------------------------------
+    def shapes(self) -> list[tuple[int, ...]]:
+        """The parameters' shapes."""
+        raise NotImplementedError
+
+    def initial_values(self, rng: np.random.Generator) -> list[np.ndarray]:
+        """The initial parameters (float64); ``rng`` is seeded by the trainer."""
+        raise NotImplementedError
+
+    def init(self, seed: int = 0, dtype=np.float32) -> FlatArrays:
+        """Seeded initial parameters as views of one flat buffer of ``dtype``."""
+        params = flat_parameters(self.shapes(), dtype)
+        for view, value in zip(params, self.initial_values(np.random.default_rng(seed))):
+            view[...] = value
+        return params
+
+    @property
+    def num_examples(self) -> int | None:
+        """Training examples per epoch, or None for a full-batch problem (one step per epoch)."""
+        return None
+
+    def batches(self, rng: np.random.Generator, batch_size: int | None = None) -> Iterator[np.ndarray | None]:
+        """The batches of one epoch: shuffled index arrays, or ``None`` once for full-batch problems."""
+        n = self.num_examples
+        if n is None or batch_size is None or batch_size >= n:
+            if n is None:
+                yield None
+            else:
+                yield rng.permutation(n)
+            return
+        order = rng.permutation(n)
+        for start in range(0, n, batch_size):
+            yield order[start : start + batch_size]
+
+    def loss_and_grad(self, params, grads, batch=None, rng=None) -> float:
+        """Loss on ``batch``; writes the gradient into ``grads``."""
+        raise NotImplementedError
+
+    def loss(self, params, batch=None) -> float:
+        """The loss alone (a gradient is computed into a scratch buffer)."""
+        grads = [np.empty_like(p) for p in params]
+        return self.loss_and_grad(params, grads, batch, None)
+
+    def evaluate(self, params) -> dict[str, float]:
+        """Metrics of the current parameters (after each epoch)."""
+        return {}
+
+    def optimum(self) -> list[np.ndarray] | None:
+        """The known minimiser, if there is one (for ``distance_to_optimum``)."""
+        return None
+
+
+def distance(params, optimum) -> float:
+    return float(np.sqrt(sum(np.sum((np.asarray(p, np.float64) - o) ** 2) for p, o in zip(params, optimum))))

@@ -1,0 +1,266 @@
+"""Problems with data: the tutorial's line fit, linear and logistic regression, a small MLP."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..hparams import Hyper
+from .base import Problem, distance
+
+
+class SeedLinear(Problem):
+    r"""The tutorial's problem: fit :math:`y = a x + b` to (0, 1), (1, 2), (2, 3).
+
+    Loss :math:`\tfrac12 \sum (a x + b - y)^2`, full batch; the minimum is a = b = 1.
+    Metrics: ``a``, ``b``, ``excess`` = max(a - 1, b - 1) (the tutorial stops once it is
+    <= 0.1) and ``distance_to_optimum``.
+    """
+
+    registry_name = "seed_linear"
+    a = Hyper(2.0, doc="initial slope")
+    b = Hyper(2.0, doc="initial intercept")
+    x = np.array([0.0, 1.0, 2.0])
+    y = np.array([1.0, 2.0, 3.0])
+
+    def shapes(self):
+        return [(), ()]
+
+    def initial_values(self, rng):
+        return [np.array(self.a), np.array(self.b)]
+
+    def loss_and_grad(self, params, grads, batch=None, rng=None):
+        a, b = float(params[0]), float(params[1])
+        r = a * self.x + b - self.y
+        grads[0][...] = np.sum(self.x * r)
+        grads[1][...] = np.sum(r)
+        return 0.5 * float(np.sum(r * r))
+
+    def optimum(self):
+        return [np.array(1.0), np.array(1.0)]
+
+    def evaluate(self, params):
+        a, b = float(params[0]), float(params[1])
+        return {
+            "a": a,
+            "b": b,
+            "excess": max(a - 1.0, b - 1.0),
+            "distance_to_optimum": distance(params, self.optimum()),
+        }
+
+
+class _Supervised(Problem):
+    """Data split into training and validation sets by a seeded permutation."""
+
+    validation_split = Hyper(0.2, low=0.0, high=1.0, high_open=True, doc="fraction held out for validation")
+    data_seed = Hyper(0, kind=int, low=0, doc="seed of the data set and its split")
+
+    def check(self):
+        x, y = self.load_data(np.random.default_rng(self.data_seed))
+        order = np.random.default_rng(self.data_seed + 1).permutation(len(x))
+        n_val = round(self.validation_split * len(x))
+        val, train = order[:n_val], order[n_val:]
+        self.x_train, self.y_train = x[train], y[train]
+        self.x_val, self.y_val = x[val], y[val]
+
+    def load_data(self, rng) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    @property
+    def num_examples(self):
+        return len(self.x_train)
+
+    def _batch(self, batch):
+        if batch is None:
+            return self.x_train, self.y_train
+        return self.x_train[batch], self.y_train[batch]
+
+
+class LinearRegression(_Supervised):
+    r"""Least squares on synthetic data :math:`y = X w^* + b^* + \sigma \varepsilon`.
+
+    Loss :math:`\tfrac{1}{2n} \sum (x^T w + b - y)^2` over a minibatch. ``distance_to_optimum``
+    is to the least-squares solution on the training set (not to :math:`w^*`).
+    """
+
+    registry_name = "linear_regression"
+    n_samples = Hyper(1000, kind=int, low=2, doc="examples in the data set")
+    n_features = Hyper(10, kind=int, low=1, doc="input dimension")
+    noise = Hyper(0.1, low=0.0, doc="standard deviation of the label noise")
+
+    def load_data(self, rng):
+        x = rng.standard_normal((self.n_samples, self.n_features))
+        self.true_w = rng.standard_normal(self.n_features)
+        self.true_b = float(rng.standard_normal())
+        y = x @ self.true_w + self.true_b + self.noise * rng.standard_normal(self.n_samples)
+        return x, y
+
+    def check(self):
+        super().check()
+        design = np.hstack([self.x_train, np.ones((len(self.x_train), 1))])
+        solution, *_ = np.linalg.lstsq(design, self.y_train, rcond=None)
+        self._optimum = [solution[:-1], np.array(solution[-1])]
+
+    def shapes(self):
+        return [(self.n_features,), ()]
+
+    def initial_values(self, rng):
+        return [np.zeros(self.n_features), np.array(0.0)]
+
+    def _loss_grad(self, w, b, x, y):
+        r = x @ w + b - y
+        n = len(y)
+        return 0.5 * float(r @ r) / n, (x.T @ r) / n, float(r.sum()) / n
+
+    def loss_and_grad(self, params, grads, batch=None, rng=None):
+        x, y = self._batch(batch)
+        loss, gw, gb = self._loss_grad(params[0].astype(np.float64), float(params[1]), x, y)
+        grads[0][...] = gw
+        grads[1][...] = gb
+        return loss
+
+    def optimum(self):
+        return self._optimum
+
+    def evaluate(self, params):
+        w, b = params[0].astype(np.float64), float(params[1])
+        out = {"distance_to_optimum": distance(params, self._optimum)}
+        if len(self.y_val):
+            out["val_loss"] = self._loss_grad(w, b, self.x_val, self.y_val)[0]
+        return out
+
+
+def _digits():
+    from sklearn.datasets import load_digits  # ships inside scikit-learn: no download
+
+    data = load_digits()
+    return data.data / 16.0, data.target.astype(np.int64)
+
+
+def _softmax_xent(logits, labels):
+    """Mean cross-entropy and its gradient with respect to the logits."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    probs = exp / exp.sum(axis=1, keepdims=True)
+    n = len(labels)
+    loss = -float(np.mean(np.log(probs[np.arange(n), labels] + 1e-300)))
+    probs[np.arange(n), labels] -= 1.0
+    return loss, probs / n
+
+
+class LogisticRegression(_Supervised):
+    r"""Multinomial logistic regression on scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes).
+
+    Pixels scaled to [0, 1]; softmax cross-entropy averaged over the batch, plus
+    :math:`\tfrac{\lambda}{2}\|W\|^2` with ``l2``. Metrics: ``accuracy`` (training set),
+    ``val_loss``, ``val_accuracy``.
+    """
+
+    registry_name = "logistic_regression"
+    l2 = Hyper(0.0, low=0.0, doc="L2 penalty on the weights")
+
+    def load_data(self, rng):
+        return _digits()
+
+    def shapes(self):
+        return [(64, 10), (10,)]
+
+    def initial_values(self, rng):
+        return [np.zeros((64, 10)), np.zeros(10)]
+
+    def _forward(self, params, x, y):
+        w, b = params[0].astype(np.float64), params[1].astype(np.float64)
+        loss, dlogits = _softmax_xent(x @ w + b, y)
+        loss += 0.5 * self.l2 * float(np.sum(w * w))
+        return loss, x.T @ dlogits + self.l2 * w, dlogits.sum(axis=0)
+
+    def loss_and_grad(self, params, grads, batch=None, rng=None):
+        x, y = self._batch(batch)
+        loss, gw, gb = self._forward(params, x, y)
+        grads[0][...] = gw
+        grads[1][...] = gb
+        return loss
+
+    def _accuracy(self, params, x, y):
+        w, b = params[0].astype(np.float64), params[1].astype(np.float64)
+        return float(np.mean(np.argmax(x @ w + b, axis=1) == y))
+
+    def evaluate(self, params):
+        out = {"accuracy": self._accuracy(params, self.x_train, self.y_train)}
+        if len(self.y_val):
+            out["val_loss"] = self._forward(params, self.x_val, self.y_val)[0]
+            out["val_accuracy"] = self._accuracy(params, self.x_val, self.y_val)
+        return out
+
+
+class MLPDigits(_Supervised):
+    r"""A multilayer perceptron on scikit-learn's handwritten digits.
+
+    64 inputs, ``hidden`` layers (tanh or relu), 10 softmax outputs, mean cross-entropy.
+    Weights start Glorot-uniform (seeded), biases at 0. Metrics as ``logistic_regression``.
+    """
+
+    registry_name = "mlp_digits"
+    hidden = Hyper([64], kind=list, doc="sizes of the hidden layers")
+    activation = Hyper("tanh", kind=str, choices=("tanh", "relu"), doc="hidden activation")
+
+    def check(self):
+        super().check()
+        if not self.hidden or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in self.hidden):
+            raise ValueError(
+                f"MLPDigits: `hidden` must be a non-empty list of positive integers; received {self.hidden}"
+            )
+        self._sizes = [64, *self.hidden, 10]
+
+    def load_data(self, rng):
+        return _digits()
+
+    def shapes(self):
+        out = []
+        for fan_in, fan_out in zip(self._sizes[:-1], self._sizes[1:]):
+            out += [(fan_in, fan_out), (fan_out,)]
+        return out
+
+    def initial_values(self, rng):
+        values = []
+        for fan_in, fan_out in zip(self._sizes[:-1], self._sizes[1:]):
+            limit = np.sqrt(6.0 / (fan_in + fan_out))
+            values += [rng.uniform(-limit, limit, (fan_in, fan_out)), np.zeros(fan_out)]
+        return values
+
+    def _act(self, z):
+        return np.tanh(z) if self.activation == "tanh" else np.maximum(z, 0.0)
+
+    def _act_grad(self, z, a):
+        return 1.0 - a * a if self.activation == "tanh" else (z > 0).astype(z.dtype)
+
+    def _forward(self, params, x):
+        layers = [
+            (params[2 * k].astype(np.float64), params[2 * k + 1].astype(np.float64)) for k in range(len(params) // 2)
+        ]
+        zs, acts = [], [x]
+        for k, (w, b) in enumerate(layers):
+            z = acts[-1] @ w + b
+            zs.append(z)
+            acts.append(z if k == len(layers) - 1 else self._act(z))
+        return layers, zs, acts
+
+    def loss_and_grad(self, params, grads, batch=None, rng=None):
+        x, y = self._batch(batch)
+        layers, zs, acts = self._forward(params, x)
+        loss, delta = _softmax_xent(acts[-1], y)
+        for k in range(len(layers) - 1, -1, -1):
+            grads[2 * k][...] = acts[k].T @ delta
+            grads[2 * k + 1][...] = delta.sum(axis=0)
+            if k:
+                delta = (delta @ layers[k][0].T) * self._act_grad(zs[k - 1], acts[k])
+        return loss
+
+    def _loss_accuracy(self, params, x, y):
+        logits = self._forward(params, x)[2][-1]
+        return _softmax_xent(logits, y)[0], float(np.mean(np.argmax(logits, axis=1) == y))
+
+    def evaluate(self, params):
+        out = {"accuracy": self._loss_accuracy(params, self.x_train, self.y_train)[1]}
+        if len(self.y_val):
+            out["val_loss"], out["val_accuracy"] = self._loss_accuracy(params, self.x_val, self.y_val)
+        return out

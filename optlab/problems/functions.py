@@ -1,0 +1,165 @@
+"""Classic test functions with known minima, and an ill-conditioned noisy quadratic.
+
+The 2-D functions record the optimizer's path (``Problem.record_path``) so that it can be
+plotted over the function's contours.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..hparams import Hyper
+from .base import Problem, distance
+
+
+class _TwoD(Problem):
+    record_path = True
+    x0 = Hyper(-1.2, doc="starting x")
+    y0 = Hyper(1.0, doc="starting y")
+    minima: tuple[tuple[float, float], ...] = ()
+
+    def shapes(self):
+        return [(2,)]
+
+    def initial_values(self, rng):
+        return [np.array([self.x0, self.y0])]
+
+    def f_grad(self, x: float, y: float) -> tuple[float, float, float]:
+        raise NotImplementedError
+
+    def loss_and_grad(self, params, grads, batch=None, rng=None):
+        x, y = float(params[0][0]), float(params[0][1])
+        f, gx, gy = self.f_grad(x, y)
+        grads[0][0] = gx
+        grads[0][1] = gy
+        return f
+
+    def optimum(self):
+        return [np.array(self.minima[0])] if self.minima else None
+
+    def evaluate(self, params):
+        x, y = (float(v) for v in params[0])
+        nearest = min(math.hypot(x - a, y - b) for a, b in self.minima)
+        return {"x": x, "y": y, "distance_to_optimum": nearest}
+
+
+class Rosenbrock(_TwoD):
+    r"""Rosenbrock's banana: :math:`f = (a - x)^2 + b (y - x^2)^2`, minimum 0 at :math:`(a, a^2)`."""
+
+    registry_name = "rosenbrock"
+    a = Hyper(1.0, doc="position of the minimum")
+    b = Hyper(100.0, low=0.0, doc="steepness of the valley walls")
+
+    @property
+    def minima(self):
+        return ((self.a, self.a * self.a),)
+
+    def f_grad(self, x, y):
+        a, b = self.a, self.b
+        r = y - x * x
+        return (a - x) ** 2 + b * r * r, -2 * (a - x) - 4 * b * x * r, 2 * b * r
+
+
+class Beale(_TwoD):
+    r"""Beale's function: :math:`\sum_{i=1}^{3} (c_i - x + x y^i)^2`, c = (1.5, 2.25, 2.625); minimum 0 at (3, 0.5)."""
+
+    registry_name = "beale"
+    x0 = Hyper(1.0, doc="starting x")
+    y0 = Hyper(1.0, doc="starting y")
+    minima = ((3.0, 0.5),)
+
+    def f_grad(self, x, y):
+        f = gx = gy = 0.0
+        for i, c in enumerate((1.5, 2.25, 2.625), start=1):
+            t = c - x + x * y**i
+            f += t * t
+            gx += 2 * t * (y**i - 1)
+            gy += 2 * t * i * x * y ** (i - 1)
+        return f, gx, gy
+
+
+class Himmelblau(_TwoD):
+    r"""Himmelblau's function: :math:`(x^2 + y - 11)^2 + (x + y^2 - 7)^2`, four minima of value 0."""
+
+    registry_name = "himmelblau"
+    x0 = Hyper(0.0, doc="starting x")
+    y0 = Hyper(0.0, doc="starting y")
+    minima = (
+        (3.0, 2.0),
+        (-2.805118086952745, 3.131312518250573),
+        (-3.779310253377747, -3.283185991286170),
+        (3.584428340330492, -1.848126526964404),
+    )
+
+    def f_grad(self, x, y):
+        u = x * x + y - 11
+        v = x + y * y - 7
+        return u * u + v * v, 4 * x * u + 2 * v, 2 * u + 4 * y * v
+
+
+class Rastrigin(_TwoD):
+    r"""Rastrigin's function in 2-D: :math:`2A + \sum (x_i^2 - A\cos 2\pi x_i)`, many local minima, global 0 at 0."""
+
+    registry_name = "rastrigin"
+    x0 = Hyper(2.5, doc="starting x")
+    y0 = Hyper(-1.5, doc="starting y")
+    amplitude = Hyper(10.0, low=0.0, doc="A, the depth of the local minima")
+    minima = ((0.0, 0.0),)
+
+    def f_grad(self, x, y):
+        a = self.amplitude
+        two_pi = 2 * math.pi
+        f = 2 * a + x * x - a * math.cos(two_pi * x) + y * y - a * math.cos(two_pi * y)
+        return f, 2 * x + a * two_pi * math.sin(two_pi * x), 2 * y + a * two_pi * math.sin(two_pi * y)
+
+
+class Quadratic(Problem):
+    r"""A convex quadratic :math:`\tfrac12 \sum_i d_i x_i^2` with :math:`d` log-spaced from 1 to ``condition_number``.
+
+    The gradient :math:`d \odot x` gets Gaussian noise of standard deviation ``noise`` per
+    coordinate (fresh each step, from the trainer's seeded generator). The optimum is 0; the
+    start is seeded, standard normal.
+    """
+
+    registry_name = "quadratic"
+    dim = Hyper(100, kind=int, low=1, doc="number of parameters")
+    condition_number = Hyper(100.0, low=1.0, doc="largest over smallest curvature")
+    noise = Hyper(0.0, low=0.0, doc="standard deviation of the gradient noise")
+
+    def check(self):
+        self._d = np.geomspace(1.0, self.condition_number, self.dim) if self.dim > 1 else np.ones(1)
+        self._d32 = self._d.astype(np.float32)
+
+    def shapes(self):
+        return [(self.dim,)]
+
+    def initial_values(self, rng):
+        return [rng.standard_normal(self.dim)]
+
+    def loss_and_grad(self, params, grads, batch=None, rng=None):
+        x, g = params[0], grads[0]
+        d = self._d32 if x.dtype == np.float32 else self._d
+        np.multiply(d, x, out=g)
+        loss = 0.5 * float(np.dot(g, x))
+        if self.noise > 0:
+            if rng is None:
+                raise ValueError("Quadratic: a noisy gradient needs the trainer's random generator (rng)")
+            scratch = self._noise_buffer(g)
+            rng.standard_normal(out=scratch, dtype=g.dtype)
+            scratch *= g.dtype.type(self.noise)
+            g += scratch
+        return loss
+
+    def _noise_buffer(self, g):
+        buf = getattr(self, "_noise", None)
+        if buf is None or buf.shape != g.shape or buf.dtype != g.dtype:
+            buf = self._noise = np.empty_like(g)
+        return buf
+
+    def optimum(self):
+        return [np.zeros(self.dim)]
+
+    def evaluate(self, params):
+        return {"distance_to_optimum": distance(params, self.optimum())}

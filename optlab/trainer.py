@@ -1,0 +1,161 @@
+"""The training loop: a problem, an optimizer, Keras-style callbacks.
+
+>>> trainer = Trainer("seed_linear", SGD(learning_rate=0.1), epochs=100,   # doctest: +SKIP
+...                   callbacks=[ThresholdStop(monitor="excess", threshold=0.1)])
+>>> history = trainer.fit()                                               # doctest: +SKIP
+
+One epoch is one pass over the problem's batches (one step for full-batch problems).
+Determinism: the batch order of epoch ``e`` comes from a generator seeded with
+``(seed, 0, e)``; gradient noise from one generator seeded with ``(seed, 1)``, whose state
+is saved with backups. The same problem, optimizer, callbacks and seed give bit-identical
+parameters, and a run resumed from a ``BackupAndRestore`` backup ends exactly where an
+uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from .callbacks.base import Callback, CallbackList
+from .callbacks.core import History
+from .flat import flat_like
+
+
+class Trainer:
+    """Fit ``problem`` with ``optimizer`` for ``epochs`` epochs, calling ``callbacks`` at Keras's points.
+
+    ``problem`` and ``optimizer`` may be instances, names or config dicts; ``callbacks`` a list
+    of callback instances (or names / configs). ``batch_size=None`` is full-batch.
+    ``dtype`` is the parameters' dtype (float32 or float64).
+    """
+
+    def __init__(
+        self,
+        problem,
+        optimizer,
+        callbacks: Iterable = (),
+        epochs: int = 1,
+        batch_size: int | None = None,
+        seed: int = 0,
+        dtype="float32",
+    ):
+        from . import callbacks as callback_module
+        from . import optimizers, problems
+
+        self.problem = problems.get(problem)
+        self.optimizer = optimizers.get(optimizer)
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
+            raise ValueError(f"Trainer: `epochs` must be an integer >= 0; received epochs={epochs!r}")
+        if batch_size is not None and (
+            not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1
+        ):
+            raise ValueError(
+                f"Trainer: `batch_size` must be an integer >= 1 or None; received batch_size={batch_size!r}"
+            )
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"Trainer: `seed` must be an integer >= 0; received seed={seed!r}")
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"Trainer: `dtype` must be float32 or float64; received dtype={dtype!r}")
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.seed = seed
+        cbs = [callback_module.get(cb) for cb in callbacks]
+        for cb in cbs:
+            if not isinstance(cb, Callback):
+                raise TypeError(f"Trainer: callbacks must be optlab.callbacks.Callback instances; received {cb!r}")
+        self.history = next((cb for cb in cbs if isinstance(cb, History)), None)
+        if self.history is None:
+            self.history = History()
+            cbs.append(self.history)
+        self.callbacks = CallbackList(cbs)
+        self.params = None
+        self.grads = None
+        self.stop_training = False
+        self.initial_epoch = 0
+        self.epoch = 0
+        self.step = 0
+
+    # -- what callbacks see ---------------------------------------------------------------------
+    @property
+    def steps_per_epoch(self) -> int:
+        n = self.problem.num_examples
+        if n is None or self.batch_size is None:
+            return 1
+        return -(-n // self.batch_size)
+
+    def _start(self):
+        self.params = self.problem.init(self.seed, self.dtype)
+        self.grads = flat_like(self.params)
+        self.noise_rng = np.random.default_rng([self.seed, 1])
+        self.initial_epoch = 0
+        self.initial_batch = 0
+        self.step = 0
+        self._loss_sum = 0.0
+        self._count = 0
+        self.stop_training = False
+
+    def fit(self) -> History:
+        """Run the loop; returns the ``History`` callback (``history.history[name]`` per epoch)."""
+        self._start()
+        callbacks = self.callbacks
+        callbacks.set_trainer(self)
+        callbacks.on_train_begin({})  # BackupAndRestore may move initial_epoch / initial_batch here
+        problem, optimizer, params, grads = self.problem, self.optimizer, self.params, self.grads
+        path = self.history.path if problem.record_path else None
+        logs: dict = {}
+        for epoch in range(self.initial_epoch, self.epochs):
+            self.epoch = epoch
+            first_batch = self.initial_batch if epoch == self.initial_epoch else 0
+            if first_batch == 0:
+                self._loss_sum, self._count = 0.0, 0
+            callbacks.on_epoch_begin(epoch, {})
+            batches = list(problem.batches(np.random.default_rng([self.seed, 0, epoch]), self.batch_size))
+            for index in range(first_batch, len(batches)):
+                batch = batches[index]
+                callbacks.on_train_batch_begin(index, {})
+                loss = problem.loss_and_grad(params, grads, batch, self.noise_rng)
+                optimizer.apply(grads, params)
+                self.step += 1
+                self.batch = index + 1
+                size = 1 if batch is None else len(batch)
+                self._loss_sum += loss * size
+                self._count += size
+                if path is not None:
+                    path.append(params.flat.astype(np.float64))
+                callbacks.on_train_batch_end(index, {"loss": loss, "learning_rate": float(optimizer.learning_rate)})
+                if self.stop_training:
+                    break
+            logs = {
+                "loss": self._loss_sum / max(self._count, 1),
+                "learning_rate": float(optimizer.learning_rate),
+                **problem.evaluate(params),
+            }
+            self.batch = 0
+            callbacks.on_epoch_end(epoch, logs)
+            if self.stop_training:
+                break
+        callbacks.on_train_end(logs)
+        return self.history
+
+    # -- state for backups ----------------------------------------------------------------------
+    def position(self) -> dict:
+        """Where the loop is: the next epoch and batch to run, the step count, the epoch's running loss."""
+        return {
+            "epoch": self.epoch,
+            "batch": getattr(self, "batch", 0),
+            "step": self.step,
+            "loss_sum": self._loss_sum,
+            "count": self._count,
+            "noise_rng": self.noise_rng.bit_generator.state,
+        }
+
+    def restore_position(self, position: dict, epoch_done: bool) -> None:
+        self.initial_epoch = position["epoch"] + (1 if epoch_done else 0)
+        self.initial_batch = 0 if epoch_done else position["batch"]
+        self.epoch = self.initial_epoch
+        self.step = position["step"]
+        self._loss_sum, self._count = position["loss_sum"], position["count"]
+        self.noise_rng.bit_generator.state = position["noise_rng"]

@@ -1,0 +1,138 @@
+"""Problems: analytic gradients against finite differences, seeded layouts, batches, known optima."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import optlab
+from optlab import problems
+from optlab.problems import BUILTIN
+
+SMALL = {
+    "LinearRegression": {"n_samples": 60, "n_features": 4},
+    "MLPDigits": {"hidden": [7, 5]},
+    "Quadratic": {"dim": 12, "condition_number": 50.0},
+}
+
+
+def make(cls):
+    return cls(**SMALL.get(cls.__name__, {}))
+
+
+def finite_difference(problem, params, batch, h=1e-6):
+    grads = []
+    for _k, p in enumerate(params):
+        g = np.zeros(p.shape)
+        for idx in np.ndindex(p.shape):
+            old = p[idx]
+            p[idx] = old + h
+            up = problem.loss(params, batch)
+            p[idx] = old - h
+            down = problem.loss(params, batch)
+            p[idx] = old
+            g[idx] = (up - down) / (2 * h)
+        grads.append(g)
+    return grads
+
+
+@pytest.mark.parametrize("cls", BUILTIN, ids=lambda c: c.__name__)
+def test_gradient_matches_finite_differences(cls):
+    problem = make(cls)
+    params = problem.init(seed=3, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    for p in params:  # move off the starting point (zeros for the regressions)
+        p += 0.3 * rng.standard_normal(p.shape)
+    batch = next(iter(problem.batches(np.random.default_rng(1), batch_size=16)))
+    grads = optlab.flat_like(params)
+    problem.loss_and_grad(params, grads, batch, None)
+    expected = finite_difference(problem, params, batch)
+    for got, want in zip(grads, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("cls", BUILTIN, ids=lambda c: c.__name__)
+def test_init_is_seeded_and_flat(cls):
+    problem = make(cls)
+    a, b = problem.init(seed=5), problem.init(seed=5)
+    assert a.flat.dtype == np.float32 and [x.shape for x in a] == [tuple(s) for s in problem.shapes()]
+    np.testing.assert_array_equal(a.flat, b.flat)
+    assert optlab.flat.flat_view(a) is not None  # the optimizer's one-call path applies
+
+
+@pytest.mark.parametrize("cls", BUILTIN, ids=lambda c: c.__name__)
+def test_lookup_config_and_metrics(cls):
+    problem = problems.get({"name": cls.registry_name, **SMALL.get(cls.__name__, {})})
+    assert type(problem) is cls
+    assert type(cls.from_config(problem.get_config())) is cls
+    metrics = problem.evaluate(problem.init(seed=0))
+    assert all(isinstance(v, float) for v in metrics.values())
+
+
+def test_batches_cover_every_example_once_per_epoch():
+    problem = problems.LinearRegression(n_samples=103, validation_split=0.0)
+    batches = list(problem.batches(np.random.default_rng(0), batch_size=10))
+    assert [len(b) for b in batches] == [10] * 10 + [3]
+    assert sorted(np.concatenate(batches)) == list(range(103))
+    assert list(problems.Rosenbrock().batches(np.random.default_rng(0), 10)) == [None]
+
+
+@pytest.mark.parametrize(
+    ("name", "point", "value"),
+    [
+        ("rosenbrock", (1.0, 1.0), 0.0),
+        ("rosenbrock", (0.0, 0.0), 1.0),  # (1 - 0)^2
+        ("beale", (3.0, 0.5), 0.0),
+        ("beale", (0.0, 0.0), 1.5**2 + 2.25**2 + 2.625**2),
+        ("himmelblau", (3.0, 2.0), 0.0),
+        ("himmelblau", (-2.805118086952745, 3.131312518250573), 0.0),
+        ("himmelblau", (0.0, 0.0), 170.0),  # 121 + 49
+        ("rastrigin", (0.0, 0.0), 0.0),
+        ("rastrigin", (1.0, 1.0), 2.0),  # 2A + 2 - 2A cos(2 pi) = 2
+    ],
+)
+def test_test_functions_at_known_points(name, point, value):
+    problem = problems.get(name)
+    params = optlab.flat_parameters([(2,)], np.float64)
+    params[0][:] = point
+    assert problem.loss(params) == pytest.approx(value, abs=1e-9)
+
+
+def test_seed_linear_is_the_tutorials_problem():
+    problem = problems.SeedLinear()
+    params = problem.init(dtype=np.float64)
+    assert [float(p) for p in params] == [2.0, 2.0]
+    grads = optlab.flat_like(params)
+    loss = problem.loss_and_grad(params, grads)
+    # residuals at a = b = 2: (1, 2, 3) -> loss 7, dL/da = 0*1 + 1*2 + 2*3 = 8, dL/db = 6
+    assert loss == 7.0 and float(grads[0]) == 8.0 and float(grads[1]) == 6.0
+    assert problem.evaluate(params)["excess"] == 1.0
+
+
+def test_quadratic_condition_number_and_noise():
+    problem = problems.Quadratic(dim=4, condition_number=1000.0, noise=0.5)
+    params = optlab.flat_parameters([(4,)], np.float64, fill=1.0)
+    grads = optlab.flat_like(params)
+    with pytest.raises(ValueError, match="rng"):
+        problem.loss_and_grad(params, grads)
+    loss = problem.loss_and_grad(params, grads, None, np.random.default_rng(0))
+    assert loss == pytest.approx(0.5 * (1 + 10 + 100 + 1000))
+    clean = np.array([1.0, 10.0, 100.0, 1000.0])
+    noise = grads[0] - clean
+    assert np.all(noise != 0) and np.all(np.abs(noise) < 5)
+
+
+def test_linear_regression_optimum_is_least_squares():
+    problem = problems.LinearRegression(n_samples=200, n_features=3, noise=0.0)
+    opt_w, opt_b = problem.optimum()
+    np.testing.assert_allclose(opt_w, problem.true_w, atol=1e-10)
+    assert float(opt_b) == pytest.approx(problem.true_b)
+
+
+def test_invalid_problem_arguments():
+    with pytest.raises(ValueError, match="`hidden`"):
+        problems.MLPDigits(hidden=[0])
+    with pytest.raises(ValueError, match="`activation` must be one of 'tanh', 'relu'"):
+        problems.MLPDigits(activation="sigmoid")
+    with pytest.raises(ValueError, match=r"Unknown problem 'rosenbrok'\. Did you mean 'rosenbrock'"):
+        problems.get("rosenbrok")
