@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -86,10 +87,11 @@ class BackupAndRestore(Callback):
         arrays: dict[str, np.ndarray] = {"params": trainer.params.flat}
         opt_meta, opt_arrays = trainer.optimizer.get_state()
         arrays.update({f"optimizer/{k}": v for k, v in opt_arrays.items()})
-        states = [
-            {"class": type(cb).__name__, "state": _encode(cb.get_state(), arrays, f"callback/{i}")}
-            for i, cb in enumerate(self._others())
-        ]
+        states = []
+        for i, cb in enumerate(self._others()):
+            state = cb.get_state()
+            if state:  # stateless callbacks (a progress bar) may differ between the runs
+                states.append({"class": type(cb).__name__, "state": _encode(state, arrays, f"callback/{i}")})
         meta = {
             "format": BACKUP_FORMAT,
             "position": trainer.position(),
@@ -111,18 +113,23 @@ class BackupAndRestore(Callback):
                 f"{self.path} holds {arrays['params'].size} parameters but the problem has "
                 f"{trainer.params.flat.size}: it is the backup of another run"
             )
-        others = self._others()
-        if [s["class"] for s in meta["callbacks"]] != [type(cb).__name__ for cb in others]:
-            raise ValueError(
-                f"{self.path} was written with callbacks {[s['class'] for s in meta['callbacks']]}, "
-                f"this run has {[type(cb).__name__ for cb in others]}"
-            )
+        saved: dict[str, list] = {}
+        for entry in meta["callbacks"]:
+            saved.setdefault(entry["class"], []).append(entry["state"])
         trainer.params.flat[...] = arrays["params"]
         trainer.optimizer.set_state(
             meta["optimizer"], {k[len("optimizer/") :]: v for k, v in arrays.items() if k.startswith("optimizer/")}
         )
-        for cb, saved in zip(others, meta["callbacks"]):
-            cb.set_state(_decode(saved["state"], arrays))
+        for cb in self._others():  # the k-th callback of a class gets the k-th saved state of that class
+            states = saved.get(type(cb).__name__)
+            if states:
+                cb.set_state(_decode(states.pop(0), arrays))
+        unused = [name for name, states in saved.items() for _ in states]
+        if unused:
+            warnings.warn(
+                f"{self.path} holds the state of callbacks this run does not have: {unused}; it is ignored",
+                stacklevel=2,
+            )
         trainer.restore_position(meta["position"], meta["epoch_done"])
         if meta["stopped"]:
             trainer.initial_epoch = trainer.epochs  # it had stopped: only on_train_end is left
