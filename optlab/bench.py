@@ -115,6 +115,43 @@ def bench_many(name: str = "adam") -> dict:
     return out
 
 
+def bench_loop(problem, optimizer, steps: int) -> dict:
+    """Steps per second of the Trainer against the bare loop (gradient + optimizer step) on the same problem."""
+    import optlab
+    from optlab.trainer import Trainer
+
+    problem = optlab.problems.get(problem)
+    params = problem.init(0)
+    grads = optlab.flat_like(params)
+    opt = optlab.optimizers.get(optimizer)
+
+    def bare():
+        for _ in range(steps):
+            problem.loss_and_grad(params, grads, None, None)
+            opt.apply(grads, params)
+
+    class Clock(optlab.callbacks.Callback):
+        """Times the epochs only: building the parameters and the optimizer's state is set-up, not loop."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 0:
+                self.start = time.perf_counter()
+
+        def on_train_end(self, logs=None):
+            self.seconds = time.perf_counter() - self.start
+
+    def trained():
+        clock = Clock()
+        Trainer(problem, optlab.optimizers.get(optimizer), [clock], epochs=steps).fit()
+        return clock.seconds
+
+    bare()
+    trained()  # compile, warm up
+    bare_s = median_time(bare, min_repeats=3, min_seconds=0.5) / steps
+    trainer_s = statistics.median(trained() for _ in range(3)) / steps
+    return {"problem": problem.registry_name, "steps": steps, "bare": bare_s, "trainer": trainer_s}
+
+
 def torch_peers(sizes) -> list[dict]:
     """torch.optim.Adam on the CPU (fused and foreach) on the same problems, if torch is installed."""
     try:
@@ -210,6 +247,18 @@ def main(argv=None) -> int:
             f"  {name:<10} separate {_fmt_time(many['separate'])}  flat {_fmt_time(many['flat'])}  "
             f"one array {_fmt_time(many['one'])}  flat/one = {many['flat'] / many['one']:.2f}  "
             f"separate/one = {many['separate'] / many['one']:.2f}"
+        )
+
+    print("\nTraining loop (Trainer.fit, one step per epoch) against the bare gradient + step loop:")
+    for problem, optimizer, steps in (
+        ("seed_linear", "sgd", 2000),
+        ({"name": "quadratic", "dim": 1_000_000}, "adam", 50),
+    ):
+        row = bench_loop(problem, optimizer, steps)
+        results.setdefault("loop", []).append(row)
+        print(
+            f"  {row['problem']:<12} {optimizer:<5} trainer {1 / row['trainer']:>10,.0f} steps/s   "
+            f"bare {1 / row['bare']:>10,.0f} steps/s   overhead {(row['trainer'] - row['bare']) * 1e6:8.1f} us/step"
         )
 
     if not args.no_torch:

@@ -139,6 +139,15 @@ def ema(avg, p, momentum, one_minus):
         avg[i] = momentum * avg[i] + one_minus * p[i]
 
 
+@kernel(fastmath={"reassoc"})
+def sum_of_squares(x):
+    """sum(x**2), accumulated in float64 (parallel over large arrays)."""
+    total = 0.0
+    for i in prange(x.shape[0]):
+        total += x[i] * x[i]
+    return total
+
+
 def sumsq(x: np.ndarray) -> float:
     """sum(x**2) of a flat array, as a Python float (BLAS dot, float64 for float64 input)."""
     return float(np.dot(x, x))

@@ -112,7 +112,10 @@ class Trainer:
             if first_batch == 0:
                 self._loss_sum, self._count = 0.0, 0
             callbacks.on_epoch_begin(epoch, {})
-            batches = list(problem.batches(np.random.default_rng([self.seed, 0, epoch]), self.batch_size))
+            if problem.num_examples is None:
+                batches = [None]  # full batch: no shuffling, no generator to seed
+            else:
+                batches = list(problem.batches(np.random.default_rng([self.seed, 0, epoch]), self.batch_size))
             for index in range(first_batch, len(batches)):
                 batch = batches[index]
                 callbacks.on_train_batch_begin(index, {})
