@@ -21,7 +21,7 @@ def _make_docs():
     return module
 
 
-@pytest.mark.parametrize("filename", ["optimizers.md", "schedules.md"])
+@pytest.mark.parametrize("filename", ["optimizers.md", "schedules.md", "problems.md", "callbacks.md"])
 def test_generated_reference_is_up_to_date(filename):
     expected = _make_docs().DOCUMENTS[filename]()
     assert (DOCS / filename).read_text() == expected, f"docs/{filename} is stale: run `python docs/make_docs.py`"
@@ -39,7 +39,7 @@ def test_optimizer_reference_covers_every_optimizer_argument_and_paper():
             pytest.fail(f"{cls.__name__}.{name} is not documented")
 
 
-@pytest.mark.parametrize("document", ["README.md", "docs/tutorial.md"])
+@pytest.mark.parametrize("document", ["README.md", "docs/tutorial.md", "docs/training.md"])
 def test_examples_run(document):
     ran = 0
     for index, _source, printed, expected in run_blocks(ROOT / document):

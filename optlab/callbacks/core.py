@@ -165,8 +165,11 @@ class EarlyStopping(Monitor):
 class ReduceLROnPlateau(Monitor):
     """Multiplies the learning rate by ``factor`` when ``monitor`` has not improved for ``patience`` epochs.
 
-    Keras's rules: after a reduction, ``cooldown`` epochs pass with the wait counter held at
-    0; the rate never goes below ``min_lr`` (and is not reduced once it is at or below it).
+    Keras's rules: the rate never goes below ``min_lr``. After a reduction the wait counter
+    is held at 0 for ``cooldown`` epochs — counted down *before* it is checked, so
+    ``cooldown=1`` delays nothing and ``cooldown=2`` skips one epoch. A rate equal to
+    ``min_lr`` still counts as reduced (Keras compares it with ``min_lr`` in float32), which
+    restarts the cooldown.
     """
 
     registry_name = "reduce_lr_on_plateau"

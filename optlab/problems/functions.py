@@ -41,11 +41,13 @@ class _TwoD(Problem):
         raise NotImplementedError
 
     def loss_and_grad(self, params, grads, batch=None, rng=None):
-        x, y = float(params[0][0]), float(params[0][1])
-        f, gx, gy = self.f_grad(x, y)
-        grads[0][0] = gx
-        grads[0][1] = gy
-        return f
+        # numpy scalars: a diverging run overflows to inf (Python floats would raise OverflowError)
+        x, y = np.float64(params[0][0]), np.float64(params[0][1])
+        with np.errstate(over="ignore", invalid="ignore"):
+            f, gx, gy = self.f_grad(x, y)
+            grads[0][0] = gx
+            grads[0][1] = gy
+        return float(f)
 
     def optimum(self):
         return [np.array(self.minima[0])] if self.minima else None
