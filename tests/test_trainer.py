@@ -211,3 +211,16 @@ def test_backup_of_another_run_is_refused(tmp_path):
     other = Trainer("quadratic", "sgd", [BackupAndRestore(str(tmp_path))], epochs=2)
     with pytest.raises(ValueError, match="another run"):
         other.fit()
+
+
+def test_resumed_path_of_a_two_d_function_is_complete(tmp_path):
+    def run(kill_at=None):
+        callbacks = [KillAt(kill_at)] if kill_at else []
+        callbacks.append(BackupAndRestore(str(tmp_path / "backup")))
+        return Trainer("himmelblau", optlab.optimizers.Adam(learning_rate=0.1), callbacks, epochs=20)
+
+    whole = run()
+    expected = np.array(whole.fit().path)
+    with pytest.raises(Crash):
+        run(kill_at=13).fit()
+    np.testing.assert_array_equal(np.array(run().fit().path), expected)

@@ -34,12 +34,15 @@ class History(Callback):
             self.history.setdefault(key, []).append(value)
 
     def get_state(self):
-        return {"epoch": list(self.epoch), "history": {k: list(v) for k, v in self.history.items()}}
+        state = {"epoch": list(self.epoch), "history": {k: list(v) for k, v in self.history.items()}}
+        if self.path:
+            state["path"] = np.array(self.path)
+        return state
 
     def set_state(self, state):
         self.epoch = list(state["epoch"])
         self.history = {k: list(v) for k, v in state["history"].items()}
-        self.path = []
+        self.path[:] = list(state["path"]) if "path" in state else []  # the trainer holds this list
 
 
 class LearningRateScheduler(Callback):
