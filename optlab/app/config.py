@@ -1,0 +1,139 @@
+"""Config groups generated from the registries, and validation of a composed config.
+
+Every registered optimizer, schedule, problem and callback — built-in or from a plugin — is
+a Hydra config group option with its declared defaults (``optimizer=adam``,
+``callbacks=[early_stopping]``): no yaml is written for a component.
+"""
+
+from __future__ import annotations
+
+from difflib import get_close_matches
+
+from .. import callbacks, optimizers, problems, schedules
+from ..hparams import Hyper
+
+MISSING = "???"
+GROUPS = {
+    "optimizer": optimizers.registry,
+    "schedule": schedules.registry,
+    "problem": problems.registry,
+    "callbacks": callbacks.registry,
+}
+#: callbacks the app adds itself (not selectable)
+INTERNAL_CALLBACKS = {"history", "progress_bar"}
+
+
+class ConfigError(ValueError):
+    """A user mistake in the config or the command line: reported in one message, no traceback."""
+
+
+def _default(hyper: Hyper):
+    if hyper.required:
+        return MISSING
+    value = hyper.default
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return value
+
+
+def component_node(cls, group: str) -> dict:
+    node = {"name": cls.registry_name}
+    for name, hyper in cls.hyperparameters().items():
+        node[name] = _default(hyper)
+    if group == "schedule":
+        # a schedule starts from the optimizer's learning rate, and decays over the whole run
+        for key in ("initial_learning_rate",):
+            if key in node:
+                node[key] = "${optimizer.learning_rate}"
+    return node
+
+
+def register_configs() -> None:
+    """Store one config group option per registered component (Hydra's ConfigStore)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    for group, registry in GROUPS.items():
+        for name, cls, _source in registry.items():
+            if group == "callbacks":
+                if name in INTERNAL_CALLBACKS:
+                    continue
+                cs.store(group=group, name=name, node=component_node(cls, group), package=f"callbacks.{name}")
+            else:
+                cs.store(group=group, name=name, node=component_node(cls, group))
+    cs.store(group="schedule", name="none", node={"name": None})
+
+
+def _closest(name: str, known) -> str:
+    close = get_close_matches(name, list(known), n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Catch unknown component names and arguments in command-line overrides before Hydra does.
+
+    Hydra's own messages for these do not list the valid names or arguments; ours do.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as error:  # Hydra's grammar error: keep its message, without the traceback
+        raise ConfigError(str(error)) from None
+    for override in parsed:
+        key = override.key_or_group
+        parts = key.split(".")
+        group = parts[0]
+        if group not in GROUPS or override.is_delete():
+            continue
+        registry = GROUPS[group]
+        known = [n for n in registry.names() if group != "callbacks" or n not in INTERNAL_CALLBACKS]
+        if group == "schedule":
+            known = ["none", *known]
+        if len(parts) == 1:  # a choice: optimizer=adam, callbacks=[a,b], optimizer=sgd,adam (sweep)
+            for value in _choices(override):
+                if value not in known and value.lower() not in registry:
+                    raise ConfigError(
+                        f"Unknown {group.rstrip('s')} {value!r}.{_closest(value, known)} Known: {', '.join(known)}"
+                    )
+            continue
+        if group == "callbacks" or override.is_add():
+            continue  # callbacks.<name>.<arg>: checked when the callback is built
+        if len(parts) == 2 and parts[1] != "name":
+            component = _selected(overrides, group)
+            if component == "none":
+                continue
+            if component is not None and component.lower() in registry:
+                cls = registry.get(component)
+                accepted = list(cls.hyperparameters())
+                if parts[1] not in accepted:
+                    raise ConfigError(
+                        f"{group}.{parts[1]}: {cls.__name__} has no argument {parts[1]!r}."
+                        f"{_closest(parts[1], accepted)} Accepted arguments: {', '.join(accepted)}"
+                    )
+            elif not any(parts[1] in registry.get(n).hyperparameters() for n in registry.names()):
+                raise ConfigError(f"{group}.{parts[1]}: no {group} has an argument {parts[1]!r}")
+
+
+def _choices(override) -> list[str]:
+    value = override.value()
+    if override.is_sweep_override():
+        return [str(v) for v in override.sweep_string_iterator()]
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+DEFAULT_CHOICES = {"optimizer": "adam", "problem": "mlp_digits", "schedule": "none"}
+
+
+def _selected(overrides: list[str], group: str) -> str | None:
+    """The component chosen for ``group`` on the command line (None when a preset may change it)."""
+    if any(text.lstrip("+~").startswith("experiment=") for text in overrides):
+        return None
+    choice = DEFAULT_CHOICES.get(group)
+    for text in overrides:
+        key, _, value = text.partition("=")
+        if key.lstrip("+~") == group and "," not in value:
+            choice = value
+    return choice

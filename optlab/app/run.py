@@ -1,0 +1,175 @@
+"""One experiment from a composed config: build, train, track, summarise."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+from .. import __version__, callbacks, optimizers, problems, schedules
+from ..callbacks import Callback, ProgressBar
+from ..trainer import Trainer
+from .config import MISSING, ConfigError
+
+STEP_KEYS = ("decay_steps", "first_decay_steps")
+
+
+class PrintRows(Callback):
+    """Prints chosen logged values after every epoch, rounded to 4 decimals (the tutorial's rows)."""
+
+    registry_name = "print_rows"
+
+    def __init__(self, keys):
+        super().__init__()
+        self.keys = list(keys)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        print(" ".join(str(round(float(logs[k]), 4)) for k in self.keys if k in logs), flush=True)
+
+
+def _component(kind: str, getter, config: dict):
+    try:
+        return getter(dict(config))
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{kind}: {error}") from None
+
+
+def build(conf: dict):
+    """Problem, optimizer and callbacks from the plain-data config; user mistakes raise ConfigError."""
+    problem = _component("problem", problems.get, conf["problem"])
+    optimizer = _component("optimizer", optimizers.get, conf["optimizer"])
+    trainer_conf = conf["trainer"]
+    for key in ("epochs", "batch_size", "dtype", "progress_bar"):
+        if key not in trainer_conf:
+            raise ConfigError(f"trainer.{key} is missing")
+    schedule_conf = dict(conf.get("schedule") or {})
+    if schedule_conf.get("name"):
+        steps_per_epoch = 1
+        if problem.num_examples is not None and trainer_conf["batch_size"]:
+            steps_per_epoch = -(-problem.num_examples // trainer_conf["batch_size"])
+        total = max(1, steps_per_epoch * int(trainer_conf["epochs"]))
+        for key in STEP_KEYS:  # decay over the whole run unless told otherwise
+            if schedule_conf.get(key) == MISSING:
+                schedule_conf[key] = total
+        missing = [k for k, v in schedule_conf.items() if v == MISSING]
+        if missing:
+            raise ConfigError(f"schedule.{missing[0]} is required (e.g. schedule.{missing[0]}=...)")
+        schedule = _component("schedule", schedules.get, schedule_conf)
+        optimizer.learning_rate = schedule
+    cbs = []
+    for name, cb_conf in (conf.get("callbacks") or {}).items():
+        cb_conf = dict(cb_conf)
+        missing = [k for k, v in cb_conf.items() if v == MISSING]
+        if missing:
+            raise ConfigError(f"callbacks.{name}.{missing[0]} is required (e.g. callbacks.{name}.{missing[0]}=...)")
+        cbs.append(_component(f"callbacks.{name}", callbacks.get, cb_conf))
+    return problem, optimizer, cbs
+
+
+def make_trainer(conf: dict, problem, optimizer, cbs, extra=()):
+    t = conf["trainer"]
+    try:
+        return Trainer(
+            problem,
+            optimizer,
+            [*cbs, *extra, ProgressBar(enabled=bool(t["progress_bar"]))],
+            epochs=t["epochs"],
+            batch_size=t["batch_size"] if problem.num_examples is not None else None,
+            seed=conf["seed"],
+            dtype=t["dtype"],
+        )
+    except (ValueError, TypeError) as error:
+        raise ConfigError(str(error)) from None
+
+
+def tags_for(conf: dict, problem, optimizer, sweep: dict) -> dict:
+    from importlib import metadata
+
+    source = optimizers.registry.source(optimizer.registry_name)
+    try:
+        source_version = __version__ if source == "optlab" else metadata.version(source)
+    except metadata.PackageNotFoundError:
+        source_version = "?"
+    tags = {
+        "optimizer": optimizer.registry_name,
+        "problem": problem.registry_name,
+        "seed": str(conf["seed"]),
+        "optlab_version": __version__,
+        "optimizer_distribution": source,
+        "optimizer_distribution_version": source_version,
+        "metric": conf.get("metric", ""),
+    }
+    tags.update({k: str(v) for k, v in sweep.items() if v is not None})
+    return tags
+
+
+def run(conf: dict, sweep: dict | None = None) -> float:
+    """Train once as configured; returns the final value of ``conf["metric"]`` (the sweep objective)."""
+    sweep = sweep or {}
+    problem, optimizer, cbs = build(conf)
+    extra = []
+    if conf.get("print_every_epoch"):
+        extra.append(PrintRows(conf["print_every_epoch"]))
+    tracking = conf.get("tracking") or {}
+    tracker = None
+    if tracking.get("enabled"):
+        from .tracking import MlflowTracker
+
+        run_name = f"{optimizer.registry_name}-{problem.registry_name}-seed{conf['seed']}"
+        if sweep.get("sweep_job") is not None:
+            run_name += f"-job{sweep['sweep_job']}"
+        tracker = MlflowTracker(
+            tracking.get("uri"),
+            tracking.get("experiment", "optlab"),
+            conf,
+            tags_for(conf, problem, optimizer, sweep),
+            run_name,
+            int(tracking.get("log_every", 1)),
+        )
+        extra.append(tracker)
+    trainer = make_trainer(conf, problem, optimizer, cbs, extra)
+    if tracker is not None:
+        tracker.start()
+    start = time.perf_counter()
+    try:
+        history = trainer.fit()
+    except KeyboardInterrupt:
+        if tracker is not None:
+            tracker.close("KILLED", "interrupted (Ctrl-C)")
+        raise
+    except BaseException as error:
+        if tracker is not None:
+            tracker.close("FAILED", f"{type(error).__name__}: {error}")
+        raise
+    seconds = time.perf_counter() - start
+    if tracker is not None:
+        tracker.close("FINISHED")
+    summary(conf, trainer, history, seconds, tracker)
+    values = history.history.get(conf.get("metric", "val_loss"))
+    return float(values[-1]) if values else math.nan
+
+
+def summary(conf, trainer, history, seconds, tracker) -> None:
+    out = sys.stdout
+    h = history.history
+    print(
+        f"\n{trainer.optimizer.registry_name} on {trainer.problem.registry_name}: {trainer.step} steps, "
+        f"{len(history.epoch)} epochs, {seconds:.2f} s",
+        file=out,
+    )
+    width = max((len(k) for k in h), default=0)
+    for key, values in h.items():
+        if not values:
+            continue
+        finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+        best = ""
+        if finite and key not in ("learning_rate",):
+            pick = max if key.removeprefix("val_") in ("accuracy", "acc") else min
+            best = f"   best {pick(finite):.6g} (epoch {values.index(pick(finite)) + 1})"
+        print(f"  {key:<{width}}  final {values[-1]:.6g}{best}", file=out)
+    if tracker is not None:
+        uri = tracker.uri
+        print(f"\nlogged to MLflow: {uri}  (experiment {tracker.experiment!r}, run {tracker.run_id})", file=out)
+        backend = uri if "://" in uri else f"file:{uri}"
+        print(f"open it with:  mlflow ui --backend-store-uri {backend} --host 127.0.0.1", file=out)

@@ -1,0 +1,217 @@
+"""MLflow tracking: every run's config, tags, per-step and per-epoch metrics, plots and status.
+
+Metrics are buffered and written by a background thread in batches (``log_batch``), so that
+logging every step of a long run costs little: the training loop only appends to a list.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..callbacks import Callback
+
+BATCH = 1000  # MLflow's limit of metrics per log_batch call
+DEFAULT_DB = "mlflow.db"
+
+
+def default_uri() -> str:
+    """``$MLFLOW_TRACKING_URI``, else MLflow's default local store: ``sqlite:///mlflow.db`` in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / DEFAULT_DB}"
+
+
+def flatten(config, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    if isinstance(config, dict):
+        for key, value in config.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+    else:
+        out[prefix[:-1]] = str(config)[:6000]
+    return out
+
+
+class MlflowTracker(Callback):
+    """Logs one MLflow run per training run (see docs/tracking.md for what is recorded)."""
+
+    registry_name = "mlflow_tracker"
+
+    def __init__(self, uri, experiment, config: dict, tags: dict, run_name: str, log_every: int = 1):
+        super().__init__()
+        self.uri = uri or default_uri()
+        self.experiment = experiment
+        self.config = config
+        self.tags = tags
+        self.run_name = run_name
+        self.log_every = log_every
+        self.run_id = None
+        self.metrics_logged = 0
+        self._steps: list[int] = []
+        self._losses: list[float] = []
+        self._rates: list[float] = []
+        self._epoch_metrics: dict[str, list[tuple[int, float]]] = {}
+
+    # -- set-up ---------------------------------------------------------------------------
+    def start(self) -> None:
+        import logging
+
+        for name in ("mlflow", "alembic"):  # store creation and migrations are not the user's business
+            logging.getLogger(name).setLevel(logging.WARNING)
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=self.uri)
+        experiment = self.client.get_experiment_by_name(self.experiment)
+        if experiment is None:
+            location = None
+            if self.uri.startswith("sqlite:///") and "MLFLOW_TRACKING_URI" not in os.environ:
+                location = (Path(self.uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
+            try:
+                experiment_id = self.client.create_experiment(self.experiment, artifact_location=location)
+            except Exception:  # created meanwhile by a parallel run of the same sweep
+                experiment_id = self.client.get_experiment_by_name(self.experiment).experiment_id
+        else:
+            experiment_id = experiment.experiment_id
+        run = self.client.create_run(experiment_id, tags=self.tags, run_name=self.run_name)
+        self.run_id = run.info.run_id
+        params = flatten(self.config)
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+        import yaml
+
+        self.client.log_text(self.run_id, yaml.safe_dump(self.config, sort_keys=False), "config.yaml")
+        self._queue: queue.Queue = queue.Queue()
+        self._error: BaseException | None = None
+        self._writer = threading.Thread(target=self._write, name="optlab-mlflow-writer", daemon=True)
+        self._writer.start()
+        self._pending: list = []
+
+    def _write(self):
+        while True:
+            batch = self._queue.get()
+            if batch is None:
+                return
+            try:
+                for start in range(0, len(batch), BATCH):
+                    self.client.log_batch(self.run_id, metrics=batch[start : start + BATCH])
+            except BaseException as error:  # reported by close(); training goes on
+                self._error = error
+
+    def _add(self, key: str, value: float, step: int):
+        from mlflow.entities import Metric
+
+        self._pending.append(Metric(key, float(value), int(time.time() * 1000), step))
+        self.metrics_logged += 1
+        if len(self._pending) >= BATCH:
+            self._queue.put(self._pending)
+            self._pending = []
+
+    # -- callback hooks ---------------------------------------------------------------------
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.trainer.step
+        if step % self.log_every:
+            return
+        logs = logs or {}
+        loss, lr = logs.get("loss"), logs.get("learning_rate")
+        if loss is not None:
+            self._add("loss", loss, step)
+            self._steps.append(step)
+            self._losses.append(float(loss))
+            self._rates.append(float(lr) if lr is not None else np.nan)
+        if lr is not None:
+            self._add("learning_rate", lr, step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = self.trainer.step
+        for key, value in (logs or {}).items():
+            name = f"epoch_{key}" if key in ("loss", "learning_rate") else key
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                continue
+            self._add(name, value, step)
+            self._epoch_metrics.setdefault(name, []).append((step, value))
+
+    def close(self, status: str, error: str | None = None) -> None:
+        """Flush every metric, write the plots, and end the run with ``status``."""
+        if self.run_id is None:
+            return
+        if self._pending:
+            self._queue.put(self._pending)
+            self._pending = []
+        self._queue.put(None)
+        self._writer.join()
+        if self._error is not None:
+            error = f"{error + '; ' if error else ''}metric logging failed: {self._error}"
+            status = "FAILED"
+        try:
+            self._plots()
+        except Exception as plot_error:  # a plot must never hide the run's own outcome
+            self.client.set_tag(self.run_id, "plot_error", str(plot_error)[:5000])
+        if error:
+            self.client.set_tag(self.run_id, "error", error[:5000])
+        self.client.set_terminated(self.run_id, status=status)
+        self.run_id_closed = self.run_id
+
+    # -- artifacts --------------------------------------------------------------------------
+    def _plots(self):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        if self._steps:
+            fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+            ax_loss.plot(self._steps, self._losses, lw=0.8, label="loss (per step)")
+            if "epoch_loss" in self._epoch_metrics:
+                steps, values = zip(*self._epoch_metrics["epoch_loss"])
+                ax_loss.plot(steps, values, "o-", ms=3, label="loss (epoch mean)")
+            if "val_loss" in self._epoch_metrics:
+                steps, values = zip(*self._epoch_metrics["val_loss"])
+                ax_loss.plot(steps, values, "s-", ms=3, label="val_loss")
+            if np.all(np.asarray(self._losses) > 0):
+                ax_loss.set_yscale("log")
+            ax_loss.set_ylabel("loss")
+            ax_loss.legend()
+            ax_lr.plot(self._steps, self._rates, lw=1.0, color="tab:green")
+            ax_lr.set_ylabel("learning rate")
+            ax_lr.set_xlabel("step")
+            fig.suptitle(self.run_name)
+            fig.tight_layout()
+            self.client.log_figure(self.run_id, fig, "curves.png")
+            plt.close(fig)
+        problem = self.trainer.problem
+        path = self.trainer.history.path
+        if problem.record_path and path:
+            self.client.log_figure(self.run_id, path_figure(problem, np.array(path), self.run_name), "path.png")
+            plt.close("all")
+
+
+def path_figure(problem, path: np.ndarray, title: str):
+    """The optimizer's path over the contours of a 2-D problem."""
+    import matplotlib.pyplot as plt
+
+    points = np.vstack([path, np.array([[problem.x0, problem.y0]]), np.array(problem.minima)])
+    finite = points[np.all(np.isfinite(points), axis=1)]
+    lo, hi = finite.min(axis=0), finite.max(axis=0)
+    pad = 0.15 * (hi - lo) + 0.5
+    xs = np.linspace(lo[0] - pad[0], hi[0] + pad[0], 200)
+    ys = np.linspace(lo[1] - pad[1], hi[1] + pad[1], 200)
+    grid = np.array([[problem.f_grad(np.float64(x), np.float64(y))[0] for x in xs] for y in ys])
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.contour(xs, ys, np.log1p(grid - grid.min()), levels=30, cmap="viridis", linewidths=0.6)
+    full = np.vstack([[problem.x0, problem.y0], path])
+    ax.plot(full[:, 0], full[:, 1], "-", color="tab:red", lw=1.0, label="path")
+    ax.plot(full[0, 0], full[0, 1], "o", color="black", label="start")
+    minima = np.array(problem.minima)
+    ax.plot(minima[:, 0], minima[:, 1], "*", color="gold", ms=12, mec="black", label="minima")
+    ax.set_title(title)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    return fig
