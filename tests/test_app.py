@@ -1,0 +1,173 @@
+"""The command line: runs, errors, what MLflow receives (counted back), statuses, multirun."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+FAST = ["trainer.progress_bar=false"]
+
+
+def optlab(cwd, *args, env=None, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "optlab", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def client(cwd):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}")
+
+
+def runs(cwd, experiment="optlab"):
+    c = client(cwd)
+    exp = c.get_experiment_by_name(experiment)
+    return c, c.search_runs([exp.experiment_id], max_results=1000) if exp else []
+
+
+# -- errors -------------------------------------------------------------------------------------------
+
+ERRORS = [
+    (["optimizer=adamm"], "Unknown optimizer 'adamm'. Did you mean 'adam'?"),
+    (["problem=rosenbrok"], "Did you mean 'rosenbrock'?"),
+    (["schedule=cosine_dekay"], "Did you mean 'cosine_decay'?"),
+    (["callbacks=[early_stoping]"], "Did you mean 'early_stopping'?"),
+    (["optimizer.betta_1=0.5"], "Adam has no argument 'betta_1'. Did you mean 'beta_1'? Accepted arguments:"),
+    (["optimizer.beta_1=1.5"], "`beta_1` must be a float in [0, 1); received beta_1=1.5"),
+    (["optimizer=sgd", "optimizer.momentum=-1"], "`momentum` must be a float in [0, 1]"),
+    (["trainer.epochs=-1"], "`epochs` must be an integer >= 0"),
+    (["callbacks=[early_stopping]", "callbacks.early_stopping.patience=-2"], "`patience` must be an integer >= 0"),
+    (["callbacks=[threshold_stop]"], "callbacks.threshold_stop.threshold is required"),
+    (["problem=mlp_digits", "problem.activation=sigmoid"], "`activation` must be one of 'tanh', 'relu'"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), ERRORS, ids=[" ".join(a) for a, _ in ERRORS])
+def test_bad_configs_fail_before_training_with_one_message(tmp_path, args, message):
+    result = optlab(tmp_path, *args, "tracking=none", *FAST)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_tutorial_preset_prints_the_seven_rows(tmp_path):
+    result = optlab(tmp_path, "+experiment=seed_tutorial", "tracking=none")
+    assert result.returncode == 0, result.stderr
+    rows = result.stdout.strip().splitlines()[:7]
+    assert rows == ["1.2 1.4", "0.98 1.22", "0.924 1.16", "0.914 1.1348", "0.9166 1.1202", "0.9222 1.1091", "0.9284 1.0997"]
+    assert "7 steps" in result.stdout
+
+
+# -- tracking ------------------------------------------------------------------------------------------
+
+
+def test_a_run_logs_config_tags_every_metric_and_plots(tmp_path):
+    result = optlab(
+        tmp_path, "problem=rosenbrock", "optimizer=adam", "optimizer.learning_rate=0.05", "trainer.epochs=250", *FAST
+    )
+    assert result.returncode == 0, result.stderr
+    assert "mlflow ui --backend-store-uri sqlite:///" in result.stdout
+    c, found = runs(tmp_path)
+    assert len(found) == 1
+    run = found[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["optimizer.learning_rate"] == "0.05" and run.data.params["problem.name"] == "rosenbrock"
+    tags = run.data.tags
+    assert tags["optimizer"] == "adam" and tags["problem"] == "rosenbrock" and tags["seed"] == "0"
+    assert tags["optimizer_distribution"] == "optlab" and tags["optlab_version"]
+    # every step's loss and learning rate, every epoch's metrics, all at consistent steps
+    loss = c.get_metric_history(run.info.run_id, "loss")
+    assert sorted(m.step for m in loss) == list(range(1, 251))
+    assert len(c.get_metric_history(run.info.run_id, "learning_rate")) == 250
+    distance = c.get_metric_history(run.info.run_id, "distance_to_optimum")
+    assert sorted(m.step for m in distance) == list(range(1, 251))  # one step per epoch here
+    artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "curves.png", "path.png"} <= artifacts
+
+
+def test_no_metric_is_lost_on_a_long_run(tmp_path):
+    steps = 12_000
+    result = optlab(tmp_path, "problem=quadratic", "problem.dim=10", f"trainer.epochs={steps}", "optimizer=sgd", *FAST)
+    assert result.returncode == 0, result.stderr
+    c, (run,) = runs(tmp_path)
+    for key in ("loss", "learning_rate", "epoch_loss", "distance_to_optimum"):
+        assert len(c.get_metric_history(run.info.run_id, key)) == steps, key
+
+
+def test_failed_and_killed_runs_have_matching_status(tmp_path):
+    failed = optlab(
+        tmp_path,
+        "problem=rosenbrock",
+        "optimizer=sgd",
+        "optimizer.learning_rate=0.1",
+        "callbacks=[terminate_on_nan]",
+        "callbacks.terminate_on_nan.raise_error=true",
+        "trainer.epochs=100",
+        *FAST,
+    )
+    assert failed.returncode != 0
+    c, (run,) = runs(tmp_path)
+    assert run.info.status == "FAILED" and "NaN or Inf" in run.data.tags["error"]
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "optlab", "problem=quadratic", "trainer.epochs=100000000", *FAST],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.5)
+        _, found = runs(tmp_path)
+        if len(found) == 2:
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "KILLED" in err
+    _, found = runs(tmp_path)
+    statuses = sorted(r.info.status for r in found)
+    assert statuses == ["FAILED", "KILLED"]
+
+
+def test_multirun_logs_one_run_per_choice_grouped_by_sweep(tmp_path):
+    result = optlab(tmp_path, "-m", "problem=rosenbrock", "optimizer=sgd,adam,rmsprop", "trainer.epochs=20", *FAST)
+    assert result.returncode == 0, result.stderr
+    _, found = runs(tmp_path)
+    assert sorted(r.data.tags["optimizer"] for r in found) == ["adam", "rmsprop", "sgd"]
+    assert len({r.data.tags["sweep"] for r in found}) == 1
+    assert sorted(r.data.tags["sweep_job"] for r in found) == ["0", "1", "2"]
+    assert all(r.info.status == "FINISHED" for r in found)
+    # Hydra's files go under .optlab/, nothing else appears beside the store
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".optlab", "mlartifacts", "mlflow.db"]
+
+
+def test_every_builtin_optimizer_runs_from_the_command_line(tmp_path):
+    import optlab as lib
+
+    names = ",".join(cls.registry_name for cls in lib.optimizers.BUILTIN)
+    result = optlab(tmp_path, "-m", f"optimizer={names}", "problem=seed_linear", "trainer.epochs=3", "tracking=none", *FAST)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("on seed_linear: 3 steps") == len(lib.optimizers.BUILTIN)
+
+
+def test_plugin_optimizer_is_selectable_without_yaml(tmp_path):
+    result = optlab(tmp_path, "optimizer=adabelief", "problem=seed_linear", "trainer.epochs=2", "tracking=none", *FAST)
+    assert result.returncode == 0, result.stderr
+    assert "adabelief on seed_linear" in result.stdout
