@@ -68,7 +68,15 @@ def test_tutorial_preset_prints_the_seven_rows(tmp_path):
     result = optlab(tmp_path, "+experiment=seed_tutorial", "tracking=none")
     assert result.returncode == 0, result.stderr
     rows = result.stdout.strip().splitlines()[:7]
-    assert rows == ["1.2 1.4", "0.98 1.22", "0.924 1.16", "0.914 1.1348", "0.9166 1.1202", "0.9222 1.1091", "0.9284 1.0997"]
+    assert rows == [
+        "1.2 1.4",
+        "0.98 1.22",
+        "0.924 1.16",
+        "0.914 1.1348",
+        "0.9166 1.1202",
+        "0.9222 1.1091",
+        "0.9284 1.0997",
+    ]
     assert "7 steps" in result.stdout
 
 
@@ -101,11 +109,21 @@ def test_a_run_logs_config_tags_every_metric_and_plots(tmp_path):
 
 def test_no_metric_is_lost_on_a_long_run(tmp_path):
     steps = 12_000
-    result = optlab(tmp_path, "problem=quadratic", "problem.dim=10", f"trainer.epochs={steps}", "optimizer=sgd", *FAST)
+    args = ["problem=quadratic", "problem.dim=10", f"trainer.epochs={steps}", "optimizer=sgd", *FAST]
+    result = optlab(tmp_path, *args, "tracking.log_every=1")
     assert result.returncode == 0, result.stderr
     c, (run,) = runs(tmp_path)
     for key in ("loss", "learning_rate", "epoch_loss", "distance_to_optimum"):
         assert len(c.get_metric_history(run.info.run_id, key)) == steps, key
+
+
+def test_auto_interval_caps_the_per_step_curves(tmp_path):
+    result = optlab(tmp_path, "problem=quadratic", "problem.dim=10", "trainer.epochs=3000", "optimizer=sgd", *FAST)
+    assert result.returncode == 0, result.stderr
+    c, (run,) = runs(tmp_path)
+    loss = c.get_metric_history(run.info.run_id, "loss")
+    assert sorted(m.step for m in loss) == list(range(6, 3001, 6))  # every 6th step: 500 points
+    assert len(c.get_metric_history(run.info.run_id, "distance_to_optimum")) == 3000  # epoch metrics: all
 
 
 def test_failed_and_killed_runs_have_matching_status(tmp_path):
@@ -120,7 +138,7 @@ def test_failed_and_killed_runs_have_matching_status(tmp_path):
         *FAST,
     )
     assert failed.returncode != 0
-    c, (run,) = runs(tmp_path)
+    _c, (run,) = runs(tmp_path)
     assert run.info.status == "FAILED" and "NaN or Inf" in run.data.tags["error"]
 
     proc = subprocess.Popen(
@@ -162,7 +180,9 @@ def test_every_builtin_optimizer_runs_from_the_command_line(tmp_path):
     import optlab as lib
 
     names = ",".join(cls.registry_name for cls in lib.optimizers.BUILTIN)
-    result = optlab(tmp_path, "-m", f"optimizer={names}", "problem=seed_linear", "trainer.epochs=3", "tracking=none", *FAST)
+    result = optlab(
+        tmp_path, "-m", f"optimizer={names}", "problem=seed_linear", "trainer.epochs=3", "tracking=none", *FAST
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("on seed_linear: 3 steps") == len(lib.optimizers.BUILTIN)
 

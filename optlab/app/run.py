@@ -45,10 +45,7 @@ def build(conf: dict):
             raise ConfigError(f"trainer.{key} is missing")
     schedule_conf = dict(conf.get("schedule") or {})
     if schedule_conf.get("name"):
-        steps_per_epoch = 1
-        if problem.num_examples is not None and trainer_conf["batch_size"]:
-            steps_per_epoch = -(-problem.num_examples // trainer_conf["batch_size"])
-        total = max(1, steps_per_epoch * int(trainer_conf["epochs"]))
+        total = total_steps(problem, trainer_conf)
         for key in STEP_KEYS:  # decay over the whole run unless told otherwise
             if schedule_conf.get(key) == MISSING:
                 schedule_conf[key] = total
@@ -104,6 +101,26 @@ def tags_for(conf: dict, problem, optimizer, sweep: dict) -> dict:
     return tags
 
 
+def total_steps(problem, trainer_conf) -> int:
+    steps_per_epoch = 1
+    if problem.num_examples is not None and trainer_conf.get("batch_size"):
+        steps_per_epoch = -(-problem.num_examples // trainer_conf["batch_size"])
+    return max(1, steps_per_epoch * int(trainer_conf["epochs"]))
+
+
+def log_interval(tracking: dict, problem, trainer_conf) -> int:
+    """``tracking.log_every``, or with ``auto`` the smallest interval giving <= ``max_points`` points per curve."""
+    every = tracking.get("log_every", "auto")
+    if every == "auto":
+        points = tracking.get("max_points", 2000)
+        if not isinstance(points, int) or isinstance(points, bool) or points < 1:
+            raise ConfigError(f"tracking.max_points must be an integer >= 1; received {points!r}")
+        return max(1, -(-total_steps(problem, trainer_conf) // points))
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise ConfigError(f'tracking.log_every must be "auto" or an integer >= 1; received {every!r}')
+    return every
+
+
 def run(conf: dict, sweep: dict | None = None) -> float:
     """Train once as configured; returns the final value of ``conf["metric"]`` (the sweep objective)."""
     sweep = sweep or {}
@@ -125,7 +142,7 @@ def run(conf: dict, sweep: dict | None = None) -> float:
             conf,
             tags_for(conf, problem, optimizer, sweep),
             run_name,
-            int(tracking.get("log_every", 1)),
+            log_interval(tracking, problem, conf["trainer"]),
         )
         extra.append(tracker)
     trainer = make_trainer(conf, problem, optimizer, cbs, extra)
