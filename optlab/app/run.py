@@ -163,8 +163,28 @@ def run(conf: dict, sweep: dict | None = None) -> float:
     if tracker is not None:
         tracker.close("FINISHED")
     summary(conf, trainer, history, seconds, tracker)
-    values = history.history.get(conf.get("metric", "val_loss"))
-    return float(values[-1]) if values else math.nan
+    metric = conf.get("metric", "val_loss")
+    values = history.history.get(metric)
+    if not values:
+        print(
+            f"optlab: warning: metric {metric!r} was not logged (logged: {', '.join(history.history)}); "
+            "set metric=... for sweeps and comparisons",
+            file=sys.stderr,
+        )
+        return math.nan
+    return float(values[-1])
+
+
+def direction(metric: str):
+    """``min`` for losses and errors, ``max`` for accuracies, None when "best" means nothing (x, a, rates)."""
+    from ..callbacks.base import MAXIMIZED, MINIMIZED
+
+    name = metric.removeprefix("val_").removeprefix("epoch_")
+    if name.endswith("loss") or name in MINIMIZED:
+        return min
+    if name in MAXIMIZED:
+        return max
+    return None
 
 
 def summary(conf, trainer, history, seconds, tracker) -> None:
@@ -181,8 +201,8 @@ def summary(conf, trainer, history, seconds, tracker) -> None:
             continue
         finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
         best = ""
-        if finite and key not in ("learning_rate",):
-            pick = max if key.removeprefix("val_") in ("accuracy", "acc") else min
+        pick = direction(key)
+        if finite and pick is not None:
             best = f"   best {pick(finite):.6g} (epoch {values.index(pick(finite)) + 1})"
         print(f"  {key:<{width}}  final {values[-1]:.6g}{best}", file=out)
     if tracker is not None:

@@ -8,6 +8,7 @@ points by default (``tracking.log_every=1`` logs every step, at that cost).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -66,7 +67,13 @@ class MlflowTracker(Callback):
             logging.getLogger(name).setLevel(logging.WARNING)
         from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient(tracking_uri=self.uri)
+        with _store_lock(self.uri):  # parallel runs of a sweep must not create one store twice
+            self.client = MlflowClient(tracking_uri=self.uri)
+            experiment_id = self._experiment_id()
+            run = self.client.create_run(experiment_id, tags=self.tags, run_name=self.run_name)
+        self._log_start(run)
+
+    def _experiment_id(self) -> str:
         experiment = self.client.get_experiment_by_name(self.experiment)
         if experiment is None:
             location = None
@@ -78,7 +85,9 @@ class MlflowTracker(Callback):
                 experiment_id = self.client.get_experiment_by_name(self.experiment).experiment_id
         else:
             experiment_id = experiment.experiment_id
-        run = self.client.create_run(experiment_id, tags=self.tags, run_name=self.run_name)
+        return experiment_id
+
+    def _log_start(self, run) -> None:
         self.run_id = run.info.run_id
         params = flatten(self.config)
         from mlflow.entities import Param
@@ -192,6 +201,27 @@ class MlflowTracker(Callback):
         if problem.record_path and path:
             self.client.log_figure(self.run_id, path_figure(problem, np.array(path), self.run_name), "path.png")
             plt.close("all")
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str):
+    """An exclusive file lock beside a local sqlite store (no-op for servers and where flock is missing)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # Windows: runs of a parallel sweep should use a tracking server there
+        yield
+        return
+    path = Path(uri[len("sqlite:///") :])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _write_metrics(client, run_id, batches, results):

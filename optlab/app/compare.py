@@ -1,0 +1,206 @@
+"""Compare logged runs: a table sorted by a metric, and its curves overlaid in one PNG.
+
+    python -m optlab.compare                               # the latest sweep of experiment "optlab"
+    python -m optlab.compare --sweep all --metric val_accuracy
+    python -m optlab.compare my-experiment --output curves.png
+
+Columns: the run, its optimizer, every parameter whose value differs between the runs, the
+final and best value of the metric, steps and wall time. Runs that differ only in their seed
+are also summarised as mean ± standard deviation of the final value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import warnings
+from pathlib import Path
+
+from .run import direction
+from .tracking import default_uri
+
+IGNORED_PARAMS = {"tracking.uri", "tracking.experiment", "trainer.progress_bar"}
+
+
+def _fail(message: str) -> int:
+    print(f"optlab.compare: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _runs(client, experiment: str, sweep: str):
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = [e.name for e in client.search_experiments()]
+        raise LookupError(f"no experiment {experiment!r} in this store; experiments: {', '.join(names) or '(none)'}")
+    runs = client.search_runs([exp.experiment_id], max_results=5000, order_by=["attributes.start_time DESC"])
+    if not runs:
+        raise LookupError(f"experiment {experiment!r} has no runs")
+    if sweep == "latest":
+        swept = [r for r in runs if "sweep" in r.data.tags]
+        if swept:
+            sweep = swept[0].data.tags["sweep"]
+            runs = [r for r in runs if r.data.tags.get("sweep") == sweep]
+        else:
+            sweep = "all"
+    elif sweep != "all":
+        runs = [r for r in runs if r.data.tags.get("sweep") == sweep]
+        if not runs:
+            raise LookupError(f"no runs of sweep {sweep!r} in experiment {experiment!r}")
+    return runs, sweep
+
+
+def _differing(runs, exclude=()) -> list[str]:
+    """Parameters every run has, whose values differ (an optimizer's own arguments only when all runs share it)."""
+    common = set.intersection(*(set(r.data.params) for r in runs))
+    keys = sorted(common - IGNORED_PARAMS - {"optimizer.name"} - set(exclude))
+    return [k for k in keys if len({r.data.params.get(k) for r in runs}) > 1]
+
+
+def compare(experiment="optlab", sweep="latest", metric=None, uri=None, output="compare.png") -> dict:
+    """The comparison as data (and the PNG written to ``output``); raises LookupError when nothing matches."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri or default_uri())
+    runs, sweep = _runs(client, experiment, sweep)
+    metric = metric or runs[0].data.tags.get("metric") or "loss"
+    pick = direction(metric) or min
+    rows = []
+    curves = {}
+    for run in runs:
+        history = sorted(client.get_metric_history(run.info.run_id, metric), key=lambda m: m.step)
+        values = [m.value for m in history]
+        finite = [v for v in values if math.isfinite(v)]
+        loss_steps = client.get_metric_history(run.info.run_id, "epoch_loss")
+        steps = max((m.step for m in loss_steps), default=max((m.step for m in history), default=0))
+        wall = (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else math.nan
+        rows.append(
+            {
+                "run": run.info.run_name,
+                "run_id": run.info.run_id,
+                "optimizer": run.data.tags.get("optimizer", "?"),
+                "seed": run.data.params.get("seed", "?"),
+                "status": run.info.status,
+                "final": values[-1] if values else math.nan,
+                "best": pick(finite) if finite else math.nan,
+                "steps": steps,
+                "seconds": wall,
+                "params": run.data.params,
+            }
+        )
+        curves[run.info.run_name] = ([m.step for m in history], values)
+    missing = [r["run"] for r in rows if math.isnan(r["final"])]
+    if len(missing) == len(rows):
+        logged = sorted(client.get_run(runs[0].info.run_id).data.metrics)
+        raise LookupError(f"no run logged {metric!r}; logged metrics: {', '.join(logged)}")
+    reverse = pick is max
+    rows.sort(key=lambda r: (math.isnan(r["final"]), -r["final"] if reverse else r["final"]))
+    differing = _differing(runs)
+    groups: dict[tuple, list[float]] = {}
+    config_keys = _differing(runs, exclude=("seed",))
+    for row in rows:
+        key = tuple(row["params"].get(k) for k in config_keys)
+        groups.setdefault(key, []).append(row["final"])
+    seeds = [
+        {"config": dict(zip(config_keys, key)), "n": len(v), "mean": statistics.fmean(v), "std": statistics.stdev(v)}
+        for key, v in groups.items()
+        if len(v) > 1
+    ]
+    _plot(curves, metric, output, f"{experiment} / {sweep}")
+    return {
+        "experiment": experiment,
+        "sweep": sweep,
+        "metric": metric,
+        "columns": differing,
+        "rows": rows,
+        "seeds": seeds,
+        "output": output,
+    }
+
+
+def _plot(curves, metric, output, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, (steps, values) in curves.items():
+        if steps:
+            shown = [v if math.isfinite(v) else math.nan for v in values]  # a diverged run stops its line
+            ax.plot(steps, shown, lw=1.2, label=name)
+    values = [v for _, vs in curves.values() for v in vs if math.isfinite(v)]
+    if values and min(values) > 0 and max(values) / min(values) > 100:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # a diverging run's huge values overflow the log axis' transform
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fig.savefig(output, dpi=120)
+    plt.close(fig)
+
+
+def format_table(result: dict) -> str:
+    columns = result["columns"]
+    header = ["run", "optimizer", *columns, f"final {result['metric']}", "best", "steps", "seconds", "status"]
+    lines = [header]
+    for row in result["rows"]:
+        lines.append(
+            [
+                row["run"],
+                row["optimizer"],
+                *(row["params"].get(c, "") for c in columns),
+                f"{row['final']:.6g}",
+                f"{row['best']:.6g}",
+                str(row["steps"]),
+                f"{row['seconds']:.1f}",
+                row["status"],
+            ]
+        )
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    text = [
+        f"{result['experiment']} / sweep {result['sweep']}: {len(result['rows'])} runs, sorted by {result['metric']}"
+    ]
+    for k, line in enumerate(lines):
+        text.append("  ".join(str(cell).ljust(w) for cell, w in zip(line, widths)))
+        if k == 0:
+            text.append("  ".join("-" * w for w in widths))
+    if result["seeds"]:
+        text.append("\nover seeds (final value):")
+        for group in result["seeds"]:
+            config = ", ".join(f"{k}={v}" for k, v in group["config"].items()) or "(same config)"
+            text.append(f"  {config}: {group['mean']:.6g} ± {group['std']:.2g} over {group['n']} seeds")
+    text.append(f"\ncurves: {result['output']}")
+    return "\n".join(text)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m optlab.compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("experiment", nargs="?", default="optlab", help="MLflow experiment (default: optlab)")
+    parser.add_argument("--sweep", default="latest", help='a sweep (its output dir, as tagged), "latest" or "all"')
+    parser.add_argument("--metric", help="metric to sort by and plot (default: the runs' configured metric)")
+    parser.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db here)")
+    parser.add_argument("--output", default="compare.png", help="the PNG of the curves (default: compare.png)")
+    args = parser.parse_args(argv)
+    uri = args.uri or default_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
+        return _fail(f"no MLflow store at {uri}; run `python -m optlab` first, or pass --uri")
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        result = compare(args.experiment, args.sweep, args.metric, uri, args.output)
+    except LookupError as error:
+        return _fail(str(error))
+    print(format_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

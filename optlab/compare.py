@@ -1,0 +1,8 @@
+"""``python -m optlab.compare``: compare logged runs (see ``optlab.app.compare``)."""
+
+import sys
+
+from optlab.app.compare import main
+
+if __name__ == "__main__":
+    sys.exit(main())
