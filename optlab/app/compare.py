@@ -120,6 +120,12 @@ def compare(experiment="optlab", sweep="latest", metric=None, uri=None, output="
 
 
 def _plot(curves, metric, output, title):
+    with warnings.catch_warnings():  # a diverging run's huge values overflow the log axis' transform
+        warnings.simplefilter("ignore", RuntimeWarning)
+        _draw(curves, metric, output, title)
+
+
+def _draw(curves, metric, output, title):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,9 +145,7 @@ def _plot(curves, metric, output, title):
     ax.legend(fontsize=8)
     fig.tight_layout()
     Path(output).parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # a diverging run's huge values overflow the log axis' transform
-        warnings.simplefilter("ignore", RuntimeWarning)
-        fig.savefig(output, dpi=120)
+    fig.savefig(output, dpi=120)
     plt.close(fig)
 
 
