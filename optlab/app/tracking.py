@@ -205,23 +205,30 @@ class MlflowTracker(Callback):
 
 @contextlib.contextmanager
 def _store_lock(uri: str):
-    """An exclusive file lock beside a local sqlite store (no-op for servers and where flock is missing)."""
+    """An exclusive lock on the directory of a local sqlite store, so nothing is written beside it.
+
+    A no-op for tracking servers and where ``flock`` is missing (Windows: parallel sweeps there
+    should log to a tracking server).
+    """
     if not uri.startswith("sqlite:///"):
         yield
         return
     try:
         import fcntl
-    except ImportError:  # Windows: runs of a parallel sweep should use a tracking server there
+    except ImportError:
         yield
         return
-    path = Path(uri[len("sqlite:///") :])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{path}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    folder = Path(uri[len("sqlite:///") :]).absolute().parent
+    folder.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+    finally:
+        os.close(descriptor)
 
 
 def _write_metrics(client, run_id, batches, results):
