@@ -30,7 +30,7 @@ def compose(overrides):
 
 
 def timed_run(conf) -> tuple[float, int]:
-    from .run import build, make_trainer
+    from .run import build, fit, make_trainer
     from .tracking import MlflowTracker
 
     problem, optimizer, cbs = build(conf)
@@ -46,7 +46,7 @@ def timed_run(conf) -> tuple[float, int]:
     if tracker is not None:
         tracker.start()
     start = time.perf_counter()
-    trainer.fit()
+    fit(trainer)
     if tracker is not None:
         tracker.close("FINISHED")
     return time.perf_counter() - start, trainer.step
