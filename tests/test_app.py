@@ -191,3 +191,27 @@ def test_plugin_optimizer_is_selectable_without_yaml(tmp_path):
     result = optlab(tmp_path, "optimizer=adabelief", "problem=seed_linear", "trainer.epochs=2", "tracking=none", *FAST)
     assert result.returncode == 0, result.stderr
     assert "adabelief on seed_linear" in result.stdout
+
+
+def test_a_built_wheel_carries_the_configs(tmp_path):
+    """`pip install .` (not editable) must find conf/ inside the package: the wheel holds every yaml."""
+    import shutil
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"  # a copy: the build leaves build/ behind, and must not see an old one
+    skip = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".*cache*", "mlflow.db")
+    shutil.copytree(root, source, ignore=skip)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    (wheel,) = tmp_path.glob("optlab-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {f"optlab/{p.relative_to(root / 'optlab').as_posix()}" for p in (root / "optlab/conf").rglob("*.yaml")}
+    assert len(expected) >= 7  # config.yaml, trainer, tracking (2), experiments (3)
+    assert expected <= names
