@@ -97,6 +97,8 @@ def test_a_run_logs_config_tags_every_metric_and_plots(tmp_path):
     tags = run.data.tags
     assert tags["optimizer"] == "adam" and tags["problem"] == "rosenbrock" and tags["seed"] == "0"
     assert tags["optimizer_distribution"] == "optlab" and tags["optlab_version"]
+    assert tags["metric"] == "loss"  # metric=auto: a test function holds out no validation data
+    assert "warning" not in result.stderr and "INFO" not in result.stderr  # nor MLflow's store creation
     # every step's loss and learning rate, every epoch's metrics, all at consistent steps
     loss = c.get_metric_history(run.info.run_id, "loss")
     assert sorted(m.step for m in loss) == list(range(1, 251))
@@ -215,3 +217,13 @@ def test_a_built_wheel_carries_the_configs(tmp_path):
     expected = {f"optlab/{p.relative_to(root / 'optlab').as_posix()}" for p in (root / "optlab/conf").rglob("*.yaml")}
     assert len(expected) >= 7  # config.yaml, trainer, tracking (2), experiments (3)
     assert expected <= names
+
+
+def test_metric_auto_is_val_loss_where_validation_data_is_held_out():
+    import optlab as lib
+    from optlab.app.run import resolve_metric
+
+    conf = {"metric": "auto", "seed": 0, "trainer": {"dtype": "float32"}}
+    assert resolve_metric(conf, lib.problems.get("mlp_digits")) == "val_loss"
+    assert resolve_metric(conf, lib.problems.get("rosenbrock")) == "loss"
+    assert resolve_metric({**conf, "metric": "val_accuracy"}, lib.problems.get("rosenbrock")) == "val_accuracy"

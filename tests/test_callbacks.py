@@ -232,9 +232,11 @@ def test_csv_logger(tmp_path):
 
 
 def test_progress_bar(capsys):
-    fit([1.0, 1.0], ProgressBar())
+    fit([1.0, 1.0], ProgressBar(always=True))
     assert "Epoch 2/2" in capsys.readouterr().err
-    fit([1.0, 1.0], ProgressBar(enabled=False))
+    fit([1.0, 1.0], ProgressBar())  # captured: not a terminal, so no bar to fill a log with
+    assert capsys.readouterr().err == ""
+    fit([1.0, 1.0], ProgressBar(enabled=False, always=True))
     assert capsys.readouterr().err == ""
 
 

@@ -7,6 +7,8 @@ import math
 import sys
 import time
 
+import numpy as np
+
 from .. import __version__, callbacks, optimizers, problems, schedules
 from ..callbacks import Callback, ProgressBar
 from ..trainer import Trainer
@@ -63,6 +65,15 @@ def build(conf: dict):
             raise ConfigError(f"callbacks.{name}.{missing[0]} is required (e.g. callbacks.{name}.{missing[0]}=...)")
         cbs.append(_component(f"callbacks.{name}", callbacks.get, cb_conf))
     return problem, optimizer, cbs
+
+
+def resolve_metric(conf: dict, problem) -> str:
+    """``metric: auto``: ``val_loss`` where the problem holds out validation data, else ``loss``."""
+    metric = conf.get("metric") or "auto"
+    if metric != "auto":
+        return metric
+    logged = problem.evaluate(problem.init(conf["seed"], np.dtype(conf["trainer"]["dtype"]).type))
+    return "val_loss" if "val_loss" in logged else "loss"
 
 
 def fit(trainer):
@@ -140,6 +151,7 @@ def run(conf: dict, sweep: dict | None = None) -> float:
     """Train once as configured; returns the final value of ``conf["metric"]`` (the sweep objective)."""
     sweep = sweep or {}
     problem, optimizer, cbs = build(conf)
+    conf = {**conf, "metric": resolve_metric(conf, problem)}
     extra = []
     if conf.get("print_every_epoch"):
         extra.append(PrintRows(conf["print_every_epoch"]))
@@ -178,7 +190,7 @@ def run(conf: dict, sweep: dict | None = None) -> float:
     if tracker is not None:
         tracker.close("FINISHED")
     summary(conf, trainer, history, seconds, tracker)
-    metric = conf.get("metric", "val_loss")
+    metric = conf["metric"]
     values = history.history.get(metric)
     if not values:
         print(

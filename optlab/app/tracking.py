@@ -65,9 +65,12 @@ class MlflowTracker(Callback):
     def start(self) -> None:
         import logging
 
-        for name in ("mlflow", "alembic"):  # store creation and migrations are not the user's business
-            logging.getLogger(name).setLevel(logging.WARNING)
         from mlflow.tracking import MlflowClient
+
+        # store creation and migrations are not the user's business (after the import: MLflow
+        # configures its loggers when it is first imported)
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
         with _store_lock(self.uri):  # parallel runs of a sweep must not create one store twice
             self.client = MlflowClient(tracking_uri=self.uri)

@@ -314,15 +314,27 @@ class CSVLogger(Callback):
             self._file = None
 
 
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
+
+
 class ProgressBar(Callback):
-    """A progress bar per epoch (tqdm) showing the step, loss and learning rate; ``enabled=False`` turns it off."""
+    """A progress bar per epoch (tqdm) showing the step, loss and learning rate; ``enabled=False`` turns it off.
+
+    Shown only when standard error is a terminal (a log file would fill with redrawn bars),
+    unless ``always=True``.
+    """
 
     registry_name = "progress_bar"
     enabled = Hyper(True, kind=bool, doc="show the bar")
     leave = Hyper(False, kind=bool, doc="keep each epoch's bar on screen")
+    always = Hyper(False, kind=bool, doc="show it when standard error is not a terminal too")
 
     def on_epoch_begin(self, epoch, logs=None):
-        if not self.enabled:
+        if not self.enabled or not (self.always or _is_terminal(sys.stderr)):
             return
         from tqdm.auto import tqdm
 
