@@ -68,6 +68,7 @@ def test_compare_prints_the_table_and_writes_the_png(tmp_path):
         "-m",
         "problem=himmelblau",
         "optimizer=sgd,adam",
+        "optimizer.learning_rate=0.01",  # the same for both: seeds must still group by optimizer
         "seed=0,1",
         "trainer.epochs=40",
         "metric=distance_to_optimum",
@@ -93,10 +94,12 @@ def test_compare_prints_the_table_and_writes_the_png(tmp_path):
     by_optimizer = {}
     for row in data["rows"]:
         by_optimizer.setdefault(row["optimizer"], []).append(row["final"])
+    assert sorted(g["config"]["optimizer"] for g in data["seeds"]) == ["adam", "sgd"]
     assert {g["n"] for g in data["seeds"]} == {2}
     for group in data["seeds"]:
-        values = by_optimizer[(group["config"]["optimizer.learning_rate"] == "0.01" and "sgd") or "adam"]
+        values = by_optimizer[group["config"]["optimizer"]]
         assert math.isclose(group["mean"], sum(values) / 2)
+        assert math.isclose(group["std"], abs(values[0] - values[1]) / math.sqrt(2))  # sample std of two
 
 
 def test_compare_errors_are_clear(tmp_path):

@@ -97,16 +97,20 @@ def compare(experiment="optlab", sweep="latest", metric=None, uri=None, output="
     reverse = pick is max
     rows.sort(key=lambda r: (math.isnan(r["final"]), -r["final"] if reverse else r["final"]))
     differing = _differing(runs)
-    groups: dict[tuple, list[float]] = {}
-    config_keys = _differing(runs, exclude=("seed",))
+    # runs whose whole config is the same but for the seed (the optimizer's own arguments included)
+    groups: dict[frozenset, list[dict]] = {}
     for row in rows:
-        key = tuple(row["params"].get(k) for k in config_keys)
-        groups.setdefault(key, []).append(row["final"])
-    seeds = [
-        {"config": dict(zip(config_keys, key)), "n": len(v), "mean": statistics.fmean(v), "std": statistics.stdev(v)}
-        for key, v in groups.items()
-        if len(v) > 1
-    ]
+        identity = frozenset((k, v) for k, v in row["params"].items() if k not in IGNORED_PARAMS and k != "seed")
+        groups.setdefault(identity, []).append(row)
+    shown = _differing(runs, exclude=("seed",))
+    seeds = []
+    for members in groups.values():
+        finals = [r["final"] for r in members]
+        if len(members) > 1:
+            config = {"optimizer": members[0]["optimizer"], **{k: members[0]["params"].get(k) for k in shown}}
+            seeds.append(
+                {"config": config, "n": len(finals), "mean": statistics.fmean(finals), "std": statistics.stdev(finals)}
+            )
     _plot(curves, metric, output, f"{experiment} / {sweep}")
     return {
         "experiment": experiment,
