@@ -227,3 +227,12 @@ def test_metric_auto_is_val_loss_where_validation_data_is_held_out():
     assert resolve_metric(conf, lib.problems.get("mlp_digits")) == "val_loss"
     assert resolve_metric(conf, lib.problems.get("rosenbrock")) == "loss"
     assert resolve_metric({**conf, "metric": "val_accuracy"}, lib.problems.get("rosenbrock")) == "val_accuracy"
+
+
+def test_a_diverging_run_says_so_and_where(tmp_path):
+    # SGD at 0.01 from (-1.2, 1) on Rosenbrock overshoots: |grad| ~ 200, the iterates blow up within a few steps
+    result = optlab(tmp_path, "optimizer=sgd", "problem=rosenbrock", "trainer.epochs=50", "tracking=none", *FAST)
+    assert result.returncode == 0, result.stderr
+    assert "the run diverged" in result.stderr and "callbacks=[terminate_on_nan]" in result.stderr
+    stable = optlab(tmp_path, "optimizer=sgd", "optimizer.learning_rate=0.0005", "problem=rosenbrock", "tracking=none")
+    assert "diverged" not in stable.stderr

@@ -232,6 +232,17 @@ def summary(conf, trainer, history, seconds, tracker) -> None:
         if finite and pick is not None:
             best = f"   best {pick(finite):.6g} (epoch {values.index(pick(finite)) + 1})"
         print(f"  {key:<{width}}  final {values[-1]:.6g}{best}", file=out)
+    losses = h.get("loss") or []
+    diverged = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
+    if diverged is not None:
+        hint = "try a smaller optimizer.learning_rate"
+        if "terminate_on_nan" not in (conf.get("callbacks") or {}):
+            hint += ", or callbacks=[terminate_on_nan] to stop at once"
+        out.flush()
+        print(
+            f"\noptlab: warning: the loss became {losses[diverged]} in epoch {diverged + 1} (the run diverged): {hint}",
+            file=sys.stderr,
+        )
     if tracker is not None:
         uri = tracker.uri
         print(f"\nlogged to MLflow: {uri}  (experiment {tracker.experiment!r}, run {tracker.run_id})", file=out)
