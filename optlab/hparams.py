@@ -160,6 +160,9 @@ class Configurable:
 
     registry_name: ClassVar[str] = ""
     aliases: ClassVar[tuple[str, ...]] = ()
+    #: an explicit constructor order for these names (e.g. Keras's, where inherited arguments
+    #: sit in the middle); the other arguments follow in the default order
+    positional: ClassVar[tuple[str, ...]] = ()
     _hypers: ClassVar[dict[str, Hyper]] = {}
 
     def __init_subclass__(cls, **kwargs):
@@ -181,10 +184,16 @@ class Configurable:
 
     @classmethod
     def _order_hypers(cls, hypers: dict[str, Hyper]) -> dict[str, Hyper]:
-        """Constructor order: required arguments first, then the others, each in declaration order."""
+        """Constructor order: ``positional``, then required arguments, then the others, each in declaration order."""
+        unknown = [k for k in cls.positional if k not in hypers]
+        if unknown:
+            raise TypeError(f"{cls.__name__}.positional names undeclared arguments: {unknown}")
+        first = {k: hypers[k] for k in cls.positional}
+        rest = {k: h for k, h in hypers.items() if k not in first}
         return {
-            **{k: h for k, h in hypers.items() if h.required},
-            **{k: h for k, h in hypers.items() if not h.required},
+            **first,
+            **{k: h for k, h in rest.items() if h.required},
+            **{k: h for k, h in rest.items() if not h.required},
         }
 
     @classmethod

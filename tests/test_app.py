@@ -52,6 +52,23 @@ ERRORS = [
     (["callbacks=[early_stopping]", "callbacks.early_stopping.patience=-2"], "`patience` must be an integer >= 0"),
     (["callbacks=[threshold_stop]"], "callbacks.threshold_stop.threshold is required"),
     (["problem=mlp_digits", "problem.activation=sigmoid"], "`activation` must be one of 'tanh', 'relu'"),
+    (["problem=rosenbrock", "metric=val_acc"], "metric 'val_acc' is not logged by problem 'rosenbrock'. Logged:"),
+    (
+        ["problem=rosenbrock", "callbacks=[early_stopping]", "callbacks.early_stopping.monitor=val_accuracy"],
+        "callbacks.early_stopping: EarlyStopping: monitor 'val_accuracy' is not logged by this run",
+    ),
+    (
+        ["callbacks=[model_checkpoint]", 'callbacks.model_checkpoint.filepath="ck/e{val_acc:.2f}.npz"'],
+        "uses {val_acc}, which is not logged by this run (did you mean 'val_accuracy'?); available: accuracy, epoch,",
+    ),
+    (
+        [
+            "callbacks=[model_checkpoint]",
+            "callbacks.model_checkpoint.filepath=x.npz",
+            "callbacks.model_checkpoint.save_freq=0",
+        ],
+        "`save_freq` must be 'epoch' or an integer >= 1",
+    ),
 ]
 
 
@@ -219,14 +236,18 @@ def test_a_built_wheel_carries_the_configs(tmp_path):
     assert expected <= names
 
 
-def test_metric_auto_is_val_loss_where_validation_data_is_held_out():
-    import optlab as lib
-    from optlab.app.run import resolve_metric
+def test_metric_auto_is_val_loss_where_validation_data_is_held_out_and_callbacks_watch_it():
+    from optlab.app.bench import compose
+    from optlab.app.run import build
 
-    conf = {"metric": "auto", "seed": 0, "trainer": {"dtype": "float32"}}
-    assert resolve_metric(conf, lib.problems.get("mlp_digits")) == "val_loss"
-    assert resolve_metric(conf, lib.problems.get("rosenbrock")) == "loss"
-    assert resolve_metric({**conf, "metric": "val_accuracy"}, lib.problems.get("rosenbrock")) == "val_accuracy"
+    for problem, expected in (("mlp_digits", "val_loss"), ("rosenbrock", "loss")):
+        conf = compose([f"problem={problem}", "callbacks=[early_stopping,reduce_lr_on_plateau]"])
+        _, _, (early, plateau) = build(conf)
+        assert conf["metric"] == expected and early.monitor == expected and plateau.monitor == expected
+    conf = compose(["problem=rosenbrock", "metric=distance_to_optimum", "callbacks=[early_stopping]"])
+    assert build(conf)[2][0].monitor == "distance_to_optimum"
+    conf = compose(["callbacks=[early_stopping]", "callbacks.early_stopping.monitor=val_accuracy"])
+    assert build(conf)[2][0].monitor == "val_accuracy" and conf["metric"] == "val_loss"
 
 
 def test_a_diverging_run_says_so_and_where(tmp_path):

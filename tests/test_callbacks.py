@@ -251,6 +251,60 @@ def test_model_checkpoint_best_only(tmp_path):
     assert meta["problem"]["name"] == "scripted_test_problem"
 
 
+def test_model_checkpoint_every_n_batches_counts_across_epochs(tmp_path):
+    # one batch per epoch here: save_freq=2 saves after steps 2, 4 and 6, i.e. epochs 2, 4, 6, batch 1
+    fit([1.0] * 6, ModelCheckpoint(str(tmp_path / "s{epoch}-{batch}.npz"), save_freq=2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s2-1.npz", "s4-1.npz", "s6-1.npz"]
+    _, meta = load_checkpoint(tmp_path / "s4-1.npz")
+    assert (meta["epoch"], meta["batch"], meta["step"]) == (3, 0, 4)
+
+
+def test_model_checkpoint_weights_only_leaves_out_the_optimizer(tmp_path):
+    from optlab.optimizers.base import load_npz
+
+    _, _, recorder = fit([1.0, 1.0], ModelCheckpoint(str(tmp_path / "w{epoch}.npz"), save_weights_only=True))
+    meta, arrays = load_npz(tmp_path / "w2.npz")
+    assert list(arrays) == ["param/0"] and "optimizer" not in meta
+    assert float(arrays["param/0"][0]) == recorder.params[1]
+    fit([1.0], ModelCheckpoint(str(tmp_path / "full.npz")))
+    meta, arrays = load_npz(tmp_path / "full.npz")
+    assert "optimizer" in meta  # (plain SGD keeps no slot arrays, only its step count)
+
+
+def test_model_checkpoint_best_only_without_the_monitor_saves_with_a_warning(tmp_path):
+    # Keras's rule: "Can save best model only with val_accuracy available" warns and saves anyway
+    with pytest.warns(UserWarning, match="Can save best model only with"):
+        fit([1.0, 2.0], ModelCheckpoint(str(tmp_path / "e{epoch}.npz"), monitor="val_accuracy", save_best_only=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e1.npz", "e2.npz"]
+
+
+def test_model_checkpoint_filepath_with_an_unlogged_name_says_what_is_logged(tmp_path):
+    with pytest.raises(ValueError, match=r"'val_acc' is not logged here \(available: epoch, loss, learning_rate"):
+        fit([1.0], ModelCheckpoint(str(tmp_path / "e{val_acc}.npz")))
+    with pytest.raises(ValueError, match="`save_freq` must be 'epoch' or an integer >= 1; received save_freq=0"):
+        ModelCheckpoint("x.npz", save_freq=0)
+
+
+# Keras 3's constructor order (keras.io/api/callbacks), so positional calls mean the same thing
+KERAS_SIGNATURES = {
+    EarlyStopping: "monitor min_delta patience verbose mode baseline restore_best_weights start_from_epoch",
+    ReduceLROnPlateau: "monitor factor patience verbose mode min_delta cooldown min_lr",
+    ModelCheckpoint: "filepath monitor verbose save_best_only save_weights_only mode save_freq initial_value_threshold",
+    CSVLogger: "filename separator append",
+}
+
+
+@pytest.mark.parametrize("cls", list(KERAS_SIGNATURES), ids=lambda c: c.__name__)
+def test_positional_order_follows_keras(cls):
+    import inspect
+
+    keras_order = KERAS_SIGNATURES[cls].split()
+    ours = list(inspect.signature(cls).parameters)
+    assert ours[: len(keras_order)] == keras_order
+    early = EarlyStopping("val_accuracy", 0.01, 3)
+    assert (early.monitor, early.min_delta, early.patience) == ("val_accuracy", 0.01, 3)
+
+
 def test_callbacks_by_name_and_config():
     cb = optlab.callbacks.get({"name": "early_stopping", "patience": 3})
     assert isinstance(cb, EarlyStopping) and cb.patience == 3

@@ -40,6 +40,8 @@ def component_node(cls, group: str) -> dict:
     node = {"name": cls.registry_name}
     for name, hyper in cls.hyperparameters().items():
         node[name] = _default(hyper)
+    if group == "callbacks" and "monitor" in node:
+        node["monitor"] = "${metric}"  # a callback watches the run's metric unless told otherwise
     if group == "schedule":
         # a schedule starts from the optimizer's learning rate, and decays over the whole run
         for key in ("initial_learning_rate",):

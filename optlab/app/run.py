@@ -6,6 +6,7 @@ import gc
 import math
 import sys
 import time
+from difflib import get_close_matches
 
 import numpy as np
 
@@ -39,7 +40,13 @@ def _component(kind: str, getter, config: dict):
 
 
 def build(conf: dict):
-    """Problem, optimizer and callbacks from the plain-data config; user mistakes raise ConfigError."""
+    """Problem, optimizer and callbacks from the plain-data config; user mistakes raise ConfigError.
+
+    Resolves ``conf["metric"]`` in place (``auto``: ``val_loss`` where the problem holds out
+    validation data, else ``loss``); a callback's ``monitor`` of ``auto`` (the command line's
+    default, ``${metric}``) watches that metric. Anything a callback or the metric names that
+    the run will not log fails here, before training.
+    """
     problem = _component("problem", problems.get, conf["problem"])
     optimizer = _component("optimizer", optimizers.get, conf["optimizer"])
     trainer_conf = conf["trainer"]
@@ -57,23 +64,49 @@ def build(conf: dict):
             raise ConfigError(f"schedule.{missing[0]} is required (e.g. schedule.{missing[0]}=...)")
         schedule = _component("schedule", schedules.get, schedule_conf)
         optimizer.learning_rate = schedule
+    cb_confs = {name: dict(cb_conf) for name, cb_conf in (conf.get("callbacks") or {}).items()}
+    names = logged_names(conf, problem, cb_confs)
+    conf["metric"] = metric = resolve_metric(conf.get("metric"), names, problem)
     cbs = []
-    for name, cb_conf in (conf.get("callbacks") or {}).items():
-        cb_conf = dict(cb_conf)
+    for name, cb_conf in cb_confs.items():
         missing = [k for k, v in cb_conf.items() if v == MISSING]
         if missing:
             raise ConfigError(f"callbacks.{name}.{missing[0]} is required (e.g. callbacks.{name}.{missing[0]}=...)")
-        cbs.append(_component(f"callbacks.{name}", callbacks.get, cb_conf))
+        if cb_conf.get("monitor") == "auto":
+            cb_conf["monitor"] = metric
+        cb = _component(f"callbacks.{name}", callbacks.get, cb_conf)
+        try:
+            cb.check_logs(names)
+        except ValueError as error:
+            raise ConfigError(f"callbacks.{name}: {error}") from None
+        cbs.append(cb)
     return problem, optimizer, cbs
 
 
-def resolve_metric(conf: dict, problem) -> str:
-    """``metric: auto``: ``val_loss`` where the problem holds out validation data, else ``loss``."""
-    metric = conf.get("metric") or "auto"
-    if metric != "auto":
-        return metric
+def logged_names(conf: dict, problem, cb_confs: dict) -> set[str]:
+    """The names each epoch's logs will hold: the trainer's, the problem's metrics, and any a
+    callback class declares it adds (``adds_logs``)."""
     logged = problem.evaluate(problem.init(conf["seed"], np.dtype(conf["trainer"]["dtype"]).type))
-    return "val_loss" if "val_loss" in logged else "loss"
+    added = []
+    for cb_conf in cb_confs.values():
+        if str(cb_conf.get("name", "")).lower() in callbacks.registry:
+            added += getattr(callbacks.registry.get(cb_conf["name"]), "adds_logs", ())
+    return {"loss", "learning_rate", *logged, *added}
+
+
+def resolve_metric(metric: str | None, names: set[str], problem) -> str:
+    """``auto`` becomes ``val_loss`` or ``loss``; any other name must be logged by the run."""
+    metric = metric or "auto"
+    if metric == "auto":
+        return "val_loss" if "val_loss" in names else "loss"
+    if metric not in names:
+        match = get_close_matches(metric, sorted(names), n=1)
+        hint = f" Did you mean {match[0]!r}?" if match else ""
+        raise ConfigError(
+            f"metric {metric!r} is not logged by problem {problem.registry_name!r}.{hint} "
+            f"Logged: {', '.join(sorted(names))}"
+        )
+    return metric
 
 
 def fit(trainer):
@@ -150,8 +183,8 @@ def log_interval(tracking: dict, problem, trainer_conf) -> int:
 def run(conf: dict, sweep: dict | None = None) -> float:
     """Train once as configured; returns the final value of ``conf["metric"]`` (the sweep objective)."""
     sweep = sweep or {}
+    conf = dict(conf)
     problem, optimizer, cbs = build(conf)
-    conf = {**conf, "metric": resolve_metric(conf, problem)}
     extra = []
     if conf.get("print_every_epoch"):
         extra.append(PrintRows(conf["print_every_epoch"]))

@@ -29,6 +29,13 @@ class Callback(Configurable):
     def check(self) -> None:
         """Cross-argument validation (optional)."""
 
+    def check_logs(self, names: set[str]) -> None:
+        """Raise ``ValueError`` if this callback cannot work with epoch logs holding ``names``.
+
+        Training does not call it (Keras only warns when a watched name is missing); a front
+        end that knows what a run will log (the command line) calls it to fail before training.
+        """
+
     @property
     def model(self):
         """Keras's name for the object being trained: here the trainer."""
@@ -132,6 +139,13 @@ class Monitor(Callback):
             return value + delta < reference
         return value - delta > reference
 
+    def check_logs(self, names: set[str]) -> None:
+        if self.monitor not in names:
+            raise ValueError(
+                f"{type(self).__name__}: monitor {self.monitor!r} is not logged by this run"
+                f"{_closest(self.monitor, names)}; logged: {', '.join(sorted(names))}"
+            )
+
     def _current(self, logs, what: str):
         logs = logs or {}
         value = logs.get(self.monitor)
@@ -154,3 +168,10 @@ def is_finite_number(value) -> bool:
 
 def as_array_state(params) -> list[np.ndarray]:
     return [np.array(p, copy=True) for p in params]
+
+
+def _closest(name: str, names) -> str:  # shared by the callbacks' messages
+    import difflib
+
+    match = difflib.get_close_matches(name, sorted(names), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..hparams import Hyper
 from ..optimizers.base import load_npz, save_npz_atomic
-from .base import Callback, Monitor
+from .base import Callback, Monitor, _closest
 
 BACKUP_FORMAT = "optlab.backup/1"
 CHECKPOINT_FORMAT = "optlab.checkpoint/1"
@@ -152,53 +152,117 @@ class BackupAndRestore(Callback):
 
 
 class ModelCheckpoint(Monitor):
-    """Save the parameters (and the optimizer's state) after every epoch, or only the best ones.
+    """Save the parameters (and the optimizer's state) after every epoch or every few batches, or only the best ones.
 
-    ``filepath`` may contain ``{epoch}`` (1-based) and any logged name, e.g.
-    ``"ckpt/e{epoch:03d}-{val_loss:.3f}.npz"``. With ``save_best_only``, a file is written only
-    when ``monitor`` improves. ``load_checkpoint(path)`` reads one back.
+    ``filepath`` may contain ``{epoch}`` (1-based), ``{batch}`` (1-based, when saving by
+    batches) and any logged name, e.g. ``"ckpt/e{epoch:03d}-{val_loss:.3f}.npz"``. With
+    ``save_best_only``, a file is written only when ``monitor`` improves; as in Keras, when
+    ``monitor`` is not logged at that point the file is written anyway, with a warning.
+    ``load_checkpoint(path)`` reads one back.
     """
 
     registry_name = "model_checkpoint"
+    positional = (
+        "filepath",
+        "monitor",
+        "verbose",
+        "save_best_only",
+        "save_weights_only",
+        "mode",
+        "save_freq",
+        "initial_value_threshold",
+    )
     filepath = Hyper(Hyper.REQUIRED, kind=str, doc="file to write (a format string)")
     verbose = Hyper(0, kind=int, low=0, doc="print when saving")
     save_best_only = Hyper(False, kind=bool, doc="save only when the monitored value improves")
+    save_weights_only = Hyper(False, kind=bool, doc="save the parameters only, not the optimizer's state")
+    save_freq = Hyper("epoch", kind=object, doc='"epoch", or an integer: save after every this many batches')
     initial_value_threshold = Hyper(None, optional=True, doc="a value the first save must beat")
+
+    def check(self):
+        freq = self.save_freq
+        if freq != "epoch" and (not isinstance(freq, int) or isinstance(freq, bool) or freq < 1):
+            raise ValueError(
+                f"ModelCheckpoint: `save_freq` must be 'epoch' or an integer >= 1; received save_freq={freq!r}"
+            )
+
+    def check_logs(self, names: set[str]) -> None:
+        import string
+
+        batch_level = self.save_freq != "epoch"
+        fields = {"epoch", *(("batch",) if batch_level else ())}
+        # a batch-level save sees the batch's logs: loss and learning rate only
+        available = fields | ({"loss", "learning_rate"} if batch_level else set(names))
+        for _, field, _, _ in string.Formatter().parse(self.filepath):
+            key = (field or "").split(".")[0].split("[")[0]
+            if field is not None and key not in available:
+                raise ValueError(
+                    f'ModelCheckpoint: filepath "{self.filepath}" uses {{{key}}}, which is not logged '
+                    f"{'at a batch' if batch_level else 'by this run'}{_closest(key, available)}; "
+                    f"available: {', '.join(sorted(available))}"
+                )
+        if self.save_best_only and not batch_level:
+            super().check_logs(names)
 
     def on_train_begin(self, logs=None):
         if not hasattr(self, "best") or self.trainer.initial_epoch == 0:
             self.best = self.initial_value_threshold
+            self._batches_since_save = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.save_freq == "epoch":
+            return
+        self._batches_since_save += 1
+        if self._batches_since_save >= self.save_freq:
+            self._batches_since_save = 0
+            self._save(self.trainer.epoch, batch, logs or {})
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
+        if self.save_freq == "epoch":
+            self._save(epoch, None, logs or {})
+
+    def _save(self, epoch: int, batch: int | None, logs: dict) -> None:
         if self.save_best_only:
             current = self._current(logs, "Can save best model only with")
-            if current is None or not self._is_improvement(current, self.best):
-                return
-            self.best = current
-        path = self.filepath.format(epoch=epoch + 1, **logs)
+            if current is not None:
+                if not self._is_improvement(current, self.best):
+                    return
+                self.best = current
+        fields = {"epoch": epoch + 1, **({"batch": batch + 1} if batch is not None else {}), **logs}
+        try:
+            path = self.filepath.format(**fields)
+        except (KeyError, IndexError) as error:
+            raise ValueError(
+                f'ModelCheckpoint: cannot fill filepath "{self.filepath}": {error} is not logged here '
+                f"(available: {', '.join(fields)})"
+            ) from None
         trainer = self.trainer
-        opt_meta, opt_arrays = trainer.optimizer.get_state()
         arrays = {f"param/{i}": np.array(p) for i, p in enumerate(trainer.params)}
-        arrays.update({f"optimizer/{k}": v for k, v in opt_arrays.items()})
         meta = {
             "format": CHECKPOINT_FORMAT,
             "epoch": epoch,
+            "batch": batch,
+            "step": trainer.step,
             "logs": {k: float(v) for k, v in logs.items() if isinstance(v, (int, float, np.floating))},
-            "optimizer": opt_meta,
             "problem": trainer.problem.get_config(),
         }
+        if not self.save_weights_only:
+            opt_meta, opt_arrays = trainer.optimizer.get_state()
+            arrays.update({f"optimizer/{k}": v for k, v in opt_arrays.items()})
+            meta["optimizer"] = opt_meta
         if os.path.dirname(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
         save_npz_atomic(path, meta, arrays)
         if self.verbose > 0:
-            print(f"\nEpoch {epoch + 1}: saving model to {path}")
+            where = f"Epoch {epoch + 1}" + (f", batch {batch + 1}" if batch is not None else "")
+            print(f"\n{where}: saving model to {path}")
 
     def get_state(self):
-        return {"best": self.best}
+        return {"best": self.best, "batches_since_save": self._batches_since_save}
 
     def set_state(self, state):
         self.best = state["best"]
+        self._batches_since_save = state.get("batches_since_save", 0)
 
 
 def load_checkpoint(path) -> tuple[list[np.ndarray], dict]:

@@ -105,6 +105,7 @@ class EarlyStopping(Monitor):
     """
 
     registry_name = "early_stopping"
+    positional = ("monitor", "min_delta", "patience", "verbose", "mode", "baseline", "restore_best_weights")
     patience = Hyper(0, kind=int, low=0, doc="epochs without improvement before stopping")
     verbose = Hyper(0, kind=int, low=0, doc="print when stopping")
     baseline = Hyper(None, optional=True, doc="a value to beat for the wait to restart")
@@ -176,6 +177,7 @@ class ReduceLROnPlateau(Monitor):
     """
 
     registry_name = "reduce_lr_on_plateau"
+    positional = ("monitor", "factor", "patience", "verbose", "mode", "min_delta", "cooldown", "min_lr")
     factor = Hyper(0.1, low=0.0, high=1.0, high_open=True, doc="multiplier of the learning rate")
     patience = Hyper(10, kind=int, low=0, doc="epochs without improvement before reducing")
     verbose = Hyper(0, kind=int, low=0, doc="print when reducing")
