@@ -514,6 +514,47 @@ def test_exclude_from_weight_decay():
         opt.exclude_from_weight_decay(indices=[0])
 
 
+class _AdamWTwoPasses(optlab.optimizers.AdamW):
+    """AdamW whose update does not take the decay: the base class applies it in its own pass."""
+
+    registry_name = "adamw_two_passes_test"
+
+    def update(self, param, grad, state, lr, step, seg):
+        super().update(param, grad, state, lr, step, seg)
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_weight_decay_is_bit_identical_to_the_separate_pass(amsgrad, dtype):
+    rng = np.random.default_rng(5)
+    shapes = [(7, 3), (11,), (2, 2, 2)]
+    fused_params = optlab.flat_parameters(shapes, dtype)
+    for p in fused_params:
+        p[...] = rng.normal(size=p.shape)
+    plain = [np.array(p) for p in fused_params]
+    fused = optlab.optimizers.AdamW(learning_rate=0.05, weight_decay=0.3, amsgrad=amsgrad)
+    two_passes = _AdamWTwoPasses(learning_rate=0.05, weight_decay=0.3, amsgrad=amsgrad)
+    assert fused._fuses_decay() and not two_passes._fuses_decay()  # an override does not inherit it
+    for _ in range(6):
+        grads = [rng.normal(size=s).astype(dtype) for s in shapes]
+        fused.apply(grads, fused_params)
+        two_passes.apply(grads, plain)
+    for a, b in zip(fused_params, plain):
+        np.testing.assert_array_equal(a, b)
+    assert fused.traffic() == 7 + 2 * amsgrad and two_passes.traffic() == 9 + 2 * amsgrad
+
+
+def test_partly_excluded_flat_buffer_decays_only_the_included_arrays():
+    params = optlab.flat_parameters([(2,), (2,)], np.float64)
+    for p in params:
+        p[...] = 1.0
+    opt = optlab.optimizers.AdamW(learning_rate=0.5, weight_decay=0.1)
+    opt.exclude_from_weight_decay(indices=[1])
+    opt.apply([np.zeros(2), np.zeros(2)], params)  # zero gradients: Adam's step is 0
+    np.testing.assert_array_equal(params[0], 1 - 0.5 * 0.1)
+    np.testing.assert_array_equal(params[1], 1.0)
+
+
 def test_ema_first_step_copies_parameters_and_finalize_writes_them_back():
     p = np.array([1.0])
     opt = optlab.optimizers.SGD(learning_rate=1.0, use_ema=True, ema_momentum=0.5)

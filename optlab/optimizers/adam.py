@@ -24,6 +24,25 @@ def _amsgrad(p, g, m, v, vhat, alpha, one_minus_b1, one_minus_b2, eps):
         p[i] -= m[i] * alpha / (math.sqrt(vhat[i]) + eps)
 
 
+@kernel
+def _adam_decayed(p, g, m, v, alpha, one_minus_b1, one_minus_b2, eps, c):
+    for i in prange(p.shape[0]):
+        m[i] += (g[i] - m[i]) * one_minus_b1
+        v[i] += (g[i] * g[i] - v[i]) * one_minus_b2
+        decayed = p[i] - p[i] * c  # the decoupled weight decay, in the same pass
+        p[i] = decayed - m[i] * alpha / (math.sqrt(v[i]) + eps)
+
+
+@kernel
+def _amsgrad_decayed(p, g, m, v, vhat, alpha, one_minus_b1, one_minus_b2, eps, c):
+    for i in prange(p.shape[0]):
+        m[i] += (g[i] - m[i]) * one_minus_b1
+        v[i] += (g[i] * g[i] - v[i]) * one_minus_b2
+        vhat[i] = max(vhat[i], v[i])
+        decayed = p[i] - p[i] * c
+        p[i] = decayed - m[i] * alpha / (math.sqrt(vhat[i]) + eps)
+
+
 def adam_scalars(dt, lr, beta_1, beta_2, step):
     """Per-step scalars of Adam: alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t), 1 - beta_1, 1 - beta_2."""
     t = dt(step)
@@ -61,11 +80,19 @@ class Adam(Optimizer):
             slots["velocity_hat"] = 0.0
         return slots
 
-    def update(self, param, grad, state, lr, step, seg):
+    fuses_weight_decay = True
+
+    def update(self, param, grad, state, lr, step, seg, decay=None):
         dt = param.dtype.type
         alpha, omb1, omb2 = adam_scalars(dt, lr, self.beta_1, self.beta_2, step)
         eps = dt(self.epsilon)
+        m, v = state["momentum"], state["velocity"]
         if "velocity_hat" in state:
-            _amsgrad(param, grad, state["momentum"], state["velocity"], state["velocity_hat"], alpha, omb1, omb2, eps)
+            if decay is None:
+                _amsgrad(param, grad, m, v, state["velocity_hat"], alpha, omb1, omb2, eps)
+            else:
+                _amsgrad_decayed(param, grad, m, v, state["velocity_hat"], alpha, omb1, omb2, eps, decay)
+        elif decay is None:
+            _adam(param, grad, m, v, alpha, omb1, omb2, eps)
         else:
-            _adam(param, grad, state["momentum"], state["velocity"], alpha, omb1, omb2, eps)
+            _adam_decayed(param, grad, m, v, alpha, omb1, omb2, eps, decay)

@@ -15,7 +15,8 @@ One call of ``apply`` follows Keras 3 (``BaseOptimizer.apply``):
    accumulator; on every N-th call use ``(g + acc) / N`` and reset,
    otherwise stop here (EMA still updates, see 6);
 3. clip (``clipnorm`` per tensor, ``global_clipnorm``, or ``clipvalue``);
-4. decoupled weight decay ``p <- p - p * weight_decay * lr``;
+4. decoupled weight decay ``p <- p - p * weight_decay * lr`` (fused into the update rule's
+   own pass where it declares ``fuses_weight_decay``);
 5. the update rule, with ``step = iterations + 1``;
 6. EMA ``avg <- m * avg + (1 - m) * p`` (``m = 0`` while ``iterations == 0``),
    copied into the parameters every ``ema_overwrite_frequency`` steps;
@@ -161,6 +162,18 @@ class Optimizer(Configurable):
 
     #: arrays read + written per parameter element by one step (None: 3 + 2 * param-shaped slots)
     traffic_per_element: ClassVar[int | None] = None
+    #: the update rule applies the decoupled weight decay itself, in the same pass over memory:
+    #: ``update`` then receives ``decay=c`` (``c = weight_decay * lr``) and must compute
+    #: ``p - p * c`` before its own step, bit for bit what the separate pass would. Declared
+    #: beside the ``update`` it describes: a subclass overriding ``update`` does not inherit it.
+    fuses_weight_decay: ClassVar[bool] = False
+
+    @classmethod
+    def _fuses_decay(cls) -> bool:
+        for klass in cls.__mro__:
+            if "update" in vars(klass):
+                return bool(vars(klass).get("fuses_weight_decay", False))
+        return False
 
     @classmethod
     def _order_hypers(cls, hypers):
@@ -456,12 +469,15 @@ class Optimizer(Configurable):
             work = [(c, self._into_scratch(K.average_into, c, g, self._acc[c[0] : c[1]], dt(n_acc))) for c, g in work]
         work = self._clip(work, dt)
         lr = self._current_learning_rate()
-        self._apply_weight_decay(work, lr, dt)
+        fused = self._apply_weight_decay(work, lr, dt)
         step = self.iterations + 1
         self.begin_step(step, self._dtype)
         lr_t = dt(lr)
-        for (_, _, param, state, seg), g in work:
-            self.update(param, g, state, lr_t, step, seg)
+        for ((_, _, param, state, seg), g), decay in zip(work, fused):
+            if decay is None:
+                self.update(param, g, state, lr_t, step, seg)
+            else:
+                self.update(param, g, state, lr_t, step, seg, decay=decay)
         self._finish_step()
 
     def _into_scratch(self, fn, chunk, g, *args):
@@ -494,20 +510,29 @@ class Optimizer(Configurable):
             return [(chunk, self._into_scratch(K.clip_into, chunk, g, v)) for chunk, g in work]
         return work
 
-    def _apply_weight_decay(self, work, lr, dt):
+    def _apply_weight_decay(self, work, lr, dt) -> list:
+        """Decay the parameters of each work item; returns, per item, the decay left to a
+        ``fuses_weight_decay`` update rule (one rate for the whole chunk), else None."""
+        fused = [None] * len(work)
         rates = self._decay_rates()
         if rates is None:
-            return
-        for (_, _, param, _, seg), _ in work:
+            return fused
+        fuse = self._fuses_decay()
+        for n, ((_, _, param, _, seg), _) in enumerate(work):
             idx = seg.indices
             chunk_rates = [rates[i] for i in idx]
             if all(r == chunk_rates[0] for r in chunk_rates):
                 if chunk_rates[0]:
-                    K.decay(param, dt(chunk_rates[0]) * dt(lr))
+                    c = dt(chunk_rates[0]) * dt(lr)
+                    if fuse:
+                        fused[n] = c
+                    else:
+                        K.decay(param, c)
                 continue
             for k, r in enumerate(chunk_rates):
                 if r:
                     K.decay(param[seg.offsets[k] : seg.offsets[k + 1]], dt(r) * dt(lr))
+        return fused
 
     def _decay_rates(self):
         if type(self).weight_decay_rate is Optimizer.weight_decay_rate and self.weight_decay is None:
@@ -638,14 +663,15 @@ class Optimizer(Configurable):
 
         The update rule's own count (``3 + 2 *`` parameter-shaped slots unless the class sets
         ``traffic_per_element``) plus the generic passes in use: weight decay reads and writes
-        the parameters (2), the EMA reads the average and the parameters and writes the average (3).
+        the parameters (2, unless the rule fuses it), the EMA reads the average and the parameters
+        and writes the average (3).
         """
         if self.traffic_per_element is not None:
             own = self.traffic_per_element
         else:
             specs = self._slot_specs if self._built else self._specs()
             own = 3 + 2 * sum(1 for s in specs.values() if s.size is None)
-        if self.weight_decay:
+        if self.weight_decay and not self._fuses_decay():
             own += 2
         if self.use_ema:
             own += 3
