@@ -257,3 +257,11 @@ def test_a_diverging_run_says_so_and_where(tmp_path):
     assert "the run diverged" in result.stderr and "callbacks=[terminate_on_nan]" in result.stderr
     stable = optlab(tmp_path, "optimizer=sgd", "optimizer.learning_rate=0.0005", "problem=rosenbrock", "tracking=none")
     assert "diverged" not in stable.stderr
+
+
+def test_help_shows_usage_and_every_registered_component(tmp_path):
+    result = optlab(tmp_path, "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("python -m optlab [OVERRIDE ...]")
+    groups = dict(line.split(": ", 1) for line in result.stdout.splitlines() if line.startswith("optimizer: "))
+    assert {"adam", "adamw", "lion", "adabelief"} <= set(groups["optimizer"].split(", "))  # the plugin's too
