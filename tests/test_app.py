@@ -265,3 +265,24 @@ def test_help_shows_usage_and_every_registered_component(tmp_path):
     assert result.stdout.startswith("python -m optlab [OVERRIDE ...]")
     groups = dict(line.split(": ", 1) for line in result.stdout.splitlines() if line.startswith("optimizer: "))
     assert {"adam", "adamw", "lion", "adabelief"} <= set(groups["optimizer"].split(", "))  # the plugin's too
+
+
+def test_a_callback_that_adds_a_log_name_makes_it_a_valid_metric(monkeypatch):
+    import optlab as lib
+    from optlab.app.bench import compose
+    from optlab.app.config import ConfigError
+    from optlab.app.run import build
+
+    class Smoothed(lib.callbacks.Callback):
+        registry_name = "smoothed_loss_test"
+        adds_logs = ("smoothed_loss",)
+
+    registry = lib.callbacks.registry
+    registry.names()  # plugins loaded first, so the patch below is what gets undone
+    monkeypatch.setitem(registry._classes, "smoothed_loss_test", Smoothed)
+    monkeypatch.setitem(registry._sources, "smoothed_loss_test", "tests")
+    conf = compose(["problem=rosenbrock", "metric=smoothed_loss", "callbacks=[smoothed_loss_test]"])
+    build(conf)
+    assert conf["metric"] == "smoothed_loss"
+    with pytest.raises(ConfigError, match="metric 'smoothed_loss' is not logged by problem 'rosenbrock'"):
+        build(compose(["problem=rosenbrock", "metric=smoothed_loss"]))

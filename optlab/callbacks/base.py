@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import ClassVar
 
 import numpy as np
 
@@ -18,6 +19,9 @@ class Callback(Configurable):
     keeps state across epochs implements ``get_state()`` / ``set_state(state)`` (JSON-able
     values and numpy arrays) so that ``BackupAndRestore`` can resume it exactly.
     """
+
+    #: names this callback adds to the epoch logs (so that a front end accepts them as a metric)
+    adds_logs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *args, **kwargs):
         leftovers = self._assign_hypers(args, kwargs)
