@@ -183,6 +183,29 @@ def test_failed_and_killed_runs_have_matching_status(tmp_path):
     assert statuses == ["FAILED", "KILLED"]
 
 
+def test_sigterm_marks_the_run_killed_and_keeps_every_metric(tmp_path):
+    # a cluster's time limit or `kill`: like Ctrl-C, the metrics gathered so far are written
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "optlab", "problem=quadratic", "trainer.epochs=100000000", *FAST],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not runs(tmp_path)[1]:
+        time.sleep(0.5)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM); the run is marked KILLED" in err and "Traceback" not in err
+    c, (run,) = runs(tmp_path)
+    assert run.info.status == "KILLED" and run.data.tags["error"] == "terminated (SIGTERM)"
+    steps = sorted(m.step for m in c.get_metric_history(run.info.run_id, "epoch_loss"))
+    assert len(steps) > 10 and steps == list(range(1, len(steps) + 1))  # one step per epoch, none missing
+
+
 def test_multirun_logs_one_run_per_choice_grouped_by_sweep(tmp_path):
     result = optlab(tmp_path, "-m", "problem=rosenbrock", "optimizer=sgd,adam,rmsprop", "trainer.epochs=20", *FAST)
     assert result.returncode == 0, result.stderr

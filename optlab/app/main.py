@@ -21,7 +21,7 @@ def _task(cfg):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from .run import run
+    from .run import Terminated, run
 
     try:
         conf = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
@@ -40,9 +40,10 @@ def _task(cfg):
         return run(conf, sweep)
     except ConfigError as error:
         _fail(str(error))
-    except KeyboardInterrupt:
-        print("\noptlab: interrupted; the run is marked KILLED", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as interrupt:
+        what = str(interrupt) or "interrupted"
+        print(f"\noptlab: {what}; the run is marked KILLED", file=sys.stderr)
+        sys.exit(143 if isinstance(interrupt, Terminated) else 130)  # 128 + the signal's number
 
 
 def main(argv: list[str] | None = None) -> None:

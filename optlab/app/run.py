@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import sys
@@ -109,6 +110,36 @@ def resolve_metric(metric: str | None, names: set[str], problem) -> str:
     return metric
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a cluster's time limit, ``kill``) during training: handled like Ctrl-C, the run
+    is flushed and marked KILLED."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Turn SIGTERM into :class:`Terminated` while training, unless someone else (a launcher
+    such as submitit, which handles preemption itself) already handles it."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is not signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated("terminated (SIGTERM)")
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def fit(trainer):
     """``trainer.fit()``, with everything alive so far frozen out of the cyclic garbage collector.
 
@@ -210,10 +241,11 @@ def run(conf: dict, sweep: dict | None = None) -> float:
         tracker.start()
     start = time.perf_counter()
     try:
-        history = fit(trainer)
-    except KeyboardInterrupt:
+        with sigterm_as_interrupt():
+            history = fit(trainer)
+    except KeyboardInterrupt as interrupt:
         if tracker is not None:
-            tracker.close("KILLED", "interrupted (Ctrl-C)")
+            tracker.close("KILLED", str(interrupt) or "interrupted (Ctrl-C)")
         raise
     except BaseException as error:
         if tracker is not None:
