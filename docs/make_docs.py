@@ -60,8 +60,8 @@ One step (`apply` / `apply_gradients`) runs, in Keras's order:
 3. clipping: `clipnorm` (each gradient's L2 norm), `global_clipnorm` (all gradients' joint
    L2 norm) or `clipvalue` (each element) — at most one of them;
 4. decoupled weight decay $p \\leftarrow p - p \\cdot \\text{weight\\_decay} \\cdot \\eta$
-   (Adam and AdamW do it inside their own kernel, in the same pass over memory as step 5,
-   with bit-for-bit the same result: AdamW costs what Adam costs);
+   (Adam, AdamW and Lion do it inside their own kernel, in the same pass over memory as
+   step 5, with bit-for-bit the same result: AdamW costs what Adam costs);
 5. the optimizer's update rule;
 6. with `use_ema`, $\\bar p \\leftarrow \\mu \\bar p + (1-\\mu) p$ (with $\\mu = 0$ while
    `iterations == 0`), copied into the parameters every `ema_overwrite_frequency` steps;

@@ -514,34 +514,46 @@ def test_exclude_from_weight_decay():
         opt.exclude_from_weight_decay(indices=[0])
 
 
-class _AdamWTwoPasses(optlab.optimizers.AdamW):
-    """AdamW whose update does not take the decay: the base class applies it in its own pass."""
+def _two_passes(cls):
+    """``cls`` with an ``update`` that does not take the decay: the base class applies it in its own pass."""
 
-    registry_name = "adamw_two_passes_test"
+    class TwoPasses(cls):
+        registry_name = f"{cls.registry_name}_two_passes_test"
 
-    def update(self, param, grad, state, lr, step, seg):
-        super().update(param, grad, state, lr, step, seg)
+        def update(self, param, grad, state, lr, step, seg):
+            super().update(param, grad, state, lr, step, seg)
+
+    return TwoPasses
 
 
-@pytest.mark.parametrize("amsgrad", [False, True])
+FUSED = [
+    ("adamw", {}, 7),
+    ("adamw", {"amsgrad": True}, 9),
+    ("adam", {"weight_decay": 0.3}, 7),
+    ("lion", {"weight_decay": 0.3}, 5),
+]
+
+
+@pytest.mark.parametrize(("name", "args", "traffic"), FUSED, ids=[f"{n}{a}" for n, a, _ in FUSED])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_fused_weight_decay_is_bit_identical_to_the_separate_pass(amsgrad, dtype):
+def test_fused_weight_decay_is_bit_identical_to_the_separate_pass(name, args, traffic, dtype):
     rng = np.random.default_rng(5)
     shapes = [(7, 3), (11,), (2, 2, 2)]
     fused_params = optlab.flat_parameters(shapes, dtype)
     for p in fused_params:
         p[...] = rng.normal(size=p.shape)
     plain = [np.array(p) for p in fused_params]
-    fused = optlab.optimizers.AdamW(learning_rate=0.05, weight_decay=0.3, amsgrad=amsgrad)
-    two_passes = _AdamWTwoPasses(learning_rate=0.05, weight_decay=0.3, amsgrad=amsgrad)
+    cls = type(optlab.optimizers.get(name))
+    config = {"learning_rate": 0.05, "weight_decay": 0.3, **args}
+    fused, two_passes = cls(**config), _two_passes(cls)(**config)
     assert fused._fuses_decay() and not two_passes._fuses_decay()  # an override does not inherit it
     for _ in range(6):
         grads = [rng.normal(size=s).astype(dtype) for s in shapes]
         fused.apply(grads, fused_params)
         two_passes.apply(grads, plain)
-    for a, b in zip(fused_params, plain):
+    for a, b in zip(fused_params, plain):  # (the two-pass side decays in the base class's own pass)
         np.testing.assert_array_equal(a, b)
-    assert fused.traffic() == 7 + 2 * amsgrad and two_passes.traffic() == 9 + 2 * amsgrad
+    assert fused.traffic() == traffic and two_passes.traffic() == traffic + 2
 
 
 def test_partly_excluded_flat_buffer_decays_only_the_included_arrays():

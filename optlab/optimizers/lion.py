@@ -17,6 +17,18 @@ def _lion(p, g, m, lr, b1, one_minus_b1, b2, one_minus_b2, one, zero):
         m[i] = m[i] * b2 + g[i] * one_minus_b2
 
 
+@kernel
+def _lion_decayed(p, g, m, lr, b1, one_minus_b1, b2, one_minus_b2, one, zero, decay):
+    for i in prange(p.shape[0]):
+        c = m[i] * b1 + g[i] * one_minus_b1
+        s = one if c > 0 else zero
+        s = -one if c < 0 else s
+        s = c if c != c else s
+        decayed = p[i] - p[i] * decay  # the decoupled weight decay, in the same pass
+        p[i] = decayed - lr * s
+        m[i] = m[i] * b2 + g[i] * one_minus_b2
+
+
 class Lion(Optimizer):
     r"""Lion: the sign of an interpolated momentum is the step.
 
@@ -35,7 +47,13 @@ class Lion(Optimizer):
     def slots(self):
         return {"momentum": 0.0}
 
-    def update(self, param, grad, state, lr, step, seg):
+    fuses_weight_decay = True
+
+    def update(self, param, grad, state, lr, step, seg, decay=None):
         dt = param.dtype.type
         b1, b2 = dt(self.beta_1), dt(self.beta_2)
-        _lion(param, grad, state["momentum"], lr, b1, dt(1.0) - b1, b2, dt(1.0) - b2, dt(1.0), dt(0.0))
+        scalars = (lr, b1, dt(1.0) - b1, b2, dt(1.0) - b2, dt(1.0), dt(0.0))
+        if decay is None:
+            _lion(param, grad, state["momentum"], *scalars)
+        else:
+            _lion_decayed(param, grad, state["momentum"], *scalars, decay)
