@@ -25,6 +25,8 @@ class Hyper:
 
     ``low``/``high`` bound numeric values (``low_open``/``high_open`` make the
     bound exclusive); ``choices`` restricts strings; ``optional`` allows None.
+    Numbers must be finite (nan is always rejected; ``allow_inf=True`` admits
+    ``inf``/``-inf`` within the bounds, for a value where infinity has a meaning).
     A ``default`` of ``Hyper.REQUIRED`` makes the argument mandatory.
     """
 
@@ -41,6 +43,7 @@ class Hyper:
         high_open: bool = False,
         optional: bool = False,
         choices: tuple | None = None,
+        allow_inf: bool = False,
         doc: str = "",
     ):
         self.default = default
@@ -49,6 +52,7 @@ class Hyper:
         self.low_open, self.high_open = low_open, high_open
         self.optional = optional or default is None
         self.choices = choices
+        self.allow_inf = allow_inf
         self.doc = doc
         self.name = "?"
 
@@ -80,8 +84,11 @@ class Hyper:
             text = noun + _range_text(self.low, self.high, self.low_open, self.high_open)
         return text + (" or None" if self.optional else "")
 
-    def _error(self, owner: str, value) -> ValueError:
-        return ValueError(f"{owner}: `{self.name}` must be {self.allowed()}; received {self.name}={value!r}")
+    def _error(self, owner: str, value, why: str = "") -> ValueError:
+        why = f" ({why})" if why else ""
+        text = repr(value)
+        text = text if len(text) <= 80 else text[:77] + "..."
+        return ValueError(f"{owner}: `{self.name}` must be {self.allowed()}; received {self.name}={text}{why}")
 
     def validate(self, value, owner: str = ""):
         """Return ``value`` coerced to the declared kind, or raise ``ValueError``."""
@@ -106,14 +113,17 @@ class Hyper:
             return list(value)
         if isinstance(value, bool) or not _is_number(value):
             raise self._error(owner, value)
+        number = float(value)
+        if math.isnan(number):
+            raise self._error(owner, value, "nan is not allowed")
+        if math.isinf(number) and (kind is int or not self.allow_inf):
+            raise self._error(owner, value, "infinite values are not allowed")
         if kind is int:
-            if float(value) != int(value):
+            if number != int(value):
                 raise self._error(owner, value)
             value = int(value)
         else:
-            value = float(value)
-            if math.isnan(value):
-                raise self._error(owner, value)
+            value = number
         if not _in_range(value, self.low, self.high, self.low_open, self.high_open):
             raise self._error(owner, value)
         return value
@@ -122,7 +132,7 @@ class Hyper:
 def _is_number(value) -> bool:
     try:
         float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for a float
         return False
     return not isinstance(value, (str, bytes))
 
@@ -249,7 +259,7 @@ class Configurable:
         """Rebuild an instance from ``get_config()`` output."""
         config = dict(config)
         name = config.pop("name", None)
-        if name is not None and name.lower() not in cls._names():
+        if name is not None and (not isinstance(name, str) or name.lower() not in cls._names()):
             raise ValueError(f"config is for {name!r}, not for {cls.__name__} ({cls.registry_name!r})")
         return cls(**config)
 

@@ -68,6 +68,8 @@ class Registry:
         return self._classes[self.canonical(name)]
 
     def __contains__(self, name: str) -> bool:
+        if not isinstance(name, str):
+            return False
         self._load()
         key = name.lower()
         return self._aliases.get(key, key) in self._classes
@@ -81,7 +83,12 @@ class Registry:
 
     def unknown(self, name) -> ValueError:
         known = self.names()
-        close = get_close_matches(str(name).lower(), known + list(self._aliases), n=1, cutoff=0.5)
+        if not isinstance(name, str):  # no closest match: str(None) would "suggest" whatever resembles 'none'
+            return ValueError(
+                f"{self.kind.capitalize()} name must be a string; received {name!r}. "
+                f"Known {self.kind}s: {', '.join(known)}"
+            )
+        close = get_close_matches(name.lower(), known + list(self._aliases), n=1, cutoff=0.5)
         hint = ""
         if close:
             hint = f" Did you mean {self._aliases.get(close[0], close[0])!r}?"
@@ -100,9 +107,11 @@ class Registry:
         config = dict(identifier)
         if "class_name" in config:
             config = {"name": config["class_name"], **config.get("config", {})}
-        if "name" not in config:
+        if config.get("name") is None:
+            article = "An" if self.kind[0] in "aeiou" else "A"
             raise ValueError(
-                f"A {self.kind} config needs a 'name' (one of {', '.join(self.names())}); got {identifier!r}"
+                f"{article} {self.kind} config needs a 'name' (a string, one of {', '.join(self.names())}); "
+                f"got {identifier!r}"
             )
         cls = self.get(config.pop("name"))
         config.update(overrides)

@@ -96,15 +96,17 @@ class Trainer:
         self._loss_sum = 0.0
         self._count = 0
         self.stop_training = False
+        self.resumed = False
 
     def fit(self) -> History:
         """Run the loop; returns the ``History`` callback (``history.history[name]`` per epoch)."""
         self._start()
         callbacks = self.callbacks
         callbacks.set_trainer(self)
-        callbacks.on_train_begin({})  # BackupAndRestore may move initial_epoch / initial_batch here
+        callbacks.resume()  # BackupAndRestore moves initial_epoch / initial_batch here, before anyone starts
+        callbacks.on_train_begin({})
         problem, optimizer, params, grads = self.problem, self.optimizer, self.params, self.grads
-        path = self.history.path if problem.record_path else None
+        history = self.history if problem.record_path else None
         logs: dict = {}
         for epoch in range(self.initial_epoch, self.epochs):
             self.epoch = epoch
@@ -126,8 +128,8 @@ class Trainer:
                 size = 1 if batch is None else len(batch)
                 self._loss_sum += loss * size
                 self._count += size
-                if path is not None:
-                    path.append(params.flat.astype(np.float64))
+                if history is not None:
+                    history.record_step(self.step, params.flat)
                 callbacks.on_train_batch_end(index, {"loss": loss, "learning_rate": float(optimizer.learning_rate)})
                 if self.stop_training:
                     break
@@ -140,6 +142,8 @@ class Trainer:
             callbacks.on_epoch_end(epoch, logs)
             if self.stop_training:
                 break
+        if history is not None and self.step:
+            history.record_step(self.step, params.flat, last=True)
         callbacks.on_train_end(logs)
         return self.history
 
@@ -159,6 +163,7 @@ class Trainer:
         self.initial_epoch = position["epoch"] + (1 if epoch_done else 0)
         self.initial_batch = 0 if epoch_done else position["batch"]
         self.epoch = self.initial_epoch
+        self.resumed = True
         self.step = position["step"]
         self._loss_sum, self._count = position["loss_sum"], position["count"]
         self.noise_rng.bit_generator.state = position["noise_rng"]

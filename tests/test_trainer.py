@@ -186,10 +186,10 @@ def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path,
 
 
 def test_a_crash_while_writing_keeps_the_previous_backup(tmp_path, monkeypatch):
-    from optlab.optimizers import base
+    from optlab import files
 
     path = tmp_path / "state.npz"
-    base.save_npz_atomic(path, {"format": "x", "n": 1}, {"a": np.ones(3)})
+    files.save_npz_atomic(path, {"format": "x", "n": 1}, {"a": np.ones(3)})
     real = np.savez
 
     def failing(file, **arrays):
@@ -198,9 +198,9 @@ def test_a_crash_while_writing_keeps_the_previous_backup(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "savez", failing)
     with pytest.raises(OSError, match="disk full"):
-        base.save_npz_atomic(path, {"format": "x", "n": 2}, {"a": np.zeros(3), "b": np.zeros(2)})
+        files.save_npz_atomic(path, {"format": "x", "n": 2}, {"a": np.zeros(3), "b": np.zeros(2)})
     monkeypatch.setattr(np, "savez", real)
-    meta, arrays = base.load_npz(path)
+    meta, arrays = files.load_npz(path)
     assert meta["n"] == 1 and np.array_equal(arrays["a"], np.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["state.npz"]  # no temporary file left
 

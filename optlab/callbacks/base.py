@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from typing import ClassVar
@@ -40,6 +41,12 @@ class Callback(Configurable):
         end that knows what a run will log (the command line) calls it to fail before training.
         """
 
+    def check_files(self) -> None:
+        """Raise ``ValueError`` if a file this callback will write cannot be written there.
+
+        Like ``check_logs``, for a front end to call before training.
+        """
+
     @property
     def model(self):
         """Keras's name for the object being trained: here the trainer."""
@@ -55,6 +62,16 @@ class Callback(Configurable):
     def on_epoch_end(self, epoch, logs=None): ...
     def on_train_batch_begin(self, batch, logs=None): ...
     def on_train_batch_end(self, batch, logs=None): ...
+
+    # -- resuming ---------------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Called once before any callback's ``on_train_begin`` (not a Keras hook).
+
+        A callback that resumes an interrupted run (``BackupAndRestore``) restores the
+        parameters, the optimizer and the trainer's position here, so that every callback's
+        ``on_train_begin`` already sees ``trainer.resumed`` and ``trainer.initial_epoch`` (a
+        CSV logger must know it is resuming before it opens its file).
+        """
 
     # -- resumable state ------------------------------------------------------------------------
     def get_state(self) -> dict:
@@ -83,7 +100,17 @@ class CallbackList:
 
     def _call(self, name, *args):
         for cb in self.callbacks:
-            getattr(cb, name)(*args)
+            try:
+                getattr(cb, name)(*args)
+            except Exception as error:
+                # which callback and hook raised, for a front end's one-line message
+                if not hasattr(error, "optlab_callback"):
+                    with contextlib.suppress(AttributeError):
+                        error.optlab_callback = f"{type(cb).__name__}.{name}"
+                raise
+
+    def resume(self):
+        self._call("resume")
 
     def on_train_begin(self, logs):
         self._call("on_train_begin", logs)
@@ -179,3 +206,26 @@ def _closest(name: str, names) -> str:  # shared by the callbacks' messages
 
     match = difflib.get_close_matches(name, sorted(names), n=1)
     return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def check_writable(path, what: str) -> None:
+    """Raise ``ValueError`` unless a file can be written at ``path`` (its folder may not exist yet)."""
+    import os
+
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{what}: {path} is a folder, not a file")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise ValueError(f"{what}: {path} is not writable")
+    folder = os.path.dirname(path)
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f"{what}: cannot create a folder under {folder}, which is a file")
+    import tempfile
+
+    try:  # access() says yes to root everywhere; only a real file tells (this one is removed at once)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".optlab-probe-"):
+            pass
+    except OSError as error:
+        raise ValueError(f"{what}: cannot write in {folder} ({error.strerror or error})") from None

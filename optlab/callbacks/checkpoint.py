@@ -7,15 +7,15 @@ and an atomic rename, so a crash mid-write leaves the previous checkpoint intact
 from __future__ import annotations
 
 import os
-import shutil
+import string
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from ..files import load_npz, save_npz_atomic
 from ..hparams import Hyper
-from ..optimizers.base import load_npz, save_npz_atomic
-from .base import Callback, Monitor, _closest
+from .base import Callback, Monitor, _closest, check_writable
 
 BACKUP_FORMAT = "optlab.backup/1"
 CHECKPOINT_FORMAT = "optlab.checkpoint/1"
@@ -51,16 +51,24 @@ class BackupAndRestore(Callback):
     Saved: the parameters, the optimizer's state (slots, step counter, EMA, accumulators,
     learning rate), the loop's position (epoch, batch, step), the gradient-noise generator's
     state, and every other callback's state (``Callback.get_state``). ``save_freq="epoch"``
-    saves after every epoch, an integer N every N steps. With ``delete_checkpoint`` the backup
-    is removed when training ends normally. A resumed run ends with exactly the parameters of
-    one that never stopped.
+    saves after every epoch, an integer N every N steps. A resumed run ends with exactly the
+    parameters of one that never stopped.
+
+    The backup is one file, ``backup_dir/backup.npz``. With ``delete_checkpoint`` it is removed
+    when training ends normally — that file only: anything else in ``backup_dir`` is left alone,
+    and the folder itself is removed only if optlab created it (in this run or in the run it
+    resumes) and it is then empty. (Keras removes the whole folder; ``backup_dir="."`` there
+    deletes the working directory's contents.)
     """
 
     registry_name = "backup_and_restore"
     backup_dir = Hyper(Hyper.REQUIRED, kind=str, doc="directory of the backup")
     save_freq = Hyper("epoch", kind=object, doc='"epoch" or a number of steps')
-    delete_checkpoint = Hyper(True, kind=bool, doc="remove the backup when training ends")
+    delete_checkpoint = Hyper(True, kind=bool, doc="remove the backup file when training ends")
     runs_last = True  # the trainer calls it after the other callbacks, so it saves their final state
+    _since = 0
+    _pending_states = None
+    _created_dirs: tuple | list = ()  # folders this run (or the one it resumes) created, deepest first
 
     def check(self):
         if self.save_freq != "epoch" and not (
@@ -74,13 +82,49 @@ class BackupAndRestore(Callback):
     def path(self) -> Path:
         return Path(self.backup_dir) / "backup.npz"
 
-    def on_train_begin(self, logs=None):
+    def check_files(self):
+        check_writable(self.path, "BackupAndRestore: backup_dir")
+
+    def resume(self):
+        """Restore the parameters, the optimizer and the loop's position from the backup, if there is one.
+
+        Runs before every callback's ``on_train_begin``; the other callbacks' own states are
+        handed back in this callback's ``on_train_begin`` (it runs last), after theirs.
+        """
         self._since = 0
+        self._pending_states = None
+        self._created_dirs = []
         if self.path.exists():
             self._restore()
 
+    def on_train_begin(self, logs=None):
+        if self._pending_states is None:
+            return
+        saved, arrays = self._pending_states
+        self._pending_states = None
+        for cb in self._others():  # the k-th callback of a class gets the k-th saved state of that class
+            states = saved.get(type(cb).__name__)
+            if states:
+                cb.set_state(_decode(states.pop(0), arrays))
+        unused = [name for name, states in saved.items() for _ in states]
+        if unused:
+            warnings.warn(
+                f"{self.path} holds the state of callbacks this run does not have: {unused}; it is ignored",
+                stacklevel=2,
+            )
+
     def _others(self):
         return [cb for cb in self.trainer.callbacks if cb is not self]
+
+    def _make_dir(self) -> None:
+        folder = Path(self.backup_dir).absolute()
+        missing = []
+        while not folder.exists():
+            missing.append(folder)
+            folder = folder.parent
+        if missing:
+            os.makedirs(self.backup_dir, exist_ok=True)
+            self._created_dirs = [*self._created_dirs, *(str(d) for d in missing)]
 
     def _save(self, epoch_done: bool):
         trainer = self.trainer
@@ -92,6 +136,7 @@ class BackupAndRestore(Callback):
             state = cb.get_state()
             if state:  # stateless callbacks (a progress bar) may differ between the runs
                 states.append({"class": type(cb).__name__, "state": _encode(state, arrays, f"callback/{i}")})
+        self._make_dir()
         meta = {
             "format": BACKUP_FORMAT,
             "position": trainer.position(),
@@ -99,37 +144,34 @@ class BackupAndRestore(Callback):
             "stopped": bool(trainer.stop_training),
             "optimizer": opt_meta,
             "callbacks": states,
+            "created_dirs": self._created_dirs,
         }
-        os.makedirs(self.backup_dir, exist_ok=True)
         save_npz_atomic(self.path, meta, arrays)
 
     def _restore(self):
+        """Read and check the whole backup, then put it in place (a bad file changes nothing)."""
         trainer = self.trainer
         meta, arrays = load_npz(self.path)
         if meta.get("format") != BACKUP_FORMAT:
             raise ValueError(f"{self.path} is not an optlab backup (format {meta.get('format')!r})")
-        if arrays["params"].shape != trainer.params.flat.shape:
+        params = arrays.get("params")
+        if params is None or params.shape != trainer.params.flat.shape or params.dtype != trainer.params.flat.dtype:
             raise ValueError(
-                f"{self.path} holds {arrays['params'].size} parameters but the problem has "
-                f"{trainer.params.flat.size}: it is the backup of another run"
+                f"{self.path} holds {getattr(params, 'size', 0)} parameters of dtype {getattr(params, 'dtype', '?')} "
+                f"but the problem has {trainer.params.flat.size} of {trainer.params.flat.dtype}: "
+                "it is the backup of another run"
             )
         saved: dict[str, list] = {}
         for entry in meta["callbacks"]:
             saved.setdefault(entry["class"], []).append(entry["state"])
-        trainer.params.flat[...] = arrays["params"]
         trainer.optimizer.set_state(
-            meta["optimizer"], {k[len("optimizer/") :]: v for k, v in arrays.items() if k.startswith("optimizer/")}
+            meta["optimizer"],
+            {k[len("optimizer/") :]: v for k, v in arrays.items() if k.startswith("optimizer/")},
+            restore_learning_rate=True,
         )
-        for cb in self._others():  # the k-th callback of a class gets the k-th saved state of that class
-            states = saved.get(type(cb).__name__)
-            if states:
-                cb.set_state(_decode(states.pop(0), arrays))
-        unused = [name for name, states in saved.items() for _ in states]
-        if unused:
-            warnings.warn(
-                f"{self.path} holds the state of callbacks this run does not have: {unused}; it is ignored",
-                stacklevel=2,
-            )
+        trainer.params.flat[...] = params
+        self._pending_states = (saved, arrays)
+        self._created_dirs = [str(d) for d in meta.get("created_dirs", [])]
         trainer.restore_position(meta["position"], meta["epoch_done"])
         if meta["stopped"]:
             trainer.initial_epoch = trainer.epochs  # it had stopped: only on_train_end is left
@@ -147,9 +189,16 @@ class BackupAndRestore(Callback):
             self._save(epoch_done=True)
 
     def on_train_end(self, logs=None):
-        if self.delete_checkpoint and self.path.exists():
-            shutil.rmtree(self.backup_dir, ignore_errors=True)
-
+        if not self.delete_checkpoint:
+            return
+        # only what this callback wrote: its one file, then the folders it created if now empty
+        if self.path.is_file() and not self.path.is_symlink():
+            self.path.unlink()
+        for folder in self._created_dirs:
+            try:
+                os.rmdir(folder)  # fails, harmlessly, on a folder that is not empty
+            except OSError:
+                break
 
 class ModelCheckpoint(Monitor):
     """Save the parameters (and the optimizer's state) after every epoch or every few batches, or only the best ones.
@@ -177,9 +226,10 @@ class ModelCheckpoint(Monitor):
     save_best_only = Hyper(False, kind=bool, doc="save only when the monitored value improves")
     save_weights_only = Hyper(False, kind=bool, doc="save the parameters only, not the optimizer's state")
     save_freq = Hyper("epoch", kind=object, doc='"epoch", or an integer: save after every this many batches')
-    initial_value_threshold = Hyper(None, optional=True, doc="a value the first save must beat")
+    initial_value_threshold = Hyper(None, optional=True, allow_inf=True, doc="a value the first save must beat")
 
     def check(self):
+        template_fields(self.filepath, "ModelCheckpoint: filepath")
         freq = self.save_freq
         if freq != "epoch" and (not isinstance(freq, int) or isinstance(freq, bool) or freq < 1):
             raise ValueError(
@@ -187,15 +237,12 @@ class ModelCheckpoint(Monitor):
             )
 
     def check_logs(self, names: set[str]) -> None:
-        import string
-
         batch_level = self.save_freq != "epoch"
         fields = {"epoch", *(("batch",) if batch_level else ())}
         # a batch-level save sees the batch's logs: loss and learning rate only
         available = fields | ({"loss", "learning_rate"} if batch_level else set(names))
-        for _, field, _, _ in string.Formatter().parse(self.filepath):
-            key = (field or "").split(".")[0].split("[")[0]
-            if field is not None and key not in available:
+        for key, _ in template_fields(self.filepath, "ModelCheckpoint: filepath"):
+            if key not in available:
                 raise ValueError(
                     f'ModelCheckpoint: filepath "{self.filepath}" uses {{{key}}}, which is not logged '
                     f"{'at a batch' if batch_level else 'by this run'}{_closest(key, available)}; "
@@ -203,6 +250,11 @@ class ModelCheckpoint(Monitor):
                 )
         if self.save_best_only and not batch_level:
             super().check_logs(names)
+
+    def check_files(self):
+        sample = {key: (1 if key in ("epoch", "batch") else 0.0) for key, _ in template_fields(self.filepath, "")}
+        path = fill_template(self.filepath, sample, "ModelCheckpoint: filepath")
+        check_writable(path, "ModelCheckpoint: filepath")
 
     def on_train_begin(self, logs=None):
         if not hasattr(self, "best") or self.trainer.initial_epoch == 0:
@@ -229,13 +281,7 @@ class ModelCheckpoint(Monitor):
                     return
                 self.best = current
         fields = {"epoch": epoch + 1, **({"batch": batch + 1} if batch is not None else {}), **logs}
-        try:
-            path = self.filepath.format(**fields)
-        except (KeyError, IndexError) as error:
-            raise ValueError(
-                f'ModelCheckpoint: cannot fill filepath "{self.filepath}": {error} is not logged here '
-                f"(available: {', '.join(fields)})"
-            ) from None
+        path = fill_template(self.filepath, fields, "ModelCheckpoint: filepath")
         trainer = self.trainer
         arrays = {f"param/{i}": np.array(p) for i, p in enumerate(trainer.params)}
         meta = {
@@ -263,6 +309,50 @@ class ModelCheckpoint(Monitor):
     def set_state(self, state):
         self.best = state["best"]
         self._batches_since_save = state.get("batches_since_save", 0)
+
+
+def template_fields(template: str, what: str) -> list[tuple[str, str]]:
+    """The ``(name, format spec)`` of each ``{field}`` of a file name template.
+
+    Only plain names with an optional format spec are allowed (``{epoch:03d}``,
+    ``{val_loss:.3f}``): no attribute or index access, conversion or nested field, so a
+    template cannot reach into the objects it is filled from.
+    """
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as error:
+        raise ValueError(f'{what} "{template}" is not a valid template: {error}') from None
+    fields = []
+    for _, field, spec, conversion in parsed:
+        if field is None:
+            continue
+        if not field.isidentifier() or conversion or "{" in (spec or ""):
+            raise ValueError(
+                f'{what} "{template}": {{{field}}} is not allowed; a template may only use logged names '
+                "with a format spec, e.g. {epoch:03d} or {val_loss:.3f}"
+            )
+        fields.append((field, spec or ""))
+    return fields
+
+
+def fill_template(template: str, fields: dict, what: str) -> str:
+    """``template`` with its fields filled from ``fields`` (see :func:`template_fields`)."""
+    parts = []
+    for literal, field, spec, _ in string.Formatter().parse(template):
+        parts.append(literal)
+        if field is None:
+            continue
+        if field not in fields:
+            raise ValueError(
+                f'{what} "{template}" uses {{{field}}}, which is not logged here{_closest(field, fields)}; '
+                f"available: {', '.join(sorted(fields))}"
+            )
+        try:
+            parts.append(format(fields[field], spec or ""))
+        except (ValueError, TypeError) as error:
+            value = fields[field]
+            raise ValueError(f'{what} "{template}": cannot format {field}={value!r} as "{spec}": {error}') from None
+    return "".join(parts)
 
 
 def load_checkpoint(path) -> tuple[list[np.ndarray], dict]:

@@ -10,31 +10,128 @@ import sys
 import numpy as np
 
 from ..hparams import Hyper
-from .base import Callback, Monitor, as_array_state, is_finite_number
+from .base import Callback, Monitor, as_array_state, check_writable, is_finite_number
 
 
 class History(Callback):
     """Records every epoch's logs: ``history.history["loss"]`` is the list of epoch losses.
 
-    The trainer always adds one and returns it from ``fit()``. ``history.path`` holds the
-    parameters after every step for problems that record their path (the 2-D test functions).
+    The trainer always adds one and returns it from ``fit()``. ``history.epoch`` lists the
+    epochs recorded, ``history.path`` the parameters after each recorded step for problems
+    that record their path (the 2-D test functions).
+
+    Memory is bounded whatever the run's length: once more than ``max_points`` epochs (or
+    path points) are kept, every other one is dropped and only every second epoch is kept
+    from then on (the stride doubles), so between ``max_points / 2`` and ``max_points``
+    remain, evenly spaced. The first and the last epoch are always kept, and ``best(key)``
+    gives the exact best value and its epoch over *every* epoch, dropped ones included.
+    Runs shorter than ``max_points`` epochs keep everything, as Keras does.
     """
 
     registry_name = "history"
+    max_points = Hyper(100_000, kind=int, low=2, doc="epochs (and path points) kept at most; beyond, evenly thinned")
 
     def on_train_begin(self, logs=None):
-        if not hasattr(self, "history") or self.trainer is None or self.trainer.initial_epoch == 0:
+        if not hasattr(self, "history") or self.trainer is None or not self.trainer.resumed:
             self.epoch: list[int] = []
             self.history: dict[str, list] = {}
             self.path: list[np.ndarray] = []
+            self.stride = 1  # epochs are recorded when epoch % stride == 0
+            self.path_stride = 1  # path points after steps s with (s - 1) % path_stride == 0
+            self.path_recorded = 0
+            self._extremes: dict[str, list] = {}  # key -> [min, epoch, max, epoch] over unrecorded epochs
+        self._last = None
 
     def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if epoch % self.stride:
+            self._last = (epoch, dict(logs))
+            self._track(epoch, logs)
+            return
+        self._last = None
         self.epoch.append(epoch)
-        for key, value in (logs or {}).items():
+        for key, value in logs.items():
             self.history.setdefault(key, []).append(value)
+        if len(self.epoch) > self.max_points:
+            self._thin()
+
+    def _track(self, epoch: int, logs: dict) -> None:
+        for key, value in logs.items():
+            if not is_finite_number(value):
+                continue
+            value = float(value)
+            ext = self._extremes.get(key)
+            if ext is None:
+                self._extremes[key] = [value, epoch, value, epoch]
+                continue
+            if value < ext[0]:
+                ext[0], ext[1] = value, epoch
+            if value > ext[2]:
+                ext[2], ext[3] = value, epoch
+
+    def _thin(self) -> None:
+        """Drop every recorded epoch that is not a multiple of twice the stride (the first stays)."""
+        stride = 2 * self.stride
+        keep = [i for i, e in enumerate(self.epoch) if e % stride == 0]
+        dropped = [i for i, e in enumerate(self.epoch) if e % stride]
+        for i in dropped:
+            e = self.epoch[i]
+            self._track(e, {k: v[i] for k, v in self.history.items() if len(v) == len(self.epoch)})
+        for key, values in self.history.items():
+            if len(values) == len(self.epoch):
+                self.history[key] = [values[i] for i in keep]
+            else:  # a name logged only in some epochs: thin its own list evenly
+                self.history[key] = values[::2]
+        self.epoch = [self.epoch[i] for i in keep]
+        self.stride = stride
+
+    def record_step(self, step: int, flat: np.ndarray, last: bool = False) -> None:
+        """Keep the parameters after ``step`` (1-based) on the path, thinned like the epochs;
+        ``last=True`` (the trainer's final step) keeps them whatever the stride."""
+        if (step - 1) % self.path_stride:
+            if last:
+                self.path.append(flat.astype(np.float64))
+            return
+        if last and self.path_recorded == step:
+            return
+        self.path.append(flat.astype(np.float64))
+        self.path_recorded = step
+        if len(self.path) > self.max_points:
+            self.path = self.path[::2]
+            self.path_stride *= 2
+
+    def on_train_end(self, logs=None):
+        if self._last is not None:  # the last epoch is always kept, thinned or not
+            epoch, logs = self._last
+            self.epoch.append(epoch)
+            for key, value in logs.items():
+                self.history.setdefault(key, []).append(value)
+            self._last = None
+
+    def best(self, key: str, mode: str = "min") -> tuple[float, int] | None:
+        """The smallest (``mode="min"``) or largest finite value of ``key`` over every epoch, and its epoch."""
+        candidates = []
+        values = self.history.get(key, [])
+        epochs = self.epoch if len(values) == len(self.epoch) else range(len(values))
+        candidates = [(float(v), e) for v, e in zip(values, epochs) if is_finite_number(v)]
+        ext = self._extremes.get(key) if hasattr(self, "_extremes") else None
+        if ext is not None:
+            candidates += [(ext[0], ext[1]), (ext[2], ext[3])]
+        if not candidates:
+            return None
+        pick = min if mode == "min" else max
+        # ties go to the earliest epoch, as a scan of the full list would
+        return pick(candidates, key=lambda c: (c[0], c[1] if mode == "min" else -c[1]))
 
     def get_state(self):
-        state = {"epoch": list(self.epoch), "history": {k: list(v) for k, v in self.history.items()}}
+        state = {
+            "epoch": list(self.epoch),
+            "history": {k: list(v) for k, v in self.history.items()},
+            "stride": self.stride,
+            "path_stride": self.path_stride,
+            "path_recorded": self.path_recorded,
+            "extremes": {k: list(v) for k, v in self._extremes.items()},
+        }
         if self.path:
             state["path"] = np.array(self.path)
         return state
@@ -42,7 +139,11 @@ class History(Callback):
     def set_state(self, state):
         self.epoch = list(state["epoch"])
         self.history = {k: list(v) for k, v in state["history"].items()}
-        self.path[:] = list(state["path"]) if "path" in state else []  # the trainer holds this list
+        self.path = list(state["path"]) if "path" in state else []
+        self.stride = int(state.get("stride", 1))
+        self.path_stride = int(state.get("path_stride", 1))
+        self.path_recorded = int(state.get("path_recorded", 0))
+        self._extremes = {k: list(v) for k, v in state.get("extremes", {}).items()}
 
 
 class LearningRateScheduler(Callback):
@@ -108,7 +209,7 @@ class EarlyStopping(Monitor):
     positional = ("monitor", "min_delta", "patience", "verbose", "mode", "baseline", "restore_best_weights")
     patience = Hyper(0, kind=int, low=0, doc="epochs without improvement before stopping")
     verbose = Hyper(0, kind=int, low=0, doc="print when stopping")
-    baseline = Hyper(None, optional=True, doc="a value to beat for the wait to restart")
+    baseline = Hyper(None, optional=True, allow_inf=True, doc="a value to beat for the wait to restart")
     restore_best_weights = Hyper(False, kind=bool, doc="restore the best epoch's parameters at the end")
     start_from_epoch = Hyper(0, kind=int, low=0, doc="epochs to wait before monitoring")
 
@@ -250,7 +351,7 @@ class ThresholdStop(Callback):
 
     registry_name = "threshold_stop"
     monitor = Hyper("loss", kind=str, doc="the logged quantity to watch")
-    threshold = Hyper(Hyper.REQUIRED, doc="the value to cross")
+    threshold = Hyper(Hyper.REQUIRED, allow_inf=True, doc="the value to cross")
     mode = Hyper("min", kind=str, choices=("min", "max"), doc="stop at or below (min) or at or above (max)")
     every = Hyper("epoch", kind=str, choices=("epoch", "batch"), doc="check after every epoch or every step")
     verbose = Hyper(0, kind=int, low=0, doc="print when stopping")
@@ -282,22 +383,53 @@ class ThresholdStop(Callback):
 
 
 class CSVLogger(Callback):
-    """Writes every epoch's logs as a CSV row (``append=True`` continues an existing file)."""
+    """Writes every epoch's logs as a CSV row (``append=True`` continues an existing file; the folder is created).
+
+    As in Keras, a new run (``append=False``) replaces the file. A run resumed by
+    ``BackupAndRestore`` always appends, and skips the epochs the file already holds (the
+    interrupted run may have written a row after its last backup; the resumed run recomputes
+    that epoch bit for bit), so the file ends with exactly one row per epoch.
+    """
 
     registry_name = "csv_logger"
     filename = Hyper(Hyper.REQUIRED, kind=str, doc="the CSV file")
     separator = Hyper(",", kind=str, doc="the field separator")
     append = Hyper(False, kind=bool, doc="append to an existing file instead of overwriting it")
 
+    def check_files(self):
+        check_writable(self.filename, "CSVLogger: filename")
+
     def on_train_begin(self, logs=None):
-        resuming = self.trainer is not None and self.trainer.initial_epoch > 0
-        self._append_header = not ((self.append or resuming) and os.path.exists(self.filename))
-        mode = "a" if (self.append or resuming) else "w"
-        self._file = open(self.filename, mode, newline="")
+        resuming = self.trainer is not None and self.trainer.resumed
+        exists = os.path.exists(self.filename)
+        self._skip_through = self._complete_rows() if (resuming and exists) else -1
+        self._append_header = not ((self.append or resuming) and exists and os.path.getsize(self.filename) > 0)
+        if os.path.dirname(self.filename):
+            os.makedirs(os.path.dirname(self.filename), exist_ok=True)
+        self._file = open(self.filename, "a" if (self.append or resuming) else "w", newline="")
         self._writer = None
         self._keys = None
 
+    def _complete_rows(self) -> int:
+        """The epoch of the file's last complete row (-1 if none). A row the interrupted run
+        left unfinished (no newline: the process died mid-write) is cut off: it is the only
+        part of the file that is changed, and the resumed run writes that row again."""
+        with open(self.filename, "rb") as fh:
+            data = fh.read()
+        complete = data[: data.rfind(b"\n") + 1]
+        if len(complete) != len(data):
+            os.truncate(self.filename, len(complete))
+        rows = list(csv.reader(complete.decode("utf-8", "replace").splitlines(), delimiter=self.separator))
+        for row in reversed(rows):
+            try:
+                return int(row[0])
+            except (IndexError, ValueError):
+                continue
+        return -1
+
     def on_epoch_end(self, epoch, logs=None):
+        if epoch <= self._skip_through:
+            return
         logs = dict(logs or {})
         if self._keys is None:
             self._keys = sorted(logs)

@@ -30,9 +30,8 @@ drives bias corrections) counts applied updates: ``calls // N``.
 from __future__ import annotations
 
 import inspect
-import json
+import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from .. import files
 from .. import kernels as K
 from ..flat import flat_view
 from ..hparams import Configurable, Hyper
@@ -190,7 +190,10 @@ class Optimizer(Configurable):
         self._lr = None
         self._iterations = 0
         self._built = False
-        self._exclude_wd: set[int] = set()
+        self._plan: _Plan | None = None
+        self._grad_cache: tuple[list, np.ndarray | None] | None = None
+        self._exclude_wd: set[int] = set()  # resolved when a plan is made
+        self._exclude_wd_indices: set[int] = set()
         self._exclude_wd_arrays: list = []
         if kwargs.pop("decay", None) is not None:
             warnings.warn("Argument `decay` is no longer supported and will be ignored.", stacklevel=2)
@@ -275,27 +278,35 @@ class Optimizer(Configurable):
         """Exempt parameters (given as the arrays themselves, or by position) from weight decay."""
         if self._built:
             raise ValueError("exclude_from_weight_decay() can only be called before the optimizer is built")
-        self._exclude_wd = set(indices or ())
+        indices = list(indices or ())
+        for i in indices:
+            if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+                raise TypeError(f"exclude_from_weight_decay: indices must be integers; received {i!r}")
+        self._exclude_wd_indices = {int(i) for i in indices}
         self._exclude_wd_arrays = list(var_list or ())
 
     def build(self, params) -> None:
-        """Create the state for ``params`` (done by the first ``apply``)."""
+        """Create the state for ``params`` (done by the first ``apply``).
+
+        As in Keras, ``build([])`` builds an optimizer on no parameters (its empty steps are
+        no-ops), and a built optimizer updates the parameters it was built for: later calls
+        pass those arrays (or others of the same shapes and dtype), never other parameters.
+        """
         params = list(params)
-        self._check_params(params)
-        for a in self._exclude_wd_arrays:
-            self._exclude_wd.update(i for i, p in enumerate(params) if p is a)
-        self._allocate([p.shape for p in params], params[0].dtype)
-        for name, slot in self._slot_specs.items():
+        self._check_params(params)  # everything is checked before anything is replaced
+        dtype = params[0].dtype if params else np.dtype(np.float32)
+        state = self._new_state([p.shape for p in params], dtype)
+        for name, slot in state["_slot_specs"].items():
             if slot.init == "param":
-                buf = self._slots[name]
+                buf, offsets = state["_slots"][name], state["_offsets"]
                 for k, p in enumerate(params):
-                    buf[self._offsets[k] : self._offsets[k + 1]] = p.reshape(-1)
+                    buf[offsets[k] : offsets[k + 1]] = p.reshape(-1)
+        self.__dict__.update(state)
+        self._plan = self._make_plan(params)
 
     def _check_params(self, params):
         owner = type(self).__name__
-        if not params:
-            raise ValueError(f"{owner}: no parameters given")
-        dtype = params[0].dtype if isinstance(params[0], np.ndarray) else None
+        dtype = params[0].dtype if params and isinstance(params[0], np.ndarray) else None
         for i, p in enumerate(params):
             if not isinstance(p, np.ndarray):
                 raise TypeError(f"{owner}: parameter {i} is a {type(p).__name__}, not a numpy array")
@@ -305,28 +316,47 @@ class Optimizer(Configurable):
                 raise TypeError(f"{owner}: parameter {i} has dtype {p.dtype} but parameter 0 has {dtype}")
             if not p.flags.c_contiguous or not p.flags.writeable:
                 raise ValueError(f"{owner}: parameter {i} must be a writeable C-contiguous array (updated in place)")
+        overlap = _first_overlap(params)
+        if overlap is not None:
+            i, j = overlap
+            raise ValueError(
+                f"{owner}: parameters {i} and {j} share memory (the same array twice, or overlapping views of "
+                "one buffer): each would be updated twice, with separate state; pass every parameter once"
+            )
+        n = len(params)
+        bad = sorted(i for i in self._exclude_wd_indices if not -n <= i < n)
+        if bad:
+            raise ValueError(
+                f"{owner}: exclude_from_weight_decay(indices=...) names parameter(s) {bad}, "
+                f"but there are {n} parameters (allowed: 0 to {n - 1}, or -{n} to -1)"
+            )
 
-    def _allocate(self, shapes, dtype):
+    def _new_state(self, shapes, dtype, source: dict | None = None) -> dict:
+        """The attributes of a built optimizer for parameters of ``shapes``, made on the side.
+
+        Nothing of ``self`` changes; the caller installs the result at once. Buffers hold the
+        slots' initial values, or, with ``source`` (named arrays as ``get_state`` gives them),
+        copies of those arrays after checking their names, dtypes and exact sizes.
+        """
         dtype = np.dtype(dtype)
-        self._shapes = [tuple(int(d) for d in s) for s in shapes]
-        sizes = [int(np.prod(s, dtype=np.int64)) for s in self._shapes]
-        self._offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        self._dtype = dtype
-        n = int(self._offsets[-1])
-        self._slot_specs = {k: (v if isinstance(v, Slot) else Slot(v)) for k, v in self.slots().items()}
-        self._slots, self._slot_offsets = {}, {}
-        for name, slot in self._slot_specs.items():
-            if slot.size is None:
-                offsets, total = self._offsets, n
-            else:
-                ssizes = [int(slot.size(s)) for s in self._shapes]
-                offsets = np.concatenate([[0], np.cumsum(ssizes)]).astype(np.int64)
-                total = int(offsets[-1])
-            init = 0.0 if slot.init == "param" else slot.init
-            self._slots[name] = np.full(total, init, dtype=dtype)
-            self._slot_offsets[name] = offsets
-        self._ema = np.zeros(n, dtype) if self.use_ema else None
-        self._acc = np.zeros(n, dtype) if self.gradient_accumulation_steps else None
+        shapes = [tuple(int(d) for d in s) for s in shapes]
+        offsets = _offsets([math.prod(s) for s in shapes])
+        n = int(offsets[-1])
+        specs = self._specs()
+        slot_offsets: dict[str, np.ndarray] = {}
+        expected: dict[str, tuple[int, float]] = {}  # array name -> (elements, initial value)
+        for name, slot in specs.items():
+            so = offsets if slot.size is None else _offsets([int(slot.size(s)) for s in shapes])
+            slot_offsets[name] = so
+            expected[f"slot/{name}"] = (int(so[-1]), 0.0 if slot.init == "param" else slot.init)
+        if self.use_ema:
+            expected["ema"] = (n, 0.0)
+        if self.gradient_accumulation_steps:
+            expected["accumulator"] = (n, 0.0)
+        if source is None:
+            buffers = {key: np.full(size, init, dtype=dtype) for key, (size, init) in expected.items()}
+        else:
+            buffers = self._copies_of(source, {key: size for key, (size, _) in expected.items()}, dtype)
         needs_scratch = (
             self.loss_scale_factor is not None
             or self.gradient_accumulation_steps
@@ -334,11 +364,50 @@ class Optimizer(Configurable):
             or self.clipvalue is not None
             or self.global_clipnorm is not None
         )
-        self._gbuf = np.empty(n, dtype) if needs_scratch else None
-        self._scalars: dict[str, float] = {}
-        self._plan: _Plan | None = None
-        self._grad_cache: tuple[list, np.ndarray | None] | None = None
-        self._built = True
+        return {
+            "_shapes": shapes,
+            "_offsets": offsets,
+            "_dtype": dtype,
+            "_slot_specs": specs,
+            "_slots": {name: buffers[f"slot/{name}"] for name in specs},
+            "_slot_offsets": slot_offsets,
+            "_ema": buffers.get("ema"),
+            "_acc": buffers.get("accumulator"),
+            "_gbuf": np.empty(n, dtype) if needs_scratch else None,
+            "_scalars": {},
+            "_plan": None,
+            "_grad_cache": None,
+            "_built": True,
+        }
+
+    def _copies_of(self, source: dict, sizes: dict[str, int], dtype: np.dtype) -> dict[str, np.ndarray]:
+        """Copies of the state arrays ``source``, which must be exactly ``sizes`` (name -> elements) in ``dtype``."""
+        owner = type(self).__name__
+        missing = sorted(set(sizes) - set(source))
+        unexpected = sorted(set(source) - set(sizes))
+        if missing or unexpected:
+            detail = "; ".join(
+                part
+                for part in (f"missing {missing}" if missing else "", f"unexpected {unexpected}" if unexpected else "")
+                if part
+            )
+            raise ValueError(
+                f"{owner}: the state holds {sorted(source)} but this optimizer's options need {sorted(sizes)} "
+                f"({detail})"
+            )
+        out = {}
+        for key, size in sizes.items():
+            a = source[key]
+            if not isinstance(a, np.ndarray):
+                raise self._invalid_state(f"{key!r} is a {type(a).__name__}, not a numpy array")
+            if a.dtype != dtype:
+                raise self._invalid_state(f"array {key!r} has dtype {a.dtype}; the state's dtype is {dtype}")
+            if a.shape != (size,):
+                raise self._invalid_state(
+                    f"array {key!r} has shape {a.shape}; the state's parameter shapes need ({size},)"
+                )
+            out[key] = np.array(a, dtype=dtype, copy=True)
+        return out
 
     def _segments(self, i0, i1) -> Segments:
         base = self._offsets[i0]
@@ -356,9 +425,13 @@ class Optimizer(Configurable):
         return (int(self._offsets[i0]), int(self._offsets[i1]), param_1d, state, self._segments(i0, i1))
 
     def _make_plan(self, params) -> _Plan:
+        """Check ``params`` against what the optimizer was built for and lay out one step (not per step)."""
         owner = type(self).__name__
         if len(params) != len(self._shapes):
-            raise ValueError(f"{owner} was built for {len(self._shapes)} parameters, received {len(params)}")
+            raise ValueError(
+                f"{owner} was built for {len(self._shapes)} parameters, received {len(params)} (an optimizer "
+                "keeps updating the parameters it was built for; create a new one for other parameters)"
+            )
         self._check_params(params)
         for i, (p, shape) in enumerate(zip(params, self._shapes)):
             if p.shape != shape or p.dtype != self._dtype:
@@ -371,26 +444,47 @@ class Optimizer(Configurable):
             chunks = [self._chunk(0, len(params), flat)]
         else:
             chunks = [self._chunk(i, i + 1, p.reshape(-1)) for i, p in enumerate(params)]
+        n = len(params)
+        excluded = {i % n for i in self._exclude_wd_indices}
+        for a in self._exclude_wd_arrays:
+            excluded.update(i for i, p in enumerate(params) if p is a)
+        self._exclude_wd = excluded
         return _Plan(list(params), chunks, flat)
 
     # -- one step --------------------------------------------------------------
     def apply_gradients(self, grads_and_vars: Iterable) -> int:
         """Apply one step from ``(gradient, parameter)`` pairs; returns ``iterations``."""
         pairs = list(grads_and_vars)
+        for i, item in enumerate(pairs):
+            if type(item) is not tuple or len(item) != 2:
+                if not (isinstance(item, (tuple, list)) and len(item) == 2):
+                    raise TypeError(
+                        f"{type(self).__name__}.apply_gradients expects (gradient, parameter) pairs, "
+                        f"e.g. zip(grads, params); item {i} is {_describe(item)}"
+                    )
         grads = [g for g, _ in pairs]
         params = [p for _, p in pairs]
         self.apply(grads, params)
         return self.iterations
 
     def apply(self, grads, params=None) -> None:
-        """Apply one step. ``params`` defaults to those the optimizer was built with."""
+        """Apply one step. ``params`` defaults to those the optimizer was built with.
+
+        An empty call does nothing on an optimizer built on no parameters (as in Keras) and is
+        an error otherwise: an empty list is almost always an iterator consumed by an earlier call.
+        """
         grads = list(grads)
         if params is None:
             if not self._built or self._plan is None:
-                raise ValueError("When passing `grads` without parameters, the optimizer must already be built on them")
+                raise ValueError(
+                    f"{type(self).__name__}.apply(grads) without parameters needs an optimizer built on them "
+                    "(by build(params) or an earlier apply(grads, params)); pass apply(grads, params)"
+                )
             params = self._plan.params
         else:
             params = list(params)
+        if (not grads or not params) and self._nothing_to_apply(grads, params):
+            return
         if not self._built:
             self.build(params)
         plan = self._plan
@@ -400,11 +494,37 @@ class Optimizer(Configurable):
         work = self._gradient_chunks(plan, grads)
         self._step(work)
 
+    def _nothing_to_apply(self, grads: list, params: list) -> bool:
+        """An empty call: a no-op for an optimizer built on no parameters (as in Keras), else an error."""
+        owner = type(self).__name__
+        if not grads and not params:
+            if self._built and not self._shapes:
+                return True  # Keras: an empty step does nothing and is not counted
+            if self._built:
+                built = f"it was built for {len(self._shapes)} parameters"
+            else:
+                built = "it is not built yet; build([]) builds an optimizer on no parameters"
+            raise ValueError(
+                f"{owner} received no gradients and no parameters ({built}): the iterable was empty. "
+                "A zip can be iterated only once: pass a new zip(grads, params) at every step"
+            )
+        if not grads:
+            raise ValueError(
+                f"{owner} received no gradients for {len(params)} parameters: the gradient iterable was empty "
+                "(an iterator can be consumed only once)"
+            )
+        raise ValueError(f"{owner} received {len(grads)} gradients but no parameters: the parameter iterable was empty")
+
     def _gradient_chunks(self, plan: _Plan, grads):
         """Pair each chunk of the plan with its flat gradient; validates the gradients."""
         owner = type(self).__name__
         cache = self._grad_cache
-        if cache is not None and len(grads) == len(cache[0]) and all(map(is_, grads, cache[0])):
+        if (
+            cache is not None
+            and len(grads) == len(cache[0])
+            and all(map(is_, grads, cache[0]))
+            and _same_layout(grads, self._shapes, self._dtype)
+        ):
             gflat = cache[1]
         else:
             if len(grads) != len(plan.params):
@@ -562,6 +682,11 @@ class Optimizer(Configurable):
         if not self.use_ema or not self._built:
             return
         if var_list is None:
+            if self._plan is None:
+                raise ValueError(
+                    f"{type(self).__name__}.finalize_variable_values(): pass var_list (the parameters); this "
+                    "optimizer has not been given its parameters since its state was loaded"
+                )
             for start, stop, param, _, _ in self._plan.chunks:
                 param[...] = self._ema[start:stop]
             return
@@ -597,7 +722,10 @@ class Optimizer(Configurable):
 
     # -- state -----------------------------------------------------------------
     def get_state(self) -> tuple[dict, dict[str, np.ndarray]]:
-        """The full state as (JSON-able metadata, named arrays): enough to resume bit for bit."""
+        """The full state as (JSON-able metadata, named arrays): enough to resume bit for bit.
+
+        The arrays are the live buffers (not copies): save or copy them before the next step.
+        """
         meta = {
             "format": STATE_FORMAT,
             "optimizer": self.registry_name,
@@ -618,45 +746,146 @@ class Optimizer(Configurable):
                 arrays["accumulator"] = self._acc
         return meta, arrays
 
-    def set_state(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
-        """Restore what ``get_state`` returned (into an optimizer of the same kind and options)."""
+    def set_state(self, meta: dict, arrays: dict[str, np.ndarray], *, restore_learning_rate: bool = False) -> None:
+        """Restore what ``get_state`` returned (into an optimizer of the same kind and options).
+
+        A transaction: everything is read and validated first — format, optimizer name, step
+        count, the saved config (with the constructor's own validators), parameter shapes, dtype
+        (float32 / float64), every array's name, dtype and exact size (no broadcasting), the
+        scalars — then new buffers are built on the side and swapped in at once. On any error
+        the optimizer is left exactly as it was. The arrays are copied. Slot values are not
+        checked for finiteness: the state of a run that diverged is still its state.
+
+        The optimizer keeps its own hyperparameters, as its user configured them; the state
+        brings slots, counters, the EMA and the accumulator. The learning rate: a schedule or
+        a callable keeps governing; a constant is kept too, and a different saved rate is
+        ignored with a warning, unless ``restore_learning_rate=True``, which takes the saved
+        rate (``BackupAndRestore`` does: a callback such as ``ReduceLROnPlateau`` may have
+        changed the rate during the run it resumes).
+        """
+        if not isinstance(meta, dict):
+            raise self._invalid_state(f"the metadata is a {type(meta).__name__}, not a dict")
         owner = type(self).__name__
         if meta.get("format") != STATE_FORMAT:
-            raise ValueError(f"{owner}: not an optlab optimizer state (format {meta.get('format')!r})")
-        if meta["optimizer"] != self.registry_name:
-            raise ValueError(f"{owner}: the state is of optimizer {meta['optimizer']!r}, not {self.registry_name!r}")
-        if meta["built"]:
-            self._allocate([tuple(s) for s in meta["shapes"]], meta["dtype"])
-            expected = {f"slot/{n}" for n in self._slots}
-            expected |= {"ema"} if self._ema is not None else set()
-            expected |= {"accumulator"} if self._acc is not None else set()
-            if set(arrays) != expected:
-                raise ValueError(
-                    f"{owner}: the state holds {sorted(arrays)} but this optimizer's options need {sorted(expected)}"
-                )
-            for name in self._slots:
-                self._slots[name][...] = arrays[f"slot/{name}"]
-            if self._ema is not None:
-                self._ema[...] = arrays["ema"]
-            if self._acc is not None:
-                self._acc[...] = arrays["accumulator"]
-            self._scalars = {k: float(v) for k, v in meta["scalars"].items()}
+            raise ValueError(f"{owner}: not an optlab optimizer state (format {_short(meta.get('format'))})")
+        if meta.get("optimizer") != self.registry_name:
+            raise ValueError(
+                f"{owner}: the state is of optimizer {_short(meta.get('optimizer'))}, not {self.registry_name!r}"
+            )
+        if not isinstance(arrays, dict):
+            raise self._invalid_state(f"the arrays are a {type(arrays).__name__}, not a dict")
+        raw = meta.get("raw_iterations")
+        if not _is_int(raw) or raw < 0:
+            raise self._invalid_state(f"`raw_iterations` must be an integer >= 0; received {_short(raw)}")
+        built = meta.get("built")
+        if not isinstance(built, bool):
+            raise self._invalid_state(f"`built` must be True or False; received {_short(built)}")
+        lr, notes = self._config_from_state(meta.get("config"), restore_learning_rate)
+        if built:
+            state = self._built_state_from(meta, arrays)
+        elif arrays:
+            raise self._invalid_state(f"the state is of an unbuilt optimizer but holds arrays {sorted(arrays)}")
         else:
-            self._built = False
-        self._iterations = int(meta["raw_iterations"])
-        lr = meta["config"]["learning_rate"]
-        if not isinstance(lr, dict) and not callable(self._lr):
-            self._lr = float(lr)
+            state = {"_built": False, "_plan": None, "_grad_cache": None}
+        state["_iterations"] = int(raw)
+        state["_lr"] = lr
+        for note in notes:
+            warnings.warn(note, stacklevel=2)
+        self.__dict__.update(state)  # the swap: one dict update, after everything has passed
+
+    def _invalid_state(self, what: str) -> ValueError:
+        return ValueError(f"{type(self).__name__}: invalid optimizer state: {what}")
+
+    def _config_from_state(self, config, restore_learning_rate: bool) -> tuple[object, list[str]]:
+        """Validate the saved config; returns the learning rate to install and the warnings to give."""
+        owner = type(self).__name__
+        if not isinstance(config, dict):
+            raise self._invalid_state(f"`config` must be a dict; received {_short(config)}")
+        if "learning_rate" not in config:
+            raise self._invalid_state("its config has no `learning_rate`")
+        for key, value in config.items():
+            hyper = self._hypers.get(key)
+            if hyper is not None and key != "learning_rate":
+                hyper.validate(value, f"{owner} state")  # the constructor's own check and message
+        saved_n = config.get("gradient_accumulation_steps", self.gradient_accumulation_steps)
+        if saved_n != self.gradient_accumulation_steps:
+            raise self._invalid_state(
+                f"it was saved with gradient_accumulation_steps={saved_n}, this optimizer has "
+                f"{self.gradient_accumulation_steps} (the step count and the accumulator depend on it)"
+            )
+        saved, live = config["learning_rate"], self._lr
+        if isinstance(saved, dict):
+            from .. import schedules
+
+            try:
+                saved_config = schedules.get(saved).get_config()
+            except (ValueError, TypeError) as error:
+                raise self._invalid_state(f"its learning-rate schedule is invalid: {error}") from None
+            if not callable(live):
+                return live, [
+                    f"{owner}: the state was saved with a learning-rate schedule ({saved_config.get('name')}); "
+                    f"this optimizer's own learning_rate={live!r} is kept"
+                ]
+            if hasattr(live, "get_config") and live.get_config() != saved_config:
+                return live, [
+                    f"{owner}: the state was saved with the learning-rate schedule {saved_config}; this "
+                    f"optimizer's own {live.get_config()} is kept"
+                ]
+            return live, []
+        if callable(saved):
+            raise self._invalid_state(
+                f"its `learning_rate` must be a number or a schedule config; received {_short(saved)}"
+            )
+        value = type(self)._hypers["learning_rate"].validate(saved, f"{owner} state")
+        if callable(live) or value == live:
+            return live, []  # a schedule or callable keeps governing
+        if restore_learning_rate:
+            return value, []
+        return live, [
+            f"{owner}: the state was saved with learning_rate={value!r}; this optimizer's own "
+            f"learning_rate={live!r} is kept (restore_learning_rate=True restores the saved one)"
+        ]
+
+    def _built_state_from(self, meta: dict, arrays: dict) -> dict:
+        shapes = meta.get("shapes")
+        if not (
+            isinstance(shapes, (list, tuple))
+            and all(isinstance(s, (list, tuple)) and all(_is_int(d) and d >= 0 for d in s) for s in shapes)
+        ):
+            raise self._invalid_state(f"`shapes` must be a list of lists of integers >= 0; received {_short(shapes)}")
+        if sum(math.prod(s) for s in shapes) >= 2**62:
+            raise self._invalid_state(f"`shapes` describe more elements than any array can hold: {_short(shapes)}")
+        dtype = meta.get("dtype")
+        if dtype not in ("float32", "float64"):
+            raise self._invalid_state(f"`dtype` must be 'float32' or 'float64'; received {_short(dtype)}")
+        scalars = meta.get("scalars")
+        if not isinstance(scalars, dict):
+            raise self._invalid_state(f"`scalars` must be a dict of finite floats; received {_short(scalars)}")
+        for key, value in scalars.items():
+            if not isinstance(key, str) or not _is_number(value) or not math.isfinite(value):
+                raise self._invalid_state(f"scalar {_short(key)} must be a finite float; received {_short(value)}")
+        state = self._new_state(shapes, dtype, source=arrays)
+        state["_scalars"] = {k: float(v) for k, v in scalars.items()}
+        return state
 
     def save_state(self, path) -> None:
         """Write the state to ``path`` (``.npz``: arrays plus JSON metadata, no pickle), atomically."""
         meta, arrays = self.get_state()
-        save_npz_atomic(path, meta, arrays)
+        files.save_npz_atomic(path, meta, arrays)
 
-    def load_state(self, path) -> None:
-        """Restore a state written by ``save_state``."""
-        meta, arrays = load_npz(path)
-        self.set_state(meta, arrays)
+    def load_state(self, path, *, restore_learning_rate: bool = False) -> None:
+        """Restore a state written by ``save_state``, as ``set_state`` does (a transaction).
+
+        A file that is missing, unreadable, corrupt, not optlab's, or whose state does not fit
+        this optimizer raises ``optlab.files.StateFileError`` (a ``ValueError``) naming the file;
+        the optimizer is then unchanged. The learning rate follows ``set_state``: the
+        optimizer's own is kept unless ``restore_learning_rate=True``.
+        """
+        meta, arrays = files.load_npz(path)
+        try:
+            self.set_state(meta, arrays, restore_learning_rate=restore_learning_rate)
+        except ValueError as error:
+            raise files.StateFileError(f"{os.fspath(path)}: {error}") from None
 
     def traffic(self) -> int:
         """Parameter-sized arrays one step reads plus writes (for bandwidth figures).
@@ -693,28 +922,64 @@ def _positional_arity(fn) -> int:
     )
 
 
-def save_npz_atomic(path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` and JSON ``meta`` to one ``.npz`` file via a temporary file and rename."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    payload = dict(arrays)
-    payload["__meta__"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _offsets(sizes) -> np.ndarray:
+    """``[0, s0, s0 + s1, ...]`` as int64: where each of consecutive blocks of ``sizes`` starts."""
+    out = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(np.asarray(sizes, dtype=np.int64), out=out[1:])
+    return out
 
 
-def load_npz(path) -> tuple[dict, dict[str, np.ndarray]]:
-    """Read a file written by ``save_npz_atomic`` (never unpickles)."""
-    with np.load(path, allow_pickle=False) as data:
-        meta = json.loads(bytes(data["__meta__"]).decode("utf-8"))
-        arrays = {k: data[k] for k in data.files if k != "__meta__"}
-    return meta, arrays
+def _first_overlap(params) -> tuple[int, int] | None:
+    """The positions ``(i, j)`` of two parameters that share memory, or None.
+
+    Parameters are C-contiguous (checked first), so each one's memory is exactly
+    ``[address, address + nbytes)``: sorting these spans finds any overlap in n log n.
+    """
+    spans = []
+    for i, p in enumerate(params):
+        if p.nbytes:
+            start = p.__array_interface__["data"][0]
+            spans.append((start, start + p.nbytes, i))
+    spans.sort()
+    reach, owner = -1, -1
+    for start, stop, i in spans:
+        if start < reach:
+            return (min(owner, i), max(owner, i))
+        if stop > reach:
+            reach, owner = stop, i
+    return None
+
+
+def _same_layout(grads, shapes, dtype) -> bool:
+    """Whether cached gradient arrays still have the shapes and dtype they were validated with.
+
+    The same array objects can change in place (``g.shape = ...``, ``g.dtype = ...``), so the
+    identity cache is not enough; a mismatch (or a dtype that is equal but not the same object)
+    sends the caller to the full validation, which reports it.
+    """
+    for g, shape in zip(grads, shapes):
+        if g.shape != shape or g.dtype is not dtype:
+            return False
+    return True
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _short(value, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a bad state can hold anything, of any size)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _describe(item) -> str:
+    if isinstance(item, np.ndarray):
+        return f"an ndarray of shape {item.shape}"
+    if isinstance(item, (tuple, list)):
+        return f"a {type(item).__name__} of {len(item)} items"
+    return f"a {type(item).__name__}"
