@@ -259,23 +259,6 @@ np.save("final.npy", trainer.params.flat)
 """
 
 
-@pytest.fixture
-def spawn():
-    """Start processes that are always ended when the test ends, passed or failed."""
-    started = []
-
-    def start(*args, **kwargs):
-        proc = subprocess.Popen(*args, **kwargs)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
-
-
 @pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path, spawn):
     epochs = 60

@@ -1,75 +1,344 @@
-"""The MLflow tracker in process: batches handed over mid-run, failures reported, the store lock."""
+"""The MLflow tracker in process: batches handed over mid-run, thinning (first, last, best), the flush
+deadline, interrupts during close(), a store failing mid-run (metrics kept, then delivered), the store lock."""
 
 from __future__ import annotations
 
+import _thread
+import json
+import math
 import multiprocessing
+import threading
 import time
 
 import pytest
 
 import optlab
-from optlab.app import tracking
+from optlab.app import deliver, tracking
 from optlab.trainer import Trainer
 
 pytestmark = pytest.mark.slow
 
 EPOCHS = 6
+STEPS = EPOCHS * 6  # mlp_digits trains on 1,438 of the 1,797 digits (80%): 6 batches of <= 256
 EPOCH_KEYS = ["epoch_loss", "accuracy", "val_loss", "val_accuracy"]  # mlp_digits's epoch logs besides learning_rate
 
 
-def tracked_run(tmp_path, log_every=1, **tracker_patches):
+def make_tracker(tmp_path, log_every=1, **kwargs):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    problem = optlab.problems.get("mlp_digits")
-    tracker = tracking.MlflowTracker(uri, "tests", {"a": {"b": 1}}, {"kind": "unit"}, "unit-run", log_every)
-    for name, value in tracker_patches.items():
-        setattr(tracker, name, value)
-    trainer = Trainer(problem, optlab.optimizers.Adam(), [tracker], epochs=EPOCHS, batch_size=256, seed=0)
-    tracker.start()
-    trainer.fit()
-    tracker.close("FINISHED")
+    kwargs.setdefault("output_dir", tmp_path / "run")
+    return tracking.MlflowTracker(uri, "tests", {"a": {"b": 1}}, {"kind": "unit"}, "unit-run", log_every, **kwargs)
+
+
+def client_for(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
-    return client, client.get_run(tracker.run_id), trainer
+    return MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def train(tracker, problem="mlp_digits", epochs=EPOCHS, optimizer=None, **trainer_kwargs):
+    trainer_kwargs.setdefault("batch_size", 256 if problem == "mlp_digits" else None)
+    trainer = Trainer(
+        optlab.problems.get(problem),
+        optimizer or optlab.optimizers.Adam(),
+        [tracker],
+        epochs=epochs,
+        seed=0,
+        **trainer_kwargs,
+    )
+    trainer.fit()
+    return trainer
+
+
+def tracked_run(tmp_path, log_every=1, status="FINISHED", **kwargs):
+    tracker = make_tracker(tmp_path, log_every, **kwargs)
+    tracker.start()
+    trainer = train(tracker)
+    tracker.close(status)
+    client = client_for(tmp_path)
+    return client, client.get_run(tracker.run_id), trainer, tracker
+
+
+def steps_of(client, run_id, key):
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def break_metric_writes(tracker, after_calls=0, gate=None):
+    """Make the tracker's store refuse metrics after ``after_calls`` successful log_batch calls with
+    metrics (or, with ``gate``, block each such call until the gate opens)."""
+    real = tracker.client.log_batch
+    calls = []
+
+    def log_batch(run_id, metrics=(), **kwargs):
+        if metrics:
+            calls.append(len(metrics))
+            if gate is not None:
+                gate.wait()
+            elif len(calls) > after_calls:
+                raise RuntimeError("disk full")
+        return real(run_id, metrics=metrics, **kwargs)
+
+    tracker.client.log_batch = log_batch
+    tracker._writer.client = tracker.client
+    return calls
+
+
+# -- what arrives ----------------------------------------------------------------------------------
 
 
 def test_metrics_handed_over_during_the_run_all_arrive_in_order(tmp_path, monkeypatch):
     monkeypatch.setattr(tracking, "FLUSH_SECONDS", 0.0)  # hand over at every metric
-    client, run, trainer = tracked_run(tmp_path)
-    steps = EPOCHS * 6  # mlp_digits trains on 1,438 of the 1,797 digits (80%): 6 batches of <= 256
-    assert trainer.step == steps
-    assert run.info.status == "FINISHED"
+    client, run, trainer, tracker = tracked_run(tmp_path)
+    assert trainer.step == STEPS
+    assert run.info.status == "FINISHED" and tracker.status == "FINISHED"
+    assert tracker.kept_path is None and tracker.kept_count == 0
     for key in ("loss", "learning_rate"):
-        history = client.get_metric_history(run.info.run_id, key)
-        assert sorted(m.step for m in history) == list(range(1, steps + 1))
+        assert steps_of(client, run.info.run_id, key) == list(range(1, STEPS + 1))
     for key in EPOCH_KEYS:
-        history = client.get_metric_history(run.info.run_id, key)
-        assert sorted(m.step for m in history) == [steps // EPOCHS * (e + 1) for e in range(EPOCHS)]
+        assert steps_of(client, run.info.run_id, key) == [STEPS // EPOCHS * (e + 1) for e in range(EPOCHS)]
     assert run.data.metrics["learning_rate"] == pytest.approx(0.001)  # Adam's default, no schedule
     assert run.data.params == {"a.b": "1"}
     assert run.data.tags["kind"] == "unit"
+    assert tracking.UNDELIVERED_TAG not in run.data.tags
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert names == {"config.yaml", "curves.png"}
+    assert not (tmp_path / "run").exists()  # nothing kept, no file
 
 
-def test_a_failing_store_marks_the_run_failed_and_says_what_was_lost(tmp_path, monkeypatch):
+def test_series_sends_evenly_spaced_points_and_then_the_last_and_the_best():
+    # 10 points, at most 5: stride ceil(10 / 3) = 4 sends indices 0, 4, 8; then the last (9) and the best (index 6)
+    values = [9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 0.5, 3.0, 2.0, 1.0]
+    series = tracking.Series(tracking.stride_for(len(values), 5), min)
+    sent = [step for step, value in enumerate(values, start=1) if series.add(value, 0, step)]
+    assert sent == [1, 5, 9]
+    assert sorted((step, value) for value, _, step in series.extras()) == [(7, 0.5), (10, 1.0)]
+    # no direction (a coordinate): only the last is added; a short series is sent whole
+    plain = tracking.Series(tracking.stride_for(3, 5), None)
+    assert [plain.add(v, 0, s) for s, v in enumerate([3.0, 1.0, 2.0], start=1)] == [True, True, True]
+    assert plain.extras() == []
+    maximised = tracking.Series(2, max)
+    for step, value in enumerate([0.1, 0.9, 0.2, 0.3, 0.4], start=1):
+        maximised.add(value, 0, step)
+    assert sorted(step for _, _, step in maximised.extras()) == [2]  # last (5) was sent: index 4 % 2 == 0
+    last_is_best = tracking.Series(3, min)
+    for step, value in enumerate([5.0, 4.0, 3.0, 2.0, 1.0], start=1):
+        last_is_best.add(value, 0, step)
+    assert last_is_best.extras() == [(1.0, 0, 5)]  # once, not as both the last and the best
+
+
+def test_auto_thins_every_metric_to_max_points_keeping_first_last_and_best(tmp_path):
+    epochs, max_points = 1500, 40
+    tracker = make_tracker(tmp_path, "auto", max_points=max_points)
+    tracker.start()
+    trainer = train(tracker, problem="rosenbrock", epochs=epochs, optimizer=optlab.optimizers.Adam(learning_rate=0.3))
+    tracker.close("FINISHED")
+    client = client_for(tmp_path)
+    history = trainer.history.history  # one step per epoch: step = epoch + 1
+    run_id = tracker.run_id
+    keys = set(client.get_run(run_id).data.metrics)
+    assert keys == {"loss", "learning_rate", "epoch_loss", "x", "y", "distance_to_optimum"}
+    for key in keys:
+        points = {m.step: m.value for m in client.get_metric_history(run_id, key)}
+        assert len(points) <= max_points, key
+        assert 1 in points and epochs in points, key
+    for key, logged in (("loss", "loss"), ("loss", "epoch_loss"), ("distance_to_optimum", "distance_to_optimum")):
+        values = history[key]
+        best = min(range(len(values)), key=lambda i: values[i])
+        assert best not in (0, len(values) - 1) and best % 40  # neither first, last nor on the grid: a real test
+        points = {m.step: m.value for m in client.get_metric_history(run_id, logged)}
+        assert points[best + 1] == pytest.approx(values[best], rel=1e-6), logged
+        assert min(points.values()) == pytest.approx(values[best], rel=1e-6)
+
+
+def test_an_integer_log_every_logs_every_nth_step_and_every_epoch(tmp_path):
+    tracker = make_tracker(tmp_path, 5)
+    tracker.start()
+    train(tracker, problem="quadratic", epochs=33, optimizer=optlab.optimizers.SGD(learning_rate=0.01))
+    tracker.close("FINISHED")
+    client = client_for(tmp_path)
+    assert steps_of(client, tracker.run_id, "learning_rate") == [*range(1, 34, 5), 33]  # 1, 6, ..., 31 and the last
+    assert steps_of(client, tracker.run_id, "distance_to_optimum") == list(range(1, 34))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"log_every": 0}, 'tracking.log_every must be "auto" or an integer >= 1'),
+        ({"max_points": 2}, "tracking.max_points must be an integer >= 3"),
+        ({"flush_timeout": -1}, "tracking.flush_timeout must be a number of seconds >= 0"),
+        ({"experiment": " "}, "tracking.experiment must be a non-empty name"),
+    ],
+)
+def test_bad_tracking_settings_fail_at_construction(tmp_path, kwargs, message):
+    args = {"log_every": "auto", "experiment": "tests", **kwargs}
+    with pytest.raises(tracking.TrackingError, match=message):
+        tracking.MlflowTracker(
+            f"sqlite:///{tmp_path / 'mlflow.db'}", args.pop("experiment"), {}, {}, "r", args.pop("log_every"), **args
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- failures --------------------------------------------------------------------------------------
+
+
+def test_a_store_failing_mid_run_keeps_every_metric_and_deliver_writes_them(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(tracking, "FLUSH_SECONDS", 0.0)
+    monkeypatch.setattr(tracking, "RETRY_DELAYS", (0.01, 0.01, 0.01))
+    monkeypatch.setattr(tracking, "BATCH", 10)  # at least 10 calls for the 96 metrics, however they are merged
+    tracker = make_tracker(tmp_path)
+    tracker.start()
+    calls = break_metric_writes(tracker, after_calls=3)
+    start = time.perf_counter()
+    train(tracker)
+    training = time.perf_counter() - start
+    tracker.close("FINISHED")
+    assert len(calls) > 3
+    assert training < 30  # a refusing store never holds the loop (retries are on the writer thread)
+    assert tracker.status == "FINISHED"  # the training's true outcome
+    client = client_for(tmp_path)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED"
+    total = 2 * STEPS + len(EPOCH_KEYS) * EPOCHS
+    written = sum(len(client.get_metric_history(tracker.run_id, k)) for k in ["loss", "learning_rate", *EPOCH_KEYS])
+    assert 0 < written < total
+    path = tracker.kept_path
+    assert path == tmp_path / "run" / f"undelivered-{tracker.run_id}.jsonl"
+    assert tracker.kept_count == total - written
+    assert len(path.read_text().splitlines()) == 1 + tracker.kept_count
+    assert run.data.tags[tracking.UNDELIVERED_TAG].startswith(f"{tracker.kept_count} metrics kept in")
+    message = tracker.undelivered_message()
+    assert f"{tracker.kept_count} metrics could not be written to sqlite:///" in message
+    assert message.endswith(f"deliver them with: python -m optlab.deliver {path}")
+
+    kept = path.read_bytes()
+    assert deliver.main([str(path), "--tracking-uri", "http://127.0.0.1:9"]) == 1  # a dead store: the file stays
+    assert "tracking server http://127.0.0.1:9 is unreachable" in capsys.readouterr().err
+    assert path.read_bytes() == kept
+    assert deliver.main([str(path)]) == 0
+    assert not path.exists()
+    for key in ("loss", "learning_rate"):
+        assert steps_of(client, tracker.run_id, key) == list(range(1, STEPS + 1))
+    for key in EPOCH_KEYS:
+        assert steps_of(client, tracker.run_id, key) == [STEPS // EPOCHS * (e + 1) for e in range(EPOCHS)]
+    assert tracking.UNDELIVERED_TAG not in client.get_run(tracker.run_id).data.tags
+
+
+def test_close_waits_at_most_flush_timeout_then_keeps_the_rest(tmp_path):
+    gate = threading.Event()  # the store hangs until the test opens it
+    tracker = make_tracker(tmp_path, flush_timeout=1.0)
+    tracker.start()
+    try:
+        break_metric_writes(tracker, gate=gate)
+        train(tracker)
+        start = time.perf_counter()
+        tracker.close("FINISHED")
+        waited = time.perf_counter() - start
+    finally:
+        gate.set()
+    assert 1.0 <= waited < 1.0 + tracking.STATUS_TIMEOUT
+    assert tracker.status == "FINISHED"
+    total = 2 * STEPS + len(EPOCH_KEYS) * EPOCHS
+    assert tracker.kept_count == total  # none confirmed written: all kept (delivery skips any that landed)
+    client = client_for(tmp_path)
+    assert client.get_run(tracker.run_id).info.status == "FINISHED"
+    assert deliver.main([str(tracker.kept_path)]) == 0
+    assert steps_of(client, tracker.run_id, "loss") == list(range(1, STEPS + 1))
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "expected_status", "expected_error"),
+    [("FINISHED", None, "KILLED", "interrupted (Ctrl-C)"), ("FAILED", "ValueError: x", "FAILED", "ValueError: x")],
+)
+def test_an_interrupt_during_close_keeps_the_metrics_and_marks_the_run_killed(
+    tmp_path, status, error, expected_status, expected_error
+):
+    gate = threading.Event()
+    tracker = make_tracker(tmp_path, flush_timeout=60.0)
+    tracker.start()
+    timer = threading.Timer(0.5, _thread.interrupt_main)  # Ctrl-C while close() waits for the store
+    try:
+        break_metric_writes(tracker, gate=gate)
+        train(tracker)
+        start = time.perf_counter()
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            tracker.close(status, error)
+        waited = time.perf_counter() - start
+    finally:
+        timer.cancel()
+        gate.set()
+    assert waited < 0.5 + tracking.KILL_TIMEOUT + 1
+    assert tracker.status == expected_status  # a failed run stays FAILED
+    client = client_for(tmp_path)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == expected_status and run.data.tags["error"] == expected_error
+    assert tracker.kept_count == 2 * STEPS + len(EPOCH_KEYS) * EPOCHS
+    tracker.close("FINISHED")  # a second close does nothing
+    assert tracker.status == expected_status
+    assert deliver.main([str(tracker.kept_path)]) == 0
+    assert steps_of(client, tracker.run_id, "val_loss") == [STEPS // EPOCHS * (e + 1) for e in range(EPOCHS)]
+    assert client.get_run(tracker.run_id).info.status == expected_status
+
+
+def test_a_status_the_store_refuses_is_kept_and_set_by_deliver(tmp_path):
+    tracker = make_tracker(tmp_path)
+    tracker.start()
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("store gone")
+
+    tracker.client.set_terminated = refuse
+    train(tracker)
+    tracker.close("FAILED", "ValueError: boom")
+    assert tracker.status is None and tracker.kept_count == 0
+    header = json.loads(tracker.kept_path.read_text().splitlines()[0])
+    assert header["end"]["status"] == "FAILED" and header["run_id"] == tracker.run_id
+    assert "the run's status (FAILED) could not be set" in tracker.undelivered_message()
+    client = client_for(tmp_path)
+    assert client.get_run(tracker.run_id).info.status == "RUNNING"
+    assert deliver.main([str(tracker.kept_path)]) == 0
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FAILED" and run.data.tags["error"] == "ValueError: boom"
+
+
+def test_close_without_a_run_does_nothing(tmp_path):
+    tracker = make_tracker(tmp_path)
+    tracker.close("FINISHED")  # never started
+    assert tracker.status is None and tracker.kept_path is None
+    failing = make_tracker(tmp_path, output_dir=tmp_path / "run")
+    failing.uri = "http://127.0.0.1:9"  # nothing listens there
+    with pytest.raises(tracking.TrackingError):
+        failing.start()
+    failing.close("KILLED", "interrupted")
+    assert failing.status is None and failing.run_id is None
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_interrupt_while_the_run_opens_leaves_no_run_running(tmp_path, monkeypatch):
     original = tracking.MlflowTracker._log_start
 
-    def log_start_then_break(self, run):
-        original(self, run)
-        real = self.client.log_batch
+    def interrupted(self):
+        raise KeyboardInterrupt
 
-        def log_batch(run_id, metrics=(), **kwargs):
-            if metrics:
-                raise RuntimeError("disk full")
-            return real(run_id, metrics=metrics, **kwargs)
+    monkeypatch.setattr(tracking.MlflowTracker, "_log_start", interrupted)
+    tracker = make_tracker(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        tracker.start()
+    monkeypatch.setattr(tracking.MlflowTracker, "_log_start", original)
+    assert tracker.status == "KILLED"
+    assert client_for(tmp_path).get_run(tracker.run_id).info.status == "KILLED"
+    tracker.close("KILLED", "interrupted")  # no-op: already ended
+    assert tracker.status == "KILLED"
 
-        self.client.log_batch = log_batch
 
-    monkeypatch.setattr(tracking.MlflowTracker, "_log_start", log_start_then_break)
-    _, run, _ = tracked_run(tmp_path)
-    assert run.info.status == "FAILED"
-    assert "metric logging failed: RuntimeError: disk full" in run.data.tags["error"]
+def test_deliver_refuses_files_optlab_did_not_write(tmp_path, capsys):
+    other = tmp_path / "notes.jsonl"
+    other.write_text('{"format": "mine"}\n')
+    lookalike = tmp_path / "undelivered-abc.jsonl"
+    lookalike.write_text('{"format": "mine"}\n["loss", 1.0, 0, 1]\n')
+    assert deliver.main([str(other), str(lookalike)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("is not a file of undelivered metrics written by optlab") == 2
+    assert other.read_text() == '{"format": "mine"}\n' and lookalike.exists()
 
 
 def test_a_plot_that_fails_does_not_hide_the_outcome(tmp_path, monkeypatch):
@@ -77,14 +346,32 @@ def test_a_plot_that_fails_does_not_hide_the_outcome(tmp_path, monkeypatch):
         raise ValueError("no fonts")
 
     monkeypatch.setattr(tracking, "curves_figure", broken)
-    client, run, _ = tracked_run(tmp_path)
+    client, run, _, _ = tracked_run(tmp_path)
     assert run.info.status == "FINISHED"
     assert run.data.tags["plot_error"] == "ValueError: no fonts"
-    assert len(client.get_metric_history(run.info.run_id, "loss")) == EPOCHS * 6
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == STEPS
+
+
+def test_the_plots_show_the_logged_points(tmp_path, monkeypatch):
+    drawn = {}
+    real = tracking.curves_figure
+
+    def spy(series, title):
+        drawn.update(series)
+        return real(series, title)
+
+    monkeypatch.setattr(tracking, "curves_figure", spy)
+    client, run, _, _ = tracked_run(tmp_path)
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert drawn["loss"] == sorted((m.step, pytest.approx(m.value)) for m in history)
+    assert all(math.isfinite(v) for _, v in drawn["learning_rate"])
+
+
+# -- the store lock --------------------------------------------------------------------------------
 
 
 def _hold_lock(uri, seconds, events):
-    with tracking._store_lock(uri):
+    with tracking.store_lock(uri):
         events.put(("in", time.monotonic()))
         time.sleep(seconds)
         events.put(("out", time.monotonic()))
@@ -95,10 +382,16 @@ def test_store_lock_serialises_processes_and_writes_nothing(tmp_path):
     context = multiprocessing.get_context("spawn")
     events = context.Queue()
     workers = [context.Process(target=_hold_lock, args=(uri, 0.3, events)) for _ in range(3)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=60)
-    timeline = sorted((events.get(timeout=5) for _ in range(6)), key=lambda e: e[1])
+    try:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=60)
+        timeline = sorted((events.get(timeout=5) for _ in range(6)), key=lambda e: e[1])
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
     assert [kind for kind, _ in timeline] == ["in", "out"] * 3  # never two holders at once
     assert list(tmp_path.iterdir()) == []

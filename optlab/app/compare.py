@@ -18,7 +18,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .run import direction
+from .direction import direction
 from .tracking import default_uri
 
 IGNORED_PARAMS = {"tracking.uri", "tracking.experiment", "trainer.progress_bar"}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import math
+import os
 import sys
 import time
 from difflib import get_close_matches
@@ -13,8 +15,10 @@ import numpy as np
 
 from .. import __version__, callbacks, optimizers, problems, schedules
 from ..callbacks import Callback, ProgressBar
+from ..files import write_text_atomic
 from ..trainer import Trainer
 from .config import MISSING, ConfigError
+from .direction import direction
 
 STEP_KEYS = ("decay_steps", "first_decay_steps")
 
@@ -48,12 +52,13 @@ def build(conf: dict):
     default, ``${metric}``) watches that metric. Anything a callback or the metric names that
     the run will not log fails here, before training.
     """
+    check_keys(conf)
+    seed = conf.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0; received seed={seed!r}")
     problem = _component("problem", problems.get, conf["problem"])
     optimizer = _component("optimizer", optimizers.get, conf["optimizer"])
     trainer_conf = conf["trainer"]
-    for key in ("epochs", "batch_size", "dtype", "progress_bar"):
-        if key not in trainer_conf:
-            raise ConfigError(f"trainer.{key} is missing")
     schedule_conf = dict(conf.get("schedule") or {})
     if schedule_conf.get("name"):
         total = total_steps(problem, trainer_conf)
@@ -68,6 +73,12 @@ def build(conf: dict):
     cb_confs = {name: dict(cb_conf) for name, cb_conf in (conf.get("callbacks") or {}).items()}
     names = logged_names(conf, problem, cb_confs)
     conf["metric"] = metric = resolve_metric(conf.get("metric"), names, problem)
+    unknown = [k for k in conf.get("print_every_epoch") or () if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"print_every_epoch: {unknown[0]!r} is not logged by this run{_closest(unknown[0], names)} "
+            f"Logged: {', '.join(sorted(names))}"
+        )
     cbs = []
     for name, cb_conf in cb_confs.items():
         missing = [k for k, v in cb_conf.items() if v == MISSING]
@@ -78,10 +89,51 @@ def build(conf: dict):
         cb = _component(f"callbacks.{name}", callbacks.get, cb_conf)
         try:
             cb.check_logs(names)
+            cb.check_files()
         except ValueError as error:
             raise ConfigError(f"callbacks.{name}: {error}") from None
         cbs.append(cb)
     return problem, optimizer, cbs
+
+
+def _preset_keys(group: str) -> set[str]:
+    """Every key the yaml presets of a config group (``conf/<group>/*.yaml``) define."""
+    from importlib import resources
+
+    import yaml
+
+    keys: set[str] = set()
+    for entry in resources.files("optlab.conf").joinpath(group).iterdir():
+        if entry.name.endswith(".yaml"):
+            keys |= set(yaml.safe_load(entry.read_text()) or {})
+    return keys
+
+
+#: the main config's keys (conf/config.yaml), besides Hydra's own
+TOP_LEVEL_KEYS = {
+    "problem", "optimizer", "schedule", "callbacks", "trainer", "tracking", "seed", "metric", "print_every_epoch"
+}
+
+
+def check_keys(conf: dict) -> None:
+    """A key nobody reads (``+trainer.epoch=5``, a typo) is an error, not silently ignored."""
+    groups = {"": (conf, TOP_LEVEL_KEYS), "trainer.": (conf.get("trainer") or {}, _preset_keys("trainer"))}
+    groups["tracking."] = (conf.get("tracking") or {}, _preset_keys("tracking"))
+    for prefix, (node, known) in groups.items():
+        for key in node:
+            if key not in known:
+                raise ConfigError(
+                    f"{prefix}{key} is not an option{_closest(str(key), sorted(known))} "
+                    f"Known: {', '.join(prefix + k for k in sorted(known))}"
+                )
+    missing = [k for k in _preset_keys("trainer") if k not in (conf.get("trainer") or {})]
+    if missing:
+        raise ConfigError(f"trainer.{missing[0]} is missing")
+
+
+def _closest(name: str, known) -> str:
+    match = get_close_matches(name, sorted(known), n=1)
+    return f" (did you mean {match[0]!r}?)." if match else "."
 
 
 def logged_names(conf: dict, problem, cb_confs: dict) -> set[str]:
@@ -111,33 +163,60 @@ def resolve_metric(metric: str | None, names: set[str], problem) -> str:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (a cluster's time limit, ``kill``) during training: handled like Ctrl-C, the run
-    is flushed and marked KILLED."""
+    """SIGTERM (a cluster's time limit, ``kill``): handled like Ctrl-C, the run is flushed and marked KILLED."""
+
+
+class RunStopped(Exception):
+    """The run ended early (a failure or a signal): the one line for the user, and the exit status."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+#: the signal that stopped a run in this process: a sweep worker then starts no further job
+STOPPED_BY: int | None = None
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt():
-    """Turn SIGTERM into :class:`Terminated` while training, unless someone else (a launcher
-    such as submitit, which handles preemption itself) already handles it."""
+def stop_signals():
+    """The first SIGINT (Ctrl-C) or SIGTERM raises ``KeyboardInterrupt`` / :class:`Terminated` in
+    the main thread, so training stops at once and the run is written and closed; a second one
+    exits at once (status 130 / 143), whatever is left unwritten.
+
+    SIGTERM is left alone where someone else (a launcher such as submitit, which handles
+    preemption itself) already handles it; nothing is changed off the main thread.
+    """
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous is not signal.SIG_DFL:
-        yield
-        return
+    received = []
 
     def handler(signum, frame):
-        raise Terminated("terminated (SIGTERM)")
+        global STOPPED_BY
+        received.append(signum)
+        STOPPED_BY = STOPPED_BY or signum
+        if len(received) > 1:
+            print("\noptlab: second signal: exiting now", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        if signum == signal.SIGTERM:
+            raise Terminated("terminated (SIGTERM)")
+        raise KeyboardInterrupt("interrupted (Ctrl-C)")
 
-    signal.signal(signal.SIGTERM, handler)
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        current = signal.getsignal(signum)
+        if current in (signal.SIG_DFL, signal.default_int_handler) or getattr(current, "optlab_sweep", False):
+            previous[signum] = current
+            signal.signal(signum, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, current in previous.items():
+            signal.signal(signum, current)
 
 
 def fit(trainer):
@@ -211,8 +290,13 @@ def log_interval(tracking: dict, problem, trainer_conf) -> int:
     return every
 
 
-def run(conf: dict, sweep: dict | None = None) -> float:
-    """Train once as configured; returns the final value of ``conf["metric"]`` (the sweep objective)."""
+def run(conf: dict, sweep: dict | None = None, output_dir=None) -> float:
+    """Train once as configured; returns the final value of ``conf["metric"]`` (the sweep objective).
+
+    User mistakes raise ``ConfigError`` before anything is recorded; a failure or a signal
+    during the run ends its MLflow run with a true status and raises :class:`RunStopped`
+    (one line for the user; a failure's full traceback goes to the run's log in ``output_dir``).
+    """
     sweep = sweep or {}
     conf = dict(conf)
     problem, optimizer, cbs = build(conf)
@@ -222,7 +306,7 @@ def run(conf: dict, sweep: dict | None = None) -> float:
     tracking = conf.get("tracking") or {}
     tracker = None
     if tracking.get("enabled"):
-        from .tracking import MlflowTracker
+        from .tracking import MlflowTracker, hydra_output_dir
 
         run_name = f"{optimizer.registry_name}-{problem.registry_name}-seed{conf['seed']}"
         if sweep.get("sweep_job") is not None:
@@ -233,28 +317,38 @@ def run(conf: dict, sweep: dict | None = None) -> float:
             conf,
             tags_for(conf, problem, optimizer, sweep),
             run_name,
-            log_interval(tracking, problem, conf["trainer"]),
+            tracking.get("log_every", "auto"),
+            max_points=tracking.get("max_points", 500),
+            flush_timeout=tracking.get("flush_timeout", 10.0),
+            output_dir=output_dir or hydra_output_dir(),
         )
         extra.append(tracker)
     trainer = make_trainer(conf, problem, optimizer, cbs, extra)
-    if tracker is not None:
-        tracker.start()
-    start = time.perf_counter()
-    try:
-        with sigterm_as_interrupt():
-            history = fit(trainer)
-    except KeyboardInterrupt as interrupt:
-        if tracker is not None:
-            tracker.close("KILLED", str(interrupt) or "interrupted (Ctrl-C)")
-        raise
-    except BaseException as error:
-        if tracker is not None:
-            tracker.close("FAILED", f"{type(error).__name__}: {error}")
-        raise
-    seconds = time.perf_counter() - start
-    if tracker is not None:
-        tracker.close("FINISHED")
-    summary(conf, trainer, history, seconds, tracker)
+    with stop_signals():
+        try:
+            if tracker is not None:
+                tracker.start()
+            start = time.perf_counter()
+            try:
+                history = fit(trainer)
+            except Exception as error:
+                where = getattr(error, "optlab_callback", None)
+                what = f"{type(error).__name__}: {error}"
+                message = f"callback {where} failed: {what}" if where else f"training failed: {what}"
+                log = _keep_traceback(error, output_dir)
+                if tracker is not None:
+                    tracker.close("FAILED", message)
+                raise RunStopped(_failure_line(message, log, tracker), 1) from error
+            seconds = time.perf_counter() - start
+            if tracker is not None:
+                tracker.close("FINISHED")
+            summary(conf, trainer, history, seconds, tracker)
+        except KeyboardInterrupt as interrupt:
+            reason = str(interrupt) or "interrupted (Ctrl-C)"
+            if tracker is not None and tracker.status is None:
+                tracker.close("KILLED", reason)
+            code = 143 if isinstance(interrupt, Terminated) else 130
+            raise RunStopped(_interrupt_line(reason, tracker), code) from None
     metric = conf["metric"]
     values = history.history.get(metric)
     if not values:
@@ -263,20 +357,72 @@ def run(conf: dict, sweep: dict | None = None) -> float:
             "set metric=... for sweeps and comparisons",
             file=sys.stderr,
         )
-        return math.nan
-    return float(values[-1])
+        value = math.nan
+    else:
+        value = float(values[-1])
+    if sweep and output_dir:
+        record = {"overrides": sweep.get("sweep_overrides"), "value": value, "run_id": getattr(tracker, "run_id", None)}
+        write_text_atomic(os.path.join(output_dir, RESULT_FILE), json.dumps(record))
+    return value
 
 
-def direction(metric: str):
-    """``min`` for losses and errors, ``max`` for accuracies, None when "best" means nothing (x, a, rates)."""
-    from ..callbacks.base import MAXIMIZED, MINIMIZED
+#: written into a sweep job's folder when its run finished: a repeated sweep skips the job
+RESULT_FILE = "optlab-result.json"
 
-    name = metric.removeprefix("val_").removeprefix("epoch_")
-    if name.endswith("loss") or name in MINIMIZED:
-        return min
-    if name in MAXIMIZED:
-        return max
-    return None
+
+def finished_job(output_dir, overrides: str) -> dict | None:
+    """The record of a sweep job that already finished in ``output_dir`` with the same overrides, else None."""
+    try:
+        with open(os.path.join(output_dir, RESULT_FILE)) as fh:
+            record = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("overrides") == overrides else None
+
+
+def _keep_traceback(error: BaseException, output_dir) -> str | None:
+    """Append ``error``'s traceback to the run's log (Hydra's job log, else ``optlab.log``) in
+    ``output_dir``; returns its path. With ``HYDRA_FULL_ERROR=1`` it is printed as well."""
+    import logging
+    import traceback
+
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        print(text, file=sys.stderr)
+    files = [h.baseFilename for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    path = files[0] if files else (os.path.join(output_dir, "optlab.log") if output_dir else None)
+    if path is None:
+        return None
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "a") as fh:
+            fh.write(text)
+    except OSError:
+        return None
+    return path
+
+
+def _status_line(tracker) -> str:
+    if tracker is None:
+        return ""
+    if tracker.status is None:
+        return "; no MLflow run was recorded" if tracker.run_id is None else "; its MLflow run could not be closed"
+    return f"; the MLflow run {tracker.run_id} is marked {tracker.status}"
+
+
+def _failure_line(message: str, log: str | None, tracker) -> str:
+    where = f" (full traceback in {log})" if log else ""
+    return f"{message}{where}{_status_line(tracker)}"
+
+
+def _interrupt_line(reason: str, tracker) -> str:
+    kept = ""
+    if tracker is not None and getattr(tracker, "kept_path", None):
+        kept = (
+            f"; {tracker.kept_count} metrics not yet written are kept in {tracker.kept_path} "
+            f"(python -m optlab.deliver {tracker.kept_path})"
+        )
+    return f"{reason}{_status_line(tracker)}{kept}"
 
 
 def summary(conf, trainer, history, seconds, tracker) -> None:
@@ -284,28 +430,29 @@ def summary(conf, trainer, history, seconds, tracker) -> None:
     h = history.history
     print(
         f"\n{trainer.optimizer.registry_name} on {trainer.problem.registry_name}: {trainer.step} steps, "
-        f"{len(history.epoch)} epochs, {seconds:.2f} s",
+        f"{trainer.epoch + 1 if trainer.step else 0} epochs, {seconds:.2f} s",
         file=out,
     )
     width = max((len(k) for k in h), default=0)
     for key, values in h.items():
         if not values:
             continue
-        finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
         best = ""
         pick = direction(key)
-        if finite and pick is not None:
-            best = f"   best {pick(finite):.6g} (epoch {values.index(pick(finite)) + 1})"
+        found = history.best(key, "min" if pick is min else "max") if pick is not None else None
+        if found is not None:
+            best = f"   best {found[0]:.6g} (epoch {found[1] + 1})"
         print(f"  {key:<{width}}  final {values[-1]:.6g}{best}", file=out)
     losses = h.get("loss") or []
-    diverged = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
+    epochs = history.epoch if len(history.epoch) == len(losses) else range(len(losses))
+    diverged = next(((e, v) for e, v in zip(epochs, losses) if not math.isfinite(v)), None)
     if diverged is not None:
         hint = "try a smaller optimizer.learning_rate"
         if "terminate_on_nan" not in (conf.get("callbacks") or {}):
             hint += ", or callbacks=[terminate_on_nan] to stop at once"
         out.flush()
         print(
-            f"\noptlab: warning: the loss became {losses[diverged]} in epoch {diverged + 1} (the run diverged): {hint}",
+            f"\noptlab: warning: the loss became {diverged[1]} by epoch {diverged[0] + 1} (the run diverged): {hint}",
             file=sys.stderr,
         )
     if tracker is not None:
@@ -313,3 +460,7 @@ def summary(conf, trainer, history, seconds, tracker) -> None:
         print(f"\nlogged to MLflow: {uri}  (experiment {tracker.experiment!r}, run {tracker.run_id})", file=out)
         backend = uri if "://" in uri else f"file:{uri}"
         print(f"open it with:  mlflow ui --backend-store-uri {backend} --host 127.0.0.1", file=out)
+        undelivered = tracker.undelivered_message()
+        if undelivered:
+            out.flush()
+            print(f"\noptlab: warning: {undelivered}", file=sys.stderr)

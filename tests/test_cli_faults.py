@@ -1,0 +1,202 @@
+"""The command line under faults: bad input, a callback that raises, signals to a run and to a sweep.
+
+Every case ends in one line (no traceback), a true MLflow status, and nothing recorded lost.
+Subprocesses are always ended when a test ends, passed or failed (the ``spawn`` fixture).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+FAST = ("trainer.progress_bar=false",)
+
+
+@pytest.fixture
+def run_optlab(spawn):
+    """Start ``python -m optlab ...`` in ``cwd``; always ended with the test (conftest's ``spawn``)."""
+
+    def start(cwd, *args, env=None):
+        return spawn(
+            [sys.executable, "-m", "optlab", *args],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+
+    return start
+
+
+def optlab(cwd, *args, env=None, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "optlab", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def runs(cwd: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("optlab")
+    if experiment is None:
+        return client, []
+    return client, client.search_runs([experiment.experiment_id])
+
+
+def wait_for(predicate, seconds=120.0):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.3)
+    return False
+
+
+BAD_INPUT = [
+    (("seed=-1",), "seed must be an integer >= 0; received seed=-1"),
+    (("seed=abc",), "seed must be an integer >= 0; received seed='abc'"),
+    (("+trainer.epoch=5",), "trainer.epoch is not an option (did you mean 'epochs'?)"),
+    (("+trainer_epochs=5",), "trainer_epochs is not an option"),
+    (("print_every_epoch=[nonexistent]",), "print_every_epoch: 'nonexistent' is not logged by this run"),
+    (
+        ("callbacks=[model_checkpoint]", "callbacks.model_checkpoint.filepath='{epoch.__class__.__mro__}.npz'"),
+        "a template may only use logged names",
+    ),
+    (
+        ("callbacks=[model_checkpoint]", "callbacks.model_checkpoint.filepath='{zzz:d}.npz'"),
+        "uses {zzz}, which is not logged by this run",
+    ),
+    (
+        ("callbacks=[model_checkpoint]", "callbacks.model_checkpoint.filepath='{loss:d}.npz'"),
+        'cannot format loss=0.0 as "d"',
+    ),
+    (("callbacks=[csv_logger]", "callbacks.csv_logger.filename=blocker/log.csv"), "which is a file"),
+    (("callbacks=[backup_and_restore]", "callbacks.backup_and_restore.backup_dir=blocker"), "blocker"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
+def test_bad_input_is_one_line_before_anything_is_recorded(tmp_path, args, message):
+    (tmp_path / "blocker").write_text("a file where a folder is needed")
+    result = optlab(tmp_path, "problem=seed_linear", "trainer.epochs=2", *args, *FAST)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
+    # no store, no run: only Hydra's own run folder, made before optlab is called
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".optlab", "blocker"]
+
+
+def test_a_callback_that_raises_is_one_line_and_the_run_keeps_its_metrics(tmp_path):
+    args = (
+        "problem=rosenbrock",
+        "optimizer=sgd",
+        "optimizer.learning_rate=0.1",
+        "callbacks=[terminate_on_nan]",
+        "callbacks.terminate_on_nan.raise_error=true",
+        "trainer.epochs=100",
+        *FAST,
+    )
+    result = optlab(tmp_path, *args)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    (line,) = [text for text in result.stderr.splitlines() if text.startswith("optlab:")]
+    assert "callback TerminateOnNaN.on_train_batch_end failed: RuntimeError: NaN or Inf found in the loss" in line
+    assert "is marked FAILED" in line
+    log = Path(line.split("full traceback in ")[1].split(")")[0])
+    assert log.is_file() and "Traceback" in log.read_text() and "raise RuntimeError" in log.read_text()
+    client, (run,) = runs(tmp_path)
+    assert run.info.status == "FAILED" and "TerminateOnNaN" in run.data.tags["error"]
+    assert len(client.get_metric_history(run.info.run_id, "loss")) >= 2  # what was recorded is kept
+
+    full = optlab(tmp_path, *args, env={"HYDRA_FULL_ERROR": "1"})
+    assert "Traceback" in full.stderr and "raise RuntimeError" in full.stderr
+
+
+def test_sigterm_before_the_run_exists_claims_nothing(tmp_path, run_optlab):
+    # a signal while the store is being opened: no run was recorded, and the message says so
+    proc = run_optlab(tmp_path, "problem=seed_linear", "trainer.epochs=5", *FAST)
+    time.sleep(0.3)  # still importing: before any store or run exists
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (143, -signal.SIGTERM), err
+    assert "marked KILLED" not in err
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_joblib_sweep_ends_its_workers_and_marks_their_runs(tmp_path, run_optlab):
+    proc = run_optlab(
+        tmp_path,
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "problem=quadratic",
+        "trainer.epochs=100000000",
+        "optimizer=sgd,adam,rmsprop,adagrad",
+        *FAST,
+    )
+    assert wait_for(lambda: len([r for r in runs(tmp_path)[1] if r.info.status == "RUNNING"]) == 2)
+    time.sleep(1.0)
+    workers = [pid for pid in _children(proc.pid)]
+    assert workers
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 143, err
+    assert "hydra.sweep.dir=" in err and "Traceback" not in err
+    assert wait_for(lambda: not any(_alive(pid) for pid in workers), 30), "workers left running"
+    _, found = runs(tmp_path)
+    assert sorted(r.info.status for r in found) == ["KILLED", "KILLED"]  # the two that had started
+
+
+def test_a_stopped_sweep_repeated_in_its_folder_skips_the_finished_jobs(tmp_path, run_optlab):
+    sweep = ".optlab/multirun/resume"
+    args = ("-m", f"hydra.sweep.dir={sweep}", "problem=quadratic", "trainer.epochs=20,100000000", *FAST)
+    proc = run_optlab(tmp_path, *args)
+    assert wait_for(lambda: len(runs(tmp_path)[1]) == 2)  # job 0 finished, job 1 running
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 143, err
+    assert "hydra.sweep.dir=" in err
+    _, found = runs(tmp_path)
+    assert sorted(r.info.status for r in found) == ["FINISHED", "KILLED"]
+
+    again = run_optlab(tmp_path, *args)
+    assert wait_for(lambda: len(runs(tmp_path)[1]) == 3)  # only job 1 ran again
+    again.send_signal(signal.SIGTERM)
+    out, err = again.communicate(timeout=90)
+    assert "job 0 (problem=quadratic trainer.epochs=20 trainer.progress_bar=False) finished before; skipped" in out
+    assert sorted(r.info.status for r in runs(tmp_path)[1]) == ["FINISHED", "KILLED", "KILLED"]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    if int(fh.read().rpartition(")")[2].split()[1]) == pid:
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False

@@ -1,0 +1,596 @@
+"""Unusable tracking stores found before training, in one line; sqlite stores created atomically.
+
+Each fault is made for real (a port nobody listens on, random bytes, a damaged page, a store
+whose creation was interrupted or killed) and the message, the time it took and what is left
+on disk are checked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import optlab
+from optlab.app import deliver, tracking
+from optlab.callbacks import Callback
+from optlab.trainer import Trainer
+
+pytestmark = pytest.mark.slow
+
+FAST = ["problem=rosenbrock", "trainer.epochs=5", "trainer.progress_bar=false"]
+KILL_AT_MIGRATION = 30  # of MLflow 3.17's 67 schema migrations
+
+
+def optlab_cli(cwd, *args, timeout=120):
+    return subprocess.run(  # run() kills the child if it times out
+        [sys.executable, "-m", "optlab", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def one_line_error(result) -> str:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "WARNING" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("optlab: error: ")
+    return lines[0]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed on return: nothing listens there
+
+
+def tracker_for(uri, experiment="tests", output_dir=None):
+    return tracking.MlflowTracker(uri, experiment, {"x": 1}, {}, "fault-run", "auto", output_dir=output_dir)
+
+
+def start_error(uri, **kwargs) -> str:
+    tracker = tracker_for(uri, **kwargs)
+    with pytest.raises(tracking.TrackingError) as info:
+        tracker.start()
+    message = str(info.value)
+    assert "\n" not in message
+    assert tracker.run_id is None
+    tracker.close("FAILED")
+    assert tracker.status is None
+    return message
+
+
+def finished_run(uri):
+    """One short tracked run into ``uri``; returns its run id."""
+    tracker = tracker_for(uri)
+    tracker.start()
+    Trainer(optlab.problems.get("rosenbrock"), optlab.optimizers.Adam(), [tracker], epochs=20).fit()
+    tracker.close("FINISHED")
+    assert tracker.status == "FINISHED"
+    return tracker.run_id
+
+
+def runs_in(path: Path) -> int:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{path}")
+    return len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
+
+
+class StopAtMigration(logging.Handler):
+    """Raises ``exception`` when alembic announces its ``at``-th migration (as a Ctrl-C would strike there)."""
+
+    def __init__(self, at, exception=KeyboardInterrupt):
+        super().__init__()
+        self.at, self.exception, self.seen = at, exception, 0
+
+    def emit(self, record):
+        if record.getMessage().startswith("Running upgrade"):
+            self.seen += 1
+            if self.seen == self.at:
+                raise self.exception
+
+
+@pytest.fixture
+def interrupt_migration():
+    logger = logging.getLogger("alembic.runtime.migration")
+    handler = StopAtMigration(KILL_AT_MIGRATION)
+    level, propagate = logger.level, logger.propagate
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+# -- pre-flight ------------------------------------------------------------------------------------
+
+
+def test_a_dead_server_is_reported_in_one_line_within_seconds(tmp_path):
+    uri = f"http://127.0.0.1:{free_port()}"
+    start = time.perf_counter()
+    message = start_error(uri)
+    seconds = time.perf_counter() - start
+    assert seconds < 5, seconds  # MLflow's client alone retried for about 4 minutes
+    assert message.startswith(f"tracking server {uri} is unreachable (Connection refused)")
+    assert "tracking=none" in message and "tracking.uri=" in message
+    assert os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES") is None  # the limits end with the tracker
+
+    result = optlab_cli(tmp_path, *FAST, f"tracking.uri={uri}")
+    assert f"tracking server {uri} is unreachable" in one_line_error(result)
+    assert result.stdout == "" and not (tmp_path / "mlflow.db").exists()  # nothing trained, nothing written
+
+
+def test_an_unknown_scheme_lists_the_supported_ones(tmp_path):
+    message = start_error("mlfow://host:5000")
+    assert message.startswith("tracking.uri mlfow://host:5000: MLflow has no store for scheme 'mlfow'")
+    for scheme in ("sqlite", "http", "https", "postgresql", "file"):
+        assert scheme in message.split("supported schemes: ", 1)[1]
+
+
+def test_an_empty_experiment_name_is_one_line(tmp_path):
+    line = one_line_error(optlab_cli(tmp_path, *FAST, "tracking.experiment="))
+    assert "tracking.experiment must be a non-empty name" in line
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_folder_that_cannot_be_written_is_reported(tmp_path):
+    if os.geteuid() == 0:  # root writes through permissions: /sys is read-only even for root
+        folder = Path("/sys")
+        try:
+            (folder / "optlab-probe").touch()
+            pytest.skip("/sys is writable here")
+        except OSError:
+            pass
+    else:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o555)
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    start = time.perf_counter()
+    message = start_error(uri)
+    assert time.perf_counter() - start < 10  # MLflow alone: 105 s of retries, then a traceback
+    assert message.startswith(f"tracking store {uri}: its folder {folder} is not writable (")
+    assert not (folder / "mlflow.db").exists()
+
+
+def test_random_bytes_are_not_taken_for_a_store_and_are_left_alone(tmp_path):
+    garbage = os.urandom(20_000)
+    (tmp_path / "mlflow.db").write_bytes(garbage)
+    line = one_line_error(optlab_cli(tmp_path, *FAST))
+    assert f"{tmp_path / 'mlflow.db'} is not an SQLite database, so not an MLflow store; move it away" in line
+    assert (tmp_path / "mlflow.db").read_bytes() == garbage
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".optlab", "mlflow.db"]
+
+
+def test_a_store_with_a_damaged_page_is_reported_and_left_alone(tmp_path):
+    db = tmp_path / "mlflow.db"
+    finished_run(f"sqlite:///{db}")
+    with sqlite3.connect(db) as connection:
+        page_size = connection.execute("PRAGMA page_size").fetchone()[0]
+        root = connection.execute("SELECT rootpage FROM sqlite_master WHERE name = 'metrics'").fetchone()[0]
+    connection.close()
+    with open(db, "r+b") as file:  # the metrics table's first page overwritten with noise
+        file.seek(page_size * (root - 1))
+        file.write(os.urandom(page_size))
+    before = db.read_bytes()
+    message = start_error(f"sqlite:///{db}")
+    assert f"{db} is damaged (sqlite: " in message and ".recover" in message
+    assert db.read_bytes() == before
+
+
+def test_an_sqlite_file_of_something_else_is_refused(tmp_path):
+    db = tmp_path / "notes.db"
+    with sqlite3.connect(db) as connection:
+        connection.execute("CREATE TABLE notes (text)")
+    connection.close()
+    before = db.read_bytes()
+    assert "is an SQLite database but not an MLflow store" in start_error(f"sqlite:///{db}")
+    assert db.read_bytes() == before
+
+
+def test_a_deleted_experiment_is_named_with_the_way_back(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    finished_run(uri)
+    client = MlflowClient(tracking_uri=uri)
+    client.delete_experiment(client.get_experiment_by_name("tests").experiment_id)
+    message = start_error(uri)
+    assert "experiment 'tests' is deleted; restore it with `mlflow experiments restore --experiment-id" in message
+
+
+def test_an_experiment_the_store_will_not_create_is_one_line(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    def refuse(self, name, **kwargs):
+        raise RuntimeError("permission denied for experiments")
+
+    monkeypatch.setattr(MlflowClient, "create_experiment", refuse)
+    message = start_error(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert "cannot create experiment 'tests' (permission denied for experiments)" in message
+
+
+# -- creating a store --------------------------------------------------------------------------------
+
+
+def test_a_new_store_is_created_whole_and_its_default_experiment_points_where_mlflow_puts_it(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path / "store" / "mlflow.db"
+    run_id = finished_run(f"sqlite:///{db}")
+    assert sorted(p.name for p in db.parent.iterdir()) == ["mlartifacts", "mlflow.db"]  # no temporary left
+    default = MlflowClient(tracking_uri=f"sqlite:///{db}").get_experiment("0")
+    assert default.artifact_location == str(Path.cwd() / "mlruns" / "0")  # MLflow's ./mlruns, not the temp name
+    assert ".creating-" not in default.artifact_location
+    assert oct(db.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    assert runs_in(db) == 1 and run_id
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_an_empty_file_becomes_a_store(tmp_path):
+    db = tmp_path / "mlflow.db"
+    db.touch()
+    finished_run(f"sqlite:///{db}")
+    assert runs_in(db) == 1
+
+
+def test_an_interrupted_creation_leaves_nothing_and_the_next_run_works(tmp_path, interrupt_migration):
+    db = tmp_path / "mlflow.db"
+    tracker = tracker_for(f"sqlite:///{db}")
+    with pytest.raises(KeyboardInterrupt):
+        tracker.start()
+    assert interrupt_migration.seen == KILL_AT_MIGRATION  # it struck midway through the schema
+    assert tracker.status is None and tracker.run_id is None
+    assert list(tmp_path.iterdir()) == []  # neither a half-made mlflow.db nor a temporary file
+    interrupt_migration.at = -1
+    finished_run(f"sqlite:///{db}")
+    assert runs_in(db) == 1
+
+
+def test_a_store_left_half_created_is_named_with_what_to_do(tmp_path, interrupt_migration):
+    # what optlab before atomic creation (MLflow creating the store in place) left after a Ctrl-C
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    db = tmp_path / "mlflow.db"
+    with pytest.raises(KeyboardInterrupt):
+        SqlAlchemyStore(f"sqlite:///{db}", str(tmp_path / "mlruns"))
+    interrupt_migration.at = -1
+    before = db.read_bytes()
+    message = start_error(f"sqlite:///{db}")
+    assert f"{db} was left half-created (schema " in message
+    assert "holds no runs: move it away and run again" in message
+    assert db.read_bytes() == before
+    db.rename(tmp_path / "mlflow.db.broken")  # what the message says to do
+    finished_run(f"sqlite:///{db}")
+    assert runs_in(db) == 1
+
+
+def test_a_store_of_an_older_schema_with_runs_is_sent_to_mlflow_db_upgrade(tmp_path):
+    db = tmp_path / "mlflow.db"
+    finished_run(f"sqlite:///{db}")
+    with sqlite3.connect(db) as connection:  # as if written by an older MLflow
+        connection.execute("UPDATE alembic_version SET version_num = '0a8213491aaa'")
+    connection.close()
+    message = start_error(f"sqlite:///{db}")
+    assert "has MLflow schema 0a8213491aaa, MLflow" in message
+    assert f"back it up, then upgrade it with `mlflow db upgrade sqlite:///{db}`" in message
+
+
+KILLED_CREATION = textwrap.dedent(
+    """
+    import logging, sys, time
+    from optlab.app import tracking
+
+    class Announce(logging.Handler):
+        seen = 0
+        def emit(self, record):
+            if record.getMessage().startswith("Running upgrade"):
+                Announce.seen += 1
+                if Announce.seen == {at}:
+                    print("migrating", flush=True)
+                    time.sleep(120)  # killed here
+
+    logger = logging.getLogger("alembic.runtime.migration")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logger.addHandler(Announce())
+    tracker = tracking.MlflowTracker(sys.argv[1], "tests", {{}}, {{}}, "killed", "auto")
+    tracker.start()
+    print("created", flush=True)
+    """
+)
+
+
+def test_a_creation_killed_outright_leaves_no_store_and_the_next_run_cleans_up(tmp_path):
+    db = tmp_path / "mlflow.db"
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_CREATION.format(at=KILL_AT_MIGRATION), f"sqlite:///{db}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = child.stdout.readline()  # blocks until the child is midway through the schema (or dies)
+        assert line == "migrating\n", child.stderr.read() if child.poll() is not None else line
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+        child.stdout.close()
+        child.stderr.close()
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert "mlflow.db" not in left
+    assert len(left) == 1 and left[0].startswith(".mlflow.db.creating-")  # SIGKILL: no cleanup possible
+    finished_run(f"sqlite:///{db}")  # under the store lock: a temporary there belongs to a dead creator
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlartifacts", "mlflow.db"]
+    assert runs_in(db) == 1
+
+
+SLOW_FOREIGN_CREATION = textwrap.dedent(
+    """
+    import logging, sys, time
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    class Slow(logging.Handler):
+        seen = 0
+        def emit(self, record):
+            if record.getMessage().startswith("Running upgrade"):
+                Slow.seen += 1
+                if Slow.seen == 10:
+                    print("migrating", flush=True)
+                time.sleep(0.05)
+
+    logger = logging.getLogger("alembic.runtime.migration")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logger.addHandler(Slow())
+    SqlAlchemyStore(sys.argv[1], sys.argv[2])  # in place, without optlab's lock: as `mlflow ui` would
+    print("created", flush=True)
+    """
+)
+
+
+def test_a_store_another_program_is_creating_is_waited_for_not_replaced(tmp_path):
+    db = tmp_path / "mlflow.db"
+    child = subprocess.Popen(
+        [sys.executable, "-c", SLOW_FOREIGN_CREATION, f"sqlite:///{db}", str(tmp_path / "mlruns")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = child.stdout.readline()
+        assert line == "migrating\n", child.stderr.read() if child.poll() is not None else line
+        inode = db.stat().st_ino
+        finished_run(f"sqlite:///{db}")  # meanwhile: waits for the schema to be complete
+        assert child.stdout.readline() == "created\n"
+        assert child.wait(timeout=60) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+        child.stdout.close()
+        child.stderr.close()
+    assert db.stat().st_ino == inode  # the other program's file, not one put in its place
+    assert runs_in(db) == 1
+
+
+def _start_in_process(uri, results):
+    tracker = tracking.MlflowTracker(uri, "tests", {}, {}, "parallel", "auto")
+    try:
+        tracker.start()
+        tracker.close("FINISHED")
+        results.put(tracker.status)
+    except BaseException as exc:
+        results.put(repr(exc))
+
+
+def test_parallel_first_runs_in_one_folder_share_one_store(tmp_path):
+    import multiprocessing
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    workers = [context.Process(target=_start_in_process, args=(uri, results)) for _ in range(3)]
+    try:
+        for worker in workers:
+            worker.start()
+        outcomes = sorted(results.get(timeout=180) for _ in workers)
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.kill()
+            worker.join()
+    assert outcomes == ["FINISHED"] * 3
+    assert runs_in(tmp_path / "mlflow.db") == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlartifacts", "mlflow.db"]
+
+
+# -- a real server that dies mid-run -----------------------------------------------------------------
+
+SERVER = "import sys\nfrom mlflow.server import app\napp.run(host='127.0.0.1', port=int(sys.argv[1]))"
+
+
+class MlflowServer:
+    """MLflow's tracking server (its Flask app, one process: up in seconds) on a free port, over a sqlite store."""
+
+    def __init__(self, folder: Path):
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "_MLFLOW_SERVER_FILE_STORE": f"sqlite:///{folder / 'server.db'}",
+            "_MLFLOW_SERVER_ARTIFACT_ROOT": str(folder / "server-artifacts"),
+        }
+        self.process = None
+
+    def start(self, timeout=120):
+        import urllib.request
+
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", SERVER, str(self.port)],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, "the MLflow server exited"
+            try:
+                urllib.request.urlopen(f"{self.uri}/health", timeout=1).read()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError("the MLflow server did not start")
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+        if self.process is not None:
+            self.process.wait()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    server = MlflowServer(tmp_path)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()  # always: a failing test leaves no server behind
+
+
+class KillServerAt(Callback):
+    """Kills the tracking server at the end of epoch ``epoch``, once the writer has delivered something."""
+
+    def __init__(self, server, tracker, epoch):
+        super().__init__()
+        self.server, self.tracker, self.epoch = server, tracker, epoch
+        self.killed_at = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            self.tracker._hand_over()  # what has gathered so far goes to the writer now
+            deadline = time.monotonic() + 60
+            while self.tracker._writer.written == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert self.tracker._writer.written > 0, "the server took nothing before it was killed"
+            self.server.stop()
+            self.killed_at = time.perf_counter()
+
+
+def test_a_server_killed_mid_run_neither_stalls_training_nor_loses_a_metric(tmp_path, mlflow_server, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setattr(tracking, "FLUSH_SECONDS", 0.2)
+    monkeypatch.setattr(tracking, "RETRY_DELAYS", (0.05, 0.1, 0.2))
+    epochs = 3000
+    tracker = tracking.MlflowTracker(
+        mlflow_server.uri, "tests", {"x": 1}, {}, "server-run", 1, flush_timeout=3.0, output_dir=tmp_path / "run"
+    )
+    tracker.start()
+    killer = KillServerAt(mlflow_server, tracker, epoch=1000)
+    trainer = Trainer(
+        optlab.problems.get("quadratic"), optlab.optimizers.SGD(learning_rate=0.01), [tracker, killer], epochs=epochs
+    )
+    trainer.fit()
+    after_kill = time.perf_counter() - killer.killed_at
+    start = time.perf_counter()
+    tracker.close("FINISHED")
+    closing = time.perf_counter() - start
+    assert after_kill < 30  # 2,000 epochs with a dead store; MLflow's client alone would retry each write for minutes
+    assert closing < 3.0 + 1.0 + tracking.STATUS_TIMEOUT + 2
+    assert tracker.status is None  # the server is gone: the status is kept, with the metrics
+    written = tracker._writer.written
+    assert 0 < written and tracker.kept_count == 4 * epochs - written
+    assert "could not be written to http://127.0.0.1:" in tracker.undelivered_message()
+
+    mlflow_server.start()  # the server is back
+    assert deliver.main([str(tracker.kept_path)]) == 0
+    assert not tracker.kept_path.exists()
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED"
+    for key in ("loss", "learning_rate", "epoch_loss", "distance_to_optimum"):
+        steps = sorted(m.step for m in client.get_metric_history(tracker.run_id, key))
+        assert steps == list(range(1, epochs + 1)), key
+
+
+# -- the command line: SIGTERM while the end of a run waits for the store ------------------------------
+
+CLI_ANNOUNCING_CLOSE = textwrap.dedent(
+    """
+    import sys
+    from optlab.app import tracking
+    from optlab.app.main import main
+
+    real = tracking.MlflowTracker.close
+
+    def close(self, *args, **kwargs):
+        print("closing", flush=True)
+        return real(self, *args, **kwargs)
+
+    tracking.MlflowTracker.close = close
+    main(sys.argv[1:])
+    """
+)
+
+
+def test_sigterm_while_a_run_ends_keeps_what_is_unwritten_and_marks_it_killed(tmp_path):
+    import re
+
+    from mlflow.tracking import MlflowClient
+
+    epochs = 8000  # every step logged: 48,000 metrics, several seconds of sqlite
+    args = ["problem=rosenbrock", f"trainer.epochs={epochs}", "tracking.log_every=1", "tracking.flush_timeout=600"]
+    child = subprocess.Popen(
+        [sys.executable, "-c", CLI_ANNOUNCING_CLOSE, *args, "trainer.progress_bar=false"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        while (line := child.stdout.readline()) and line != "closing\n":
+            pass
+        assert line == "closing\n", child.stderr.read()
+        time.sleep(1.0)  # the writer is busy with the last metrics
+        child.send_signal(signal.SIGTERM)
+        start = time.perf_counter()
+        _, err = child.communicate(timeout=120)
+        stopped = time.perf_counter() - start
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+    assert child.returncode == 143, err
+    assert stopped < 20, stopped  # not the minute the rest would take: kept, not written
+    assert "Traceback" not in err and "is marked KILLED" in err
+    kept = Path(re.search(r"kept in (\S+undelivered-\w+\.jsonl)", err).group(1))
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = kept.name.removeprefix("undelivered-").removesuffix(".jsonl")
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert deliver.main([str(kept)]) == 0
+    for key in ("loss", "learning_rate", "epoch_loss", "x", "y", "distance_to_optimum"):
+        steps = sorted(m.step for m in client.get_metric_history(run_id, key))
+        assert steps == list(range(1, epochs + 1)), key
