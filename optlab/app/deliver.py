@@ -17,17 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from .tracking import (
-    BATCH,
-    RETRY_DELAYS,
-    UNDELIVERED_TAG,
-    TrackingError,
-    check_store,
-    http_limits,
-    read_kept,
-    shown,
-    store_lock,
-)
+from .store import TrackingError, check_store, http_limits, shown, store_lock
+from .tracking import BATCH, RETRY_DELAYS, UNDELIVERED_TAG, read_kept
 
 
 def _identity(key: str, value: float, timestamp: int, step: int) -> tuple:

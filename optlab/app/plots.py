@@ -1,0 +1,73 @@
+"""The plots logged with each run: loss and learning-rate curves, and the path over a 2-D problem's contours.
+
+matplotlib's ``Figure`` without pyplot: no global state, safe off the main thread.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def png(figure) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def curves_figure(series: dict[str, list[tuple[int, float]]], title: str):
+    """Loss (per step, epoch mean, validation) above the learning rate, against the step.
+
+    ``series``: each metric's logged points as (step, value), sorted by step.
+    """
+    from matplotlib.figure import Figure  # no pyplot: no global state, safe off the main thread
+
+    fig = Figure(figsize=(7, 6))
+    fig.subplots_adjust(left=0.12, right=0.97, top=0.93, bottom=0.08, hspace=0.08)
+    ax_loss, ax_lr = fig.subplots(2, 1, sharex=True)
+    steps, losses = zip(*series["loss"])
+    ax_loss.plot(steps, losses, lw=0.8, label="loss (per step)")
+    for key, style, label in (("epoch_loss", "o-", "loss (epoch mean)"), ("val_loss", "s-", "val_loss")):
+        if series.get(key):
+            at, values = zip(*series[key])
+            ax_loss.plot(at, values, style, ms=3, label=label)
+    if np.all(np.asarray(losses) > 0):
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+
+        ax_loss.set_yscale("log")  # labelled 0.1, 0.01, 1e-05: plain text, no mathtext to lay out
+        ax_loss.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax_loss.yaxis.set_minor_formatter(NullFormatter())
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend()
+    if series.get("learning_rate"):
+        at, rates = zip(*series["learning_rate"])
+        ax_lr.plot(at, rates, lw=1.0, color="tab:green")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("step")
+    fig.suptitle(title)
+    return fig
+
+
+def path_figure(problem, path: np.ndarray, title: str):
+    """The optimizer's path over the contours of a 2-D problem."""
+    from matplotlib.figure import Figure
+
+    points = np.vstack([path, np.array([[problem.x0, problem.y0]]), np.array(problem.minima)])
+    finite = points[np.all(np.isfinite(points), axis=1)]
+    lo, hi = finite.min(axis=0), finite.max(axis=0)
+    pad = 0.15 * (hi - lo) + 0.5
+    xs = np.linspace(lo[0] - pad[0], hi[0] + pad[0], 200)
+    ys = np.linspace(lo[1] - pad[1], hi[1] + pad[1], 200)
+    grid = np.array([[problem.f_grad(np.float64(x), np.float64(y))[0] for x in xs] for y in ys])
+    fig = Figure(figsize=(6, 5), layout="tight")
+    ax = fig.subplots()
+    ax.contour(xs, ys, np.log1p(grid - grid.min()), levels=30, cmap="viridis", linewidths=0.6)
+    full = np.vstack([[problem.x0, problem.y0], path])
+    ax.plot(full[:, 0], full[:, 1], "-", color="tab:red", lw=1.0, label="path")
+    ax.plot(full[0, 0], full[0, 1], "o", color="black", label="start")
+    minima = np.array(problem.minima)
+    ax.plot(minima[:, 0], minima[:, 1], "*", color="gold", ms=12, mec="black", label="minima")
+    ax.set_title(title)
+    ax.legend(loc="best")
+    return fig

@@ -1,0 +1,412 @@
+"""The tracking store, before a run uses it: is it usable, and creating a local one safely.
+
+:func:`check_store` finds an unusable store in seconds, with one line (:class:`TrackingError`)
+naming it and what to do: a tracking server that does not answer, a folder that is not
+writable, a file that is not an SQLite database or not an MLflow store, a damaged or
+half-created store, an unknown scheme. A missing sqlite store is built under a temporary name
+and moved into place (:func:`create_sqlite_store`), under a lock on its folder
+(:func:`store_lock`), so that an interrupted first run never leaves a half-made store and
+parallel runs of a sweep never create one twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+from .config import ConfigError
+
+PROBE_TIMEOUT = 3.0  # seconds a tracking server has to answer the pre-flight probe
+HTTP_LIMITS = {  # MLflow's HTTP client while a run is tracked (unless set by the user): fail fast, retry here
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+}
+QUICK_CHECK_SECONDS = 2.0  # PRAGMA quick_check budget (about 150 MB of store per second here)
+SETTLE_CHECKS, SETTLE_SECONDS = 4, 15.0  # an empty or half-made store is judged once still for 2 s
+DEFAULT_DB = "mlflow.db"
+SQLITE_HEADER = b"SQLite format 3\x00"
+MLFLOW_TABLES = {"alembic_version", "experiments", "runs", "metrics", "latest_metrics", "params", "tags"}
+ADVICE = "pick another store with tracking.uri=... or train without tracking: tracking=none"
+
+
+class TrackingError(ConfigError):
+    """The tracking store cannot be used: one line naming the store and what to do (no traceback)."""
+
+
+def default_uri() -> str:
+    """``$MLFLOW_TRACKING_URI``, else MLflow's default local store: ``sqlite:///mlflow.db`` in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / DEFAULT_DB}"
+
+
+def shown(uri: str) -> str:
+    """``uri`` without its password, for messages."""
+    return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", uri)
+
+
+def _short(exc: BaseException) -> str:
+    """The first line of an error, at most 300 characters."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+# -- pre-flight --------------------------------------------------------------------------------
+
+
+def scheme_of(uri: str) -> str:
+    from urllib.parse import urlparse
+
+    return urlparse(uri).scheme.lower()
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a ``sqlite:`` URI (absolute), or None for an in-memory database."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(uri).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database).absolute()
+
+
+def probe_http(uri: str) -> None:
+    """Raise TrackingError unless the server at ``uri`` answers an HTTP request within ``PROBE_TIMEOUT``.
+
+    Any answer will do (MLflow's own calls come next): this only finds a dead or unreachable
+    server in seconds, where MLflow's client retries for minutes.
+    """
+    import requests  # not mlflow: its import alone takes seconds
+
+    # MLflow's own TLS settings (mlflow/environment_variables.py), read as MLflow reads them
+    insecure = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "false").lower() in ("true", "1")
+    verify = False if insecure else (os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True)
+    name = shown(uri)
+    try:
+        requests.get(
+            uri.rstrip("/") + "/health", timeout=(PROBE_TIMEOUT, PROBE_TIMEOUT), verify=verify, allow_redirects=False
+        )
+    except requests.exceptions.SSLError as exc:
+        raise TrackingError(f"tracking server {name}: TLS failed ({_root_cause(exc)}); {ADVICE}") from None
+    except requests.exceptions.Timeout:
+        raise TrackingError(
+            f"tracking server {name} did not answer within {PROBE_TIMEOUT:g} s; start it or check the address, "
+            f"or {ADVICE}"
+        ) from None
+    except requests.exceptions.RequestException as exc:
+        raise TrackingError(
+            f"tracking server {name} is unreachable ({_root_cause(exc)}); start it or check the address, or {ADVICE}"
+        ) from None
+
+
+def _root_cause(exc: BaseException) -> str:
+    """``Connection refused``, ``Name or service not known``: the innermost OS error of a requests failure."""
+    match = re.findall(r"\[Errno -?\d+\] ([^'\")\]]+)", str(exc))
+    return match[-1].strip() if match else _short(exc)
+
+
+def prepare_sqlite(uri: str, create: bool = True) -> None:
+    """Check (and with ``create``, atomically create) the sqlite store of ``uri``. Call under :func:`store_lock`.
+
+    The folder must be writable; an existing file must carry SQLite's header, pass
+    ``PRAGMA quick_check`` (within ``QUICK_CHECK_SECONDS``) and hold MLflow's current schema. A
+    missing (or empty) store is built under a temporary name and moved into place, so that an
+    interrupted first run leaves no half-created store behind.
+    """
+    path = sqlite_path(uri)
+    if path is None:
+        return
+    name = shown(uri)
+    try:
+        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise TrackingError(
+            f"tracking store {name}: its folder {path.parent} is not writable ({exc.strerror or exc}); {ADVICE}"
+        ) from None
+    for stale in path.parent.glob(f".{path.name}.creating-*"):  # a creator killed outright (we hold the lock)
+        with contextlib.suppress(OSError):
+            stale.unlink()
+    if path.is_dir():
+        raise TrackingError(f"tracking store {name}: {path} is a folder, not an sqlite file; {ADVICE}")
+    # An empty or half-made store may be in the making by a process that does not take our lock
+    # (`mlflow ui`, a script): wait while it changes, and judge it once it stands still.
+    seen, still, waited = None, 0, 0.0
+    while True:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            state, stat = "missing", None
+        else:
+            if not os.access(path, os.W_OK):
+                raise TrackingError(f"tracking store {name}: {path} is read-only; {ADVICE}")
+            state = "empty" if stat.st_size == 0 else inspect_sqlite(path, name)
+        if state == "store":
+            return
+        if not create:
+            missing = f"tracking store {name}: there is no MLflow store at {path}"
+            raise TrackingError(missing if state in ("missing", "empty") else state)
+        if state == "missing":
+            if create_sqlite_store(path, replace=False):
+                return
+            seen, still = None, 0  # someone made one meanwhile: judge theirs
+            continue
+        mark = (state, stat.st_size, stat.st_mtime_ns)
+        still = still + 1 if mark == seen else 0
+        seen = mark
+        if still >= SETTLE_CHECKS or waited >= SETTLE_SECONDS:
+            if state == "empty":  # nothing in it to lose
+                create_sqlite_store(path, replace=True)
+                return
+            raise TrackingError(state)  # a half-made store: the message says what to do
+        time.sleep(0.5)
+        waited += 0.5
+
+
+def inspect_sqlite(path: Path, name: str) -> str:
+    """``"store"`` for a sound MLflow store at this MLflow's schema, ``"empty"`` for an SQLite file without
+    tables, the message for the user for a half-made store (no runs, an older schema: maybe still in the
+    making); anything else raises TrackingError saying what is wrong and what to do."""
+    import sqlite3
+    from urllib.parse import quote
+
+    with open(path, "rb") as file:
+        header = file.read(len(SQLITE_HEADER))
+    if header != SQLITE_HEADER:
+        raise TrackingError(
+            f"tracking store {name}: {path} is not an SQLite database, so not an MLflow store; "
+            f"move it away, or {ADVICE}"
+        )
+    damaged = (
+        f"tracking store {name}: {path} is damaged (sqlite: {{}}); keep a copy and move it away "
+        f"(`sqlite3 {path} .recover` may save its runs), or {ADVICE}"
+    )
+    try:  # read-write, never create: a hot journal left by a killed writer must be rolled back to read
+        connection = sqlite3.connect(f"file:{quote(str(path))}?mode=rw", uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise TrackingError(damaged.format(_short(exc))) from None
+    try:
+        limit = time.monotonic() + QUICK_CHECK_SECONDS
+        connection.set_progress_handler(lambda: time.monotonic() > limit, 10_000)
+        try:
+            verdict = connection.execute("PRAGMA quick_check").fetchall()
+        except sqlite3.OperationalError as exc:  # over budget (checked in part), or locked by a writer
+            if "interrupt" not in str(exc) and not _busy(exc):
+                raise
+            verdict = [("ok",)]
+        connection.set_progress_handler(None, 0)
+        if verdict[0][0] != "ok":  # "*** in database main ***\nPage 209: btreeInitPage() returns error code 11"
+            lines = [line for line in verdict[0][0].splitlines() if not line.startswith("***")]
+            raise TrackingError(damaged.format((lines or ["quick_check failed"])[0]))
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not tables:
+            return "empty"
+        if not tables & MLFLOW_TABLES:
+            raise TrackingError(
+                f"tracking store {name}: {path} is an SQLite database but not an MLflow store; {ADVICE}"
+            )
+        version = None
+        if "alembic_version" in tables:
+            row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+            version = row[0] if row else None
+        head, known = schema_revisions()
+        if head is None or (version == head and {"experiments", "runs"} <= tables):
+            return "store"
+        runs = connection.execute("SELECT count(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+    except sqlite3.DatabaseError as exc:
+        if _busy(exc):  # a writer holds it for longer than 5 s: MLflow waits its own way
+            return "store"
+        raise TrackingError(damaged.format(_short(exc))) from None
+    finally:
+        connection.close()
+    from mlflow.version import VERSION  # imported by schema_revisions
+
+    if runs == 0:
+        return (
+            f"tracking store {name}: {path} was left half-created (schema {version or 'none'}, not {head}; "
+            f"an interrupted first run?) and holds no runs: move it away and run again, or {ADVICE}"
+        )
+    if version not in known:
+        raise TrackingError(
+            f"tracking store {name}: {path} was written by another MLflow (schema {version} is unknown to MLflow "
+            f"{VERSION}): install that MLflow version, or {ADVICE}"
+        )
+    raise TrackingError(
+        f"tracking store {name}: {path} has MLflow schema {version}, MLflow {VERSION} expects {head}: "
+        f"back it up, then upgrade it with `mlflow db upgrade sqlite:///{path}`, or {ADVICE}"
+    )
+
+
+def _busy(exc: BaseException) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def schema_revisions() -> tuple[str | None, set[str]]:
+    """MLflow's current schema revision and every revision it knows (None, {} if that cannot be read)."""
+    quiet_mlflow()
+    try:
+        from alembic.script import ScriptDirectory
+        from mlflow.store.db.utils import _get_alembic_config
+
+        script = ScriptDirectory.from_config(_get_alembic_config(""))
+        return script.get_current_head(), {revision.revision for revision in script.walk_revisions()}
+    except Exception:  # a future MLflow without that helper: MLflow checks the schema itself
+        return None, set()
+
+
+def create_sqlite_store(path: Path, replace: bool) -> bool:
+    """A fresh MLflow store at ``path``, built under a temporary name in the same folder and moved into place.
+
+    ``replace``: over the (empty) file there; else only if nothing is there by then (False if
+    something is: a process that does not take our lock made it meanwhile). An interruption
+    (Ctrl-C, SIGTERM, an error) removes the temporary file; a process killed outright leaves it
+    behind, and the next run in the folder removes it (under the lock).
+    """
+    quiet_mlflow()
+    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    temp = new_file(path.parent, f".{path.name}.creating-")  # empty: sqlite initialises it
+    uri = f"sqlite:///{temp}"
+    store = None
+    try:
+        # MLflow's own defaults: the Default experiment's artifacts in ./mlruns, as MlflowClient would
+        store = SqlAlchemyStore(uri, DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
+        store.engine.dispose()
+        with open(temp, "rb+") as file:
+            os.fsync(file.fileno())
+        if replace:
+            os.replace(temp, path)
+        else:
+            try:
+                os.link(temp, path)  # atomic, and never over a file that appeared meanwhile
+            except FileExistsError:
+                return False
+            except OSError:  # a file system without hard links
+                if path.exists():
+                    return False
+                os.replace(temp, path)
+        _fsync_folder(path.parent)
+        return True
+    finally:
+        if store is not None:
+            store.engine.dispose()
+        with contextlib.suppress(AttributeError, TypeError):  # MLflow's engine cache, keyed by URI
+            SqlAlchemyStore._engine_map.pop(uri, None)
+            for key, engine in list(SqlAlchemyStore._engine_map.items()):
+                if scheme_of(key) == "sqlite" and sqlite_path(key) == path:
+                    engine.dispose()  # connected to a file no longer there: reconnect to the new one
+        for leftover in (temp, Path(f"{temp}-journal"), Path(f"{temp}-wal"), Path(f"{temp}-shm")):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+
+def new_file(folder: Path, prefix: str, suffix: str = "") -> Path:
+    """A new empty file with a unique name, its permissions as the umask allows (``mkstemp`` would give 0600)."""
+    import secrets
+
+    while True:
+        path = folder / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return path
+        except FileExistsError:
+            continue
+
+
+def quiet_mlflow() -> None:
+    """Import mlflow, then keep store creation and migrations (INFO lines) out of the user's terminal.
+
+    After the import: MLflow configures its loggers when it is first imported.
+    """
+    import logging
+
+    import mlflow  # noqa: F401
+
+    for logger in ("mlflow", "alembic"):
+        logging.getLogger(logger).setLevel(logging.WARNING)
+
+
+def _fsync_folder(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def check_store(uri: str, create: bool = True):
+    """Pre-flight of ``uri``, then an ``MlflowClient`` for it; TrackingError (one line) if the store is unusable.
+
+    For sqlite, call under :func:`store_lock` (the store may be created here).
+    """
+    scheme = scheme_of(uri)
+    if scheme in ("http", "https"):
+        probe_http(uri)
+    if scheme == "sqlite":
+        prepare_sqlite(uri, create)
+    quiet_mlflow()
+    from mlflow.tracking import MlflowClient
+    from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
+
+    try:
+        return MlflowClient(tracking_uri=uri)
+    except UnsupportedModelRegistryStoreURIException as exc:
+        known = ", ".join(s for s in exc.supported_uri_schemes if s and not s.endswith("uc"))
+        raise TrackingError(
+            f"tracking.uri {shown(uri)}: MLflow has no store for scheme {scheme!r}; supported schemes: {known} "
+            "(e.g. sqlite:///mlflow.db or http://host:5000); or train without tracking: tracking=none"
+        ) from None
+
+
+@contextlib.contextmanager
+def http_limits(uri: str):
+    """MLflow's HTTP client fails fast for ``uri`` while tracked (optlab retries itself), unless the user
+    set these limits."""
+    added = []
+    if scheme_of(uri) in ("http", "https"):
+        added = [key for key in HTTP_LIMITS if key not in os.environ]
+        os.environ.update({key: HTTP_LIMITS[key] for key in added})
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """An exclusive lock on the directory of a local sqlite store, so nothing is written beside it.
+
+    A no-op for other stores and where ``flock`` is missing (Windows: parallel sweeps there
+    should log to a tracking server).
+    """
+    if scheme_of(uri) != "sqlite" or sqlite_path(uri) is None:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    folder = sqlite_path(uri).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError as exc:
+        raise TrackingError(
+            f"tracking store {shown(uri)}: cannot create or open its folder {folder} ({exc.strerror or exc}); {ADVICE}"
+        ) from None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+    finally:
+        os.close(descriptor)
