@@ -126,7 +126,40 @@ def _choices(override) -> list[str]:
     return [str(value)]
 
 
-DEFAULT_CHOICES = {"optimizer": "adam", "problem": "mlp_digits", "schedule": "none"}
+def _conf_yaml(relative: str):
+    """A yaml file of ``optlab/conf`` (the package's configs), parsed."""
+    from importlib import resources
+
+    import yaml
+
+    return yaml.safe_load(resources.files("optlab.conf").joinpath(relative).read_text()) or {}
+
+
+def main_config() -> tuple[dict[str, str], set[str]]:
+    """From ``conf/config.yaml``: each config group's default choice, and the config's own keys
+    (the groups and the top-level settings; Hydra's own section aside)."""
+    main = _conf_yaml("config.yaml")
+    choices = {}
+    for entry in main.get("defaults", []):
+        if isinstance(entry, dict):
+            (group, choice), *_ = entry.items()
+            choices[group] = "none" if choice is None else str(choice)
+    return choices, set(choices) | (set(main) - {"defaults", "hydra"})
+
+
+def preset_keys(group: str) -> set[str]:
+    """Every key the yaml presets of a config group (``conf/<group>/*.yaml``) define."""
+    from importlib import resources
+
+    keys: set[str] = set()
+    for entry in resources.files("optlab.conf").joinpath(group).iterdir():
+        if entry.name.endswith(".yaml"):
+            keys |= set(_conf_yaml(f"{group}/{entry.name}"))
+    return keys
+
+
+#: the component each group starts from (conf/config.yaml), for checking arguments given without a choice
+DEFAULT_CHOICES = {k: v for k, v in main_config()[0].items() if k in GROUPS and k != "callbacks"}
 
 
 def _selected(overrides: list[str], group: str) -> str | None:

@@ -17,7 +17,7 @@ from .. import __version__, callbacks, optimizers, problems, schedules
 from ..callbacks import Callback, ProgressBar
 from ..files import write_text_atomic
 from ..trainer import Trainer
-from .config import MISSING, ConfigError
+from .config import MISSING, ConfigError, main_config, preset_keys
 from .direction import direction
 
 STEP_KEYS = ("decay_steps", "first_decay_steps")
@@ -96,29 +96,10 @@ def build(conf: dict):
     return problem, optimizer, cbs
 
 
-def _preset_keys(group: str) -> set[str]:
-    """Every key the yaml presets of a config group (``conf/<group>/*.yaml``) define."""
-    from importlib import resources
-
-    import yaml
-
-    keys: set[str] = set()
-    for entry in resources.files("optlab.conf").joinpath(group).iterdir():
-        if entry.name.endswith(".yaml"):
-            keys |= set(yaml.safe_load(entry.read_text()) or {})
-    return keys
-
-
-#: the main config's keys (conf/config.yaml), besides Hydra's own
-TOP_LEVEL_KEYS = {
-    "problem", "optimizer", "schedule", "callbacks", "trainer", "tracking", "seed", "metric", "print_every_epoch"
-}
-
-
 def check_keys(conf: dict) -> None:
     """A key nobody reads (``+trainer.epoch=5``, a typo) is an error, not silently ignored."""
-    groups = {"": (conf, TOP_LEVEL_KEYS), "trainer.": (conf.get("trainer") or {}, _preset_keys("trainer"))}
-    groups["tracking."] = (conf.get("tracking") or {}, _preset_keys("tracking"))
+    groups = {"": (conf, main_config()[1]), "trainer.": (conf.get("trainer") or {}, preset_keys("trainer"))}
+    groups["tracking."] = (conf.get("tracking") or {}, preset_keys("tracking"))
     for prefix, (node, known) in groups.items():
         for key in node:
             if key not in known:
@@ -126,7 +107,7 @@ def check_keys(conf: dict) -> None:
                     f"{prefix}{key} is not an option{_closest(str(key), sorted(known))} "
                     f"Known: {', '.join(prefix + k for k in sorted(known))}"
                 )
-    missing = [k for k in _preset_keys("trainer") if k not in (conf.get("trainer") or {})]
+    missing = [k for k in preset_keys("trainer") if k not in (conf.get("trainer") or {})]
     if missing:
         raise ConfigError(f"trainer.{missing[0]} is missing")
 
