@@ -67,6 +67,12 @@ One step (`apply` / `apply_gradients`) runs, in Keras's order:
    `iterations == 0`), copied into the parameters every `ema_overwrite_frequency` steps;
    `finalize_variable_values()` copies it in at the end of training;
 7. `iterations += 1` (on accumulating calls too, see below).
+
+The learning rate is evaluated once per call, before step 1 — a schedule at the raw call
+count — and that one value serves the weight decay and the update rule; afterwards
+`optimizer.applied_learning_rate` holds it (the training loop logs it after each batch).
+`learning_rate` takes a float, a schedule, a schedule's config
+(`{"name": "cosine_decay", "initial_learning_rate": 0.01, "decay_steps": 1000}`) or a callable.
 """
 
 SURPRISES = """\

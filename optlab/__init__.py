@@ -30,6 +30,7 @@ _SUBMODULES = {
     "kernels",
     "hparams",
     "registry",
+    "names",
     "plugins",
     "hookspecs",
     "testing",

@@ -7,8 +7,8 @@ distribution::
     [project.entry-points.optlab]
     adabelief = "optlab_adabelief"
 
-optlab's own optimizers and schedules are registered through these same hooks, by the
-modules in ``optlab.default_plugins`` (entry points of optlab's own distribution).
+optlab's own optimizers, schedules, callbacks and problems are registered through these same
+hooks, by the module ``optlab.default_plugins`` (the entry point of optlab's own distribution).
 
 Each hook receives ``register(cls, name=None, aliases=())``: call it once per component.
 ``name`` defaults to ``cls.registry_name``; lookups are case-insensitive, and the class name

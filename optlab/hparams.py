@@ -17,6 +17,8 @@ import inspect
 import math
 from typing import Any, ClassVar
 
+from .names import closest
+
 _MISSING = object()
 
 
@@ -24,10 +26,15 @@ class Hyper:
     """A declared hyperparameter: default, kind (float, int, bool, str, list), range.
 
     ``low``/``high`` bound numeric values (``low_open``/``high_open`` make the
-    bound exclusive); ``choices`` restricts strings; ``optional`` allows None.
+    bound exclusive); ``choices`` restricts strings, or, for a number, lists the strings
+    allowed besides numbers (``save_freq``: ``"epoch"`` or an integer); ``optional`` allows None;
+    ``item`` (a ``Hyper``) validates each element of a list.
     Numbers must be finite (nan is always rejected; ``allow_inf=True`` admits
     ``inf``/``-inf`` within the bounds, for a value where infinity has a meaning).
     A ``default`` of ``Hyper.REQUIRED`` makes the argument mandatory.
+
+    Used as a class attribute, it validates every assignment (``obj.name = value``); its
+    ``validate`` serves any code that checks a value of this kind (the trainer's arguments).
     """
 
     REQUIRED: ClassVar[object] = _MISSING
@@ -44,6 +51,7 @@ class Hyper:
         optional: bool = False,
         choices: tuple | None = None,
         allow_inf: bool = False,
+        item: Hyper | None = None,
         doc: str = "",
     ):
         self.default = default
@@ -53,6 +61,7 @@ class Hyper:
         self.optional = optional or default is None
         self.choices = choices
         self.allow_inf = allow_inf
+        self.item = item
         self.doc = doc
         self.name = "?"
 
@@ -77,11 +86,15 @@ class Hyper:
         """The allowed values in words, e.g. ``a float in [0, 1)``."""
         if self.kind is bool:
             text = "True or False"
-        elif self.choices is not None:
+        elif self.choices is not None and self.kind is str:
             text = "one of " + ", ".join(repr(c) for c in self.choices)
         else:
             noun = {float: "a float", int: "an integer", str: "a string", list: "a list", object: "a value"}[self.kind]
             text = noun + _range_text(self.low, self.high, self.low_open, self.high_open)
+            if self.item is not None:
+                text += f" (each item {self.item.allowed()})"
+            if self.choices is not None:
+                text = " or ".join([*(repr(c) for c in self.choices), text])
         return text + (" or None" if self.optional else "")
 
     def _error(self, owner: str, value, why: str = "") -> ValueError:
@@ -110,7 +123,14 @@ class Hyper:
         if kind is list:
             if not isinstance(value, (list, tuple)):
                 raise self._error(owner, value)
-            return list(value)
+            if self.item is None:
+                return list(value)
+            try:
+                return [self.item.validate(v, owner) for v in value]
+            except ValueError:
+                raise self._error(owner, value) from None
+        if isinstance(value, str) and self.choices is not None and value in self.choices:
+            return value
         if isinstance(value, bool) or not _is_number(value):
             raise self._error(owner, value)
         number = float(value)
@@ -164,7 +184,8 @@ class Configurable:
 
     Subclasses get a constructor taking the declared names (positionally in
     declaration order, or by keyword), ``get_config``/``from_config``, and a
-    generated ``__signature__`` so that ``help()`` shows the real arguments.
+    generated ``__signature__`` so that ``help()`` shows the real arguments (a class that
+    writes its own ``__init__`` with named parameters shows that one's instead).
     ``registry_name`` is the lower-case name the component is looked up by.
     """
 
@@ -185,6 +206,9 @@ class Configurable:
                 if isinstance(value, Hyper):
                     order[attr] = value  # a redeclaration keeps the first position
         cls._hypers = cls._order_hypers(order)
+        if not _binds_declarations(cls.__init__):
+            cls.__signature__ = None  # its own __init__ says what it takes: inspect reads that one
+            return
         params = []
         for name, hyper in cls._hypers.items():
             default = inspect.Parameter.empty if hyper.required else hyper.default
@@ -236,13 +260,11 @@ class Configurable:
         return kwargs
 
     def _unknown_arguments(self, kwargs: dict) -> ValueError:
-        from difflib import get_close_matches
-
         owner = type(self).__name__
         parts = []
         for key in kwargs:
-            close = get_close_matches(key, list(self._hypers), n=1)
-            parts.append(f"`{key}`" + (f" (did you mean `{close[0]}`?)" if close else ""))
+            match = closest(key, self._hypers)
+            parts.append(f"`{key}`" + (f" (did you mean `{match}`?)" if match else ""))
         return ValueError(
             f"{owner}: argument(s) not recognized: {', '.join(parts)}. Accepted arguments: {', '.join(self._hypers)}"
         )
@@ -274,6 +296,12 @@ class Configurable:
             if hyper.required or value != hyper.default:
                 args.append(f"{name}={value!r}")
         return f"{type(self).__name__}({', '.join(args)})"
+
+
+def _binds_declarations(init) -> bool:
+    """Whether ``init`` passes its arguments on to the declarations (``*args, **kwargs``), as the base classes' do."""
+    kinds = {p.kind for p in inspect.signature(init).parameters.values()}
+    return inspect.Parameter.VAR_POSITIONAL in kinds and inspect.Parameter.VAR_KEYWORD in kinds
 
 
 def _plain(value):

@@ -10,6 +10,12 @@ kernel call, so ``import optlab`` stays light.
 
 Callers pass per-step scalars already cast to the array dtype: a Python float
 would promote float32 arithmetic to float64 inside the loop.
+
+Variants of one rule (Adam with or without AMSGrad, with or without a fused weight decay) are
+one kernel whose switches are module globals read in the loop (``if AMSGRAD:``), fixed per
+variant by ``Kernel.specialize``: numba compiles globals as constants and drops the branches
+not taken, so each variant is the code a hand-written one would be, with no test per element
+and no switch to pass at each call (docs/benchmark.md has the measurements).
 """
 
 from __future__ import annotations
@@ -28,28 +34,34 @@ PARALLEL_MIN_SIZE = 1 << 15
 class Kernel:
     """A kernel compiled on demand; ``k(x, ...)`` picks serial or parallel by ``x.size``."""
 
-    def __init__(self, fn, parallel: bool = True, fastmath=False):
+    def __init__(self, fn, parallel: bool = True, fastmath=False, constants: dict | None = None):
         self.fn = fn
         self._fastmath = fastmath
+        self._constants = dict(constants or {})
         self.__name__ = fn.__name__
         self.__doc__ = fn.__doc__
         self._parallel = parallel
         self._serial_impl = None
         self._parallel_impl = None
 
+    def specialize(self, **constants) -> Kernel:
+        """This kernel with the module globals ``constants`` fixed (compiled as constants)."""
+        return Kernel(self.fn, self._parallel, self._fastmath, {**self._constants, **constants})
+
     def _compile(self, parallel: bool):
         import numba
 
-        namespace = dict(self.fn.__globals__)
+        namespace = {**self.fn.__globals__, **self._constants}
         namespace["prange"] = numba.prange if parallel else range
         # a kernel may call other kernels: it gets their variant of the same kind
         for key in self.fn.__code__.co_names:
             value = namespace.get(key)
             if isinstance(value, Kernel) and value is not self:
                 namespace[key] = value.parallel if parallel else value.serial
-        suffix = "_parallel" if parallel else "_serial"
+        # numba's on-disk cache is keyed by qualified name, not by the globals' values: name each variant
+        suffix = "".join(f"_{k.lower()}_{v}" for k, v in sorted(self._constants.items()))
+        suffix += "_parallel" if parallel else "_serial"
         fn = types.FunctionType(self.fn.__code__, namespace, self.fn.__name__ + suffix, self.fn.__defaults__)
-        # numba's on-disk cache is keyed by qualified name: keep the two variants apart
         fn.__qualname__ = fn.__name__
         fn.__module__ = self.fn.__module__
         # only loops written with prange make a function parallel (a driver calling parallel kernels is not)

@@ -1,29 +1,38 @@
-"""Name -> class registries, one per kind of component, filled by the plugin hooks.
+"""Name -> class registries, one per kind of component.
 
-A registry maps lower-case names (and aliases) to classes. Lookups are
-case-insensitive; an unknown name raises ``ValueError`` listing the known
-names and the closest match. The registries are empty until the first lookup,
-which loads the plugins (``optlab.plugins``): optlab's built-ins and every
-installed plugin register through the same hooks.
+A registry maps lower-case names (and aliases) to classes. Lookups are case-insensitive; an
+unknown name raises ``ValueError`` listing the known names and the closest match. A registry
+knows nothing of where its names come from: it is handed a ``loader``, called once before the
+first lookup, that fills it (``optlab.plugins`` hands each of its registries the plugin loader,
+so optlab's built-ins and every installed plugin register through the same hooks).
 """
 
 from __future__ import annotations
 
-from difflib import get_close_matches
+from collections.abc import Callable
+
+from .names import closest
 
 
 class Registry:
-    """Names of one kind of component (``"optimizer"``, ``"schedule"``, ...)."""
+    """Names of one kind of component (``"optimizer"``, ``"schedule"``, ...).
 
-    def __init__(self, kind: str, hook: str | None = None):
+    ``loader`` (no arguments) is called before the first lookup, and fills the registry
+    through ``register``; it is called once, even when it raises.
+    """
+
+    def __init__(self, kind: str, loader: Callable[[], None] | None = None):
         self.kind = kind
-        self.hook = hook  # the plugin hook that fills it
+        self._loader = loader
         self._classes: dict[str, type] = {}
         self._aliases: dict[str, str] = {}
         self._sources: dict[str, str] = {}
 
     def register(self, cls: type, name: str | None = None, aliases=(), source: str = "optlab") -> type:
-        """Register ``cls`` under ``name`` (default ``cls.registry_name``) and its aliases."""
+        """Register ``cls`` under ``name`` (default ``cls.registry_name``) and its aliases.
+
+        A name already registered for another class raises ``ValueError`` naming both sources.
+        """
         name = (name or cls.registry_name).lower()
         if name in self._classes and self._classes[name] is not cls:
             raise ValueError(
@@ -39,10 +48,9 @@ class Registry:
         return cls
 
     def _load(self) -> None:
-        if self.hook is not None:
-            from . import plugins  # the plugin layer fills the registries on first use
-
-            plugins.load()
+        loader, self._loader = self._loader, None
+        if loader is not None:
+            loader()
 
     def names(self) -> list[str]:
         """Registered names, sorted (aliases not included)."""
@@ -88,17 +96,15 @@ class Registry:
                 f"{self.kind.capitalize()} name must be a string; received {name!r}. "
                 f"Known {self.kind}s: {', '.join(known)}"
             )
-        close = get_close_matches(name.lower(), known + list(self._aliases), n=1, cutoff=0.5)
-        hint = ""
-        if close:
-            hint = f" Did you mean {self._aliases.get(close[0], close[0])!r}?"
+        match = closest(name, [*known, *self._aliases])
+        hint = f" Did you mean {self._aliases.get(match, match)!r}?" if match else ""
         return ValueError(f"Unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(known)}")
 
     def create(self, identifier, **overrides):
         """An instance from a name (defaults) or a config ``{"name": ..., **arguments}``.
 
         Keras's serialized form ``{"class_name": ..., "config": {...}}`` is accepted too;
-        keyword ``overrides`` are passed to the constructor.
+        keyword ``overrides`` are passed to the constructor and win over the config's values.
         """
         if isinstance(identifier, str):
             return self.get(identifier)(**overrides)
@@ -116,11 +122,3 @@ class Registry:
         cls = self.get(config.pop("name"))
         config.update(overrides)
         return cls.from_config(config)
-
-
-#: the registries, filled by the hooks of the same name (see ``optlab.hookspecs``)
-optimizers = Registry("optimizer", hook="register_optimizers")
-schedules = Registry("schedule", hook="register_schedules")
-callbacks = Registry("callback", hook="register_callbacks")
-problems = Registry("problem", hook="register_problems")
-REGISTRIES = {"optimizers": optimizers, "schedules": schedules, "callbacks": callbacks, "problems": problems}

@@ -16,8 +16,8 @@ import math
 
 import numpy as np
 
-from . import registry as _registries
 from .hparams import Configurable, Hyper
+from .plugins import REGISTRIES
 
 REQUIRED = Hyper.REQUIRED
 
@@ -238,7 +238,7 @@ BUILTIN = (
 )
 
 #: schedule names (filled by the plugin hooks on first use: the built-ins and installed plugins)
-registry = _registries.schedules
+registry = REGISTRIES["schedules"]
 
 
 def get(identifier, **overrides) -> LearningRateSchedule | None:

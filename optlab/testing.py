@@ -201,7 +201,7 @@ def _resume_bit_for_bit(cls, kwargs):
                 "resume",
                 f"with {options or 'default options'}, a run resumed after 5 steps differs from one that never "
                 f"stopped by up to {np.abs(got - expected).max():.3g}",
-                "keep all state in slots (saved by save_state) or in self._scalars; recompute everything else "
+                "keep all state in slots() or scalar_slots() (saved by save_state); recompute everything else "
                 "from `step` and the hyperparameters",
             )
 

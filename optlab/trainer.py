@@ -21,6 +21,7 @@ import numpy as np
 from .callbacks.base import Callback, CallbackList
 from .callbacks.core import History
 from .flat import flat_like
+from .hparams import Hyper
 
 
 class Trainer:
@@ -29,7 +30,16 @@ class Trainer:
     ``problem`` and ``optimizer`` may be instances, names or config dicts; ``callbacks`` a list
     of callback instances (or names / configs). ``batch_size=None`` is full-batch.
     ``dtype`` is the parameters' dtype (float32 or float64).
+
+    Logs: after each batch ``loss`` (the batch's) and ``learning_rate``, the rate that batch's
+    step applied (``optimizer.applied_learning_rate``); after each epoch the epoch's mean loss,
+    the problem's metrics and ``learning_rate`` as Keras logs it, the optimizer's rate after the
+    epoch (the rate the next step will use, after any callback changed it).
     """
+
+    epochs = Hyper(1, kind=int, low=0, doc="epochs to run")
+    batch_size = Hyper(None, kind=int, low=1, doc="examples per step (None: all of them)")
+    seed = Hyper(0, kind=int, low=0, doc="seeds the initial parameters, the batch order and the gradient noise")
 
     def __init__(
         self,
@@ -46,22 +56,10 @@ class Trainer:
 
         self.problem = problems.get(problem)
         self.optimizer = optimizers.get(optimizer)
-        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
-            raise ValueError(f"Trainer: `epochs` must be an integer >= 0; received epochs={epochs!r}")
-        if batch_size is not None and (
-            not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1
-        ):
-            raise ValueError(
-                f"Trainer: `batch_size` must be an integer >= 1 or None; received batch_size={batch_size!r}"
-            )
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"Trainer: `seed` must be an integer >= 0; received seed={seed!r}")
+        self.epochs, self.batch_size, self.seed = epochs, batch_size, seed  # validated by their declarations
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"Trainer: `dtype` must be float32 or float64; received dtype={dtype!r}")
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.seed = seed
         cbs = [callback_module.get(cb) for cb in callbacks]
         for cb in cbs:
             if not isinstance(cb, Callback):
@@ -81,10 +79,8 @@ class Trainer:
     # -- what callbacks see ---------------------------------------------------------------------
     @property
     def steps_per_epoch(self) -> int:
-        n = self.problem.num_examples
-        if n is None or self.batch_size is None:
-            return 1
-        return -(-n // self.batch_size)
+        """Optimizer steps in one epoch (``problem.steps_per_epoch(batch_size)``)."""
+        return self.problem.steps_per_epoch(self.batch_size)
 
     def _start(self):
         self.params = self.problem.init(self.seed, self.dtype)
@@ -130,7 +126,7 @@ class Trainer:
                 self._count += size
                 if history is not None:
                     history.record_step(self.step, params.flat)
-                callbacks.on_train_batch_end(index, {"loss": loss, "learning_rate": float(optimizer.learning_rate)})
+                callbacks.on_train_batch_end(index, {"loss": loss, "learning_rate": optimizer.applied_learning_rate})
                 if self.stop_training:
                     break
             logs = {

@@ -217,6 +217,63 @@ def test_threshold_stop_per_epoch_and_per_batch():
         fit([1.0], ThresholdStop(monitor="nope", threshold=1.0))
 
 
+def test_threshold_stop_max_stops_at_a_value_exactly_at_the_threshold():
+    _, history, _ = fit([0.1, 0.8, 0.9, 1.0], ThresholdStop(monitor="val_loss", threshold=0.8, mode="max"), epochs=10)
+    assert history.history["val_loss"] == [0.1, 0.8]  # 0.8 >= 0.8: stops after the second epoch
+
+
+DIRECTIONS = {
+    "loss": "min",
+    "val_loss": "min",
+    "my_custom_loss": "min",
+    "val_mse": "min",
+    "distance_to_optimum": "min",
+    "excess": "min",
+    "accuracy": "max",
+    "val_accuracy": "max",
+    "val_auc": "max",
+    "x": None,
+    "learning_rate": None,
+    "val_x": None,
+}
+
+
+@pytest.mark.parametrize(("name", "expected"), DIRECTIONS.items())
+def test_direction_follows_keras_name_rules(name, expected):
+    assert optlab.callbacks.direction(name) == expected
+    if expected is None:
+        with pytest.raises(ValueError, match="Pass mode='max' or mode='min'"):
+            EarlyStopping(monitor=name)._direction()
+    else:
+        assert EarlyStopping(monitor=name)._direction() == expected
+
+
+def test_a_callback_with_its_own_init_shows_its_own_signature():
+    import inspect
+
+    class PrintKeys(Callback):
+        registry_name = "print_keys_test"
+
+        def __init__(self, keys, every=1):
+            super().__init__()
+            self.keys, self.every = keys, every
+
+    assert str(inspect.signature(PrintKeys)) == "(keys, every=1)"
+    assert list(inspect.signature(ThresholdStop).parameters) == ["threshold", "monitor", "mode", "every", "verbose"]
+
+
+def test_callbacks_that_run_last_follow_the_others_in_every_hook():
+    from optlab.callbacks import CallbackList
+
+    class Last(Callback):
+        registry_name = "last_test"
+        runs_last = True
+
+    last, first, second = Last(), Callback(), Callback()
+    assert Callback.runs_last is False
+    assert CallbackList([last, first, second]).callbacks == [first, second, last]
+
+
 # -- CSVLogger, ProgressBar, ModelCheckpoint ----------------------------------------------------------------
 
 

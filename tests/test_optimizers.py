@@ -12,6 +12,7 @@ import pytest
 from keras_reference import optimizer_reference, optlab_kwargs, run_optlab
 
 import optlab
+from optlab import bench
 from optlab.optimizers import BUILTIN
 
 MANIFEST, ARRAYS = optimizer_reference()
@@ -340,6 +341,62 @@ def test_schedule_sees_every_call_but_iterations_count_applied_steps():
     assert seen[-1] == 3  # the update on the 4th call evaluates the schedule at step 3
 
 
+def test_a_schedule_object_with_gradient_accumulation():
+    # calls 1..4 run at raw counts 0..3; the updates happen on calls 2 and 4, at raw counts 1 and 3
+    schedule = optlab.schedules.PiecewiseConstantDecay([2], [1.0, 0.1])  # 1.0 up to step 2 included, then 0.1
+    opt = optlab.optimizers.SGD(learning_rate=schedule, gradient_accumulation_steps=2)
+    p = np.zeros(1)
+    applied = []
+    for g in (1.0, 3.0, 5.0, 7.0):
+        opt.apply([np.array([g])], [p])
+        applied.append(opt.applied_learning_rate)
+    # update 1: mean gradient 2 at the rate of raw step 1 (1.0); update 2: mean 6 at raw step 3 (0.1)
+    assert p[0] == pytest.approx(-(2 * 1.0 + 6 * 0.1))
+    assert applied == [1.0, 1.0, 1.0, 0.1]
+    assert opt.iterations == 2 and opt.learning_rate == 0.1
+
+
+def test_applied_learning_rate_is_the_rate_the_step_used():
+    # SGD at a zero-argument callable's rate: the parameter moves by exactly the rate the step applied
+    rates = iter([0.5, 0.25, 0.125])
+    opt = optlab.optimizers.SGD(learning_rate=lambda: next(rates))  # Keras calls it once per step
+    p = np.zeros(1)
+    assert opt.applied_learning_rate is None
+    moves = []
+    for _ in range(3):
+        before = p[0]
+        opt.apply([np.ones(1)], [p])
+        moves.append(before - p[0])
+        assert opt.applied_learning_rate == moves[-1]
+    assert moves == [0.5, 0.25, 0.125]
+
+
+def test_an_optimizer_takes_a_schedule_as_an_object_or_a_config():
+    config = {"name": "exponential_decay", "initial_learning_rate": 0.5, "decay_steps": 1, "decay_rate": 0.5}
+    built = [
+        optlab.optimizers.SGD(learning_rate=optlab.schedules.get(config)),
+        optlab.optimizers.SGD(learning_rate=config),
+        optlab.optimizers.get("sgd", learning_rate=config),
+        optlab.optimizers.get({"name": "sgd", "learning_rate": config}),
+    ]
+    for opt in built:
+        p = np.zeros(1)
+        for _ in range(3):
+            opt.apply([np.ones(1)], [p])
+        assert p[0] == -(0.5 + 0.25 + 0.125)  # 0.5 * 0.5^step at steps 0, 1, 2
+        assert opt.get_config()["learning_rate"] == {**config, "staircase": False}
+    with pytest.raises(ValueError, match="Unknown schedule 'exponential_decy'"):
+        optlab.optimizers.SGD(learning_rate={**config, "name": "exponential_decy"})
+
+
+def test_keyword_overrides_win_over_the_config():
+    opt = optlab.optimizers.get({"name": "sgd", "learning_rate": 0.5, "momentum": 0.5}, learning_rate=0.25)
+    assert opt.learning_rate == 0.25 and opt.momentum == 0.5
+    p = np.zeros(1)
+    opt.apply([np.ones(1)], [p])
+    assert p[0] == -0.25
+
+
 # -- dtypes, determinism, flat path ----------------------------------------------------------------
 
 
@@ -546,14 +603,14 @@ def test_fused_weight_decay_is_bit_identical_to_the_separate_pass(name, args, tr
     cls = type(optlab.optimizers.get(name))
     config = {"learning_rate": 0.05, "weight_decay": 0.3, **args}
     fused, two_passes = cls(**config), _two_passes(cls)(**config)
-    assert fused._fuses_decay() and not two_passes._fuses_decay()  # an override does not inherit it
+    assert fused.fuses_weight_decay and not two_passes.fuses_weight_decay  # an override without decay does not
     for _ in range(6):
         grads = [rng.normal(size=s).astype(dtype) for s in shapes]
         fused.apply(grads, fused_params)
         two_passes.apply(grads, plain)
     for a, b in zip(fused_params, plain):  # (the two-pass side decays in the base class's own pass)
         np.testing.assert_array_equal(a, b)
-    assert fused.traffic() == traffic and two_passes.traffic() == traffic + 2
+    assert bench.traffic(fused) == traffic and bench.traffic(two_passes) == traffic + 2
 
 
 def test_partly_excluded_flat_buffer_decays_only_the_included_arrays():

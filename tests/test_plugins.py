@@ -73,9 +73,14 @@ class NotAdam(SGD):
     registry_name = "adam"
 
 
+class DupeSGD(SGD):
+    registry_name = "dupe_sgd"
+
+
 @optlab.hookimpl
 def register_optimizers(register):
     register(NotAdam)
+    register(DupeSGD)  # registered: only the clashing name is skipped
 """
 
 
@@ -111,8 +116,7 @@ def test_builtins_are_registered_through_optlabs_own_entry_points():
     from importlib import metadata
 
     eps = {ep.name: ep.value for ep in metadata.entry_points(group="optlab") if ep.dist.name == "optlab"}
-    kinds = ("optimizers", "schedules", "problems", "callbacks")
-    assert eps == {kind: f"optlab.default_plugins.{kind}" for kind in kinds}
+    assert eps == {"optlab": "optlab.default_plugins"}
     report = plugins.report()
     sources = {row["name"]: row["distribution"] for row in report["components"]["optimizers"]}
     assert {cls.registry_name for cls in optlab.optimizers.BUILTIN} <= set(sources)
@@ -140,6 +144,7 @@ def test_installed_plugin_is_usable_by_name_and_broken_ones_are_isolated(site):
             "cosine": cosine(2),
             "warnings": [str(w.message) for w in caught if w.category.__name__ == "PluginWarning"],
             "source": optlab.optimizers.registry.source("signsgd"),
+            "dupe_sgd": optlab.optimizers.registry.source("dupe_sgd"),
         }))
         """,
     )
@@ -148,11 +153,15 @@ def test_installed_plugin_is_usable_by_name_and_broken_ones_are_isolated(site):
     assert out["p"] == [-0.5, 0.5, 0.0]
     assert out["source"] == "optlab-signsgd"
     assert out["adam"] == "optlab.optimizers.adam"  # the duplicate did not take the built-in's name
+    assert out["dupe_sgd"] == "optlab-dupe"  # but its other optimizer is registered
     assert out["cosine"] == pytest.approx(0.5)
     messages = "\n".join(out["warnings"])
     assert "'optlab-broken'" in messages and "this plugin is broken at import" in messages
     assert "'optlab-badhook'" in messages and "the hook itself fails" in messages
     assert "'optlab-dupe'" in messages and "by optlab" in messages and "by optlab-dupe" in messages
+    clash = next(m for m in out["warnings"] if "'optlab-dupe'" in m)
+    assert "optimizer 'adam'" in clash and "is skipped, the plugin's other names are registered" in clash
+    assert "failed" not in clash  # issue 9: only the clashing name is skipped, not the plugin
 
 
 def test_plugins_command_lists_distributions_names_and_failures(site):
@@ -170,6 +179,32 @@ def test_plugins_command_lists_distributions_names_and_failures(site):
     names = {row["name"]: row["distribution"] for row in as_json["components"]["optimizers"]}
     assert names["signsgd"] == "optlab-signsgd" and names["adam"] == "optlab"
     assert {f["distribution"] for f in as_json["failures"]} == {"optlab-broken", "optlab-badhook", "optlab-dupe"}
+
+
+def test_hooks_are_called_through_the_plugin_manager(site):
+    # pluggy's call monitoring sees every hook call: the loader goes through the manager's hook callers
+    result = run_python(
+        site,
+        """
+        import json, warnings
+        warnings.simplefilter("ignore")
+        from optlab import plugins
+        calls = []
+        plugins.manager().add_hookcall_monitoring(
+            lambda hook, impls, kwargs: calls.append([hook, sorted(i.plugin_name for i in impls)]),
+            lambda outcome, hook, impls, kwargs: None,
+        )
+        plugins.load()
+        print(json.dumps(calls))
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    calls = json.loads(result.stdout)
+    assert ["register_optimizers", ["optlab:optlab"]] in calls
+    assert ["register_optimizers", ["optlab-signsgd:optlab_signsgd"]] in calls
+    assert ["register_schedules", ["optlab-badhook:optlab_badhook"]] in calls
+    # one plugin per call, so that a failing hook is attributed to its own distribution
+    assert all(len(plugin_names) <= 1 for _, plugin_names in calls)
 
 
 def test_unknown_name_lists_plugin_names_too(site):

@@ -136,3 +136,28 @@ def test_invalid_problem_arguments():
         problems.MLPDigits(activation="sigmoid")
     with pytest.raises(ValueError, match=r"Unknown problem 'rosenbrok'\. Did you mean 'rosenbrock'"):
         problems.get("rosenbrok")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_quadratic_gradient_noise_has_the_declared_standard_deviation(dtype):
+    # at x = 0 the exact gradient d * x is 0, so the gradient is the noise alone
+    sigma, dim, draws = 0.3, 20_000, 10
+    problem = problems.Quadratic(dim=dim, noise=sigma)
+    params = problem.init(seed=0, dtype=dtype)
+    params.flat[:] = 0
+    grads = optlab.flat_like(params)
+    rng = np.random.default_rng(2024)
+    samples = []
+    for _ in range(draws):
+        problem.loss_and_grad(params, grads, None, rng)
+        samples.append(grads.flat.astype(np.float64))
+    x = np.concatenate(samples)  # n = 200,000 draws, independent N(0, sigma^2) if the noise is right
+    n = x.size
+    # For normal data the sample standard deviation has standard error sigma / sqrt(2 n) (4.7e-4
+    # here) and the mean sigma / sqrt(n): 5 standard errors is a 1-in-a-million false alarm, and
+    # the seed is fixed. A noise of variance sigma (0.548) or sigma^2 (0.09) is far outside.
+    assert abs(x.std() - sigma) < 5 * sigma / np.sqrt(2 * n)
+    assert abs(x.mean()) < 5 * sigma / np.sqrt(n)
+    assert not np.array_equal(samples[0], samples[1])  # fresh noise at every step
+    # and no correlation between coordinates' successive draws (a reused buffer would correlate them)
+    assert abs(np.corrcoef(samples[0], samples[1])[0, 1]) < 5 / np.sqrt(dim)

@@ -23,6 +23,7 @@ from optlab import files
 from optlab.files import StateFileError, load_npz, save_npz_atomic
 from optlab.hparams import Hyper
 from optlab.optimizers import base as opt_base
+from optlab.optimizers import layout
 
 SHAPES = [(3,), (2, 4), (5,)]
 
@@ -412,6 +413,40 @@ def test_the_optimizers_own_hyperparameters_are_kept():
     assert again.beta_1 == 0.8 and again.iterations == opt.iterations
 
 
+def test_scalar_slots_round_trip_and_a_state_without_them_starts_them_afresh():
+    params, grads = problem(dtype=np.float64)
+    saved = optlab.optimizers.Nadam(learning_rate=0.01)
+    saved.build(params)
+    meta, arrays = saved.get_state()
+    assert meta["scalars"] == {"u_product": 1.0}  # declared by Nadam.scalar_slots()
+    meta["scalars"] = {}  # a state written before the first step by an older optlab
+    loaded = optlab.optimizers.Nadam(learning_rate=0.01)
+    loaded.set_state(meta, arrays)
+    assert loaded.scalars == {"u_product": 1.0}
+    mine = [p.copy() for p in params]
+    for g in grads:
+        saved.apply(g, params)
+        loaded.apply(g, mine)
+    for a, b in zip(params, mine):
+        np.testing.assert_array_equal(a, b)
+    # after t steps the product is prod_{i<=t} beta_1 (1 - 0.5 * 0.96^i), in float64
+    expected = math.prod(0.9 * (1 - 0.5 * 0.96**i) for i in range(1, len(grads) + 1))
+    assert loaded.scalars["u_product"] == pytest.approx(expected, rel=1e-15)
+
+
+def test_a_scalar_the_optimizer_does_not_declare_is_refused():
+    opt = optlab.optimizers.Nadam(learning_rate=0.01)
+    params, grads = problem()
+    opt.apply(grads[0], params)
+    meta, arrays = opt.get_state()
+    snap = snapshot(opt)
+    meta = {**meta, "scalars": {**meta["scalars"], "bogus": 2.0}}
+    with pytest.raises(ValueError, match=r"scalar 'bogus' is not one of this optimizer's \(u_product\)") as error:
+        opt.set_state(meta, arrays)
+    one_line(error)
+    assert_identical(opt, snap)
+
+
 # -- the learning rate on loading ---------------------------------------------------------------------
 
 
@@ -593,8 +628,8 @@ def test_adjacent_views_and_empty_arrays_are_not_aliases():
 
 def test_aliasing_is_checked_when_the_plan_is_made_not_per_step(monkeypatch):
     calls = []
-    real = opt_base._first_overlap
-    monkeypatch.setattr(opt_base, "_first_overlap", lambda params: calls.append(len(params)) or real(params))
+    real = layout._first_overlap
+    monkeypatch.setattr(layout, "_first_overlap", lambda params: calls.append(len(params)) or real(params))
     params, grads = problem()
     opt = optlab.optimizers.Adam()
     opt.apply(grads[0], params)

@@ -13,6 +13,8 @@ from optlab.callbacks import (
     ReduceLROnPlateau,
     ThresholdStop,
 )
+from optlab.hparams import Hyper
+from optlab.problems import Problem
 from optlab.trainer import Trainer
 
 TUTORIAL_ROWS = [
@@ -117,6 +119,93 @@ def test_adam_on_mlp_digits_reaches_95_percent():
     assert history.history["val_accuracy"][-1] >= 0.95
 
 
+class Ramp(Problem):
+    """One parameter x from 0 with loss -x: at learning rate lr, plain SGD moves x by exactly +lr per step.
+
+    ``n`` examples (minibatches of the trainer's batch size; None: full batch); records the batches it sees.
+    """
+
+    registry_name = "ramp_test"
+    n = Hyper(None, kind=int, low=1, doc="training examples")
+
+    def check(self):
+        self.seen = []
+
+    @property
+    def num_examples(self):
+        return self.n
+
+    def shapes(self):
+        return [(1,)]
+
+    def initial_values(self, rng):
+        return [np.zeros(1)]
+
+    def loss_and_grad(self, params, grads, batch=None, rng=None):
+        self.seen.append(None if batch is None else np.array(batch))
+        grads[0][...] = -1.0
+        return -float(params[0][0])
+
+    def evaluate(self, params):
+        return {"x": float(params[0][0])}
+
+
+def test_minibatches_are_reshuffled_every_epoch_by_the_documented_rule():
+    problem = Ramp(n=10)
+    Trainer(problem, optlab.optimizers.SGD(learning_rate=1.0), epochs=3, batch_size=4, seed=11).fit()
+    assert [len(b) for b in problem.seen] == [4, 4, 2] * 3
+    orders = [np.concatenate(problem.seen[3 * e : 3 * e + 3]) for e in range(3)]
+    for epoch, order in enumerate(orders):  # epoch e's order comes from a generator seeded with (seed, 0, e)
+        np.testing.assert_array_equal(order, np.random.default_rng([11, 0, epoch]).permutation(10))
+    assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[1], orders[2])
+
+
+def test_steps_per_epoch_counts_the_batches():
+    problem = Ramp(n=10)
+    for batch_size, steps in [(None, 1), (1, 10), (3, 4), (4, 3), (10, 1), (25, 1)]:
+        assert Trainer(problem, "sgd", batch_size=batch_size).steps_per_epoch == steps
+        assert len(list(problem.batches(np.random.default_rng(0), batch_size))) == steps
+    assert Ramp().steps_per_epoch(3) == 1  # no examples: full batch
+
+
+def test_batch_logs_show_the_rate_each_step_applied_and_epoch_logs_the_rate_after_it():
+    rates = []
+
+    class BatchRates(Callback):
+        registry_name = "batch_rates_test"
+
+        def on_train_batch_end(self, batch, logs=None):
+            rates.append(logs["learning_rate"])
+
+    schedule = optlab.schedules.ExponentialDecay(1.0, decay_steps=1, decay_rate=0.5)  # 0.5^step
+    trainer = Trainer(Ramp(), optlab.optimizers.SGD(learning_rate=schedule), [BatchRates()], epochs=4)
+    history = trainer.fit()
+    moves = np.diff([0.0, *history.history["x"]])  # x moves by exactly the rate each step applied
+    assert rates == list(moves) == [1.0, 0.5, 0.25, 0.125]
+    assert history.history["learning_rate"] == [0.5, 0.25, 0.125, 0.0625]  # Keras: the rate after the epoch
+
+
+def test_threshold_stop_per_batch_stops_at_the_step_that_reaches_the_threshold():
+    # 10 examples in batches of 3: 4 steps per epoch; x = 6 after step 6, the second step of epoch 1
+    stop = ThresholdStop(monitor="x", threshold=6.0, mode="max", every="batch")
+    trainer = Trainer(Ramp(n=10), optlab.optimizers.SGD(learning_rate=1.0), [stop], epochs=10, batch_size=3)
+    history = trainer.fit()
+    assert trainer.step == 6 and stop.stopped_at == "Step 6"
+    assert history.history["x"] == [4.0, 6.0]  # the interrupted epoch still ends (and is logged)
+
+
+def test_a_key_a_callback_adds_to_the_epoch_logs_is_in_the_history():
+    class Twice(Callback):
+        registry_name = "twice_test"
+        adds_logs = ("twice_epoch",)
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs["twice_epoch"] = 2 * epoch
+
+    history = Trainer("seed_linear", "sgd", [Twice()], epochs=3).fit()
+    assert history.history["twice_epoch"] == [0, 2, 4]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "words"),
     [
@@ -163,6 +252,34 @@ def _scenario(tmp_path, kill_at=None, save_freq="epoch"):
         callbacks.append(KillAt(kill_at))
     callbacks.append(BackupAndRestore(str(tmp_path / "backup"), save_freq=save_freq))
     return Trainer(problem, optimizer, callbacks, epochs=12, batch_size=10, seed=7)
+
+
+def _plateau_scenario(tmp_path, kill_at=None):
+    """ReduceLROnPlateau halves the rate after every epoch from the second on: min_delta=10 means
+    no epoch after the first improves (validation losses here are below 10), and patience=1."""
+    problem = optlab.problems.LinearRegression(n_samples=64, noise=0.5, validation_split=0.25)
+    optimizer = optlab.optimizers.Adam(learning_rate=0.05, gradient_accumulation_steps=2)
+    callbacks = [ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1, min_delta=10.0)]
+    if kill_at is not None:
+        callbacks.append(KillAt(kill_at))
+    callbacks.append(BackupAndRestore(str(tmp_path / "backup"), save_freq=3))
+    return Trainer(problem, optimizer, callbacks, epochs=8, batch_size=10, seed=7)
+
+
+def test_a_run_resumed_after_the_learning_rate_was_reduced_ends_exactly_like_an_uninterrupted_one(tmp_path):
+    whole = _plateau_scenario(tmp_path / "a")
+    expected_history = whole.fit().history
+    # reduced at the end of epochs 1..7; as in Keras an epoch logs the rate it ran with, before the reduction
+    assert expected_history["learning_rate"] == [0.05, *(0.05 * 0.5**k for k in range(7))]
+
+    killed = _plateau_scenario(tmp_path / "b", kill_at=23)  # 5 steps per epoch: in epoch 4, rate 0.05 / 8
+    with pytest.raises(Crash):
+        killed.fit()
+    assert killed.optimizer.learning_rate == 0.05 / 8  # the rate had changed before the kill
+    resumed = _plateau_scenario(tmp_path / "b")  # a new process starts from the default rate, 0.05
+    history = resumed.fit().history
+    np.testing.assert_array_equal(resumed.params.flat, whole.params.flat)
+    assert history == expected_history
 
 
 @pytest.mark.parametrize(("save_freq", "kill_at"), [("epoch", 23), ("epoch", 5), (3, 23), (3, 40)])

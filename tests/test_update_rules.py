@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import optlab
+from optlab.kernels import PARALLEL_MIN_SIZE, kernel, prange
 from optlab.optimizers import BUILTIN
 
 
@@ -187,6 +188,29 @@ def test_flat_and_separate_layouts_agree_bit_for_bit(shapes, which, seed):
         np.testing.assert_array_equal(x, y)
 
 
+SWITCH = False  # a compile-time switch of _switched, fixed per variant
+
+
+@kernel
+def _switched(x):
+    for i in prange(x.shape[0]):
+        if SWITCH:
+            x[i] += 1.0
+        else:
+            x[i] -= 1.0
+
+
+@pytest.mark.parametrize("n", [3, PARALLEL_MIN_SIZE])
+def test_a_specialized_kernel_takes_its_switch_as_a_constant(n):
+    on, off = _switched.specialize(SWITCH=True), _switched.specialize(SWITCH=False)
+    x = np.zeros(n)
+    on(x)
+    on(x)
+    off(x)
+    np.testing.assert_array_equal(x, 1.0)
+    assert on.serial.py_func.__qualname__ != off.serial.py_func.__qualname__  # apart in numba's cache
+
+
 # -- no allocation per step --------------------------------------------------------------------------
 
 
@@ -226,7 +250,7 @@ def test_kernels_load_from_numbas_cache_in_a_new_process(tmp_path):
         from optlab.optimizers import adam
         p, g = np.zeros(10, np.float32), np.ones(10, np.float32)
         optlab.optimizers.Adam().apply([g], [p])
-        impl = adam._adam.serial
+        impl = adam._ADAM[False, False].serial  # plain Adam: no AMSGrad, no fused decay
         print(sum(impl.stats.cache_hits.values()), sum(impl.stats.cache_misses.values()))
         """
     )

@@ -4,8 +4,8 @@ bar, and a threshold stop."""
 
 from __future__ import annotations
 
-from .. import registry as _registries
-from .base import Callback, CallbackList, Monitor
+from ..plugins import REGISTRIES
+from .base import Callback, CallbackList, Monitor, direction
 from .checkpoint import BackupAndRestore, ModelCheckpoint, load_checkpoint
 from .core import (
     CSVLogger,
@@ -32,7 +32,7 @@ BUILTIN = (
 )
 
 #: callback names (filled by the plugin hooks on first use: the built-ins and installed plugins)
-registry = _registries.callbacks
+registry = REGISTRIES["callbacks"]
 
 
 def get(identifier, **overrides) -> Callback:
@@ -42,4 +42,13 @@ def get(identifier, **overrides) -> Callback:
     return registry.create(identifier, **overrides)
 
 
-__all__ = ["Callback", "CallbackList", "Monitor", "get", "load_checkpoint", "registry", *(c.__name__ for c in BUILTIN)]
+__all__ = [
+    "Callback",
+    "CallbackList",
+    "Monitor",
+    "direction",
+    "get",
+    "load_checkpoint",
+    "registry",
+    *(c.__name__ for c in BUILTIN),
+]

@@ -10,6 +10,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..hparams import Configurable, Hyper
+from ..names import did_you_mean
 
 
 class Callback(Configurable):
@@ -23,6 +24,9 @@ class Callback(Configurable):
 
     #: names this callback adds to the epoch logs (so that a front end accepts them as a metric)
     adds_logs: ClassVar[tuple[str, ...]] = ()
+    #: run after every other callback in each hook (``CallbackList``'s order): for a callback that
+    #: saves the others' state (``BackupAndRestore``), so that it sees their state after the hook
+    runs_last: ClassVar[bool] = False
 
     def __init__(self, *args, **kwargs):
         leftovers = self._assign_hypers(args, kwargs)
@@ -86,10 +90,8 @@ class CallbackList:
     """Calls every callback's hook in order."""
 
     def __init__(self, callbacks):
-        # callbacks that save the others' state (BackupAndRestore) run after them in every hook
         callbacks = list(callbacks)
-        self.callbacks = [c for c in callbacks if not getattr(c, "runs_last", False)]
-        self.callbacks += [c for c in callbacks if getattr(c, "runs_last", False)]
+        self.callbacks = [c for c in callbacks if not c.runs_last] + [c for c in callbacks if c.runs_last]
 
     def set_trainer(self, trainer):
         for cb in self.callbacks:
@@ -137,6 +139,20 @@ MAXIMIZED = ("accuracy", "acc", "auc", "precision", "recall", "f1_score")
 MINIMIZED = ("loss", "error", "mse", "mae", "distance_to_optimum", "excess")
 
 
+def direction(name: str) -> str | None:
+    """Which way the logged quantity ``name`` improves: ``"min"``, ``"max"``, or None when its name does not say.
+
+    Keras's rules: any ``val_`` prefix is ignored; names ending in ``loss`` and those in
+    ``MINIMIZED`` are minimised, those in ``MAXIMIZED`` maximised (``x``, ``learning_rate``: None).
+    """
+    base = name.removeprefix("val_")
+    if base.endswith("loss") or base in MINIMIZED:
+        return "min"
+    if base in MAXIMIZED:
+        return "max"
+    return None
+
+
 class Monitor(Callback):
     """A callback watching one logged quantity (Keras's ``MonitorCallback``).
 
@@ -152,11 +168,9 @@ class Monitor(Callback):
     def _direction(self) -> str:
         if self.mode != "auto":
             return self.mode
-        name = self.monitor.removeprefix("val_")
-        if name.endswith("loss") or name in MINIMIZED:
-            return "min"
-        if name in MAXIMIZED:
-            return "max"
+        found = direction(self.monitor)
+        if found is not None:
+            return found
         raise ValueError(
             f"{type(self).__name__} received monitor={self.monitor!r}, but cannot tell whether it should be "
             "maximized or minimized. Pass mode='max' or mode='min'."
@@ -174,7 +188,7 @@ class Monitor(Callback):
         if self.monitor not in names:
             raise ValueError(
                 f"{type(self).__name__}: monitor {self.monitor!r} is not logged by this run"
-                f"{_closest(self.monitor, names)}; logged: {', '.join(sorted(names))}"
+                f"{did_you_mean(self.monitor, names)}; logged: {', '.join(sorted(names))}"
             )
 
     def _current(self, logs, what: str):
@@ -199,13 +213,6 @@ def is_finite_number(value) -> bool:
 
 def as_array_state(params) -> list[np.ndarray]:
     return [np.array(p, copy=True) for p in params]
-
-
-def _closest(name: str, names) -> str:  # shared by the callbacks' messages
-    import difflib
-
-    match = difflib.get_close_matches(name, sorted(names), n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 def check_writable(path, what: str) -> None:

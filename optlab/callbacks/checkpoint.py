@@ -15,7 +15,8 @@ import numpy as np
 
 from ..files import load_npz, save_npz_atomic
 from ..hparams import Hyper
-from .base import Callback, Monitor, _closest, check_writable
+from ..names import did_you_mean
+from .base import Callback, Monitor, check_writable
 
 BACKUP_FORMAT = "optlab.backup/1"
 CHECKPOINT_FORMAT = "optlab.checkpoint/1"
@@ -63,20 +64,12 @@ class BackupAndRestore(Callback):
 
     registry_name = "backup_and_restore"
     backup_dir = Hyper(Hyper.REQUIRED, kind=str, doc="directory of the backup")
-    save_freq = Hyper("epoch", kind=object, doc='"epoch" or a number of steps')
+    save_freq = Hyper("epoch", kind=int, low=1, choices=("epoch",), doc="save after every epoch, or every N steps")
     delete_checkpoint = Hyper(True, kind=bool, doc="remove the backup file when training ends")
     runs_last = True  # the trainer calls it after the other callbacks, so it saves their final state
     _since = 0
     _pending_states = None
     _created_dirs: tuple | list = ()  # folders this run (or the one it resumes) created, deepest first
-
-    def check(self):
-        if self.save_freq != "epoch" and not (
-            isinstance(self.save_freq, int) and not isinstance(self.save_freq, bool) and self.save_freq >= 1
-        ):
-            raise ValueError(
-                f'BackupAndRestore: `save_freq` must be "epoch" or an integer >= 1; received {self.save_freq!r}'
-            )
 
     @property
     def path(self) -> Path:
@@ -200,6 +193,7 @@ class BackupAndRestore(Callback):
             except OSError:
                 break
 
+
 class ModelCheckpoint(Monitor):
     """Save the parameters (and the optimizer's state) after every epoch or every few batches, or only the best ones.
 
@@ -225,16 +219,11 @@ class ModelCheckpoint(Monitor):
     verbose = Hyper(0, kind=int, low=0, doc="print when saving")
     save_best_only = Hyper(False, kind=bool, doc="save only when the monitored value improves")
     save_weights_only = Hyper(False, kind=bool, doc="save the parameters only, not the optimizer's state")
-    save_freq = Hyper("epoch", kind=object, doc='"epoch", or an integer: save after every this many batches')
+    save_freq = Hyper("epoch", kind=int, low=1, choices=("epoch",), doc="save after every epoch, or every N batches")
     initial_value_threshold = Hyper(None, optional=True, allow_inf=True, doc="a value the first save must beat")
 
     def check(self):
         template_fields(self.filepath, "ModelCheckpoint: filepath")
-        freq = self.save_freq
-        if freq != "epoch" and (not isinstance(freq, int) or isinstance(freq, bool) or freq < 1):
-            raise ValueError(
-                f"ModelCheckpoint: `save_freq` must be 'epoch' or an integer >= 1; received save_freq={freq!r}"
-            )
 
     def check_logs(self, names: set[str]) -> None:
         batch_level = self.save_freq != "epoch"
@@ -245,7 +234,7 @@ class ModelCheckpoint(Monitor):
             if key not in available:
                 raise ValueError(
                     f'ModelCheckpoint: filepath "{self.filepath}" uses {{{key}}}, which is not logged '
-                    f"{'at a batch' if batch_level else 'by this run'}{_closest(key, available)}; "
+                    f"{'at a batch' if batch_level else 'by this run'}{did_you_mean(key, available)}; "
                     f"available: {', '.join(sorted(available))}"
                 )
         if self.save_best_only and not batch_level:
@@ -344,7 +333,7 @@ def fill_template(template: str, fields: dict, what: str) -> str:
             continue
         if field not in fields:
             raise ValueError(
-                f'{what} "{template}" uses {{{field}}}, which is not logged here{_closest(field, fields)}; '
+                f'{what} "{template}" uses {{{field}}}, which is not logged here{did_you_mean(field, fields)}; '
                 f"available: {', '.join(sorted(fields))}"
             )
         try:

@@ -7,16 +7,17 @@
 
 from __future__ import annotations
 
-from .. import registry as _registries
+from ..plugins import REGISTRIES
 from .adadelta import Adadelta
 from .adafactor import Adafactor
 from .adagrad import Adagrad
 from .adam import Adam
 from .adamax import Adamax
 from .adamw import AdamW
-from .base import LearningRate, Optimizer, Segments, Slot
+from .base import LearningRate, Optimizer
 from .ftrl import Ftrl
 from .lamb import Lamb
+from .layout import Segments, Slot
 from .lion import Lion
 from .muon import Muon
 from .nadam import Nadam
@@ -42,7 +43,7 @@ BUILTIN = (
 )
 
 #: optimizer names (filled by the plugin hooks on first use: the built-ins and installed plugins)
-registry = _registries.optimizers
+registry = REGISTRIES["optimizers"]
 
 
 def get(identifier, **overrides) -> Optimizer | None:

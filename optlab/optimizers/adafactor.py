@@ -6,7 +6,8 @@ import numpy as np
 
 from ..hparams import Hyper
 from ..kernels import kernel
-from .base import Optimizer, Slot
+from .base import Optimizer
+from .layout import Slot
 
 
 @kernel(parallel=False)

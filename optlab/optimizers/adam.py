@@ -6,41 +6,28 @@ from ..hparams import Hyper
 from ..kernels import kernel, prange
 from .base import Optimizer
 
-
-@kernel
-def _adam(p, g, m, v, alpha, one_minus_b1, one_minus_b2, eps):
-    for i in prange(p.shape[0]):
-        m[i] += (g[i] - m[i]) * one_minus_b1
-        v[i] += (g[i] * g[i] - v[i]) * one_minus_b2
-        p[i] -= m[i] * alpha / (math.sqrt(v[i]) + eps)
+#: compile-time switches of ``_adam``, fixed per variant (``Kernel.specialize``)
+AMSGRAD = DECAY = False
 
 
 @kernel
-def _amsgrad(p, g, m, v, vhat, alpha, one_minus_b1, one_minus_b2, eps):
+def _adam(p, g, m, v, vhat, alpha, one_minus_b1, one_minus_b2, eps, c):
+    """One Adam step; ``AMSGRAD``: the step uses and updates ``vhat``; ``DECAY``: ``p`` decays by ``c`` first."""
     for i in prange(p.shape[0]):
         m[i] += (g[i] - m[i]) * one_minus_b1
         v[i] += (g[i] * g[i] - v[i]) * one_minus_b2
-        vhat[i] = max(vhat[i], v[i])
-        p[i] -= m[i] * alpha / (math.sqrt(vhat[i]) + eps)
+        if AMSGRAD:
+            vhat[i] = max(vhat[i], v[i])
+            step = m[i] * alpha / (math.sqrt(vhat[i]) + eps)
+        else:
+            step = m[i] * alpha / (math.sqrt(v[i]) + eps)
+        if DECAY:
+            p[i] = (p[i] - p[i] * c) - step  # the decoupled weight decay, in the same pass
+        else:
+            p[i] -= step
 
 
-@kernel
-def _adam_decayed(p, g, m, v, alpha, one_minus_b1, one_minus_b2, eps, c):
-    for i in prange(p.shape[0]):
-        m[i] += (g[i] - m[i]) * one_minus_b1
-        v[i] += (g[i] * g[i] - v[i]) * one_minus_b2
-        decayed = p[i] - p[i] * c  # the decoupled weight decay, in the same pass
-        p[i] = decayed - m[i] * alpha / (math.sqrt(v[i]) + eps)
-
-
-@kernel
-def _amsgrad_decayed(p, g, m, v, vhat, alpha, one_minus_b1, one_minus_b2, eps, c):
-    for i in prange(p.shape[0]):
-        m[i] += (g[i] - m[i]) * one_minus_b1
-        v[i] += (g[i] * g[i] - v[i]) * one_minus_b2
-        vhat[i] = max(vhat[i], v[i])
-        decayed = p[i] - p[i] * c
-        p[i] = decayed - m[i] * alpha / (math.sqrt(vhat[i]) + eps)
+_ADAM = {(a, d): _adam.specialize(AMSGRAD=a, DECAY=d) for a in (False, True) for d in (False, True)}
 
 
 def adam_scalars(dt, lr, beta_1, beta_2, step):
@@ -80,19 +67,12 @@ class Adam(Optimizer):
             slots["velocity_hat"] = 0.0
         return slots
 
-    fuses_weight_decay = True
-
     def update(self, param, grad, state, lr, step, seg, decay=None):
         dt = param.dtype.type
         alpha, omb1, omb2 = adam_scalars(dt, lr, self.beta_1, self.beta_2, step)
-        eps = dt(self.epsilon)
-        m, v = state["momentum"], state["velocity"]
-        if "velocity_hat" in state:
-            if decay is None:
-                _amsgrad(param, grad, m, v, state["velocity_hat"], alpha, omb1, omb2, eps)
-            else:
-                _amsgrad_decayed(param, grad, m, v, state["velocity_hat"], alpha, omb1, omb2, eps, decay)
-        elif decay is None:
-            _adam(param, grad, m, v, alpha, omb1, omb2, eps)
-        else:
-            _adam_decayed(param, grad, m, v, alpha, omb1, omb2, eps, decay)
+        v = state["velocity"]
+        amsgrad = "velocity_hat" in state
+        kernel = _ADAM[amsgrad, decay is not None]
+        vhat = state["velocity_hat"] if amsgrad else v  # read only by the AMSGrad variants
+        c = 0.0 if decay is None else decay  # read only by the variants with DECAY
+        kernel(param, grad, state["momentum"], v, vhat, alpha, omb1, omb2, dt(self.epsilon), c)

@@ -4,7 +4,8 @@ import math
 
 from ..hparams import Hyper
 from ..kernels import kernel, prange
-from .base import Optimizer, Slot
+from .base import Optimizer
+from .layout import Slot
 
 
 @kernel

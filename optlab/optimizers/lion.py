@@ -4,29 +4,27 @@ from ..hparams import Hyper
 from ..kernels import kernel, prange
 from .base import Optimizer
 
-
-@kernel
-def _lion(p, g, m, lr, b1, one_minus_b1, b2, one_minus_b2, one, zero):
-    for i in prange(p.shape[0]):
-        c = m[i] * b1 + g[i] * one_minus_b1
-        # sign(c) as selects (NaN stays NaN), so the loop vectorises
-        s = one if c > 0 else zero
-        s = -one if c < 0 else s
-        s = c if c != c else s
-        p[i] -= lr * s
-        m[i] = m[i] * b2 + g[i] * one_minus_b2
+#: compile-time switch of ``_lion``, fixed per variant (``Kernel.specialize``)
+DECAY = False
 
 
 @kernel
-def _lion_decayed(p, g, m, lr, b1, one_minus_b1, b2, one_minus_b2, one, zero, decay):
+def _lion(p, g, m, lr, b1, one_minus_b1, b2, one_minus_b2, one, zero, c):
+    """One Lion step; ``DECAY``: ``p`` decays by ``c`` first, in the same pass."""
     for i in prange(p.shape[0]):
-        c = m[i] * b1 + g[i] * one_minus_b1
-        s = one if c > 0 else zero
-        s = -one if c < 0 else s
-        s = c if c != c else s
-        decayed = p[i] - p[i] * decay  # the decoupled weight decay, in the same pass
-        p[i] = decayed - lr * s
+        u = m[i] * b1 + g[i] * one_minus_b1
+        # sign(u) as selects (NaN stays NaN), so the loop vectorises
+        s = one if u > 0 else zero
+        s = -one if u < 0 else s
+        s = u if u != u else s
+        if DECAY:
+            p[i] = (p[i] - p[i] * c) - lr * s
+        else:
+            p[i] -= lr * s
         m[i] = m[i] * b2 + g[i] * one_minus_b2
+
+
+_LION = {d: _lion.specialize(DECAY=d) for d in (False, True)}
 
 
 class Lion(Optimizer):
@@ -47,13 +45,10 @@ class Lion(Optimizer):
     def slots(self):
         return {"momentum": 0.0}
 
-    fuses_weight_decay = True
-
     def update(self, param, grad, state, lr, step, seg, decay=None):
         dt = param.dtype.type
         b1, b2 = dt(self.beta_1), dt(self.beta_2)
-        scalars = (lr, b1, dt(1.0) - b1, b2, dt(1.0) - b2, dt(1.0), dt(0.0))
-        if decay is None:
-            _lion(param, grad, state["momentum"], *scalars)
-        else:
-            _lion_decayed(param, grad, state["momentum"], *scalars, decay)
+        c = 0.0 if decay is None else decay  # read only by the variant with DECAY
+        _LION[decay is not None](
+            param, grad, state["momentum"], lr, b1, dt(1.0) - b1, b2, dt(1.0) - b2, dt(1.0), dt(0.0), c
+        )

@@ -6,8 +6,9 @@ import numpy as np
 
 from ..hparams import Hyper
 from ..kernels import kernel, prange
-from .adam import _adam, adam_scalars
-from .base import Optimizer, Slot
+from .adam import _ADAM, adam_scalars
+from .base import Optimizer
+from .layout import Slot
 
 
 @kernel
@@ -94,7 +95,7 @@ class Muon(Optimizer):
             if len(shape) != 2:
                 if adam is None:
                     adam = adam_scalars(dt, lr * dt(self.adam_lr_ratio), self.adam_beta_1, self.adam_beta_2, step)
-                _adam(p.reshape(-1), g.reshape(-1), m.reshape(-1), v, *adam, dt(self.epsilon))
+                _ADAM[False, False](p.reshape(-1), g.reshape(-1), m.reshape(-1), v, v, *adam, dt(self.epsilon), 0.0)
                 continue
             look = np.empty_like(p)
             _muon_momentum(m.reshape(-1), g.reshape(-1), look.reshape(-1), mu, dt(self.momentum - 1), self.nesterov)

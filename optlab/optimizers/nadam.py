@@ -27,7 +27,7 @@ class Nadam(Optimizer):
         \qquad \hat v = \frac{v}{1-\beta_2^t} \\
         p &\leftarrow p - \eta\, \hat m / (\sqrt{\hat v} + \epsilon)
 
-    :math:`\Pi_t` is optimizer state (``u_product``), advanced once per applied step.
+    :math:`\Pi_t` is a scalar slot (``u_product``), advanced once per applied step.
     Reference: Dozat, 2016, "Incorporating Nesterov Momentum into Adam", ICLR workshop.
     """
 
@@ -39,12 +39,14 @@ class Nadam(Optimizer):
     def slots(self):
         return {"momentum": 0.0, "velocity": 0.0}
 
+    def scalar_slots(self):
+        return {"u_product": 1.0}
+
     def begin_step(self, step, dtype):
         # The step scalars are computed in float64 and rounded once when handed to the kernel:
         # 1 - beta_2**t and 1 - u_product lose relative precision by cancellation, and doing
         # them in float32 costs ~1e-5 relative error in the first steps' update.
-        u_product = float(self._scalars.get("u_product", 1.0))
-        self._scalars["u_product"] = u_product * self._momentum_schedule(step)
+        self.scalars["u_product"] *= self._momentum_schedule(step)
 
     def _momentum_schedule(self, step):
         return self.beta_1 * (1.0 - 0.5 * 0.96**step)
@@ -53,7 +55,7 @@ class Nadam(Optimizer):
         dt = param.dtype.type
         u_t = self._momentum_schedule(step)
         u_t1 = self._momentum_schedule(step + 1)
-        u_product_t = self._scalars["u_product"]
+        u_product_t = self.scalars["u_product"]
         c_m = dt(u_t1 / (1.0 - u_product_t * u_t1))
         c_g = dt((1.0 - u_t) / (1.0 - u_product_t))
         v_scale = dt(1.0 - self.beta_2**step)

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from .. import registry as _registries
+from ..plugins import REGISTRIES
 from .base import Problem
 from .data import LinearRegression, LogisticRegression, MLPDigits, SeedLinear
 from .functions import Beale, Himmelblau, Quadratic, Rastrigin, Rosenbrock
@@ -26,7 +26,7 @@ BUILTIN = (
 )
 
 #: problem names (filled by the plugin hooks on first use: the built-ins and installed plugins)
-registry = _registries.problems
+registry = REGISTRIES["problems"]
 
 
 def get(identifier, **overrides) -> Problem | None:

@@ -5,7 +5,7 @@ A problem owns its data and its parameters' layout. The trainer asks it for:
 - ``init(seed, dtype)``: the initial parameters, as views of one flat buffer
   (``optlab.FlatArrays``), so the optimizer updates them all in one kernel call;
 - ``batches(rng, batch_size)``: the batches of one epoch (index arrays, shuffled with ``rng``;
-  full-batch problems yield ``None`` once);
+  full-batch problems yield ``None`` once), ``steps_per_epoch(batch_size)`` of them;
 - ``loss_and_grad(params, grads, batch, rng)``: the loss on a batch, with the gradient written
   into ``grads`` (same layout as ``params``); ``rng`` is for problems with gradient noise;
 - ``evaluate(params)``: metrics after an epoch (``val_loss``, ``val_accuracy``,
@@ -57,6 +57,13 @@ class Problem(Configurable):
     def num_examples(self) -> int | None:
         """Training examples per epoch, or None for a full-batch problem (one step per epoch)."""
         return None
+
+    def steps_per_epoch(self, batch_size: int | None = None) -> int:
+        """Batches in one epoch: ``ceil(num_examples / batch_size)``, or 1 (full batch, or no data)."""
+        n = self.num_examples
+        if n is None or batch_size is None:
+            return 1
+        return max(1, -(-n // batch_size))
 
     def batches(self, rng: np.random.Generator, batch_size: int | None = None) -> Iterator[np.ndarray | None]:
         """The batches of one epoch: shuffled index arrays, or ``None`` once for full-batch problems."""

@@ -200,15 +200,13 @@ class MLPDigits(_Supervised):
     """
 
     registry_name = "mlp_digits"
-    hidden = Hyper([64], kind=list, doc="sizes of the hidden layers")
+    hidden = Hyper([64], kind=list, item=Hyper(kind=int, low=1), doc="sizes of the hidden layers")
     activation = Hyper("tanh", kind=str, choices=("tanh", "relu"), doc="hidden activation")
 
     def check(self):
         super().check()
-        if not self.hidden or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in self.hidden):
-            raise ValueError(
-                f"MLPDigits: `hidden` must be a non-empty list of positive integers; received {self.hidden}"
-            )
+        if not self.hidden:
+            raise ValueError("MLPDigits: `hidden` must list at least one hidden layer; received hidden=[]")
         self._sizes = [64, *self.hidden, 10]
 
     def load_data(self, rng):

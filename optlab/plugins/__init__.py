@@ -1,44 +1,37 @@
 """Plugin discovery: entry points of the group ``optlab``, loaded one at a time through pluggy.
 
-    python -m optlab.plugins            # what is installed: distributions, and every name by kind
-    python -m optlab.plugins --json
+Loading happens once, on the first lookup by name in any of the registries below (each is
+handed ``load`` as its loader). Every entry point of the group ``optlab`` (optlab's own
+built-ins, ``optlab.default_plugins``, included) is imported and registered with the plugin
+manager; then each plugin's hooks are called through the manager, plugin by plugin, with a
+``register`` callback that records the plugin's distribution as the source of each name.
 
-Loading happens once, on the first lookup by name. Every entry point of the group
-``optlab`` (optlab's own built-ins included) is imported and registered with the plugin
-manager; then each registry's hook is called plugin by plugin. A plugin that fails to
-import, or whose hook raises, is skipped with a ``PluginWarning`` naming its distribution;
-the rest keeps working. When two plugins register one name, the first one keeps it (optlab's
-own plugins come first, then the others sorted by distribution and entry-point name) and the
-second is skipped with a warning naming both distributions.
+A single broken plugin never breaks optlab. A plugin that fails to import is skipped; a hook
+that raises is skipped (the plugin's other hooks still count); each with a ``PluginWarning``
+naming the distribution. When two plugins register one name, the first keeps it (optlab's own
+plugins come first, then the others sorted by distribution and entry-point name): only that
+registration of the second is skipped, with a warning naming both distributions.
+
+``python -m optlab.plugins`` lists what is installed (``optlab.app.plugins_cli``).
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import json
-import sys
+import types
 import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 
-import pluggy
-
-from . import hookspecs
-from .registry import REGISTRIES
+from ..registry import Registry
 
 GROUP = "optlab"
 OWN = "optlab"  # optlab's own distribution
-DEFAULT_PLUGINS = (
-    "optlab.default_plugins.optimizers",
-    "optlab.default_plugins.schedules",
-    "optlab.default_plugins.problems",
-    "optlab.default_plugins.callbacks",
-)
+DEFAULT_PLUGINS = "optlab.default_plugins"  # its entry point, registered directly if not installed
 
 
 class PluginWarning(UserWarning):
-    """A plugin could not be loaded or registered something it may not."""
+    """A plugin, or one of its hooks or names, could not be loaded or registered."""
 
 
 @dataclass
@@ -53,19 +46,22 @@ class PluginInfo:
 
 @dataclass
 class _State:
-    manager: pluggy.PluginManager | None = None
+    manager: object = None  # the pluggy.PluginManager, made on first use
     loaded: bool = False
     plugins: list[PluginInfo] = field(default_factory=list)
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (distribution, what, error)
-    sources: dict[str, str] = field(default_factory=dict)  # plugin-manager name -> distribution
 
 
 _state = _State()
 
 
-def manager() -> pluggy.PluginManager:
-    """The plugin manager (hook specifications added; plugins loaded by ``load``)."""
+def manager():
+    """The ``pluggy.PluginManager`` (hook specifications added; plugins registered by ``load``)."""
     if _state.manager is None:
+        import pluggy  # here, not at import: looking up a name needs no plugin manager until loading
+
+        from .. import hookspecs
+
         pm = pluggy.PluginManager(hookspecs.PROJECT)
         pm.add_hookspecs(hookspecs)
         _state.manager = pm
@@ -79,40 +75,58 @@ def _entry_points():
         version = ep.dist.version if ep.dist is not None else "?"
         eps.append((dist, version, ep))
     # optlab's own first, then by distribution and name: a deterministic precedence
-    eps.sort(key=lambda t: (_normalize(t[0]) != OWN, _normalize(t[0]), t[2].name))
+    eps.sort(key=lambda t: (normalize(t[0]) != OWN, normalize(t[0]), t[2].name))
     seen, unique = set(), []
     for dist, version, ep in eps:  # a distribution visible twice on sys.path counts once
-        key = (_normalize(dist), ep.name)
+        key = (normalize(dist), ep.name)
         if key not in seen:
             seen.add(key)
             unique.append((dist, version, ep))
     return unique
 
 
-def _normalize(name: str) -> str:
+def normalize(name: str) -> str:
+    """A distribution name as pip compares them (``Optlab_X`` and ``optlab-x`` are one)."""
     return name.lower().replace("_", "-")
 
 
-def _fail(distribution: str, what: str, error: BaseException) -> None:
-    message = f"{type(error).__name__}: {error}"
+def _warn(distribution: str, what: str, message: str, outcome: str) -> None:
     _state.failures.append((distribution, what, message))
     warnings.warn(
-        f"optlab plugin from distribution {distribution!r} ({what}) failed and is skipped: {message}",
+        f"optlab plugin from distribution {distribution!r} ({what}) {outcome}: {message}",
         PluginWarning,
-        stacklevel=4,
+        stacklevel=5,
     )
 
 
+def _error_text(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
 def _register_plugin(plugin, name: str, distribution: str, version: str, entry_point: str) -> bool:
-    pm = manager()
     try:
-        pm.register(plugin, name=name)
+        manager().register(_hashable(plugin, name), name=name)
     except Exception as error:  # a hook with a wrong signature, a name clash in pluggy
-        _fail(distribution, f"entry point {entry_point}", error)
+        _warn(distribution, f"entry point {entry_point}", _error_text(error), "failed and is skipped")
         return False
-    _state.sources[name] = distribution
     _state.plugins.append(PluginInfo(name, distribution, version, entry_point))
     return True
+
+
+def _hashable(plugin, name: str):
+    """``plugin``, or, if it cannot be hashed (a ``SimpleNamespace``), a module holding its attributes.
+
+    pluggy keeps plugins in sets when it calls a hook for some of them (``subset_hook_caller``).
+    """
+    try:
+        hash(plugin)
+    except TypeError:
+        stand_in = types.ModuleType(name)
+        for attr in dir(plugin):
+            if not attr.startswith("__"):
+                setattr(stand_in, attr, getattr(plugin, attr))
+        return stand_in
+    return plugin
 
 
 def load() -> None:
@@ -122,12 +136,12 @@ def load() -> None:
     _state.loaded = True  # before the hooks run: a plugin importing optlab must not recurse here
     own_found = False
     for dist, version, ep in _entry_points():
-        own_found |= _normalize(dist) == OWN
+        own_found |= normalize(dist) == OWN
         label = f"{ep.name} = {ep.value}"
         try:
             plugin = ep.load()
         except Exception as error:
-            _fail(dist, f"entry point {label}", error)
+            _warn(dist, f"entry point {label}", _error_text(error), "failed to import and is skipped")
             continue
         _register_plugin(plugin, f"{dist}:{ep.name}", dist, version, label)
     if not own_found:
@@ -137,33 +151,34 @@ def load() -> None:
             PluginWarning,
             stacklevel=3,
         )
-        for module in DEFAULT_PLUGINS:
-            _register_plugin(importlib.import_module(module), f"{OWN}:{module}", OWN, "source", module)
-    for plugin_name in [p.name for p in _state.plugins]:
-        _call_hooks(plugin_name)
+        module = importlib.import_module(DEFAULT_PLUGINS)
+        _register_plugin(module, f"{OWN}:{DEFAULT_PLUGINS}", OWN, "source", DEFAULT_PLUGINS)
+    for info in list(_state.plugins):
+        _call_hooks(info)
 
 
-def _call_hooks(plugin_name: str) -> None:
-    """Call every registry hook that ``plugin_name`` implements, isolating its failures."""
+def _call_hooks(info: PluginInfo) -> None:
+    """Call every registry hook of one plugin through the manager, each hook's failure isolated."""
     pm = manager()
-    distribution = _state.sources[plugin_name]
-    for registry in REGISTRIES.values():
-        caller = getattr(pm.hook, registry.hook)
-        for impl in caller.get_hookimpls():
-            if impl.plugin_name != plugin_name:
-                continue
-            try:
-                impl.function(register=_registrar(registry, distribution))
-            except Exception as error:
-                _fail(distribution, f"hook {registry.hook}", error)
+    plugin = pm.get_plugin(info.name)
+    others = [p for p in pm.get_plugins() if p is not plugin]
+    for kind, registry in REGISTRIES.items():
+        hook = f"register_{kind}"
+        try:  # the hook's caller, restricted to this one plugin
+            pm.subset_hook_caller(hook, remove_plugins=others)(register=_registrar(registry, info.distribution))
+        except Exception as error:
+            _warn(
+                info.distribution, f"hook {hook}", _error_text(error), "raised and is skipped (its other hooks count)"
+            )
 
 
-def _registrar(registry, distribution: str):
+def _registrar(registry: Registry, distribution: str):
     def register(cls, name: str | None = None, aliases=()):
         try:
             registry.register(cls, name=name, aliases=aliases, source=distribution)
         except ValueError as error:  # the name is taken: the first registration keeps it
-            _fail(distribution, f"{registry.kind} {name or getattr(cls, 'registry_name', cls)!r}", error)
+            what = f"{registry.kind} {name or getattr(cls, 'registry_name', cls)!r}"
+            _warn(distribution, what, str(error), "is skipped, the plugin's other names are registered")
         return cls
 
     return register
@@ -177,8 +192,9 @@ def register(plugin, name: str | None = None) -> None:
     """
     load()
     name = name or getattr(plugin, "__name__", None) or repr(plugin)
-    if _register_plugin(plugin, name, "<runtime>", "", name):
-        _call_hooks(name)
+    info = PluginInfo(name, "<runtime>", "", name)
+    if _register_plugin(plugin, name, info.distribution, info.version, info.entry_point):
+        _call_hooks(info)
 
 
 def plugins() -> list[PluginInfo]:
@@ -219,38 +235,10 @@ def _version(dist: str) -> str:
         return "?"
 
 
-def format_report(data: dict) -> str:
-    lines = ["Plugin distributions:"]
-    width = max((len(d) for d in data["distributions"]), default=0)
-    for dist, info in sorted(data["distributions"].items(), key=lambda kv: (_normalize(kv[0]) != OWN, kv[0])):
-        eps = ", ".join(info["entry_points"]) or "(nothing loaded)"
-        lines.append(f"  {dist:<{width}}  {info['version']:<10} {eps}")
-    for kind, rows in data["components"].items():
-        lines.append(f"\n{kind.capitalize()} ({len(rows)}):")
-        if not rows:
-            lines.append("  (none registered)")
-        name_width = max((len(r["name"]) for r in rows), default=0)
-        for row in rows:
-            lines.append(f"  {row['name']:<{name_width}}  {row['distribution']}")
-    if data["failures"]:
-        lines.append("\nFailed:")
-        for row in data["failures"]:
-            lines.append(f"  {row['distribution']}: {row['what']}: {row['error']}")
-    return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m optlab.plugins", description="List installed optlab plugins and every registered name."
-    )
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    args = parser.parse_args(argv)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PluginWarning)  # failures are part of the report below
-        data = report()
-    print(json.dumps(data, indent=2) if args.json else format_report(data))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+#: the registries, each filled through the hook ``register_<key>`` (see ``optlab.hookspecs``) on first use
+REGISTRIES = {
+    "optimizers": Registry("optimizer", loader=load),
+    "schedules": Registry("schedule", loader=load),
+    "callbacks": Registry("callback", loader=load),
+    "problems": Registry("problem", loader=load),
+}

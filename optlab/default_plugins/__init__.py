@@ -1,1 +1,0 @@
-"""optlab's own plugins: the built-in components, registered through the public hooks."""

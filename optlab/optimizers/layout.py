@@ -1,0 +1,285 @@
+"""Where an optimizer's state lives, and how one step walks the parameters.
+
+A built optimizer keeps each slot (``Slot``), the EMA of the weights and the gradient
+accumulator as one flat buffer over all its parameters, back to back: parameter k is
+``offsets[k]:offsets[k+1]`` (a slot with its own ``size`` has its own offsets). That is the
+``Layout``. A ``Plan`` pairs the layout with the parameter arrays of a step: when they are
+views of one flat buffer (``optlab.flat_parameters``), a step is one ``Chunk`` and one kernel
+call over everything; otherwise one chunk per array. The plan also remembers the gradient
+arrays it last validated, so that a training loop passing the same arrays every step pays for
+the full checks once (shapes and dtypes, which can change in place, are re-checked each time).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from operator import is_
+
+import numpy as np
+
+from ..flat import flat_view
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A state slot: its initial value (a number, or ``"param"`` for a copy of the
+    parameter) and, for slots not shaped like the parameter, ``size(shape)`` elements."""
+
+    init: float | str = 0.0
+    size: Callable[[tuple], int] | None = None
+
+
+class Segments:
+    """The parameters one ``update`` call covers: their shapes and flat offsets.
+
+    ``offsets[k]:offsets[k+1]`` is parameter k inside the flat chunk;
+    ``slot_offsets[name]`` the same for a slot with its own ``size``.
+    """
+
+    __slots__ = ("indices", "offsets", "shapes", "slot_offsets")
+
+    def __init__(self, shapes, offsets, slot_offsets, indices):
+        self.shapes = shapes
+        self.offsets = offsets
+        self.slot_offsets = slot_offsets
+        self.indices = indices
+
+    def __len__(self):
+        return len(self.shapes)
+
+    def views(self, flat: np.ndarray, slot: str | None = None):
+        """Yield the per-parameter views of ``flat`` (shaped like each parameter, or flat for a sized slot)."""
+        offsets = self.offsets if slot is None else self.slot_offsets[slot]
+        for k, shape in enumerate(self.shapes):
+            view = flat[offsets[k] : offsets[k + 1]]
+            yield view.reshape(shape) if slot is None else view
+
+
+class Chunk:
+    """The parameters ``indices`` of one kernel call: ``start:stop`` of the layout, the parameters
+    as one flat array, each slot's matching flat view (``state``) and their ``Segments``."""
+
+    __slots__ = ("param", "seg", "start", "state", "stop")
+
+    def __init__(self, start: int, stop: int, param: np.ndarray, state: dict, seg: Segments):
+        self.start, self.stop, self.param, self.state, self.seg = start, stop, param, state, seg
+
+
+class Layout:
+    """The flat buffers of a built optimizer for parameters of ``shapes`` and ``dtype``.
+
+    Made in two steps, so that a state being loaded is checked before anything is allocated:
+    ``Layout(...)`` computes the geometry — ``sizes`` and ``initial`` values of the named
+    arrays (``"slot/<name>"``, ``"ema"``, ``"accumulator"``) — then ``allocate(params)`` makes
+    fresh buffers or ``install(arrays)`` takes checked ones.
+    """
+
+    def __init__(self, shapes, dtype, specs: dict[str, Slot], *, ema: bool, accumulator: bool):
+        self.dtype = np.dtype(dtype)
+        self.shapes = [tuple(int(d) for d in s) for s in shapes]
+        self.specs = specs
+        self.offsets = _offsets([math.prod(s) for s in self.shapes])
+        self.size = int(self.offsets[-1])
+        self.slot_offsets: dict[str, np.ndarray] = {}
+        self.sizes: dict[str, int] = {}
+        self.initial: dict[str, float | str] = {}
+        for name, slot in specs.items():
+            so = self.offsets if slot.size is None else _offsets([int(slot.size(s)) for s in self.shapes])
+            self.slot_offsets[name] = so
+            self.sizes[f"slot/{name}"], self.initial[f"slot/{name}"] = int(so[-1]), slot.init
+        for name, wanted in (("ema", ema), ("accumulator", accumulator)):
+            if wanted:
+                self.sizes[name], self.initial[name] = self.size, 0.0
+        self.arrays: dict[str, np.ndarray] = {}
+        self._scratch: np.ndarray | None = None
+
+    def allocate(self, params=()) -> Layout:
+        """Fresh buffers at their initial values (a ``"param"`` slot copies ``params``)."""
+        arrays = {}
+        for key, size in self.sizes.items():
+            init = self.initial[key]
+            arrays[key] = np.full(size, 0.0 if init == "param" else init, dtype=self.dtype)
+            if init == "param":
+                for k, p in enumerate(params):
+                    arrays[key][self.offsets[k] : self.offsets[k + 1]] = p.reshape(-1)
+        return self.install(arrays)
+
+    def install(self, arrays: dict[str, np.ndarray]) -> Layout:
+        """Use ``arrays`` (exactly ``sizes``, in ``dtype``: the caller has checked them) as the buffers."""
+        self.arrays = arrays
+        self.slots = {name: arrays[f"slot/{name}"] for name in self.specs}
+        self.ema = arrays.get("ema")
+        self.accumulator = arrays.get("accumulator")
+        return self
+
+    def scratch(self, start: int, stop: int) -> np.ndarray:
+        """``start:stop`` of a parameter-sized scratch buffer (for transformed gradients), made on first use."""
+        if self._scratch is None:
+            self._scratch = np.empty(self.size, self.dtype)
+        return self._scratch[start:stop]
+
+    def views(self, flat: np.ndarray) -> list[np.ndarray]:
+        """The parameter-shaped views of a flat buffer of this layout (the EMA, for instance)."""
+        return [flat[self.offsets[k] : self.offsets[k + 1]].reshape(s) for k, s in enumerate(self.shapes)]
+
+    def chunk(self, i0: int, i1: int, param_1d: np.ndarray) -> Chunk:
+        """Parameters ``i0:i1`` as one kernel call's work, ``param_1d`` being their flat values."""
+        offsets = self.offsets[i0 : i1 + 1] - self.offsets[i0]
+        state, slot_offsets = {}, {}
+        for name, buf in self.slots.items():
+            so = self.slot_offsets[name]
+            state[name] = buf[so[i0] : so[i1]]
+            slot_offsets[name] = so[i0 : i1 + 1] - so[i0]
+        seg = Segments(self.shapes[i0:i1], offsets, slot_offsets, range(i0, i1))
+        return Chunk(int(self.offsets[i0]), int(self.offsets[i1]), param_1d, state, seg)
+
+
+class Plan:
+    """How steps walk ``params`` (the arrays a layout was built for): chunks, and the gradient cache."""
+
+    __slots__ = ("_grads", "chunks", "flat", "layout", "owner", "params")
+
+    def __init__(self, layout: Layout, params: list, owner: str):
+        if len(params) != len(layout.shapes):
+            raise ValueError(
+                f"{owner} was built for {len(layout.shapes)} parameters, received {len(params)} (an optimizer "
+                "keeps updating the parameters it was built for; create a new one for other parameters)"
+            )
+        check_parameters(params, owner)
+        for i, (p, shape) in enumerate(zip(params, layout.shapes)):
+            if p.shape != shape or p.dtype != layout.dtype:
+                raise ValueError(
+                    f"{owner} was built for parameter {i} of shape {shape} and dtype {layout.dtype}, "
+                    f"received shape {p.shape} and dtype {p.dtype}"
+                )
+        self.layout, self.params, self.owner = layout, list(params), owner
+        self.flat = flat_view(params)
+        if self.flat is not None:
+            self.chunks = [layout.chunk(0, len(params), self.flat)]
+        else:
+            self.chunks = [layout.chunk(i, i + 1, p.reshape(-1)) for i, p in enumerate(params)]
+        self._grads: tuple[list, np.ndarray | None] | None = None  # (arrays last validated, their flat view)
+
+    def covers(self, params: list) -> bool:
+        """Whether ``params`` are the very arrays this plan was made for."""
+        return len(params) == len(self.params) and all(map(is_, params, self.params))
+
+    def work(self, grads: list) -> list[tuple[Chunk, np.ndarray]]:
+        """Each chunk with its flat gradient, the gradients checked against the parameters.
+
+        A ``None`` gradient leaves its parameter out of the step (with a warning), as in Keras.
+        """
+        layout, cached = self.layout, self._grads
+        if (
+            cached is not None
+            and len(grads) == len(cached[0])
+            and all(map(is_, grads, cached[0]))
+            and _same_layout(grads, layout.shapes, layout.dtype)
+        ):
+            gflat = cached[1]
+        else:
+            if len(grads) != len(self.params):
+                raise ValueError(f"{self.owner}: received {len(grads)} gradients for {len(self.params)} parameters")
+            if any(g is None for g in grads):
+                self._grads = None
+                return self._partial(grads)
+            grads = [np.asarray(g) for g in grads]
+            for i, (g, shape) in enumerate(zip(grads, layout.shapes)):
+                if g.shape != shape:
+                    raise ValueError(
+                        f"{self.owner}: gradient {i} has shape {g.shape} but its parameter has shape {shape}"
+                    )
+                if g.dtype != layout.dtype:
+                    raise ValueError(
+                        f"{self.owner}: gradient {i} has dtype {g.dtype} but its parameter has dtype {layout.dtype}"
+                    )
+            gflat = flat_view(grads) if self.flat is not None else None
+            self._grads = (grads, gflat)
+        if self.flat is None:
+            return [(c, np.ascontiguousarray(g).reshape(-1)) for c, g in zip(self.chunks, grads)]
+        if gflat is None:  # parameters are flat but gradients are not: gather them once into the scratch buffer
+            gflat = layout.scratch(0, layout.size)
+            for k, g in enumerate(grads):
+                gflat[layout.offsets[k] : layout.offsets[k + 1]] = g.reshape(-1)
+        return [(self.chunks[0], gflat)]
+
+    def _partial(self, grads: list) -> list[tuple[Chunk, np.ndarray]]:
+        missing = [i for i, g in enumerate(grads) if g is None]
+        if len(missing) == len(grads):
+            raise ValueError("No gradients provided for any parameter.")
+        warnings.warn(f"Gradients do not exist for parameters {missing}; they are not updated.", stacklevel=5)
+        work = []
+        for i, g in enumerate(grads):
+            if g is None:
+                continue
+            p = self.params[i]
+            g = np.asarray(g)
+            if g.shape != p.shape or g.dtype != p.dtype:
+                raise ValueError(f"gradient {i} has shape {g.shape}/{g.dtype}; parameter has {p.shape}/{p.dtype}")
+            work.append((self.layout.chunk(i, i + 1, p.reshape(-1)), np.ascontiguousarray(g).reshape(-1)))
+        return work
+
+
+def check_parameters(params: list, owner: str) -> None:
+    """Raise unless ``params`` are writeable C-contiguous float32/float64 arrays of one dtype sharing no memory."""
+    dtype = params[0].dtype if params and isinstance(params[0], np.ndarray) else None
+    for i, p in enumerate(params):
+        if not isinstance(p, np.ndarray):
+            raise TypeError(f"{owner}: parameter {i} is a {type(p).__name__}, not a numpy array")
+        if p.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{owner}: parameter {i} has dtype {p.dtype}; float32 and float64 are supported")
+        if p.dtype != dtype:
+            raise TypeError(f"{owner}: parameter {i} has dtype {p.dtype} but parameter 0 has {dtype}")
+        if not p.flags.c_contiguous or not p.flags.writeable:
+            raise ValueError(f"{owner}: parameter {i} must be a writeable C-contiguous array (updated in place)")
+    overlap = _first_overlap(params)
+    if overlap is not None:
+        i, j = overlap
+        raise ValueError(
+            f"{owner}: parameters {i} and {j} share memory (the same array twice, or overlapping views of "
+            "one buffer): each would be updated twice, with separate state; pass every parameter once"
+        )
+
+
+def _offsets(sizes) -> np.ndarray:
+    """``[0, s0, s0 + s1, ...]`` as int64: where each of consecutive blocks of ``sizes`` starts."""
+    out = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(np.asarray(sizes, dtype=np.int64), out=out[1:])
+    return out
+
+
+def _first_overlap(params) -> tuple[int, int] | None:
+    """The positions ``(i, j)`` of two parameters that share memory, or None.
+
+    Parameters are C-contiguous (checked first), so each one's memory is exactly
+    ``[address, address + nbytes)``: sorting these spans finds any overlap in n log n.
+    """
+    spans = []
+    for i, p in enumerate(params):
+        if p.nbytes:
+            start = p.__array_interface__["data"][0]
+            spans.append((start, start + p.nbytes, i))
+    spans.sort()
+    reach, owner = -1, -1
+    for start, stop, i in spans:
+        if start < reach:
+            return (min(owner, i), max(owner, i))
+        if stop > reach:
+            reach, owner = stop, i
+    return None
+
+
+def _same_layout(grads, shapes, dtype) -> bool:
+    """Whether cached gradient arrays still have the shapes and dtype they were validated with.
+
+    The same array objects can change in place (``g.shape = ...``, ``g.dtype = ...``), so the
+    identity cache is not enough; a mismatch (or a dtype that is equal but not the same object)
+    sends the caller to the full validation, which reports it.
+    """
+    for g, shape in zip(grads, shapes):
+        if g.shape != shape or g.dtype is not dtype:
+            return False
+    return True
