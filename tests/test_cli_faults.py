@@ -66,8 +66,8 @@ def wait_for(predicate, seconds=120.0):
 
 
 BAD_INPUT = [
-    (("seed=-1",), "seed must be an integer >= 0; received seed=-1"),
-    (("seed=abc",), "seed must be an integer >= 0; received seed='abc'"),
+    (("seed=-1",), "`seed` must be an integer >= 0; received seed=-1"),
+    (("seed=abc",), "`seed` must be an integer >= 0; received seed='abc'"),
     (("+trainer.epoch=5",), "trainer.epoch is not an option (did you mean 'epochs'?)"),
     (("+trainer_epochs=5",), "trainer_epochs is not an option"),
     (("print_every_epoch=[nonexistent]",), "print_every_epoch: 'nonexistent' is not logged by this run"),

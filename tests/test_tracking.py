@@ -107,7 +107,7 @@ def test_metrics_handed_over_during_the_run_all_arrive_in_order(tmp_path, monkey
 def test_series_sends_evenly_spaced_points_and_then_the_last_and_the_best():
     # 10 points, at most 5: stride ceil(10 / 3) = 4 sends indices 0, 4, 8; then the last (9) and the best (index 6)
     values = [9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 0.5, 3.0, 2.0, 1.0]
-    series = tracking.Series(tracking.stride_for(len(values), 5), min)
+    series = tracking.Series(tracking.stride_for(len(values), 5), "min")
     sent = [step for step, value in enumerate(values, start=1) if series.add(value, 0, step)]
     assert sent == [1, 5, 9]
     assert sorted((step, value) for value, _, step in series.extras()) == [(7, 0.5), (10, 1.0)]
@@ -115,11 +115,11 @@ def test_series_sends_evenly_spaced_points_and_then_the_last_and_the_best():
     plain = tracking.Series(tracking.stride_for(3, 5), None)
     assert [plain.add(v, 0, s) for s, v in enumerate([3.0, 1.0, 2.0], start=1)] == [True, True, True]
     assert plain.extras() == []
-    maximised = tracking.Series(2, max)
+    maximised = tracking.Series(2, "max")
     for step, value in enumerate([0.1, 0.9, 0.2, 0.3, 0.4], start=1):
         maximised.add(value, 0, step)
     assert sorted(step for _, _, step in maximised.extras()) == [2]  # last (5) was sent: index 4 % 2 == 0
-    last_is_best = tracking.Series(3, min)
+    last_is_best = tracking.Series(3, "min")
     for step, value in enumerate([5.0, 4.0, 3.0, 2.0, 1.0], start=1):
         last_is_best.add(value, 0, step)
     assert last_is_best.extras() == [(1.0, 0, 5)]  # once, not as both the last and the best
@@ -234,7 +234,8 @@ def test_close_waits_at_most_flush_timeout_then_keeps_the_rest(tmp_path):
         waited = time.perf_counter() - start
     finally:
         gate.set()
-    assert 1.0 <= waited < 1.0 + tracking.STATUS_TIMEOUT
+    # the store never answers: without the deadline close() would wait forever (bound generous for a loaded machine)
+    assert 1.0 <= waited < 1.0 + tracking.STATUS_TIMEOUT + 10
     assert tracker.status == "FINISHED"
     total = 2 * STEPS + len(EPOCH_KEYS) * EPOCHS
     assert tracker.kept_count == total  # none confirmed written: all kept (delivery skips any that landed)
@@ -266,7 +267,8 @@ def test_an_interrupt_during_close_keeps_the_metrics_and_marks_the_run_killed(
     finally:
         timer.cancel()
         gate.set()
-    assert waited < 0.5 + tracking.KILL_TIMEOUT + 1
+    # it stopped waiting at the interrupt (the store would have had 60 s); a generous bound for a loaded machine
+    assert waited < 0.5 + tracking.KILL_TIMEOUT + 15
     assert tracker.status == expected_status  # a failed run stays FAILED
     client = client_for(tmp_path)
     run = client.get_run(tracker.run_id)

@@ -18,7 +18,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .direction import direction
+from ..callbacks import direction
 from .tracking import default_uri
 
 IGNORED_PARAMS = {"tracking.uri", "tracking.experiment", "trainer.progress_bar"}
@@ -65,7 +65,7 @@ def compare(experiment="optlab", sweep="latest", metric=None, uri=None, output="
     client = MlflowClient(tracking_uri=uri or default_uri())
     runs, sweep = _runs(client, experiment, sweep)
     metric = metric or runs[0].data.tags.get("metric") or "loss"
-    pick = direction(metric) or min
+    pick = max if direction(metric) == "max" else min
     rows = []
     curves = {}
     for run in runs:

@@ -7,10 +7,9 @@ a Hydra config group option with its declared defaults (``optimizer=adam``,
 
 from __future__ import annotations
 
-from difflib import get_close_matches
-
 from .. import callbacks, optimizers, problems, schedules
 from ..hparams import Hyper
+from ..names import closest
 
 MISSING = "???"
 GROUPS = {
@@ -67,8 +66,8 @@ def register_configs() -> None:
 
 
 def _closest(name: str, known) -> str:
-    close = get_close_matches(name, list(known), n=1, cutoff=0.5)
-    return f" Did you mean {close[0]!r}?" if close else ""
+    match = closest(name, known)
+    return f" Did you mean {match!r}?" if match else ""
 
 
 def check_overrides(overrides: list[str]) -> None:

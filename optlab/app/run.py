@@ -9,16 +9,15 @@ import math
 import os
 import sys
 import time
-from difflib import get_close_matches
 
 import numpy as np
 
 from .. import __version__, callbacks, optimizers, problems, schedules
-from ..callbacks import Callback, ProgressBar
+from ..callbacks import Callback, ProgressBar, direction
 from ..files import write_text_atomic
+from ..names import closest, did_you_mean
 from ..trainer import Trainer
 from .config import MISSING, ConfigError, main_config, preset_keys
-from .direction import direction
 
 STEP_KEYS = ("decay_steps", "first_decay_steps")
 
@@ -53,12 +52,13 @@ def build(conf: dict):
     the run will not log fails here, before training.
     """
     check_keys(conf)
-    seed = conf.get("seed")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError(f"seed must be an integer >= 0; received seed={seed!r}")
+    try:
+        Trainer.seed.validate(conf.get("seed"))  # used below, before the trainer exists
+    except ValueError as error:
+        raise ConfigError(str(error).removeprefix(": ")) from None
     problem = _component("problem", problems.get, conf["problem"])
-    optimizer = _component("optimizer", optimizers.get, conf["optimizer"])
     trainer_conf = conf["trainer"]
+    schedule = None
     schedule_conf = dict(conf.get("schedule") or {})
     if schedule_conf.get("name"):
         total = total_steps(problem, trainer_conf)
@@ -69,14 +69,16 @@ def build(conf: dict):
         if missing:
             raise ConfigError(f"schedule.{missing[0]} is required (e.g. schedule.{missing[0]}=...)")
         schedule = _component("schedule", schedules.get, schedule_conf)
-        optimizer.learning_rate = schedule
+    # the optimizer is built with its schedule (whose initial rate is the optimizer's learning_rate)
+    overrides = {} if schedule is None else {"learning_rate": schedule}
+    optimizer = _component("optimizer", lambda c: optimizers.get(c, **overrides), conf["optimizer"])
     cb_confs = {name: dict(cb_conf) for name, cb_conf in (conf.get("callbacks") or {}).items()}
     names = logged_names(conf, problem, cb_confs)
     conf["metric"] = metric = resolve_metric(conf.get("metric"), names, problem)
     unknown = [k for k in conf.get("print_every_epoch") or () if k not in names]
     if unknown:
         raise ConfigError(
-            f"print_every_epoch: {unknown[0]!r} is not logged by this run{_closest(unknown[0], names)} "
+            f"print_every_epoch: {unknown[0]!r} is not logged by this run{did_you_mean(unknown[0], names)}. "
             f"Logged: {', '.join(sorted(names))}"
         )
     cbs = []
@@ -104,17 +106,12 @@ def check_keys(conf: dict) -> None:
         for key in node:
             if key not in known:
                 raise ConfigError(
-                    f"{prefix}{key} is not an option{_closest(str(key), sorted(known))} "
+                    f"{prefix}{key} is not an option{did_you_mean(str(key), known)}. "
                     f"Known: {', '.join(prefix + k for k in sorted(known))}"
                 )
     missing = [k for k in preset_keys("trainer") if k not in (conf.get("trainer") or {})]
     if missing:
         raise ConfigError(f"trainer.{missing[0]} is missing")
-
-
-def _closest(name: str, known) -> str:
-    match = get_close_matches(name, sorted(known), n=1)
-    return f" (did you mean {match[0]!r}?)." if match else "."
 
 
 def logged_names(conf: dict, problem, cb_confs: dict) -> set[str]:
@@ -134,8 +131,8 @@ def resolve_metric(metric: str | None, names: set[str], problem) -> str:
     if metric == "auto":
         return "val_loss" if "val_loss" in names else "loss"
     if metric not in names:
-        match = get_close_matches(metric, sorted(names), n=1)
-        hint = f" Did you mean {match[0]!r}?" if match else ""
+        match = closest(metric, names)
+        hint = f" Did you mean {match!r}?" if match else ""
         raise ConfigError(
             f"metric {metric!r} is not logged by problem {problem.registry_name!r}.{hint} "
             f"Logged: {', '.join(sorted(names))}"
@@ -252,10 +249,7 @@ def tags_for(conf: dict, problem, optimizer, sweep: dict) -> dict:
 
 
 def total_steps(problem, trainer_conf) -> int:
-    steps_per_epoch = 1
-    if problem.num_examples is not None and trainer_conf.get("batch_size"):
-        steps_per_epoch = -(-problem.num_examples // trainer_conf["batch_size"])
-    return max(1, steps_per_epoch * int(trainer_conf["epochs"]))
+    return max(1, problem.steps_per_epoch(trainer_conf.get("batch_size")) * int(trainer_conf["epochs"]))
 
 
 def log_interval(tracking: dict, problem, trainer_conf) -> int:
@@ -419,8 +413,8 @@ def summary(conf, trainer, history, seconds, tracker) -> None:
         if not values:
             continue
         best = ""
-        pick = direction(key)
-        found = history.best(key, "min" if pick is min else "max") if pick is not None else None
+        way = direction(key)
+        found = history.best(key, way) if way is not None else None
         if found is not None:
             best = f"   best {found[0]:.6g} (epoch {found[1] + 1})"
         print(f"  {key:<{width}}  final {values[-1]:.6g}{best}", file=out)

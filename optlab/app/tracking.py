@@ -82,13 +82,13 @@ def stride_for(count: int, max_points: int) -> int:
 
 class Series:
     """One metric's points: every ``stride``-th from the first is sent at once; the last and the best
-    (``pick`` is ``min``, ``max`` or None) are sent at the end (:meth:`extras`) unless already sent."""
+    (``direction`` is ``"min"``, ``"max"`` or None) are sent at the end (:meth:`extras`) unless already sent."""
 
     __slots__ = ("best", "count", "last", "lower", "points", "stride")
 
-    def __init__(self, stride: int, pick):
+    def __init__(self, stride: int, direction: str | None):
         self.stride = stride
-        self.lower = None if pick is None else pick is min
+        self.lower = None if direction is None else direction == "min"
         self.count = 0
         self.last = None  # (value, timestamp_ms, step, sent)
         self.best = None
@@ -275,7 +275,7 @@ class MlflowTracker(Callback):
     def _series_for(self, name: str, stride: int) -> Series:
         series = self._series.get(name)
         if series is None:
-            from .direction import direction
+            from ..callbacks import direction
 
             series = self._series[name] = Series(stride, direction(name))
         return series
