@@ -140,6 +140,8 @@ class Trainer:
                 break
         if history is not None and self.step:
             history.record_step(self.step, params.flat, last=True)
+        # Keras's fit: with use_ema, the moving average becomes the weights once training ends
+        optimizer.finalize_variable_values(list(params))
         callbacks.on_train_end(logs)
         return self.history
 

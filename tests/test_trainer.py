@@ -341,3 +341,31 @@ def test_resumed_path_of_a_two_d_function_is_complete(tmp_path):
     with pytest.raises(Crash):
         run(kill_at=13).fit()
     np.testing.assert_array_equal(np.array(run().fit().path), expected)
+
+
+class Shrink(Problem):
+    """One parameter p from 1 with loss p^2 / 20: the gradient is p / 10, so SGD at rate 1 multiplies p by 0.9."""
+
+    registry_name = "shrink_test"
+
+    def shapes(self):
+        return [(1,)]
+
+    def initial_values(self, rng):
+        return [np.ones(1)]
+
+    def loss_and_grad(self, params, grads, batch=None, rng=None):
+        grads[0][...] = params[0] / 10
+        return float(params[0][0] ** 2 / 20)
+
+
+def test_the_moving_average_becomes_the_weights_at_the_end_of_fit():
+    # Keras's test_ema_with_model_fit: p goes 1 -> 0.9 -> 0.81; the average is p1 = 0.9 after the
+    # first step (momentum 0 while iterations == 0), then 0.9 * 0.9 + 0.1 * 0.81 = 0.891
+    opt = optlab.optimizers.SGD(learning_rate=1.0, use_ema=True, ema_momentum=0.9)
+    trainer = Trainer(Shrink(), opt, epochs=2, dtype="float64")
+    trainer.fit()
+    np.testing.assert_allclose(trainer.params[0], [0.891], rtol=1e-12)
+    plain = Trainer(Shrink(), optlab.optimizers.SGD(learning_rate=1.0), epochs=2, dtype="float64")
+    plain.fit()
+    np.testing.assert_allclose(plain.params[0], [0.81], rtol=1e-12)  # without EMA: the raw weights
