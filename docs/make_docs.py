@@ -36,7 +36,25 @@ opt = optlab.optimizers.get({"name": "adam", "learning_rate": 0.01})
 opt.apply_gradients(zip(grads, params))                              # one in-place step
 ```
 
-Names are case-insensitive; the class name works as well as the registry name. Notation
+Names are case-insensitive; the class name works as well as the registry name.
+
+**`name` is a label, as in Keras.** Every optimizer has a `name`: by default its class name
+in snake case, made unique in the process as Keras does (`adam`, then `adam_1`; `adam_w`,
+`rm_sprop`, `schedule_free_adam_w`), or what you pass (`Adam(name="my_adam")`).
+`get_config()` writes it and `from_config` restores it; `Adam.from_config(config)` takes the
+output of Keras's own `get_config()` unchanged. `optimizers.get` tells a config's class from
+its label by the config's form:
+
+- flat, optlab's: `{"name": "adam", "learning_rate": 0.01}` — here `name` is the **registry
+  name** and selects the class (the optimizer gets a default label); the command line's
+  `optimizer.name` is this one;
+- Keras's: `{"class_name": "Adam", "config": {...}}` — `class_name` (class or registry name)
+  selects the class and `config` is `get_config()` output, whose `name` is the **label**.
+  `optimizers.serialize(opt)` writes this form and `optimizers.deserialize` / `get` read it
+  (Keras's extra `module` and `registered_name` keys are ignored).
+
+A flat config whose `name` is not a registry name (a label, such as `adam_1`) is an error that
+says so. Notation
 below: $p$ parameter, $g$ gradient (after loss scaling, accumulation and clipping), $\\eta$
 the learning rate, $t$ the step (`iterations + 1`), all operations element-wise.
 
@@ -49,7 +67,7 @@ GENERIC_TEXT = """\
 | argument | default | allowed | meaning |
 |---|---|---|---|
 {rows}
-| `name` | the registry name | a string | a label (not part of the config) |
+| `name` | the class name in snake case, made unique (`adam`, `adam_1`) | a string | a label, kept in the config |
 
 One step (`apply` / `apply_gradients`) runs, in Keras's order:
 
@@ -108,7 +126,9 @@ optlab follows Keras in all of these; they are listed because each one changes n
   changes nothing else.
 - **Muon decides by rank.** 2-D parameters take the Newton-Schulz step, everything else an
   AdamW step with its own `adam_*` arguments and `adam_weight_decay`. Keras additionally routes
-  embeddings and `exclude_layers` by variable name; optlab's parameters have no names.
+  embeddings and `exclude_layers` by variable name; optlab's parameters have no names, so
+  `exclude_embeddings` is accepted and changes nothing, and `exclude_layers` must be empty
+  (`[]` or None, as Keras's configs write it).
 - **Nadam's momentum schedule is state.** `u_product` (the running product of
   $\\mu_t = \\beta_1(1 - \\frac12 0.96^t)$) is advanced once per applied step and saved with the
   optimizer state. optlab computes these step scalars in float64 (Keras's JAX backend gets
@@ -118,8 +138,9 @@ optlab follows Keras in all of these; they are listed because each one changes n
   taken). Keras's torch backend computes the new $x$ from the already-updated $z$ (the slot's
   `.value` aliases the tensor it then updates in place); its JAX and TensorFlow backends and
   the paper use the old $z$, as optlab does. Our reference data comes from the JAX backend.
-- **Integers are accepted where floats are expected** (`learning_rate=1`), as in Keras;
-  `decay` (Keras 2) is accepted and ignored with a warning.
+- **optlab is more lenient than Keras with integers**: where a float is expected, an integer
+  is accepted and converted (`SGD(learning_rate=1)`, `SGD(momentum=0)`); Keras 3.15 rejects
+  both with a `ValueError`. `decay` (Keras 2) is accepted and ignored with a warning, as in Keras.
 - **Lamb costs more memory traffic than Adam**: its trust ratio needs the norms of the
   parameter and of the update before the step, so a step makes two passes over the state.
 """

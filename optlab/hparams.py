@@ -195,6 +195,9 @@ class Configurable:
     #: sit in the middle); the other arguments follow in the default order
     positional: ClassVar[tuple[str, ...]] = ()
     _hypers: ClassVar[dict[str, Hyper]] = {}
+    #: whether the config's ``name`` is the instance's label (optimizers, as in Keras) rather than
+    #: the registry name (the other components)
+    labelled: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -1,4 +1,5 @@
-"""The "did you mean" of every error message about an unknown name (arguments, registry names, logged metrics).
+"""The "did you mean" of every error message about an unknown name (arguments, registry names, logged metrics),
+and Keras's default labels (``auto_name``).
 
 One rule everywhere: the candidate most similar to the name (``difflib``'s ratio, at least
 ``CUTOFF``), compared case-insensitively.
@@ -6,6 +7,7 @@ One rule everywhere: the candidate most similar to the name (``difflib``'s ratio
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from difflib import get_close_matches
 
@@ -27,3 +29,25 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """``" (did you mean 'x'?)"`` for the closest candidate, or ``""``: the tail of an error message."""
     match = closest(name, candidates)
     return f" (did you mean {match!r}?)" if match else ""
+
+
+#: how many default names each snake-case class name has handed out (Keras's ``object_name_uids``)
+_NAME_UIDS: dict[str, int] = {}
+
+
+def snake_case(name: str) -> str:
+    """Keras's ``to_snake_case``: ``"AdamW"`` -> ``"adam_w"``, ``"RMSprop"`` -> ``"rm_sprop"``."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def auto_name(class_name: str) -> str:
+    """A default label, unique in the process, as Keras's ``auto_name`` makes it.
+
+    The first ``Adam()`` is ``"adam"``, the next ``"adam_1"``; names given explicitly do not count.
+    """
+    base = snake_case(class_name)
+    n = _NAME_UIDS.get(base, 0)
+    _NAME_UIDS[base] = n + 1
+    return f"{base}_{n}" if n else base

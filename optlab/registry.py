@@ -101,24 +101,45 @@ class Registry:
         return ValueError(f"Unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(known)}")
 
     def create(self, identifier, **overrides):
-        """An instance from a name (defaults) or a config ``{"name": ..., **arguments}``.
+        """An instance from a name (defaults) or a config, in one of two forms:
 
-        Keras's serialized form ``{"class_name": ..., "config": {...}}`` is accepted too;
-        keyword ``overrides`` are passed to the constructor and win over the config's values.
+        - flat, optlab's: ``{"name": <registered name>, **arguments}``; ``name`` selects the class;
+        - Keras's serialized form: ``{"class_name": <registered name or class name>, "config": {...}}``
+          (``"module"`` and ``"registered_name"`` are ignored); ``class_name`` selects the class and
+          ``config`` is the class's ``get_config()`` output, unchanged: its ``name`` is a label
+          (an optimizer keeps it; a component without labels ignores it, as Keras's display name).
+
+        Keyword ``overrides`` are passed to the constructor and win over the config's values.
         """
         if isinstance(identifier, str):
             return self.get(identifier)(**overrides)
         if not isinstance(identifier, dict):
             raise ValueError(f"Could not interpret {self.kind} identifier: {identifier!r}")
+        article = "An" if self.kind[0] in "aeiou" else "A"
+        if "class_name" in identifier:
+            inner = identifier.get("config", {})
+            if not isinstance(inner, dict):
+                raise ValueError(f"{article} {self.kind} config's 'config' must be a dict; got {inner!r}")
+            cls = self.get(identifier["class_name"])
+            config = dict(inner)
+            if not getattr(cls, "labelled", False):
+                config.pop("name", None)
+            config.update(overrides)
+            return cls.from_config(config)
         config = dict(identifier)
-        if "class_name" in config:
-            config = {"name": config["class_name"], **config.get("config", {})}
-        if config.get("name") is None:
-            article = "An" if self.kind[0] in "aeiou" else "A"
+        name = config.pop("name", None)
+        if name is None:
             raise ValueError(
                 f"{article} {self.kind} config needs a 'name' (a string, one of {', '.join(self.names())}); "
                 f"got {identifier!r}"
             )
-        cls = self.get(config.pop("name"))
+        if isinstance(name, str) and name not in self:
+            error = self.unknown(name)
+            raise ValueError(
+                f"{error}. In a flat config, 'name' is the registered name; a config from get_config() whose "
+                f"'name' is a label is rebuilt from {{'class_name': <registered name>, 'config': config}} "
+                "(what serialize() writes)"
+            ) from None
+        cls = self.get(name)
         config.update(overrides)
         return cls.from_config(config)

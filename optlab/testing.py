@@ -114,11 +114,19 @@ def _config_round_trip(cls, kwargs):
             f"from_config(get_config()) gives {again.get_config()} instead of {config}",
             "every constructor argument must be a Hyper declaration of the class (none set in __init__ by hand)",
         )
-    if config.get("name") != cls.registry_name:
+    if config.get("name") != opt.name or again.name != opt.name:
         raise ConformanceError(
             "config_round_trip",
-            f"config name {config.get('name')!r} is not the class's registry_name {cls.registry_name!r}",
-            "set `registry_name` on the class (the name users look it up by)",
+            f"the label {opt.name!r} is not kept: get_config() writes name={config.get('name')!r}, "
+            f"from_config gives {again.name!r}",
+            "do not override `name` handling: the base class writes and restores the label",
+        )
+    named = cls.from_config({**config, "name": "conformance_label"})
+    if named.name != "conformance_label":
+        raise ConformanceError(
+            "config_round_trip",
+            f"from_config with name='conformance_label' gives an optimizer named {named.name!r}",
+            "pass `name` on to the base class's __init__",
         )
 
 

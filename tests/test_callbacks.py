@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -369,3 +370,85 @@ def test_callbacks_by_name_and_config():
     assert isinstance(optlab.callbacks.get("TerminateOnNaN"), TerminateOnNaN)
     with pytest.raises(ValueError, match="Did you mean 'early_stopping'"):
         optlab.callbacks.get("early_stoping")
+
+
+# -- directions: the problem declares them, as Keras asks its metrics ------------------------------
+# Keras 3.15's metrics' own `_direction` (keras.metrics: "down" for hinge & co, "up" for r2_score & co)
+KERAS_METRIC_DIRECTIONS = {
+    "hinge": "min",
+    "val_squared_hinge": "min",
+    "categorical_hinge": "min",
+    "val_binary_crossentropy": "min",
+    "categorical_crossentropy": "min",
+    "sparse_categorical_crossentropy": "min",
+    "kl_divergence": "min",
+    "root_mean_squared_error": "min",
+    "r2_score": "max",
+    "val_f1_score": "max",
+    "top_k_categorical_accuracy": "max",
+    "cosine_similarity": "max",
+}
+
+
+@pytest.mark.parametrize(("name", "expected"), KERAS_METRIC_DIRECTIONS.items())
+def test_direction_of_keras_metrics(name, expected):
+    assert optlab.callbacks.direction(name) == expected
+    assert EarlyStopping(monitor=name)._direction() == expected
+    assert ReduceLROnPlateau(monitor=name)._direction() == expected
+
+
+class Scored(Scripted):
+    """A problem whose metric `score` improves upwards, declared as Keras's metrics declare it."""
+
+    registry_name = "scored_test_problem"
+    metric_directions: ClassVar[dict[str, str]] = {"score": "max"}
+
+
+def test_early_stopping_follows_the_problems_declared_direction():
+    # max: 1 -> 2 improves (wait 0); 1.5 does not (wait 1 >= patience 1): stop after epoch 2 (3 epochs)
+    trainer = Trainer(Scored(values=[1.0, 2.0, 1.5, 1.4, 1.3], metric="val_score"), "sgd", epochs=5,
+                      callbacks=[EarlyStopping(monitor="val_score", patience=1)])  # fmt: skip
+    assert trainer.fit().epoch == [0, 1, 2]
+    # the same script read as "min" stops one epoch earlier: 2 is worse than 1
+    trainer = Trainer(Scored(values=[1.0, 2.0, 1.5, 1.4, 1.3], metric="val_score"), "sgd", epochs=5,
+                      callbacks=[EarlyStopping(monitor="val_score", patience=1, mode="min")])  # fmt: skip
+    assert trainer.fit().epoch == [0, 1]
+
+
+def test_reduce_lr_follows_the_problems_declared_direction():
+    # max: 1, 2 (better), 3 (better), 2.5 (wait 1 = patience: halve), 2.4 (wait 1 again: halve)
+    recorder = Recorder()
+    trainer = Trainer(Scored(values=[1.0, 2.0, 3.0, 2.5, 2.4], metric="score"), "sgd", epochs=5,
+                      callbacks=[ReduceLROnPlateau(monitor="score", factor=0.5, patience=1), recorder])  # fmt: skip
+    trainer.optimizer.learning_rate = 0.1
+    trainer.fit()
+    assert recorder.rates == pytest.approx([0.1, 0.1, 0.1, 0.1, 0.05])
+
+
+def test_unknown_direction_raises_at_the_first_epoch_end_even_if_missing():
+    # Keras's EarlyStopping / ReduceLROnPlateau settle the direction before reading the metric
+    for cb in (EarlyStopping(monitor="val_wobble"), ReduceLROnPlateau(monitor="val_wobble")):
+        with pytest.raises(ValueError, match="cannot tell whether it should be maximized or minimized"):
+            fit([1.0, 1.0], cb)  # logs val_loss only
+
+
+def test_metric_directions_are_checked_when_the_class_is_defined():
+    with pytest.raises(ValueError, match=r"BadDirections.metric_directions\['score'\] must be 'min' or 'max'.*'up'"):
+
+        class BadDirections(Scripted):
+            metric_directions: ClassVar[dict[str, str]] = {"score": "up"}
+
+    with pytest.raises(TypeError, match="must be a dict"):
+
+        class BadKind(Scripted):
+            metric_directions = ["score"]  # noqa: RUF012
+
+
+def test_builtin_problems_declare_their_metrics():
+    from optlab import problems
+
+    for name in problems.registry.names():
+        cls = problems.registry.get(name)
+        for key in ("distance_to_optimum",):
+            assert optlab.callbacks.direction(key, cls.metric_directions) == "min"
+    assert optlab.callbacks.direction("val_accuracy", problems.registry.get("mlp_digits").metric_directions) == "max"

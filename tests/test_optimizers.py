@@ -5,7 +5,9 @@ Numerics against Keras are in test_keras_equivalence.py; hand-computed steps in 
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,10 +106,10 @@ def test_config_round_trip(case_id):
     case = CASES[case_id]
     opt = optlab.optimizers.get(case["keras_class"], **optlab_kwargs(case["kwargs"]))
     config = opt.get_config()
-    assert config["name"] == type(opt).registry_name
+    assert config["name"] == opt.name
     again = type(opt).from_config(config)
     assert again.get_config() == config
-    assert optlab.optimizers.get(config).get_config() == config
+    assert optlab.optimizers.get({"class_name": type(opt).__name__, "config": config}).get_config() == config
     assert optlab.optimizers.deserialize(optlab.optimizers.serialize(opt)).get_config() == config
 
 
@@ -127,8 +129,72 @@ def test_config_is_plain_data():
 
 
 def test_from_config_rejects_another_optimizers_config():
-    with pytest.raises(ValueError, match="not for Adam"):
+    with pytest.raises(ValueError, match=r"not recognized: `momentum`.*`nesterov`"):
         optlab.optimizers.Adam.from_config(optlab.optimizers.SGD().get_config())
+
+
+# -- name: a label (Keras), not a lookup key ------------------------------------------------------
+KERAS_CONFIGS = json.loads((Path(__file__).parent / "reference" / "keras_configs.json").read_text())
+
+
+@pytest.mark.parametrize("kind", ["default", "named"])
+@pytest.mark.parametrize("cls", BUILTIN, ids=ALL)
+def test_from_config_takes_keras_own_config_unchanged(cls, kind):
+    # Keras 3.15's get_config() of every optimizer (tests/reference/make_keras_configs.py)
+    config = KERAS_CONFIGS[kind][cls.__name__]
+    opt = cls.from_config(config)
+    assert opt.name == config["name"]  # adam_w, rm_sprop, schedule_free_adam_w, my_label
+    for key, value in config.items():
+        if key == "learning_rate":
+            assert opt.learning_rate == pytest.approx(value)
+        elif key != "name":
+            assert opt.get_config()[key] == value, key
+    via_get = optlab.optimizers.get({"class_name": cls.__name__, "config": config})
+    assert type(via_get) is cls and via_get.name == config["name"]
+
+
+def test_keras_serialized_optimizer_with_a_schedule():
+    serialized = KERAS_CONFIGS["serialized"]["Adam_with_schedule"]  # module/registered_name keys included
+    opt = optlab.optimizers.get(serialized)
+    assert type(opt) is optlab.optimizers.Adam and opt.name == "my_adam" and opt.clipnorm == 1.0
+    assert isinstance(opt.learning_rate_schedule, optlab.schedules.CosineDecay)
+    assert opt.learning_rate_schedule(5) == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 5 / 10)))
+
+
+@pytest.mark.parametrize("cls", BUILTIN, ids=ALL)
+def test_default_names_are_keras_and_unique(cls, monkeypatch):
+    monkeypatch.setattr(optlab.names, "_NAME_UIDS", {})
+    assert [cls().name, cls().name] == KERAS_CONFIGS["two_defaults"][cls.__name__]
+    assert cls(name="fixed").name == "fixed"
+    assert cls().name == KERAS_CONFIGS["two_defaults"][cls.__name__][0] + "_2"  # a given name does not count
+
+
+@pytest.mark.parametrize("cls", BUILTIN, ids=ALL)
+def test_a_custom_name_survives_the_round_trip(cls):
+    opt = cls(name="my_adam")
+    config = opt.get_config()
+    assert config["name"] == "my_adam"
+    assert cls.from_config(config).name == "my_adam"
+    assert optlab.optimizers.deserialize(optlab.optimizers.serialize(opt)).name == "my_adam"
+    assert optlab.optimizers.get(json.loads(json.dumps(optlab.optimizers.serialize(opt)))).name == "my_adam"
+
+
+def test_flat_config_name_is_the_registry_name():
+    opt = optlab.optimizers.get({"name": "rmsprop", "rho": 0.8})
+    assert type(opt) is optlab.optimizers.RMSprop and opt.rho == 0.8
+    with pytest.raises(ValueError, match=r"'name' is the registered name.*'class_name'"):
+        optlab.optimizers.get(optlab.optimizers.Adam(name="my_adam").get_config())
+
+
+def test_name_must_be_a_string():
+    with pytest.raises(ValueError, match=r"`name` must be a string"):
+        optlab.optimizers.Adam(name=3)
+
+
+def test_muon_takes_keras_exclude_arguments():
+    assert optlab.optimizers.Muon(exclude_embeddings=False, exclude_layers=[]).exclude_embeddings is False
+    with pytest.raises(ValueError, match=r"`exclude_layers` must be empty or None.*unnamed"):
+        optlab.optimizers.Muon(exclude_layers=["output_dense"])
 
 
 # -- validation --------------------------------------------------------------------------------
@@ -505,10 +571,10 @@ def test_resume_is_bit_for_bit(case_id, flat, tmp_path):
     path = tmp_path / "state.npz"
     opt.save_state(path)
     saved_params = [p.copy() for p in params]
-    config = opt.get_config()
+    serialized = optlab.optimizers.serialize(opt)
     del opt, params
 
-    resumed = optlab.optimizers.get(config)
+    resumed = optlab.optimizers.deserialize(serialized)
     resumed.load_state(path)
     assert resumed.iterations == first.shape[0] // (case["kwargs"].get("gradient_accumulation_steps") or 1)
     params = optlab.flatten(saved_params) if flat else saved_params
@@ -653,3 +719,30 @@ def test_each_class_shows_its_own_signature():
     assert adam.parameters["learning_rate"].default == 0.001
     assert list(sgd.parameters)[:3] == ["learning_rate", "momentum", "nesterov"]
     assert "name" in adam.parameters
+
+
+# -- plugin authors: `learning_rate = Hyper(...)` -------------------------------------------------
+
+
+def test_a_plain_hyper_learning_rate_becomes_the_learning_rate_descriptor():
+    from optlab.hparams import Hyper
+
+    class PlainRate(optlab.optimizers.Optimizer):
+        registry_name = "plain_rate_test"
+        learning_rate = Hyper(0.01, low=0.0, doc="step size")
+
+        def update(self, param, grad, state, lr, step, seg):
+            param -= lr * grad
+
+    opt = PlainRate()
+    assert opt.learning_rate == 0.01 and opt.get_config()["learning_rate"] == 0.01
+    p = np.ones(2, np.float32)
+    opt.apply([np.ones(2, np.float32)], [p])
+    np.testing.assert_array_equal(p, np.float32(1) - np.float32(0.01))  # 1 - lr * 1, by hand
+    scheduled = PlainRate(learning_rate=optlab.schedules.ExponentialDecay(0.5, 1, 0.5))
+    assert scheduled.learning_rate == 0.5
+    assert PlainRate.from_config(scheduled.get_config()).learning_rate_schedule.get_config()["decay_rate"] == 0.5
+    with pytest.raises(TypeError, match=r"learning_rate must have a float default.*LearningRate\(0.01\)"):
+
+        class NoDefault(optlab.optimizers.Optimizer):
+            learning_rate = Hyper(Hyper.REQUIRED)

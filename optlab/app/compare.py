@@ -105,12 +105,9 @@ def compare(experiment="optlab", sweep="latest", metric=None, uri=None, output="
     shown = _differing(runs, exclude=("seed",))
     seeds = []
     for members in groups.values():
-        finals = [r["final"] for r in members]
         if len(members) > 1:
             config = {"optimizer": members[0]["optimizer"], **{k: members[0]["params"].get(k) for k in shown}}
-            seeds.append(
-                {"config": config, "n": len(finals), "mean": statistics.fmean(finals), "std": statistics.stdev(finals)}
-            )
+            seeds.append({"config": config, **seed_summary([r["final"] for r in members])})
     _plot(curves, metric, output, f"{experiment} / {sweep}")
     return {
         "experiment": experiment,
@@ -120,6 +117,22 @@ def compare(experiment="optlab", sweep="latest", metric=None, uri=None, output="
         "rows": rows,
         "seeds": seeds,
         "output": output,
+    }
+
+
+def seed_summary(finals: list[float]) -> dict:
+    """Mean and sample standard deviation of the finite final values of one group of seeded runs.
+
+    A run that did not log the metric (NaN) or diverged (inf) has no value to average: ``n``
+    counts the runs with one, ``runs`` all of them; the mean is NaN without any, the standard
+    deviation NaN with fewer than two.
+    """
+    finite = [v for v in finals if math.isfinite(v)]
+    return {
+        "n": len(finite),
+        "runs": len(finals),
+        "mean": statistics.fmean(finite) if finite else math.nan,
+        "std": statistics.stdev(finite) if len(finite) > 1 else math.nan,
     }
 
 
@@ -182,7 +195,14 @@ def format_table(result: dict) -> str:
         text.append("\nover seeds (final value):")
         for group in result["seeds"]:
             config = ", ".join(f"{k}={v}" for k, v in group["config"].items()) or "(same config)"
-            text.append(f"  {config}: {group['mean']:.6g} ± {group['std']:.2g} over {group['n']} seeds")
+            without = group["runs"] - group["n"]
+            tail = f" ({without} of {group['runs']} without a finite value)" if without else ""
+            if group["n"] == 0:
+                text.append(f"  {config}: no finite value over {group['runs']} seeds")
+            elif group["n"] == 1:
+                text.append(f"  {config}: {group['mean']:.6g} from 1 seed{tail}")
+            else:
+                text.append(f"  {config}: {group['mean']:.6g} ± {group['std']:.2g} over {group['n']} seeds{tail}")
     text.append(f"\ncurves: {result['output']}")
     return "\n".join(text)
 

@@ -413,7 +413,7 @@ def summary(conf, trainer, history, seconds, tracker) -> None:
         if not values:
             continue
         best = ""
-        way = direction(key)
+        way = direction(key, trainer.problem.metric_directions)
         found = history.best(key, way) if way is not None else None
         if found is not None:
             best = f"   best {found[0]:.6g} (epoch {found[1] + 1})"

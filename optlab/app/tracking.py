@@ -68,8 +68,6 @@ def flatten(config, prefix: str = "") -> dict[str, str]:
     return out
 
 
-
-
 # -- thinning ------------------------------------------------------------------------------------
 
 
@@ -277,7 +275,8 @@ class MlflowTracker(Callback):
         if series is None:
             from ..callbacks import direction
 
-            series = self._series[name] = Series(stride, direction(name))
+            problem = getattr(self.trainer, "problem", None)
+            series = self._series[name] = Series(stride, direction(name, getattr(problem, "metric_directions", None)))
         return series
 
     def _add(self, key: str, value: float, timestamp: int, step: int, stride: int):
@@ -579,8 +578,6 @@ class Writer(threading.Thread):
 # -- the kept file -------------------------------------------------------------------------------
 
 
-
-
 _KEYS: dict[str, str] = {}
 
 
@@ -639,7 +636,6 @@ def bounded(function, timeout: float) -> tuple[bool, BaseException | None]:
     return "ok" in box, box.get("error")
 
 
-
 @contextlib.contextmanager
 def signals_held(redeliver: bool = True):
     """SIGINT and SIGTERM wait until the block is over (then, with ``redeliver``, act as they would have).
@@ -669,4 +665,3 @@ def signals_held(redeliver: bool = True):
                 handler(signum, frame)
             elif handler == signal.SIG_DFL:
                 signal.raise_signal(signum)
-

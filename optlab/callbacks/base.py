@@ -133,19 +133,35 @@ class CallbackList:
         self._call("on_train_batch_end", batch, logs)
 
 
-#: metric names whose improvement is an increase (Keras's ``_direction = "up"`` metrics)
-MAXIMIZED = ("accuracy", "acc", "auc", "precision", "recall", "f1_score")
-#: metric names whose improvement is a decrease, besides anything ending in "loss"
-MINIMIZED = ("loss", "error", "mse", "mae", "distance_to_optimum", "excess")
+#: metric names whose improvement is an increase: Keras 3.15's metrics declaring ``_direction = "up"``
+#: (read from ``keras.metrics``), plus the short ``acc``
+MAXIMIZED = (
+    "accuracy", "acc", "auc", "binary_accuracy", "binary_io_u", "categorical_accuracy", "concordance_correlation",
+    "cosine_similarity", "f1_score", "fbeta_score", "pearson_correlation", "precision", "r2_score", "recall",
+    "sparse_categorical_accuracy", "sparse_top_k_categorical_accuracy", "top_k_categorical_accuracy",
+)  # fmt: skip
+#: metric names whose improvement is a decrease, besides anything ending in "loss": Keras 3.15's metrics
+#: declaring ``_direction = "down"``, their short aliases, and optlab's own error-like names
+MINIMIZED = (
+    "loss", "binary_crossentropy", "categorical_crossentropy", "sparse_categorical_crossentropy", "hinge",
+    "squared_hinge", "categorical_hinge", "kl_divergence", "logcosh", "poisson", "mean_absolute_error",
+    "mean_absolute_percentage_error", "mean_squared_error", "mean_squared_logarithmic_error",
+    "root_mean_squared_error", "mse", "mae", "mape", "msle", "rmse", "error", "distance_to_optimum", "excess",
+)  # fmt: skip
 
 
-def direction(name: str) -> str | None:
-    """Which way the logged quantity ``name`` improves: ``"min"``, ``"max"``, or None when its name does not say.
+def direction(name: str, declared: dict[str, str] | None = None) -> str | None:
+    """Which way the logged quantity ``name`` improves: ``"min"``, ``"max"``, or None when nothing says.
 
-    Keras's rules: any ``val_`` prefix is ignored; names ending in ``loss`` and those in
-    ``MINIMIZED`` are minimised, those in ``MAXIMIZED`` maximised (``x``, ``learning_rate``: None).
+    Keras asks the metric (its ``_direction``); here ``declared`` plays that part: a problem's
+    ``metric_directions`` (``{"accuracy": "max"}``), looked up by the full name, then without any
+    ``val_`` prefix. Failing that, the names of Keras's own metrics: names ending in ``loss`` and
+    those in ``MINIMIZED`` are minimised, those in ``MAXIMIZED`` maximised (``x``, ``learning_rate``: None).
     """
     base = name.removeprefix("val_")
+    for key in (name, base):
+        if declared and key in declared:
+            return declared[key]
     if base.endswith("loss") or base in MINIMIZED:
         return "min"
     if base in MAXIMIZED:
@@ -156,9 +172,11 @@ def direction(name: str) -> str | None:
 class Monitor(Callback):
     """A callback watching one logged quantity (Keras's ``MonitorCallback``).
 
-    ``mode="auto"`` takes the direction from the name (with any ``val_`` prefix removed):
-    ``loss`` and other error-like names are minimised, accuracy-like names maximised; any
-    other name raises, asking for ``mode="min"`` or ``"max"``.
+    ``mode="auto"`` asks, as Keras asks the metric: the direction the trainer's problem declares
+    (``Problem.metric_directions``, with or without the ``val_`` prefix), else the names of
+    Keras's metrics (``loss`` and error-like names minimised, accuracy-like names maximised).
+    Any other name raises ``ValueError`` at the first epoch end, asking for ``mode="min"`` or
+    ``"max"``, as Keras does.
     """
 
     monitor = Hyper("val_loss", kind=str, doc="the logged quantity to watch")
@@ -168,12 +186,14 @@ class Monitor(Callback):
     def _direction(self) -> str:
         if self.mode != "auto":
             return self.mode
-        found = direction(self.monitor)
+        problem = getattr(self.trainer, "problem", None)
+        found = direction(self.monitor, getattr(problem, "metric_directions", None))
         if found is not None:
             return found
         raise ValueError(
             f"{type(self).__name__} received monitor={self.monitor!r}, but cannot tell whether it should be "
-            "maximized or minimized. Pass mode='max' or mode='min'."
+            "maximized or minimized (neither the problem's metric_directions nor Keras's metric names say). "
+            "Pass mode='max' or mode='min'."
         )
 
     def _is_improvement(self, value, reference) -> bool:

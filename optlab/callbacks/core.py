@@ -221,6 +221,7 @@ class EarlyStopping(Monitor):
         self.best_epoch = 0
 
     def on_epoch_end(self, epoch, logs=None):
+        self._direction()  # Keras settles the direction first: an unknown one raises even if the metric is missing
         current = self._current(logs, "Early stopping")
         if current is None or epoch < self.start_from_epoch:
             return
@@ -298,6 +299,7 @@ class ReduceLROnPlateau(Monitor):
         optimizer = self.trainer.optimizer
         if logs is not None:
             logs["learning_rate"] = float(optimizer.learning_rate)
+        self._direction()  # as Keras: settled (or raising) before the metric is read
         current = self._current(logs, "Learning rate reduction")
         if current is None:
             return

@@ -1,7 +1,8 @@
 """Optimizers with Keras 3's names, arguments, defaults and numerics.
 
 >>> opt = get("adam")                                   # by name, Keras defaults
->>> opt = get({"name": "adam", "learning_rate": 0.01})  # from a config
+>>> opt = get({"name": "adam", "learning_rate": 0.01})  # from a flat config: name = registry name
+>>> opt = get({"class_name": "Adam", "config": {"name": "my_adam"}})  # Keras's form: name = label
 >>> opt.apply_gradients(zip(grads, params))             # one in-place step  # doctest: +SKIP
 """
 
@@ -47,8 +48,11 @@ registry = REGISTRIES["optimizers"]
 
 
 def get(identifier, **overrides) -> Optimizer | None:
-    """An optimizer from a name, a config dict (``{"name": ..., **arguments}``) or an instance.
+    """An optimizer from a name, a config dict or an instance.
 
+    A config is flat, ``{"name": <registered name>, **arguments}`` (``name`` selects the class; the
+    optimizer gets a default label), or Keras's ``{"class_name": "Adam", "config": {...}}``, where
+    ``config`` is ``get_config()`` output (Keras's or optlab's) and its ``name`` is the label.
     Names are case-insensitive and accept Keras's aliases (``"RMSprop"``,
     ``"schedulefreeadamw"``); installed plugins' optimizers are found the same way.
     ``None`` gives ``None``. Keyword ``overrides``
@@ -60,8 +64,8 @@ def get(identifier, **overrides) -> Optimizer | None:
 
 
 def serialize(optimizer: Optimizer) -> dict:
-    """The optimizer's config (``get`` rebuilds it)."""
-    return optimizer.get_config()
+    """``{"class_name": registry name, "config": get_config()}`` (Keras's form; ``get`` rebuilds it, label included)."""
+    return {"class_name": optimizer.registry_name, "config": optimizer.get_config()}
 
 
 def deserialize(config: dict) -> Optimizer:

@@ -36,6 +36,7 @@ import numpy as np
 from .. import files
 from .. import kernels as K
 from ..hparams import Configurable, Hyper
+from ..names import auto_name
 from . import state as _state
 from .layout import Layout, Plan, Segments, Slot, check_parameters
 
@@ -98,8 +99,13 @@ class Optimizer(Configurable):
       moving average of the weights, written into them every N steps.
     - ``loss_scale_factor``: gradients are divided by it first.
     - ``gradient_accumulation_steps``: update every N calls with the mean gradient.
-    - ``name``: a label.
+    - ``name``: a label (Keras's): it does not choose the optimizer. By default the class name in
+      snake case, unique in the process as in Keras (``adam``, ``adam_1``, ``adam_w``, ``rm_sprop``).
+      ``get_config()`` writes it and ``from_config`` restores it.
     """
+
+    #: ``name`` is a label, kept by ``get_config``/``from_config`` (the registry name selects the class)
+    labelled: ClassVar[bool] = True
 
     learning_rate = LearningRate(0.001)
     weight_decay = Hyper(None, low=0.0, doc="decoupled weight decay rate")
@@ -123,6 +129,20 @@ class Optimizer(Configurable):
     fuses_weight_decay: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
+        declared = cls.__dict__.get("learning_rate")
+        if isinstance(declared, Hyper) and not isinstance(declared, LearningRate):
+            # the natural declaration `learning_rate = Hyper(0.01)`: only its default is the
+            # subclass's own; the rate (float, schedule or callable) is the base class's descriptor
+            default = declared.default
+            if declared.required or not isinstance(default, (int, float)) or isinstance(default, bool):
+                raise TypeError(
+                    f"{cls.__name__}.learning_rate must have a float default; write "
+                    f"`learning_rate = optlab.optimizers.LearningRate(0.01)` (received {declared.default!r})"
+                )
+            rate = LearningRate(float(declared.default))
+            rate.doc = declared.doc or rate.doc
+            cls.learning_rate = rate
+            rate.__set_name__(cls, "learning_rate")
         super().__init_subclass__(**kwargs)
         cls.fuses_weight_decay = "decay" in inspect.signature(cls.update).parameters
 
@@ -158,7 +178,10 @@ class Optimizer(Configurable):
                 f"{type(self).__name__}: only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set; "
                 f"received {', '.join(f'{k}={getattr(self, k)}' for k in clips)}"
             )
-        self.name = name or self.registry_name
+        if name is not None and not isinstance(name, str):
+            owner = type(self).__name__
+            raise ValueError(f"{owner}: `name` must be a string (a label) or None; received name={name!r}")
+        self.name = name or auto_name(type(self).__name__)
         self.check()
 
     # -- the part a subclass writes --------------------------------------------
@@ -470,10 +493,23 @@ class Optimizer(Configurable):
 
     # -- config ----------------------------------------------------------------
     def get_config(self) -> dict:
+        """``{"name": label, "learning_rate": ..., hyperparameter: value, ...}``, as Keras writes it."""
         config = super().get_config()
+        config["name"] = self.name
         lr = self._learning_rate
         config["learning_rate"] = lr.get_config() if hasattr(lr, "get_config") else self._rate()
         return config
+
+    @classmethod
+    def from_config(cls, config: dict):
+        """Rebuild an optimizer from ``get_config()`` output, optlab's or Keras's (unchanged).
+
+        ``name`` is the label, restored as it was; the class is ``cls``. A learning-rate schedule
+        may be optlab's config or Keras's serialized form (``{"class_name": ..., "config": ...}``).
+        """
+        if not isinstance(config, dict):
+            raise ValueError(f"{cls.__name__}.from_config expects a dict; received {config!r}")
+        return cls(**config)
 
     # -- state -----------------------------------------------------------------
     def get_state(self) -> tuple[dict, dict[str, np.ndarray]]:

@@ -54,8 +54,10 @@ class Muon(Optimizer):
     ``epsilon`` and learning rate ``learning_rate * adam_lr_ratio``, and decay with
     ``adam_weight_decay`` instead of ``weight_decay``.
 
-    Keras also routes 2-D parameters named like embeddings (or matching ``exclude_layers``) to
-    AdamW; optlab's parameters are unnamed arrays, so the rule here is by rank only.
+    Keras also routes 2-D parameters named like embeddings (``exclude_embeddings``) or matching
+    ``exclude_layers`` to AdamW; optlab's parameters are unnamed arrays, so the rule here is by
+    rank only: ``exclude_embeddings`` is accepted (Keras's configs carry it) and changes nothing,
+    since no parameter is named like an embedding, and ``exclude_layers`` must be empty.
     Reference: Jordan et al., 2024, "Muon: An optimizer for hidden layers in neural networks"
     (kellerjordan.github.io/posts/muon); Liu et al., 2025, "Muon is Scalable for LLM Training" (rms_rate).
     """
@@ -74,6 +76,21 @@ class Muon(Optimizer):
     ns_steps = Hyper(5, kind=int, low=0, doc="Newton-Schulz iterations")
     nesterov = Hyper(True, kind=bool, doc="use the Nesterov look-ahead")
     rms_rate = Hyper(0.2, low=0.0, low_open=True, optional=True, doc="match AdamW's update RMS (None: no scaling)")
+    exclude_embeddings = Hyper(
+        True, kind=bool, doc="Keras: embedding-named parameters take the AdamW step (no effect: parameters are unnamed)"
+    )
+    exclude_layers = Hyper(
+        None, kind=list, item=Hyper(kind=str), doc="Keras: layer-name patterns that take AdamW; must be empty here"
+    )
+
+    def check(self):
+        if self.exclude_layers:
+            raise ValueError(
+                f"Muon: `exclude_layers` must be empty or None (allowed: [] or None); received "
+                f"exclude_layers={self.exclude_layers!r}. It selects parameters by their layer names, and "
+                "optlab's parameters are unnamed arrays: here 2-D parameters take the Muon step and all "
+                "others the AdamW step"
+            )
 
     def slots(self):
         return {"momentum": 0.0, "velocity": Slot(0.0, _adam_size)}

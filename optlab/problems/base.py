@@ -9,12 +9,15 @@ A problem owns its data and its parameters' layout. The trainer asks it for:
 - ``loss_and_grad(params, grads, batch, rng)``: the loss on a batch, with the gradient written
   into ``grads`` (same layout as ``params``); ``rng`` is for problems with gradient noise;
 - ``evaluate(params)``: metrics after an epoch (``val_loss``, ``val_accuracy``,
-  ``distance_to_optimum``, ...), a dict of floats.
+  ``distance_to_optimum``, ...), a dict of floats;
+- ``metric_directions`` (class attribute): which way each of its metrics improves, for the
+  callbacks' ``mode="auto"`` and the reports (Keras asks the metric's ``_direction``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import ClassVar
 
 import numpy as np
 
@@ -27,6 +30,27 @@ class Problem(Configurable):
 
     #: the 2-D test functions set this: the trainer records the parameters after every step
     record_path: bool = False
+    #: which way each metric improves, ``{"accuracy": "max", "excess": "min"}`` (a ``val_`` prefix
+    #: is matched without it): read by ``EarlyStopping``/``ReduceLROnPlateau``/``ModelCheckpoint`` in
+    #: ``mode="auto"`` and by the reports; metrics not listed fall back to Keras's metric names
+    metric_directions: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        directions = cls.__dict__.get("metric_directions")
+        if directions is None:
+            return
+        if not isinstance(directions, dict):
+            raise TypeError(
+                f"{cls.__name__}.metric_directions must be a dict of metric name -> 'min' or 'max'; "
+                f"received {directions!r}"
+            )
+        for key, way in directions.items():
+            if not isinstance(key, str) or way not in ("min", "max"):
+                raise ValueError(
+                    f"{cls.__name__}.metric_directions[{key!r}] must be 'min' or 'max' (keyed by a metric "
+                    f"name); received {way!r}"
+                )
 
     def __init__(self, *args, **kwargs):
         leftovers = self._assign_hypers(args, kwargs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from ..hparams import Hyper
@@ -17,6 +19,7 @@ class SeedLinear(Problem):
     """
 
     registry_name = "seed_linear"
+    metric_directions: ClassVar[dict[str, str]] = {"excess": "min", "distance_to_optimum": "min"}
     a = Hyper(2.0, doc="initial slope")
     b = Hyper(2.0, doc="initial intercept")
     x = np.array([0.0, 1.0, 2.0])
@@ -49,6 +52,7 @@ class SeedLinear(Problem):
 
 
 class _Supervised(Problem):
+    metric_directions: ClassVar[dict[str, str]] = {"loss": "min", "accuracy": "max", "distance_to_optimum": "min"}
     """Data split into training and validation sets by a seeded permutation."""
 
     validation_split = Hyper(0.2, low=0.0, high=1.0, high_open=True, doc="fraction held out for validation")

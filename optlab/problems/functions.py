@@ -7,6 +7,7 @@ plotted over the function's contours.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import numpy as np
 
@@ -27,6 +28,7 @@ def _quadratic(x, d, g):
 
 class _TwoD(Problem):
     record_path = True
+    metric_directions: ClassVar[dict[str, str]] = {"distance_to_optimum": "min"}  # x and y have no direction
     x0 = Hyper(-1.2, doc="starting x")
     y0 = Hyper(1.0, doc="starting y")
     minima: tuple[tuple[float, float], ...] = ()
@@ -137,6 +139,7 @@ class Quadratic(Problem):
     """
 
     registry_name = "quadratic"
+    metric_directions: ClassVar[dict[str, str]] = {"distance_to_optimum": "min"}
     dim = Hyper(100, kind=int, low=1, doc="number of parameters")
     condition_number = Hyper(100.0, low=1.0, doc="largest over smallest curvature")
     noise = Hyper(0.0, low=0.0, doc="standard deviation of the gradient noise")

@@ -1,0 +1,47 @@
+"""Run comparison's reductions (no MLflow needed): seed groups with missing or diverged values."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import pytest
+
+from optlab.app.compare import format_table, seed_summary
+
+
+def test_a_group_without_the_metric_has_no_mean_instead_of_crashing():
+    # `--metric grad_norm` on runs that never logged it: every final is NaN
+    with pytest.raises((AttributeError, TypeError, ValueError)):
+        statistics.stdev([math.nan, math.nan])  # what compare() used to call (the 'numerator' crash on some versions)
+    summary = seed_summary([math.nan, math.nan])
+    assert summary["n"] == 0 and summary["runs"] == 2
+    assert math.isnan(summary["mean"]) and math.isnan(summary["std"])
+
+
+def test_seed_summary_over_the_finite_values_only():
+    summary = seed_summary([1.0, math.nan, 3.0, math.inf])
+    # by hand: mean (1 + 3) / 2 = 2; sample variance ((1-2)^2 + (3-2)^2) / (2 - 1) = 2
+    assert summary == {"n": 2, "runs": 4, "mean": 2.0, "std": pytest.approx(math.sqrt(2))}
+    one = seed_summary([5.0, math.nan])
+    assert one["n"] == 1 and one["mean"] == 5.0 and math.isnan(one["std"])
+
+
+def test_format_table_reports_groups_without_values():
+    row = {"run": "r1", "optimizer": "adam", "params": {}, "final": math.nan, "best": math.nan, "steps": 3,
+           "seconds": 0.5, "status": "FINISHED"}  # fmt: skip
+    result = {
+        "experiment": "e",
+        "sweep": "s",
+        "metric": "grad_norm",
+        "columns": [],
+        "rows": [row, {**row, "run": "r2"}],
+        "seeds": [
+            {"config": {"optimizer": "adam"}, **seed_summary([math.nan, math.nan])},
+            {"config": {"optimizer": "sgd"}, **seed_summary([1.0, 3.0, math.nan])},
+        ],
+        "output": "cmp.png",
+    }
+    text = format_table(result)
+    assert "optimizer=adam: no finite value over 2 seeds" in text
+    assert "optimizer=sgd: 2 ± 1.4 over 2 seeds (1 of 3 without a finite value)" in text
