@@ -2,40 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+from cli_helpers import optlab, runs
 
 pytestmark = pytest.mark.slow
 
 FAST = ["trainer.progress_bar=false"]
-
-
-def optlab(cwd, *args, env=None, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "optlab", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def client(cwd):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}")
-
-
-def runs(cwd, experiment="optlab"):
-    c = client(cwd)
-    exp = c.get_experiment_by_name(experiment)
-    return c, c.search_runs([exp.experiment_id], max_results=1000) if exp else []
 
 
 # -- errors -------------------------------------------------------------------------------------------

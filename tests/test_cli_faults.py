@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import optlab, runs
 
 FAST = ("trainer.progress_bar=false",)
 
@@ -33,27 +34,6 @@ def run_optlab(spawn):
         )
 
     return start
-
-
-def optlab(cwd, *args, env=None, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "optlab", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def runs(cwd: Path):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("optlab")
-    if experiment is None:
-        return client, []
-    return client, client.search_runs([experiment.experiment_id])
 
 
 def wait_for(predicate, seconds=120.0):

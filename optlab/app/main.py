@@ -11,7 +11,6 @@ import contextlib
 import os
 import signal
 import sys
-import threading
 import time
 
 from .config import ConfigError, check_overrides, register_configs
@@ -107,7 +106,7 @@ def sweep_signals():
     second signal exits at once. In-process jobs (Hydra's basic launcher) replace this handler
     with their own while they run.
     """
-    from .run import Terminated
+    from .run import Terminated, handling
 
     received = []
 
@@ -131,17 +130,8 @@ def sweep_signals():
         raise KeyboardInterrupt("interrupted (Ctrl-C)")
 
     handler.optlab_sweep = True  # a job running in this process (basic launcher) installs its own
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
-                previous[signum] = signal.getsignal(signum)
-                signal.signal(signum, handler)
-    try:
+    with handling(handler):
         yield
-    finally:
-        for signum, current in previous.items():
-            signal.signal(signum, current)
 
 
 def _ignores_signals(pid: int) -> bool:

@@ -166,11 +166,7 @@ def stop_signals():
     preemption itself) already handles it; nothing is changed off the main thread.
     """
     import signal
-    import threading
 
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     received = []
 
     def handler(signum, frame):
@@ -184,12 +180,24 @@ def stop_signals():
             raise Terminated("terminated (SIGTERM)")
         raise KeyboardInterrupt("interrupted (Ctrl-C)")
 
+    with handling(handler, replaces=lambda current: getattr(current, "optlab_sweep", False)):
+        yield
+
+
+@contextlib.contextmanager
+def handling(handler, replaces=lambda current: False):
+    """``handler`` for SIGINT and SIGTERM inside the block, where nobody else handles them (their
+    default, Python's Ctrl-C handler, or one ``replaces`` accepts); restored afterwards. Main thread only."""
+    import signal
+    import threading
+
     previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        current = signal.getsignal(signum)
-        if current in (signal.SIG_DFL, signal.default_int_handler) or getattr(current, "optlab_sweep", False):
-            previous[signum] = current
-            signal.signal(signum, handler)
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            current = signal.getsignal(signum)
+            if current in (signal.SIG_DFL, signal.default_int_handler) or replaces(current):
+                previous[signum] = current
+                signal.signal(signum, handler)
     try:
         yield
     finally:

@@ -1,0 +1,32 @@
+"""Running ``python -m optlab`` in a test, and reading back what it recorded."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def optlab(cwd, *args, env=None, timeout=300):
+    """``python -m optlab ARGS`` in ``cwd``, waited for; its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "optlab", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def client(cwd):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}")
+
+
+def runs(cwd, experiment="optlab"):
+    """The client of the store in ``cwd`` and the runs of ``experiment`` (none if it does not exist)."""
+    c = client(cwd)
+    exp = c.get_experiment_by_name(experiment)
+    return c, c.search_runs([exp.experiment_id], max_results=1000) if exp else []
