@@ -123,6 +123,16 @@ def test_auto_interval_caps_the_per_step_curves(tmp_path):
         assert steps == [*range(1, 3001, 7), 3000], key
 
 
+def started(proc, recorded) -> None:
+    """Wait until the process has recorded its run (its own sign that training has begun), however
+    loaded the machine; fail at once if it ended instead (a 10-minute backstop against a hang)."""
+    deadline = time.time() + 600
+    while not recorded():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.time() < deadline, "the run was never recorded"
+        time.sleep(0.2)
+
+
 def test_failed_and_killed_runs_have_matching_status(tmp_path, spawn):
     failed = optlab(
         tmp_path,
@@ -145,15 +155,10 @@ def test_failed_and_killed_runs_have_matching_status(tmp_path, spawn):
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        time.sleep(0.5)
-        _, found = runs(tmp_path)
-        if len(found) == 2:
-            break
+    started(proc, lambda: len(runs(tmp_path)[1]) == 2)
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
     assert "KILLED" in err
     _, found = runs(tmp_path)
@@ -171,12 +176,10 @@ def test_sigterm_marks_the_run_killed_and_keeps_every_metric(tmp_path, spawn):
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.time() + 120
-    while time.time() < deadline and not runs(tmp_path)[1]:
-        time.sleep(0.5)
+    started(proc, lambda: bool(runs(tmp_path)[1]))
     time.sleep(1.5)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 143, err
     assert "Traceback" not in err
     c, (run,) = runs(tmp_path)
