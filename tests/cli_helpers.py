@@ -19,14 +19,14 @@ def optlab(cwd, *args, env=None, timeout=300):
     )
 
 
-def client(cwd):
+def client(cwd, db="mlflow.db"):
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}")
+    return MlflowClient(tracking_uri=f"sqlite:///{cwd / db}")
 
 
-def runs(cwd, experiment="optlab"):
-    """The client of the store in ``cwd`` and the runs of ``experiment`` (none if it does not exist)."""
-    c = client(cwd)
+def runs(cwd, experiment="optlab", db="mlflow.db"):
+    """The client of the store ``db`` in ``cwd`` and the runs of ``experiment`` (none if it does not exist)."""
+    c = client(cwd, db)
     exp = c.get_experiment_by_name(experiment)
     return c, c.search_runs([exp.experiment_id], max_results=1000) if exp else []

@@ -180,3 +180,13 @@ def _alive(pid: int) -> bool:
             return fh.read().rpartition(")")[2].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_a_relative_sqlite_uri_works_and_an_in_memory_one_is_refused(tmp_path):
+    # the README's own form for `mlflow ui`; a relative path once failed to become an artifact URI
+    result = optlab(tmp_path, "problem=seed_linear", "trainer.epochs=3", "tracking.uri=sqlite:///rel.db", *FAST)
+    assert result.returncode == 0, result.stderr
+    (run,) = runs(tmp_path, db="rel.db")[1]
+    assert run.info.status == "FINISHED" and run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
+    memory = optlab(tmp_path, "problem=seed_linear", "trainer.epochs=3", "tracking.uri=sqlite://", *FAST)
+    assert memory.returncode == 2 and "in-memory database" in memory.stderr and "Traceback" not in memory.stderr

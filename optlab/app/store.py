@@ -349,6 +349,11 @@ def check_store(uri: str, create: bool = True):
     if scheme in ("http", "https"):
         probe_http(uri)
     if scheme == "sqlite":
+        if sqlite_path(uri) is None:
+            raise TrackingError(
+                f"tracking store {shown(uri)} is an in-memory database: it would vanish with the run; "
+                f"use a file (sqlite:///mlflow.db), or {ADVICE}"
+            )
         prepare_sqlite(uri, create)
     quiet_mlflow()
     from mlflow.tracking import MlflowClient

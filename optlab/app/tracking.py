@@ -33,7 +33,18 @@ import numpy as np
 from ..callbacks import Callback
 from ..files import write_text_atomic
 from .plots import curves_figure, path_figure, png
-from .store import ADVICE, TrackingError, _short, check_store, default_uri, http_limits, shown, store_lock
+from .store import (
+    ADVICE,
+    TrackingError,
+    _short,
+    check_store,
+    default_uri,
+    http_limits,
+    scheme_of,
+    shown,
+    sqlite_path,
+    store_lock,
+)
 
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 FLUSH_SECONDS = 10.0  # metrics are handed to the writer this often during a run (and all at its end)
@@ -238,8 +249,9 @@ class MlflowTracker(Callback):
         experiment = self.client.get_experiment_by_name(self.experiment)
         if experiment is None:
             location = None
-            if self.uri.startswith("sqlite:///") and "MLFLOW_TRACKING_URI" not in os.environ:
-                location = (Path(self.uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
+            database = sqlite_path(self.uri) if scheme_of(self.uri) == "sqlite" else None
+            if database is not None and "MLFLOW_TRACKING_URI" not in os.environ:
+                location = (database.parent / "mlartifacts").as_uri()  # absolute: a relative URI works too
             try:
                 return self.client.create_experiment(self.experiment, artifact_location=location)
             except Exception as exc:
