@@ -51,6 +51,8 @@ BAD_INPUT = [
     (("+trainer.epoch=5",), "trainer.epoch is not an option (did you mean 'epochs'?)"),
     (("+trainer_epochs=5",), "trainer_epochs is not an option"),
     (("print_every_epoch=[nonexistent]",), "print_every_epoch: 'nonexistent' is not logged by this run"),
+    (("print_every_epoch=nonexistent",), "print_every_epoch: 'nonexistent' is not logged by this run"),
+    (("tracking.flush_timeout=inf",), "tracking.flush_timeout must be a finite number of seconds >= 0"),
     (
         ("callbacks=[model_checkpoint]", "callbacks.model_checkpoint.filepath='{epoch.__class__.__mro__}.npz'"),
         "a template may only use logged names",

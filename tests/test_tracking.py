@@ -164,7 +164,8 @@ def test_an_integer_log_every_logs_every_nth_step_and_every_epoch(tmp_path):
     [
         ({"log_every": 0}, 'tracking.log_every must be "auto" or an integer >= 1'),
         ({"max_points": 2}, "tracking.max_points must be an integer >= 3"),
-        ({"flush_timeout": -1}, "tracking.flush_timeout must be a number of seconds >= 0"),
+        ({"flush_timeout": -1}, "tracking.flush_timeout must be a finite number of seconds >= 0"),
+        ({"flush_timeout": float("inf")}, "tracking.flush_timeout must be a finite number of seconds >= 0"),
         ({"experiment": " "}, "tracking.experiment must be a non-empty name"),
     ],
 )

@@ -75,7 +75,10 @@ def build(conf: dict):
     cb_confs = {name: dict(cb_conf) for name, cb_conf in (conf.get("callbacks") or {}).items()}
     names = logged_names(conf, problem, cb_confs)
     conf["metric"] = metric = resolve_metric(conf.get("metric"), names, problem)
-    unknown = [k for k in conf.get("print_every_epoch") or () if k not in names]
+    printed = conf.get("print_every_epoch") or []
+    if isinstance(printed, str):  # print_every_epoch=loss: one name, not its letters
+        conf["print_every_epoch"] = printed = [printed]
+    unknown = [k for k in printed if k not in names]
     if unknown:
         raise ConfigError(
             f"print_every_epoch: {unknown[0]!r} is not logged by this run{did_you_mean(unknown[0], names)}. "

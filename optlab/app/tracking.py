@@ -164,8 +164,14 @@ class MlflowTracker(Callback):
             raise TrackingError(
                 f"tracking.max_points must be an integer >= 3 (first, last and best); received {max_points!r}"
             )
-        if isinstance(flush_timeout, bool) or not isinstance(flush_timeout, (int, float)) or not flush_timeout >= 0:
-            raise TrackingError(f"tracking.flush_timeout must be a number of seconds >= 0; received {flush_timeout!r}")
+        if (
+            isinstance(flush_timeout, bool)
+            or not isinstance(flush_timeout, (int, float))
+            or not 0 <= flush_timeout < math.inf
+        ):
+            raise TrackingError(
+                f"tracking.flush_timeout must be a finite number of seconds >= 0; received {flush_timeout!r}"
+            )
         if not isinstance(experiment, str) or not experiment.strip():
             raise TrackingError(
                 f"tracking.experiment must be a non-empty name (tracking.experiment=optlab); received {experiment!r}"
