@@ -30,3 +30,14 @@ def runs(cwd, experiment="optlab", db="mlflow.db"):
     c = client(cwd, db)
     exp = c.get_experiment_by_name(experiment)
     return c, c.search_runs([exp.experiment_id], max_results=1000) if exp else []
+
+
+#: a run whose loss becomes NaN within a few steps, with a callback that raises when it does
+RAISES_ON_NAN = (
+    "problem=rosenbrock",
+    "optimizer=sgd",
+    "optimizer.learning_rate=0.1",
+    "callbacks=[terminate_on_nan]",
+    "callbacks.terminate_on_nan.raise_error=true",
+    "trainer.epochs=100",
+)

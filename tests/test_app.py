@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from cli_helpers import optlab, runs
+from cli_helpers import RAISES_ON_NAN, optlab, runs
 
 pytestmark = pytest.mark.slow
 
@@ -134,16 +134,7 @@ def started(proc, recorded) -> None:
 
 
 def test_failed_and_killed_runs_have_matching_status(tmp_path, spawn):
-    failed = optlab(
-        tmp_path,
-        "problem=rosenbrock",
-        "optimizer=sgd",
-        "optimizer.learning_rate=0.1",
-        "callbacks=[terminate_on_nan]",
-        "callbacks.terminate_on_nan.raise_error=true",
-        "trainer.epochs=100",
-        *FAST,
-    )
+    failed = optlab(tmp_path, *RAISES_ON_NAN, *FAST)
     assert failed.returncode != 0
     _c, (run,) = runs(tmp_path)
     assert run.info.status == "FAILED" and "NaN or Inf" in run.data.tags["error"]

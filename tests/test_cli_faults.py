@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import optlab, runs
+from cli_helpers import RAISES_ON_NAN, optlab, runs
 
 FAST = ("trainer.progress_bar=false",)
 
@@ -82,15 +82,7 @@ def test_bad_input_is_one_line_before_anything_is_recorded(tmp_path, args, messa
 
 
 def test_a_callback_that_raises_is_one_line_and_the_run_keeps_its_metrics(tmp_path):
-    args = (
-        "problem=rosenbrock",
-        "optimizer=sgd",
-        "optimizer.learning_rate=0.1",
-        "callbacks=[terminate_on_nan]",
-        "callbacks.terminate_on_nan.raise_error=true",
-        "trainer.epochs=100",
-        *FAST,
-    )
+    args = (*RAISES_ON_NAN, *FAST)
     result = optlab(tmp_path, *args)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
