@@ -180,6 +180,30 @@ def test_sigterm_marks_the_run_killed_and_keeps_every_metric(tmp_path, spawn):
     assert len(steps) > 10 and steps == list(range(1, len(steps) + 1))  # one step per epoch, none missing
 
 
+def test_a_second_signal_while_the_run_is_written_still_marks_it_killed(tmp_path, spawn):
+    # once, a second SIGTERM within ~2 s of the first exited at once and left the run RUNNING;
+    # now it cuts the wait for the store short, keeps the rest locally and still sets the status
+    args = ["problem=quadratic", "trainer.epochs=100000000", "tracking.log_every=1", *FAST]
+    proc = spawn(
+        [sys.executable, "-m", "optlab", *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    started(proc, lambda: bool(runs(tmp_path)[1]))
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    _, (run,) = runs(tmp_path)
+    assert run.info.status == "KILLED", err
+    assert f"the MLflow run {run.info.run_id} is marked KILLED" in err
+
+
 def test_multirun_logs_one_run_per_choice_grouped_by_sweep(tmp_path):
     result = optlab(tmp_path, "-m", "problem=rosenbrock", "optimizer=sgd,adam,rmsprop", "trainer.epochs=20", *FAST)
     assert result.returncode == 0, result.stderr

@@ -109,8 +109,18 @@ def test_sigterm_before_the_run_exists_claims_nothing(tmp_path, run_optlab):
     assert "marked KILLED" not in err
 
 
+SWEEP_STOPS = [  # (who gets the signal, which, exit status)
+    ("parent", signal.SIGTERM, 143),  # `kill <pid>`
+    ("group", signal.SIGINT, 130),  # Ctrl-C in a terminal: every process of the sweep gets it
+    ("group", signal.SIGTERM, 143),  # a cluster scheduler's time limit: the same with SIGTERM
+]
+
+
 @pytest.mark.slow
-def test_sigterm_to_a_joblib_sweep_ends_its_workers_and_marks_their_runs(tmp_path, run_optlab):
+@pytest.mark.parametrize(("to", "signum", "code"), SWEEP_STOPS, ids=[f"{t}-{s.name}" for t, s, _ in SWEEP_STOPS])
+def test_a_signal_to_a_joblib_sweep_ends_its_workers_and_marks_their_runs(tmp_path, run_optlab, to, signum, code):
+    # once, joblib killed the second worker while it was still closing its run, as soon as the
+    # first worker ended: that run stayed RUNNING and its last metrics were lost
     proc = run_optlab(
         tmp_path,
         "-m",
@@ -122,16 +132,22 @@ def test_sigterm_to_a_joblib_sweep_ends_its_workers_and_marks_their_runs(tmp_pat
         *FAST,
     )
     assert wait_for(lambda: len([r for r in runs(tmp_path)[1] if r.info.status == "RUNNING"]) == 2)
-    time.sleep(1.0)
-    workers = [pid for pid in _children(proc.pid)]
+    time.sleep(1.0)  # both are training
+    workers = _children(proc.pid)
     assert workers
-    proc.send_signal(signal.SIGTERM)
+    if to == "parent":
+        proc.send_signal(signum)
+    else:
+        os.killpg(proc.pid, signum)
     _, err = proc.communicate(timeout=90)
-    assert proc.returncode == 143, err
+    assert proc.returncode == code, err
     assert "hydra.sweep.dir=" in err and "Traceback" not in err
+    assert err.count("is marked KILLED") == 2, err  # each worker says which run it marked
     assert wait_for(lambda: not any(_alive(pid) for pid in workers), 30), "workers left running"
-    _, found = runs(tmp_path)
+    client, found = runs(tmp_path)
     assert sorted(r.info.status for r in found) == ["KILLED", "KILLED"]  # the two that had started
+    for run in found:  # each kept its metrics, its last epochs included (max_points bounds them)
+        assert len(client.get_metric_history(run.info.run_id, "loss")) >= 2
 
 
 def test_a_stopped_sweep_repeated_in_its_folder_skips_the_finished_jobs(tmp_path, run_optlab):

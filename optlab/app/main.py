@@ -28,7 +28,12 @@ def _task(cfg):
     from . import run as running
     from .run import RunStopped, finished_job, run
 
-    if running.STOPPED_BY is not None:  # a worker of a sweep that is stopping: start nothing new
+    worker = _in_worker()
+    if worker:
+        _worker_signals()
+    if running.STOPPED_BY is not None:  # a sweep that is stopping: start nothing new
+        if worker:
+            _park(128 + running.STOPPED_BY)
         sys.exit(128 + running.STOPPED_BY)
 
     try:
@@ -49,17 +54,15 @@ def _task(cfg):
             print(f"optlab: job {hydra_conf.job.num} ({sweep['sweep_overrides']}) finished before; skipped")
             return done["value"]
     try:
-        return run(conf, sweep, hydra_conf.runtime.output_dir)
+        return run(conf, sweep, hydra_conf.runtime.output_dir, worker=worker)
     except ConfigError as error:
         _fail(str(error))
     except RunStopped as stopped:
         print(f"\noptlab: {stopped}", file=sys.stderr)
-        if stopped.code in (130, 143) and os.environ.get(SWEEP_PARENT, str(os.getpid())) != str(os.getpid()):
-            # a sweep's worker process (joblib): its run is closed; end the process, so that the
-            # parent, waiting for its workers, knows, and the worker takes no further job
+        if stopped.code in (130, 143) and worker:
             sys.stdout.flush()
             sys.stderr.flush()
-            os._exit(stopped.code)
+            _park(stopped.code)
         sys.exit(stopped.code)
 
 
@@ -67,6 +70,50 @@ def _task(cfg):
 WORKER_GRACE_SECONDS = 20.0
 #: set by a sweep's parent process (its pid), inherited by the workers it starts
 SWEEP_PARENT = "OPTLAB_SWEEP_PARENT"
+
+
+def _in_worker() -> bool:
+    """True in a process a sweep's parent started to run its jobs (joblib's workers)."""
+    return os.environ.get(SWEEP_PARENT, str(os.getpid())) != str(os.getpid())
+
+
+def _worker_signals() -> None:
+    """In a sweep's worker, between runs: a signal (the parent's :data:`~.run.STOP_REQUEST`, or
+    the user's own) means "start nothing new", and the worker, having no run to close, is done
+    at once (see :func:`_park`). During a run, the run's own handler replaces this one."""
+    from . import run as running
+
+    if getattr(signal.getsignal(signal.SIGTERM), "optlab_sweep", False):
+        return
+
+    def idle(signum, frame):
+        running.STOPPED_BY = running.STOPPED_BY or (signal.SIGTERM if signum == running.STOP_REQUEST else signum)
+        for number in (signal.SIGINT, signal.SIGTERM, running.STOP_REQUEST):
+            signal.signal(number, signal.SIG_IGN)
+
+    idle.optlab_sweep = True
+    with contextlib.suppress(ValueError):  # not the main thread: joblib's defaults stay
+        for number in (signal.SIGINT, signal.SIGTERM, running.STOP_REQUEST):
+            signal.signal(number, idle)
+
+
+def _park(code: int) -> None:
+    """End a sweep's worker whose run is closed (or that had none) after a signal.
+
+    It must not exit by itself while others may still be closing their runs: joblib takes a
+    worker that ends for a crash and at once kills every other one. So it ignores signals from
+    now on, which tells the parent it is done (see :func:`sweep_signals`), and waits for the
+    parent to end it; it exits by itself only if the parent is gone or has not ended it in time.
+    """
+    from .run import STOP_REQUEST
+
+    for number in (signal.SIGINT, signal.SIGTERM, STOP_REQUEST):
+        signal.signal(number, signal.SIG_IGN)
+    parent = os.environ.get(SWEEP_PARENT)
+    deadline = time.monotonic() + WORKER_GRACE_SECONDS + 30.0
+    while str(os.getppid()) == parent and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os._exit(code)
 
 
 def _children() -> list[int]:
@@ -85,12 +132,16 @@ def _children() -> list[int]:
     return found
 
 
-def _running(pid: int) -> bool:
+def _catches(pid: int, signum: int) -> bool:
+    """True if process ``pid`` is alive and has a handler for ``signum`` (Linux: from /proc)."""
     try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rpartition(")")[2].split()[0] != "Z"  # a zombie has ended
+        with open(f"/proc/{pid}/status") as fh:
+            fields = dict(line.split(":", 1) for line in fh if ":" in line)
     except OSError:
         return False
+    if fields.get("State", "").strip().startswith(("Z", "X")):  # a zombie has ended
+        return False
+    return bool(int(fields.get("SigCgt", "0"), 16) & (1 << (signum - 1)))
 
 
 @contextlib.contextmanager
@@ -98,15 +149,17 @@ def sweep_signals():
     """In a sweep's parent: the first SIGTERM or Ctrl-C lets the workers (joblib's processes)
     close their runs before the parent stops.
 
-    SIGTERM is passed on to the workers (each marks its run KILLED, keeping its metrics, as a
-    single run does); after Ctrl-C, which the terminal already sent to every worker, the parent
-    only waits. Either way it waits up to ``WORKER_GRACE_SECONDS`` for them, then stops the
-    sweep (joblib kills whatever is left). Jobs of the sweep that had not started do not run;
-    ``hydra.sweep.dir=<the sweep's folder>`` runs them later (see :func:`finished_job`). A
-    second signal exits at once. In-process jobs (Hydra's basic launcher) replace this handler
-    with their own while they run.
+    The parent asks each worker to stop with :data:`~.run.STOP_REQUEST` (a worker that got the
+    user's signal too, as every process does from a terminal's Ctrl-C or a cluster's SIGTERM,
+    takes the two as one): a worker in a run marks it KILLED, keeping its metrics, as a single
+    run does; an idle one starts nothing new. A worker that is done ignores signals and waits
+    (:func:`_park`); the parent waits up to ``WORKER_GRACE_SECONDS`` until every worker is
+    done, then stops the sweep (joblib kills the workers). Jobs of the sweep that had not
+    started do not run; ``hydra.sweep.dir=<the sweep's folder>`` runs them later (see
+    :func:`~.run.finished_job`). A second signal to the parent exits at once. In-process jobs (Hydra's
+    basic launcher) replace this handler with their own while they run.
     """
-    from .run import Terminated, handling
+    from .run import STOP_REQUEST, Terminated, handling
 
     received = []
 
@@ -114,17 +167,14 @@ def sweep_signals():
         received.append(signum)
         if len(received) > 1:
             os._exit(128 + signum)
-        children = _children()
-        if signum == signal.SIGTERM:
-            for pid in children:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGTERM)
+        workers = [pid for pid in _children() if _catches(pid, STOP_REQUEST)]
+        for pid in workers:
+            with contextlib.suppress(OSError):
+                os.kill(pid, STOP_REQUEST)
         deadline = time.monotonic() + WORKER_GRACE_SECONDS
-        while time.monotonic() < deadline:
-            children = [pid for pid in children if _running(pid) and not _ignores_signals(pid)]
-            if not children:
-                break
+        while workers and time.monotonic() < deadline:
             time.sleep(0.1)
+            workers = [pid for pid in workers if _catches(pid, STOP_REQUEST)]
         if signum == signal.SIGTERM:
             raise Terminated("terminated (SIGTERM)")
         raise KeyboardInterrupt("interrupted (Ctrl-C)")
@@ -132,18 +182,6 @@ def sweep_signals():
     handler.optlab_sweep = True  # a job running in this process (basic launcher) installs its own
     with handling(handler):
         yield
-
-
-def _ignores_signals(pid: int) -> bool:
-    """True for a helper process that ignores SIGTERM (loky's resource tracker): not a worker."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("SigIgn:"):
-                    return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
-    except OSError:
-        return True
-    return False
 
 
 def main(argv: list[str] | None = None) -> None:

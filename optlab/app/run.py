@@ -7,6 +7,7 @@ import gc
 import json
 import math
 import os
+import signal
 import sys
 import time
 
@@ -159,44 +160,74 @@ class RunStopped(Exception):
 STOPPED_BY: int | None = None
 
 
+#: in a sweep's worker, the signal its parent sends to stop it (a worker may also receive the
+#: user's own SIGTERM or Ctrl-C, as a cluster scheduler or a terminal sends it to every process:
+#: the parent's request then does not count as a second signal)
+STOP_REQUEST = signal.SIGUSR1
+
+
+class Signals:
+    """What :func:`stop_signals` yields: ``closing`` is set while a stopped run is being written."""
+
+    closing = False
+    requested = -math.inf  # when the sweep's parent asked this worker to stop
+
+
 @contextlib.contextmanager
-def stop_signals():
+def stop_signals(worker: bool = False):
     """The first SIGINT (Ctrl-C) or SIGTERM raises ``KeyboardInterrupt`` / :class:`Terminated` in
-    the main thread, so training stops at once and the run is written and closed; a second one
-    exits at once (status 130 / 143), whatever is left unwritten.
+    the main thread, so training stops at once and the run is written and closed. A second one
+    while the run is being written stops waiting for the store (the rest is kept locally) but
+    still sets the run's status, within a few seconds; a third one, or a second one at any other
+    moment, exits at once (status 130 / 143), whatever is left unwritten.
 
-    SIGTERM is left alone where someone else (a launcher such as submitit, which handles
-    preemption itself) already handles it; nothing is changed off the main thread.
+    In a sweep's ``worker``, :data:`STOP_REQUEST` from the parent acts as a first signal, and
+    is ignored after one. SIGTERM is left alone where someone else (a launcher such as
+    submitit, which handles preemption itself) already handles it; nothing is changed off the
+    main thread.
     """
-    import signal
-
+    global STOPPED_BY
     received = []
+    state = Signals()
 
     def handler(signum, frame):
         global STOPPED_BY
+        if signum == STOP_REQUEST:
+            if received:
+                return
+            state.requested = time.monotonic()
+            signum = signal.SIGTERM
+        elif len(received) == 1 and time.monotonic() - state.requested < 2.0:
+            return  # the user's own signal to every process of the sweep, which made the parent ask too: one stop
         received.append(signum)
         STOPPED_BY = STOPPED_BY or signum
-        if len(received) > 1:
-            print("\noptlab: second signal: exiting now", file=sys.stderr, flush=True)
-            os._exit(128 + signum)
+        if len(received) > 2 or (len(received) == 2 and not state.closing):
+            print("\noptlab: another signal: exiting now", file=sys.stderr, flush=True)
+            os._exit(128 + received[0])
+        if len(received) == 2:
+            print(
+                "\noptlab: second signal: not waiting for the store; marking the run (another signal exits at once)",
+                file=sys.stderr,
+                flush=True,
+            )
         if signum == signal.SIGTERM:
             raise Terminated("terminated (SIGTERM)")
         raise KeyboardInterrupt("interrupted (Ctrl-C)")
 
-    with handling(handler, replaces=lambda current: getattr(current, "optlab_sweep", False)):
-        yield
+    signals = (signal.SIGINT, signal.SIGTERM, STOP_REQUEST) if worker else (signal.SIGINT, signal.SIGTERM)
+    with handling(handler, replaces=lambda current: getattr(current, "optlab_sweep", False), signals=signals):
+        yield state
 
 
 @contextlib.contextmanager
-def handling(handler, replaces=lambda current: False):
-    """``handler`` for SIGINT and SIGTERM inside the block, where nobody else handles them (their
+def handling(handler, replaces=lambda current: False, signals=(signal.SIGINT, signal.SIGTERM)):
+    """``handler`` for ``signals`` inside the block, where nobody else handles them (their
     default, Python's Ctrl-C handler, or one ``replaces`` accepts); restored afterwards. Main thread only."""
-    import signal
     import threading
 
     previous = {}
     if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in signals:
             current = signal.getsignal(signum)
             if current in (signal.SIG_DFL, signal.default_int_handler) or replaces(current):
                 previous[signum] = current
@@ -276,12 +307,13 @@ def log_interval(tracking: dict, problem, trainer_conf) -> int:
     return every
 
 
-def run(conf: dict, sweep: dict | None = None, output_dir=None) -> float:
+def run(conf: dict, sweep: dict | None = None, output_dir=None, worker: bool = False) -> float:
     """Train once as configured; returns the final value of ``conf["metric"]`` (the sweep objective).
 
     User mistakes raise ``ConfigError`` before anything is recorded; a failure or a signal
     during the run ends its MLflow run with a true status and raises :class:`RunStopped`
     (one line for the user; a failure's full traceback goes to the run's log in ``output_dir``).
+    ``worker``: this process is a sweep's worker, stopped by its parent (see :func:`stop_signals`).
     """
     sweep = sweep or {}
     conf = dict(conf)
@@ -310,8 +342,10 @@ def run(conf: dict, sweep: dict | None = None, output_dir=None) -> float:
         )
         extra.append(tracker)
     trainer = make_trainer(conf, problem, optimizer, cbs, extra)
-    with stop_signals():
+    with stop_signals(worker) as signals:
         try:
+            if worker and STOPPED_BY is not None:  # stopped between its jobs, before this run began
+                raise Terminated("terminated (SIGTERM)") if STOPPED_BY == signal.SIGTERM else KeyboardInterrupt()
             if tracker is not None:
                 tracker.start()
             start = time.perf_counter()
@@ -332,7 +366,11 @@ def run(conf: dict, sweep: dict | None = None, output_dir=None) -> float:
         except KeyboardInterrupt as interrupt:
             reason = str(interrupt) or "interrupted (Ctrl-C)"
             if tracker is not None and tracker.status is None:
-                tracker.close("KILLED", reason)
+                signals.closing = True
+                try:
+                    tracker.close("KILLED", reason)
+                except KeyboardInterrupt:  # a second signal cut the flush short; close() still set the status
+                    pass
             code = 143 if isinstance(interrupt, Terminated) else 130
             raise RunStopped(_interrupt_line(reason, tracker), code) from None
     metric = conf["metric"]
