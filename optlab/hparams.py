@@ -90,6 +90,7 @@ class Hyper:
             text = "one of " + ", ".join(repr(c) for c in self.choices)
         else:
             noun = {float: "a float", int: "an integer", str: "a string", list: "a list", object: "a value"}[self.kind]
+            noun = "a non-empty string" if self.kind is str and self.required else noun
             text = noun + _range_text(self.low, self.high, self.low_open, self.high_open)
             if self.item is not None:
                 text += f" (each item {self.item.allowed()})"
@@ -116,6 +117,8 @@ class Hyper:
             return value
         if kind is str:
             if not isinstance(value, str) or (self.choices is not None and value not in self.choices):
+                raise self._error(owner, value)
+            if self.required and not value:  # a file or folder name given as "" is a name not given
                 raise self._error(owner, value)
             return value
         if kind is object:

@@ -57,9 +57,7 @@ class Trainer:
         self.problem = problems.get(problem)
         self.optimizer = optimizers.get(optimizer)
         self.epochs, self.batch_size, self.seed = epochs, batch_size, seed  # validated by their declarations
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise ValueError(f"Trainer: `dtype` must be float32 or float64; received dtype={dtype!r}")
+        self.dtype = self.parse_dtype(dtype)
         cbs = [callback_module.get(cb) for cb in callbacks]
         for cb in cbs:
             if not isinstance(cb, Callback):
@@ -75,6 +73,17 @@ class Trainer:
         self.initial_epoch = 0
         self.epoch = 0
         self.step = 0
+
+    @staticmethod
+    def parse_dtype(dtype) -> np.dtype:
+        """``dtype`` as numpy's float32 or float64 (a name, a numpy type or dtype), else ``ValueError``."""
+        try:
+            parsed = None if dtype is None else np.dtype(dtype)  # numpy reads None as float64
+        except TypeError:
+            parsed = None
+        if parsed not in (np.float32, np.float64):
+            raise ValueError(f"Trainer: `dtype` must be float32 or float64; received dtype={dtype!r}")
+        return parsed
 
     # -- what callbacks see ---------------------------------------------------------------------
     @property

@@ -53,6 +53,26 @@ BAD_INPUT = [
     (("print_every_epoch=[nonexistent]",), "print_every_epoch: 'nonexistent' is not logged by this run"),
     (("print_every_epoch=nonexistent",), "print_every_epoch: 'nonexistent' is not logged by this run"),
     (("tracking.flush_timeout=inf",), "tracking.flush_timeout must be a finite number of seconds >= 0"),
+    (("trainer.dtype=foo",), "`dtype` must be float32 or float64; received dtype='foo'"),
+    (("trainer.dtype=int8",), "`dtype` must be float32 or float64; received dtype='int8'"),
+    # seed_linear is full-batch: batch_size is not used, but a wrong one is still a mistake
+    (("trainer.batch_size=0",), "`batch_size` must be an integer >= 1 or None; received batch_size=0"),
+    (("trainer.batch_size=-1",), "received batch_size=-1"),
+    (("trainer.batch_size=nan",), "received batch_size=nan (nan is not allowed)"),
+    (("trainer.progress_bar=maybe",), "trainer.progress_bar must be true or false; received "),
+    (("tracking.enabled=maybe",), "tracking.enabled must be true or false (or tracking=none)"),
+    (("metric=",), "metric must be \"auto\" or a logged name; received metric=''"),
+    (("+callbacks.foo=1",), "callbacks.foo=1 is not a callback's settings"),
+    (("callbacks=[csv_logger,csv_logger]",), "'csv_logger' is listed twice"),
+    (("callbacks=[early_stopping],[early_stopping,early_stopping]",), "'early_stopping' is listed twice"),
+    (
+        ("callbacks=[backup_and_restore]", "callbacks.backup_and_restore.backup_dir="),
+        "`backup_dir` must be a non-empty string; received backup_dir=''",
+    ),
+    (
+        ("callbacks=[csv_logger]", "callbacks.csv_logger.filename="),
+        "`filename` must be a non-empty string; received filename=''",
+    ),
     (
         ("callbacks=[model_checkpoint]", "callbacks.model_checkpoint.filepath='{epoch.__class__.__mro__}.npz'"),
         "a template may only use logged names",
@@ -73,12 +93,29 @@ BAD_INPUT = [
 @pytest.mark.parametrize(("args", "message"), BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
 def test_bad_input_is_one_line_before_anything_is_recorded(tmp_path, args, message):
     (tmp_path / "blocker").write_text("a file where a folder is needed")
-    result = optlab(tmp_path, "problem=seed_linear", "trainer.epochs=2", *args, *FAST)
+    result = optlab(tmp_path, "problem=seed_linear", "trainer.epochs=2", *FAST, *args)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
     # no store, no run: only Hydra's own run folder, made before optlab is called
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".optlab", "blocker"]
+    assert {p.name for p in tmp_path.iterdir()} <= {".optlab", "blocker"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("hydra.run.dir=/proc/x",), "hydra.run.dir: cannot write in /proc"),
+        (("hydra.run.dir=blocker/x",), "hydra.run.dir: cannot create a folder under"),
+        (("-m", "hydra.sweep.dir=blocker/${now:%H}"), "hydra.sweep.dir: cannot create a folder under"),
+    ],
+)
+def test_an_output_folder_hydra_cannot_create_is_one_line(tmp_path, args, message):
+    (tmp_path / "blocker").write_text("a file where a folder is needed")
+    result = optlab(tmp_path, "problem=seed_linear", "trainer.epochs=2", *args, *FAST)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
 
 
 def test_a_callback_that_raises_is_one_line_and_the_run_keeps_its_metrics(tmp_path):

@@ -92,6 +92,8 @@ def check_overrides(overrides: list[str]) -> None:
         if group == "schedule":
             known = ["none", *known]
         if len(parts) == 1:  # a choice: optimizer=adam, callbacks=[a,b], optimizer=sgd,adam (sweep)
+            for chosen in override.sweep_iterator() if override.is_sweep_override() else [override.value()]:
+                _check_listed_once(group, chosen)
             for value in _choices(override):
                 if value not in known and value.lower() not in registry:
                     raise ConfigError(
@@ -117,12 +119,23 @@ def check_overrides(overrides: list[str]) -> None:
 
 
 def _choices(override) -> list[str]:
-    value = override.value()
-    if override.is_sweep_override():
-        return [str(v) for v in override.sweep_string_iterator()]
-    if isinstance(value, list):
-        return [str(v) for v in value]
-    return [str(value)]
+    """Every name an override chooses: ``adam``; ``[a,b]``; a sweep ``sgd,adam`` or ``[a],[a,b]``."""
+    values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+    return [str(v) for value in values for v in (value if isinstance(value, list) else [value])]
+
+
+def _check_listed_once(group: str, chosen) -> None:
+    """``callbacks=[csv_logger,csv_logger]`` would silently become one callback: refused."""
+    if not isinstance(chosen, list):
+        return
+    seen = set()
+    for name in map(str, chosen):
+        if name.lower() in seen:
+            raise ConfigError(
+                f"{group}=[{','.join(map(str, chosen))}]: {name!r} is listed twice; each is listed once, "
+                f"with its settings under {group}.{name}.<argument>=..."
+            )
+        seen.add(name.lower())
 
 
 def _conf_yaml(relative: str):

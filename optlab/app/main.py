@@ -189,8 +189,10 @@ def main(argv: list[str] | None = None) -> None:
     import hydra
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = [a for a in argv if not a.startswith("-") and "=" in a]
     try:
-        check_overrides([a for a in argv if not a.startswith("-") and "=" in a])
+        check_overrides(overrides)
+        _check_output_folder(overrides, multirun=bool({"-m", "--multirun"} & set(argv)))
     except ConfigError as error:
         _fail(str(error))
     register_configs()
@@ -212,6 +214,22 @@ def main(argv: list[str] | None = None) -> None:
         if stop.code in (130, 143):
             _sweep_stopped("stopped")
         raise
+
+
+def _check_output_folder(overrides: list[str], multirun: bool) -> None:
+    """Hydra's output folder (``hydra.run.dir`` / ``hydra.sweep.dir``, by default under
+    ``.optlab/`` here) must be creatable: Hydra itself would fail with a traceback."""
+    from ..callbacks.base import check_writable
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    chosen = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == key]
+    folder = chosen[-1].split("${", 1)[0] if chosen else ".optlab/"  # the part before any ${now:...}
+    what = key if chosen else f"the working directory {os.getcwd()} (optlab writes .optlab/ and mlflow.db here)"
+    try:
+        check_writable(os.path.join(folder or ".", "probe"), what)
+    except ValueError as error:
+        hint = "" if chosen else "; start optlab from a folder you can write in"
+        raise ConfigError(f"{error}{hint}") from None
 
 
 def _sweep_stopped(what: str) -> None:

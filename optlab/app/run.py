@@ -18,7 +18,7 @@ from ..callbacks import Callback, ProgressBar, direction
 from ..files import write_text_atomic
 from ..names import closest, did_you_mean
 from ..trainer import Trainer
-from .config import MISSING, ConfigError, main_config, preset_keys
+from .config import INTERNAL_CALLBACKS, MISSING, ConfigError, main_config, preset_keys
 
 STEP_KEYS = ("decay_steps", "first_decay_steps")
 
@@ -53,10 +53,7 @@ def build(conf: dict):
     the run will not log fails here, before training.
     """
     check_keys(conf)
-    try:
-        Trainer.seed.validate(conf.get("seed"))  # used below, before the trainer exists
-    except ValueError as error:
-        raise ConfigError(str(error).removeprefix(": ")) from None
+    check_settings(conf)
     problem = _component("problem", problems.get, conf["problem"])
     trainer_conf = conf["trainer"]
     schedule = None
@@ -116,6 +113,36 @@ def check_keys(conf: dict) -> None:
     missing = [k for k in preset_keys("trainer") if k not in (conf.get("trainer") or {})]
     if missing:
         raise ConfigError(f"trainer.{missing[0]} is missing")
+
+
+def check_settings(conf: dict) -> None:
+    """The run's own settings (seed, trainer, tracking, metric, the callbacks' nodes), checked
+    before anything is built: each mistake is one line naming the key and what it allows."""
+
+    def check(key: str, ok: bool, allowed: str, value) -> None:
+        if not ok:
+            raise ConfigError(f"{key} must be {allowed}; received {key}={value!r}")
+
+    trainer, tracking = conf["trainer"], conf.get("tracking") or {}
+    try:  # the trainer's own declarations: the same checks as Trainer(...), made before it exists
+        Trainer.seed.validate(conf.get("seed"))
+        for name in ("epochs", "batch_size"):  # batch_size too where the problem ignores it: a typo is a typo
+            getattr(Trainer, name).validate(trainer[name], "trainer")
+        Trainer.parse_dtype(trainer["dtype"])
+    except ValueError as error:
+        raise ConfigError(str(error).removeprefix(": ")) from None
+    check("trainer.progress_bar", isinstance(trainer["progress_bar"], bool), "true or false", trainer["progress_bar"])
+    enabled = tracking.get("enabled", False)
+    check("tracking.enabled", isinstance(enabled, bool), "true or false (or tracking=none)", enabled)
+    metric = conf.get("metric")
+    check("metric", metric is None or (isinstance(metric, str) and metric != ""), '"auto" or a logged name', metric)
+    for name, node in (conf.get("callbacks") or {}).items():
+        if not isinstance(node, dict):
+            known = [n for n in callbacks.registry.names() if n not in INTERNAL_CALLBACKS]
+            raise ConfigError(
+                f"callbacks.{name}={node!r} is not a callback's settings: callbacks are chosen with "
+                f"callbacks=[name,...] and set with callbacks.<name>.<argument>=... Known: {', '.join(known)}"
+            )
 
 
 def logged_names(conf: dict, problem, cb_confs: dict) -> set[str]:
