@@ -447,6 +447,224 @@ def test_a_scalar_the_optimizer_does_not_declare_is_refused():
     assert_identical(opt, snap)
 
 
+# -- a state for other parameters; slots an update rule keeps >= 0 ------------------------------------
+
+BUILTINS = [cls.registry_name for cls in optlab.optimizers.BUILTIN]
+#: options that give each optimizer all of its slots
+ALL_SLOTS = {
+    "sgd": {"momentum": 0.9},
+    "adam": {"amsgrad": True},
+    "adamw": {"amsgrad": True},
+    "rmsprop": {"momentum": 0.9, "centered": True},
+}
+#: the slots each update rule keeps >= 0, read off the rules in the docstrings: running averages
+#: or sums of squares (Adam's v, RMSprop's, Adagrad's and Ftrl's n, Adadelta's two, Adafactor's R, C
+#: and v), maxima of them or of |g| (AMSGrad's v-hat, Adamax's u); momenta, z and averages of g are signed
+NONNEGATIVE = {
+    "sgd": set(),
+    "rmsprop": {"velocity"},
+    "adagrad": {"accumulator"},
+    "adadelta": {"accumulated_grad", "accumulated_delta_var"},
+    "adam": {"velocity", "velocity_hat"},
+    "adamax": {"norm"},
+    "nadam": {"velocity"},
+    "ftrl": {"accumulator"},
+    "adamw": {"velocity", "velocity_hat"},
+    "lion": set(),
+    "lamb": {"velocity"},
+    "adafactor": {"row", "col", "velocity"},
+    "muon": {"velocity"},
+    "schedule_free_adamw": {"velocity"},
+}
+#: the parameters SHAPES and three kinds of others: (shapes, dtype, the words of the refusal)
+OTHER_PARAMETERS = {
+    "shapes": (
+        [(3,), (4, 2), (5,)],  # the same 16 elements: every array has the size this optimizer's need
+        np.float32,
+        "is for parameter 1 of shape (4, 2); this optimizer's parameter 1 has shape (2, 4)",
+    ),
+    "count": ([(3,), (2, 4)], np.float32, "is for 2 parameters; this optimizer's parameters are 3"),
+    "dtype": (SHAPES, np.float64, "is in float64; this optimizer's parameters are float32"),
+}
+
+
+def fresh(name):
+    return optlab.optimizers.get(name, learning_rate=0.01, **ALL_SLOTS.get(name, {}))
+
+
+def run(name, shapes=SHAPES, dtype=np.float32, steps=2, seed=0):
+    """An optimizer ``name`` after ``steps`` steps on parameters of ``shapes``; its parameters and 6 gradients."""
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(dtype) for s in shapes] for _ in range(6)]
+    opt = fresh(name)
+    for g in grads[:steps]:
+        opt.apply(g, params)
+    return opt, params, grads
+
+
+def test_the_nonnegative_slots_are_declared_as_the_update_rules_say():
+    assert sorted(NONNEGATIVE) == sorted(BUILTINS)
+    for name in BUILTINS:
+        slots = fresh(name).slots()
+        declared = {k for k, v in slots.items() if isinstance(v, layout.Slot) and v.nonnegative}
+        assert declared == NONNEGATIVE[name], name
+        assert NONNEGATIVE[name] <= set(slots), name
+
+
+@pytest.mark.parametrize("other", list(OTHER_PARAMETERS))
+@pytest.mark.parametrize("name", BUILTINS)
+def test_a_state_for_other_parameters_is_refused_by_a_built_optimizer(tmp_path, name, other):
+    # it used to replace the state and fail only at the next step, the optimizer's own state gone
+    shapes, dtype, words = OTHER_PARAMETERS[other]
+    source, _, _ = run(name, shapes, dtype)
+    path = tmp_path / "other.npz"
+    source.save_state(path)
+    saved = sorted(load_npz(path)[1])
+    opt, params, grads = run(name)
+    twin, twin_params, _ = run(name)  # never offered the file
+    snap = snapshot(opt)
+    with pytest.raises(StateFileError) as error:
+        opt.load_state(path)
+    text = one_line(error)
+    assert text.startswith(f"{path}: {type(opt).__name__}: the state does not fit the parameters"), text
+    assert words in text, text
+    assert all(f"'{key}'" in text for key in saved), (saved, text)  # the slots it holds, by name
+    assert_identical(opt, snap)
+    for g in grads[2:4]:
+        opt.apply(g, params)
+        twin.apply(g, twin_params)
+    for p, q in zip(params, twin_params):
+        np.testing.assert_array_equal(p, q, strict=True)
+    for key, value in twin.get_state()[1].items():
+        np.testing.assert_array_equal(opt.get_state()[1][key], value, strict=True)
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_a_state_loaded_before_the_parameters_are_known_is_checked_when_they_are(name):
+    source, _, _ = run(name, OTHER_PARAMETERS["shapes"][0])
+    opt = fresh(name)
+    opt.set_state(*source.get_state())  # nothing to check it against yet: it waits
+    snap = snapshot(opt)
+    _, params, grads = run(name, steps=0)
+    before = [p.copy() for p in params]
+    for attempt in (lambda: opt.build(params), lambda: opt.apply(grads[0], params)):
+        with pytest.raises(ValueError) as error:
+            attempt()
+        text = one_line(error)
+        assert f"{type(opt).__name__}: the loaded state does not fit these parameters: " in text, text
+        assert "is for parameter 1 of shape (4, 2); the given parameter 1 has shape (2, 4)" in text, text
+        assert_identical(opt, snap)  # the loaded state is still there, waiting
+        for p, q in zip(params, before):
+            np.testing.assert_array_equal(p, q, strict=True)
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_a_state_for_the_same_parameters_loads_and_continues_bit_for_bit(name):
+    source, expected, grads = run(name, steps=3)
+    meta, arrays = source.get_state()
+    meta, arrays = copy.deepcopy(meta), {k: v.copy() for k, v in arrays.items()}
+    into_built, params_a, _ = run(name, steps=2, seed=1)  # built on the same shapes, another history
+    into_built.set_state(meta, arrays)
+    into_unbuilt = fresh(name)
+    into_unbuilt.set_state(meta, arrays)
+    params_b = [p.copy() for p in expected]
+    into_unbuilt.build(params_b)  # the parameters become known: the loaded state is kept (build used to reset it)
+    for p, q in zip(params_a, expected):
+        p[...] = q
+    for g in grads[3:]:
+        source.apply(g, expected)
+        into_built.apply(g, params_a)
+        into_unbuilt.apply(g, params_b)
+    for mine in (params_a, params_b):
+        for p, q in zip(mine, expected):
+            np.testing.assert_array_equal(p, q, strict=True)
+    assert into_built.iterations == into_unbuilt.iterations == source.iterations == 6
+
+
+def _last_element(name, slot):
+    """(parameter, element) of the last element of ``slot`` for SHAPES = (3,), (2, 4), (5,), worked out by hand.
+
+    Adafactor factors the (2, 4) parameter only: 2 row and 4 column averages; Muon's Adam
+    velocity skips 2-D parameters; every other slot is shaped like the parameters.
+    """
+    return {("adafactor", "row"): (1, 1), ("adafactor", "col"): (1, 3)}.get((name, slot), (2, 4))
+
+
+@pytest.mark.parametrize(
+    ("name", "slot"), [(name, slot) for name in BUILTINS for slot in sorted(NONNEGATIVE[name])], ids=str
+)
+def test_a_negative_element_in_a_slot_kept_nonnegative_is_refused(name, slot):
+    opt, _, _ = run(name)
+    meta, arrays = opt.get_state()
+    meta, arrays = copy.deepcopy(meta), {k: v.copy() for k, v in arrays.items()}
+    arrays[f"slot/{slot}"][-1] = -0.25
+    k, e = _last_element(name, slot)
+    snap = snapshot(opt)
+    unbuilt = fresh(name)
+    for target in (opt, unbuilt):
+        with pytest.raises(ValueError) as error:
+            target.set_state(copy.deepcopy(meta), arrays)
+        text = one_line(error)
+        assert f"invalid optimizer state: slot '{slot}' holds -0.25 (element {e} of parameter {k})" in text, text
+        assert "keeps it >= 0" in text
+    assert_identical(opt, snap)
+    assert not unbuilt.built and unbuilt.iterations == 0
+    arrays[f"slot/{slot}"][-1] = -np.inf
+    with pytest.raises(ValueError, match=f"slot '{slot}' holds -inf"):
+        opt.set_state(copy.deepcopy(meta), arrays)
+    assert_identical(opt, snap)
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_signed_slots_and_a_diverged_state_still_load(name):
+    # momenta, FTRL's z, RMSprop's mean gradient are signed; NaN and +inf (and -0.0) are what a run
+    # that diverged may hold, even in a slot kept >= 0, and its state is still its state
+    opt, _, _ = run(name)
+    meta, arrays = opt.get_state()
+    meta, arrays = copy.deepcopy(meta), {k: v.copy() for k, v in arrays.items()}
+    for key, values in arrays.items():
+        kept_nonnegative = key.removeprefix("slot/") in NONNEGATIVE[name]
+        values[...] = np.resize([np.nan, np.inf, -0.0] if kept_nonnegative else [-0.25, -np.inf, np.nan], values.size)
+    again = fresh(name)
+    again.set_state(copy.deepcopy(meta), arrays)
+    for key, values in arrays.items():
+        np.testing.assert_array_equal(again.get_state()[1][key], values, strict=True)
+
+
+def test_why_a_negative_second_moment_is_refused():
+    # the fault the check keeps out: Adam's next step takes the root of v, and NaN spreads
+    _, params, grads = run("adam", steps=0)
+    opt = optlab.optimizers.Adam(learning_rate=0.01)  # without AMSGrad, whose max(v-hat, v) would hide it
+    for g in grads[:2]:
+        opt.apply(g, params)
+    opt.get_state()[1]["slot/velocity"][-1] = -0.25  # the live buffer, bypassing set_state
+    opt.apply(grads[2], params)
+    assert np.isnan(params[2][-1]) and np.isfinite(params[2][:-1]).all()
+
+
+def test_the_parameter_checks_run_at_load_and_build_not_per_step(monkeypatch):
+    from optlab.optimizers import state
+
+    calls = []
+    for module in (opt_base, state):
+        real = module.mismatch
+        monkeypatch.setattr(module, "mismatch", lambda *a, real=real: calls.append(1) or real(*a))
+    source, params, grads = run("adam", steps=1)
+    assert calls == []  # built from its parameters: nothing to compare
+    for g in grads[1:]:
+        source.apply(g, params)
+    assert calls == []
+    pending = fresh("adam")
+    pending.set_state(*source.get_state())
+    assert calls == []  # nothing known to compare with yet
+    source.set_state(*pending.get_state())
+    assert len(calls) == 1  # against the parameters it knows
+    for g in grads:
+        pending.apply(g, params)
+    assert len(calls) == 2  # once, when the waiting state met its parameters
+
+
 # -- the learning rate on loading ---------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ import math
 from ..hparams import Hyper
 from ..kernels import kernel, prange
 from .base import Optimizer
+from .layout import Slot
 
 
 @kernel
@@ -34,7 +35,8 @@ class Adadelta(Optimizer):
     epsilon = Hyper(1e-7, low=0.0, low_open=True, doc="added inside the square roots")
 
     def slots(self):
-        return {"accumulated_grad": 0.0, "accumulated_delta_var": 0.0}
+        # averages of g^2 and of the squared updates
+        return {"accumulated_grad": Slot(0.0, nonnegative=True), "accumulated_delta_var": Slot(0.0, nonnegative=True)}
 
     def update(self, param, grad, state, lr, step, seg):
         dt = param.dtype.type

@@ -113,7 +113,12 @@ class Adafactor(Optimizer):
     relative_step = Hyper(True, kind=bool, doc="cap the learning rate at 1/sqrt(t)")
 
     def slots(self):
-        return {"row": Slot(0.0, _rows), "col": Slot(0.0, _cols), "velocity": 0.0}
+        # averages of g^2 + epsilon_1, and v built from them (or one itself, below rank 2)
+        return {
+            "row": Slot(0.0, _rows, nonnegative=True),
+            "col": Slot(0.0, _cols, nonnegative=True),
+            "velocity": Slot(0.0, nonnegative=True),
+        }
 
     def update(self, param, grad, state, lr, step, seg):
         dt = param.dtype.type

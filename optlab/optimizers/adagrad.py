@@ -31,7 +31,7 @@ class Adagrad(Optimizer):
     epsilon = Hyper(1e-7, low=0.0, low_open=True, doc="added inside the square root")
 
     def slots(self):
-        return {"accumulator": Slot(self.initial_accumulator_value)}
+        return {"accumulator": Slot(self.initial_accumulator_value, nonnegative=True)}  # a sum of g^2
 
     def update(self, param, grad, state, lr, step, seg):
         _adagrad(param, grad, state["accumulator"], lr, param.dtype.type(self.epsilon))

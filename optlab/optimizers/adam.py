@@ -5,6 +5,7 @@ import math
 from ..hparams import Hyper
 from ..kernels import kernel, prange
 from .base import Optimizer
+from .layout import Slot
 
 #: compile-time switches of ``_adam``, fixed per variant (``Kernel.specialize``)
 AMSGRAD = DECAY = False
@@ -62,9 +63,9 @@ class Adam(Optimizer):
     amsgrad = Hyper(False, kind=bool, doc="use the running maximum of the second moment (AMSGrad)")
 
     def slots(self):
-        slots = {"momentum": 0.0, "velocity": 0.0}
+        slots = {"momentum": 0.0, "velocity": Slot(0.0, nonnegative=True)}  # v: an average of g^2
         if self.amsgrad:
-            slots["velocity_hat"] = 0.0
+            slots["velocity_hat"] = Slot(0.0, nonnegative=True)  # max of v
         return slots
 
     def update(self, param, grad, state, lr, step, seg, decay=None):

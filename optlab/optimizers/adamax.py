@@ -3,6 +3,7 @@
 from ..hparams import Hyper
 from ..kernels import kernel, prange
 from .base import Optimizer
+from .layout import Slot
 
 
 @kernel
@@ -29,7 +30,7 @@ class Adamax(Optimizer):
     epsilon = Hyper(1e-7, low=0.0, low_open=True, doc="added to the norm")
 
     def slots(self):
-        return {"momentum": 0.0, "norm": 0.0}
+        return {"momentum": 0.0, "norm": Slot(0.0, nonnegative=True)}  # u: a maximum of |g|
 
     def update(self, param, grad, state, lr, step, seg):
         dt = param.dtype.type

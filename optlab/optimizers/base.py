@@ -38,7 +38,7 @@ from .. import kernels as K
 from ..hparams import Configurable, Hyper
 from ..names import auto_name
 from . import state as _state
-from .layout import Layout, Plan, Segments, Slot, check_parameters
+from .layout import Layout, Plan, Segments, Slot, check_parameters, mismatch
 
 #: the options every optimizer takes (besides learning_rate and name), in Keras's order
 GENERIC_OPTIONS = (
@@ -274,10 +274,16 @@ class Optimizer(Configurable):
         As in Keras, ``build([])`` builds an optimizer on no parameters (its empty steps are
         no-ops), and a built optimizer updates the parameters it was built for: later calls
         pass those arrays (or others of the same shapes and dtype), never other parameters.
+        A state loaded before the parameters were known is kept: ``params`` are checked against
+        it (a state for other parameters raises, and nothing changes).
         """
         params = list(params)
         check_parameters(params, type(self).__name__)  # everything is checked before anything is replaced
+        if self._layout is not None and not self._layout.params_known:
+            self._plan = self._new_plan(self._layout, params)
+            return
         layout = self._new_layout([p.shape for p in params], params[0].dtype if params else np.float32)
+        layout.params_known = True
         plan = self._new_plan(layout.allocate(params), params)
         self._layout, self._plan, self.scalars = layout, plan, dict(self.scalar_slots())
 
@@ -287,6 +293,15 @@ class Optimizer(Configurable):
 
     def _new_plan(self, layout: Layout, params: list) -> Plan:
         """Check ``params`` against the layout and lay out their steps (once, not per step)."""
+        if not layout.params_known:  # a loaded state meets its parameters: say so if they differ
+            check_parameters(params, type(self).__name__)
+            dtype = params[0].dtype if params else layout.dtype
+            difference = mismatch(layout, [p.shape for p in params], dtype, "the given")
+            if difference:
+                raise ValueError(
+                    f"{type(self).__name__}: the loaded state does not fit these parameters: {difference} "
+                    "(pass the parameters it was saved for, or load a state saved for these)"
+                )
         n = len(params)
         bad = sorted(i for i in self._exclude_wd_indices if not -n <= i < n)
         if bad:
@@ -299,6 +314,7 @@ class Optimizer(Configurable):
         for a in self._exclude_wd_arrays:
             excluded.update(i for i, p in enumerate(params) if p is a)
         self._exclude_wd = excluded
+        layout.params_known = True
         return plan
 
     # -- one step --------------------------------------------------------------
@@ -525,7 +541,10 @@ class Optimizer(Configurable):
         A transaction: everything is read and validated first — format, optimizer name, step
         count, the saved config (with the constructor's own validators), parameter shapes, dtype
         (float32 / float64), every array's name, dtype and exact size (no broadcasting), the
-        scalars — then new buffers are built on the side and swapped in at once. On any error
+        scalars, no negative element in a slot declared ``nonnegative``, and, when the optimizer
+        knows its parameters (built), that the state is for them (their number, shapes and
+        dtype; an unbuilt optimizer keeps the state until ``build`` or the first ``apply`` checks
+        it) — then new buffers are built on the side and swapped in at once. On any error
         the optimizer is left exactly as it was. The arrays are copied. Slot values are not
         checked for finiteness: the state of a run that diverged is still its state.
 

@@ -50,7 +50,8 @@ class Ftrl(Optimizer):
     beta = Hyper(0.0, low=0.0, doc="the beta of the per-coordinate rate (added as beta / (2 lr) to L2)")
 
     def slots(self):
-        return {"accumulator": Slot(self.initial_accumulator_value), "linear": 0.0}
+        # n (a sum of g^2, under a root or a power); z is signed
+        return {"accumulator": Slot(self.initial_accumulator_value, nonnegative=True), "linear": 0.0}
 
     def update(self, param, grad, state, lr, step, seg):
         dt = param.dtype.type

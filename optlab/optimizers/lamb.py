@@ -8,6 +8,7 @@ from .. import kernels
 from ..hparams import Hyper
 from ..kernels import kernel, prange
 from .base import Optimizer
+from .layout import Slot
 
 
 @kernel(fastmath={"reassoc"})
@@ -64,7 +65,7 @@ class Lamb(Optimizer):
     traffic_per_element = 10
 
     def slots(self):
-        return {"momentum": 0.0, "velocity": 0.0}
+        return {"momentum": 0.0, "velocity": Slot(0.0, nonnegative=True)}  # v: an average of g^2
 
     def _ratio_buffer(self, dtype):
         buf = getattr(self, "_ratio", None)

@@ -26,10 +26,21 @@ from ..flat import flat_view
 @dataclass(frozen=True)
 class Slot:
     """A state slot: its initial value (a number, or ``"param"`` for a copy of the
-    parameter) and, for slots not shaped like the parameter, ``size(shape)`` elements."""
+    parameter) and, for slots not shaped like the parameter, ``size(shape)`` elements.
+
+    ``nonnegative=True`` declares that the update rule keeps every element >= 0 (a sum or
+    running average of squares, a running maximum of ``|g|``): a loaded state with a negative
+    element there is refused, since no run can produce one and the next step would take the
+    square root of it. NaN and +inf are not refused: a run that diverged can hold them.
+    """
 
     init: float | str = 0.0
     size: Callable[[tuple], int] | None = None
+    nonnegative: bool = False
+
+    def __post_init__(self):
+        if self.nonnegative and not (isinstance(self.init, (int, float)) and self.init >= 0):
+            raise ValueError(f"a Slot declared nonnegative=True needs an initial value >= 0; received {self.init!r}")
 
 
 class Segments:
@@ -75,9 +86,14 @@ class Layout:
     ``Layout(...)`` computes the geometry — ``sizes`` and ``initial`` values of the named
     arrays (``"slot/<name>"``, ``"ema"``, ``"accumulator"``) — then ``allocate(params)`` makes
     fresh buffers or ``install(arrays)`` takes checked ones.
+
+    ``params_known`` tells whether ``shapes`` and ``dtype`` are known to be those of the
+    optimizer's parameters (a layout built for them, or loaded into an optimizer that knew them);
+    a state loaded into an unbuilt optimizer waits, unchecked, until its parameters are given.
     """
 
     def __init__(self, shapes, dtype, specs: dict[str, Slot], *, ema: bool, accumulator: bool):
+        self.params_known = False
         self.dtype = np.dtype(dtype)
         self.shapes = [tuple(int(d) for d in s) for s in shapes]
         self.specs = specs
@@ -242,6 +258,24 @@ def check_parameters(params: list, owner: str) -> None:
             f"{owner}: parameters {i} and {j} share memory (the same array twice, or overlapping views of "
             "one buffer): each would be updated twice, with separate state; pass every parameter once"
         )
+
+
+def mismatch(layout: Layout, shapes, dtype, whose: str) -> str | None:
+    """How the state in ``layout`` differs from ``whose`` parameters (of ``shapes`` and ``dtype``), or None.
+
+    The first difference in words — the number of parameters, the dtype, or the first parameter
+    of another shape — naming the state's arrays laid out for it and both sides' values.
+    """
+    held = ", ".join(repr(k) for k in layout.sizes)
+    state = f"the state (arrays {held})" if held else "the state"
+    if len(layout.shapes) != len(shapes):
+        return f"{state} is for {len(layout.shapes)} parameters; {whose} parameters are {len(shapes)}"
+    if layout.dtype != np.dtype(dtype):
+        return f"{state} is in {layout.dtype}; {whose} parameters are {np.dtype(dtype)}"
+    for i, (saved, shape) in enumerate(zip(layout.shapes, shapes)):
+        if saved != tuple(shape):
+            return f"{state} is for parameter {i} of shape {saved}; {whose} parameter {i} has shape {tuple(shape)}"
+    return None
 
 
 def _offsets(sizes) -> np.ndarray:

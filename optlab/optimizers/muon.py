@@ -93,7 +93,7 @@ class Muon(Optimizer):
             )
 
     def slots(self):
-        return {"momentum": 0.0, "velocity": Slot(0.0, _adam_size)}
+        return {"momentum": 0.0, "velocity": Slot(0.0, _adam_size, nonnegative=True)}  # Adam's v
 
     def weight_decay_rate(self, shape):
         return self.weight_decay if len(shape) == 2 else self.adam_weight_decay

@@ -5,6 +5,7 @@ import math
 from ..hparams import Hyper
 from ..kernels import kernel, prange
 from .base import Optimizer
+from .layout import Slot
 
 
 @kernel
@@ -37,7 +38,7 @@ class Nadam(Optimizer):
     epsilon = Hyper(1e-7, low=0.0, low_open=True, doc="added to the root of the second moment")
 
     def slots(self):
-        return {"momentum": 0.0, "velocity": 0.0}
+        return {"momentum": 0.0, "velocity": Slot(0.0, nonnegative=True)}  # v: an average of g^2
 
     def scalar_slots(self):
         return {"u_product": 1.0}

@@ -5,6 +5,7 @@ import math
 from ..hparams import Hyper
 from ..kernels import kernel, prange
 from .base import Optimizer
+from .layout import Slot
 
 
 @kernel
@@ -52,7 +53,7 @@ class RMSprop(Optimizer):
     centered = Hyper(False, kind=bool, doc="subtract the squared mean gradient (variance estimate)")
 
     def slots(self):
-        slots = {"velocity": 0.0}
+        slots = {"velocity": Slot(0.0, nonnegative=True)}  # an average of g^2 (the others are signed)
         if self.momentum > 0:
             slots["momentum"] = 0.0
         if self.centered:

@@ -5,6 +5,7 @@ import math
 from ..hparams import Hyper
 from ..kernels import kernel, prange
 from .base import LearningRate, Optimizer
+from .layout import Slot
 
 
 @kernel
@@ -43,7 +44,7 @@ class ScheduleFreeAdamW(Optimizer):
     warmup_steps = Hyper(0, kind=int, low=0, doc="linear learning-rate warmup steps")
 
     def slots(self):
-        return {"momentum": "param", "velocity": 0.0}
+        return {"momentum": "param", "velocity": Slot(0.0, nonnegative=True)}  # v: an average of g^2
 
     def update(self, param, grad, state, lr, step, seg):
         dt = param.dtype.type

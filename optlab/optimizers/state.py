@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 
+from .layout import Layout, mismatch
+
 STATE_FORMAT = "optlab.optimizer_state/1"
 
 
@@ -145,8 +147,48 @@ def _built_state_from(opt, meta: dict, arrays: dict) -> dict:
             raise _invalid(opt, f"scalar {key!r} is not one of this optimizer's ({', '.join(declared) or 'none'})")
     layout = opt._new_layout(shapes, dtype)
     layout.install(_copies(opt, arrays, layout.sizes, layout.dtype))
+    _check_fits(opt, layout)
+    _check_nonnegative(opt, layout)
     # a state saved before the first step may lack a scalar: it starts at its initial value
     return {"_layout": layout, "_plan": None, "scalars": {**declared, **{k: float(v) for k, v in scalars.items()}}}
+
+
+def _check_fits(opt, layout: Layout) -> None:
+    """Refuse, now, a state for other parameters than those a built optimizer knows.
+
+    Installed, it would only fail at the next step, with the optimizer's own state gone. An
+    optimizer that does not know its parameters yet (unbuilt, or holding a loaded state that
+    waits for them) takes the state as it is: ``build`` or the first ``apply`` checks it.
+    """
+    live = opt._layout
+    if live is None or not live.params_known:
+        return
+    difference = mismatch(layout, live.shapes, live.dtype, "this optimizer's")
+    if difference:
+        raise ValueError(
+            f"{type(opt).__name__}: the state does not fit the parameters this optimizer is built for: "
+            f"{difference} (an optimizer keeps updating the parameters it was built for; load a state saved "
+            "for them, or create a new optimizer for the state's)"
+        )
+    layout.params_known = True
+
+
+def _check_nonnegative(opt, layout: Layout) -> None:
+    """Refuse a negative element in a slot declared ``nonnegative`` (NaN and +inf pass: see ``Slot``)."""
+    for name, spec in layout.specs.items():
+        if not spec.nonnegative:
+            continue
+        values = layout.slots[name]
+        negative = values < 0  # False for NaN
+        if negative.any():
+            j = int(np.argmax(negative))
+            offsets = layout.slot_offsets[name]
+            k = int(np.searchsorted(offsets, j, side="right")) - 1
+            raise _invalid(
+                opt,
+                f"slot {name!r} holds {values[j]!s} (element {j - int(offsets[k])} of parameter {k}), but "
+                f"{type(opt).__name__}'s update rule keeps it >= 0: the state is corrupt or not this optimizer's",
+            )
 
 
 def _copies(opt, source: dict, sizes: dict[str, int], dtype: np.dtype) -> dict[str, np.ndarray]:
