@@ -2,7 +2,13 @@
 
 Writing goes through a temporary file in the destination's folder, flushed and fsynced, then
 moved into place with ``os.replace``: a reader sees the old file or the new one, never half a
-file, and a failed write leaves the old file as it was (and no temporary file behind).
+file, and a failed write leaves the old file as it was (and no temporary file behind). The file
+gets the permissions ``open()`` would give it (``0o666`` less the umask), or, when it replaces
+a file, that file's permission bits. The temporary file is named after its target and its
+writer, ``.<name>.optlab-tmp-<host>-<pid>-<random>``, so that the next write to the same target
+can remove what a writer killed mid-write (``kill -9``) left behind — only files of exactly that
+form whose writer ran on this host and is gone: a folder on a cluster's shared filesystem may
+hold the temporary file of a live writer on another machine.
 
 Reading turns every way a file can be bad (missing, unreadable, not an archive, truncated,
 corrupt, without metadata, metadata that is not JSON, an entry that would need pickle) into
@@ -11,9 +17,13 @@ one exception, ``StateFileError``, whose one-line message names the file and wha
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
+import re
+import secrets
+import socket
+import stat
 import zipfile
 import zlib
 
@@ -43,17 +53,16 @@ def save_npz_atomic(path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
             raise ValueError(f"save_npz_atomic: array {key!r} has dtype object; only plain numeric arrays are saved")
         payload[key] = value
     payload[META_KEY] = np.frombuffer(json.dumps(meta, allow_nan=True).encode("utf-8"), dtype=np.uint8)
-    _write_atomic(path, lambda fh: np.savez(fh, **payload), ".npz")
+    _write_atomic(path, lambda fh: np.savez(fh, **payload))
 
 
 def write_text_atomic(path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` the same way: the old file or the new one, never half."""
-    _write_atomic(os.fspath(path), lambda fh: fh.write(text.encode("utf-8")), ".tmp")
+    _write_atomic(os.fspath(path), lambda fh: fh.write(text.encode("utf-8")))
 
 
-def _write_atomic(path: str, write, suffix: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+def _write_atomic(path: str, write) -> None:
+    fd, tmp = create_temp(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
@@ -64,6 +73,120 @@ def _write_atomic(path: str, write, suffix: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+TEMP_MARK = ".optlab-tmp-"
+
+
+def create_temp(path) -> tuple[int, str]:
+    """Create the temporary file for a new version of ``path``, beside it: ``(fd, name)`` (open for writing).
+
+    Its mode is what ``open()`` would give a new file (the kernel applies the umask, which is
+    therefore never read or changed: changing it would race with other threads), or the
+    permission bits of the file it will replace. Leftovers of earlier writers of ``path`` that
+    died on this host are removed first (:func:`remove_stale_temps`).
+    """
+    path = os.path.abspath(os.fspath(path))
+    remove_stale_temps(path)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:  # no file yet: a new file's mode
+        mode = None
+    prefix = _temp_prefix(path) + f"{_host()}-{os.getpid()}-"
+    for _ in range(100):
+        tmp = prefix + secrets.token_hex(4)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except FileExistsError:
+            continue
+        break
+    else:
+        raise FileExistsError(f"{path}: no free temporary name beside it")
+    if mode is not None:
+        try:
+            os.fchmod(fd, mode)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+    return fd, tmp
+
+
+def remove_stale_temps(path) -> list[str]:
+    """Remove the temporary files of ``path`` left by writers that died on this host; return their paths.
+
+    Only names of the exact form ``create_temp`` gives this very target are considered, and one
+    is removed only if it was made on this host (same host name) by a process that no longer
+    exists. Another host's file, a live process's file and any other file are never touched.
+    """
+    path = os.path.abspath(os.fspath(path))
+    folder = os.path.dirname(path)
+    start = os.path.basename(_temp_prefix(path)) + _host()
+    # the pid and the random part are the last two fields, so a host name with '-' is unambiguous
+    pattern = re.compile(re.escape(start) + r"-([0-9]+)-[0-9a-f]{8}")
+    removed = []
+    try:
+        with os.scandir(folder) as entries:
+            stale = [
+                entry.path
+                for entry in entries
+                if entry.name.startswith(start)
+                and (match := pattern.fullmatch(entry.name)) is not None
+                and entry.is_file(follow_symlinks=False)
+                and not _alive(int(match.group(1)))
+            ]
+    except OSError:
+        return removed
+    for name in stale:
+        try:
+            os.unlink(name)
+        except OSError:  # another writer removed it first; a cleanup never fails a write
+            continue
+        removed.append(name)
+    return removed
+
+
+def _temp_prefix(path: str) -> str:
+    """``<folder>/.<name>.optlab-tmp-``; a name too long to leave room for the rest is cut and tagged with its hash."""
+    folder, name = os.path.split(path)
+    room = name_max(folder) - 1 - len(TEMP_MARK) - 60  # the dot; the host (<= 40), pid and random part
+    encoded = os.fsencode(name)
+    if len(encoded) > room:
+        name = os.fsdecode(encoded[: max(room - 11, 1)]) + "~" + hashlib.sha1(encoded).hexdigest()[:10]
+    return os.path.join(folder, f".{name}{TEMP_MARK}")
+
+
+def _host() -> str:
+    """This host's name in temporary names ('/' and control characters replaced; a long one cut and hashed)."""
+    host = socket.gethostname()
+    safe = re.sub(r"[/\\\x00-\x1f]", "_", host) or "unknown"
+    if len(safe) > 40:
+        safe = safe[:29] + "~" + hashlib.sha1(host.encode("utf-8", "replace")).hexdigest()[:10]
+    return safe
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (when in doubt, yes: its file is then kept)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # another user's process (PermissionError), or a pid we cannot ask about
+        return True
+    return True
+
+
+def name_max(folder) -> int:
+    """The longest file name (in bytes) allowed in ``folder``, or in its nearest existing parent (else 255)."""
+    folder = os.path.abspath(os.fspath(folder))
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):  # no pathconf (not POSIX), or no answer for this filesystem
+        return 255
 
 
 def load_npz(path) -> tuple[dict, dict[str, np.ndarray]]:

@@ -6,17 +6,24 @@ resumed, a CSV row cut short, a run of millions of epochs, a template that reach
 from __future__ import annotations
 
 import csv
+import gc
+import os
+import re
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import textwrap
 import time
+import warnings
 
 import numpy as np
 import pytest
 
 import optlab
-from optlab.callbacks import BackupAndRestore, Callback, CSVLogger, History, ModelCheckpoint
+from optlab.callbacks import BackupAndRestore, Callback, CSVLogger, History, ModelCheckpoint, ReduceLROnPlateau
+from optlab.files import load_npz, save_npz_atomic, write_text_atomic
 from optlab.trainer import Trainer
 
 
@@ -158,7 +165,8 @@ def test_a_resumed_run_appends_to_its_csv_and_writes_each_epoch_once(tmp_path, c
 
     with pytest.raises(Crash):
         _csv_run(tmp_path / "b", crash()).fit()
-    before = (tmp_path / "b" / "log.csv").read_bytes()
+    path = tmp_path / "b" / "log.csv"
+    before = path.read_bytes() if path.exists() else b""  # a new file appears with its first row
     _csv_run(tmp_path / "b").fit()
     after = (tmp_path / "b" / "log.csv").read_bytes()
     assert after.startswith(before)  # appended: nothing the killed run wrote was lost
@@ -240,6 +248,434 @@ def test_unwritable_output_files_are_found_before_training(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # the probe leaves nothing behind
 
 
+# -- atomic writes: permissions, and the leftovers of a writer killed mid-write ------------------------------
+
+
+def mode_of(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.fixture
+def umask():
+    """Set the process's umask for one test (restored after it)."""
+    saved = os.umask(0o022)
+    yield os.umask
+    os.umask(saved)
+
+
+@pytest.mark.parametrize("mode", [0o664, 0o640, 0o600, 0o444])
+@pytest.mark.parametrize("writer", ["npz", "text"])
+def test_an_overwritten_file_keeps_its_permissions(tmp_path, umask, mode, writer):
+    # mkstemp made every temporary file 0600, and the rename gave the user's 0664 checkpoint that mode
+    path = tmp_path / "ckpt.npz"
+    path.write_bytes(b"old")
+    os.chmod(path, mode)
+    umask(0o077)  # the mode comes from the file replaced, not from the umask
+    if writer == "npz":
+        save_npz_atomic(path, {"n": 1}, {"a": np.ones(2)})
+        assert load_npz(path)[0] == {"n": 1}
+    else:
+        write_text_atomic(path, "new")
+        assert path.read_text() == "new"
+    assert mode_of(path) == mode
+
+
+@pytest.mark.parametrize(("mask", "expected"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600), (0, 0o666)])
+def test_a_new_file_gets_the_mode_open_would_give_it(tmp_path, umask, mask, expected):
+    umask(mask)
+    save_npz_atomic(tmp_path / "new.npz", {"n": 1}, {"a": np.ones(2)})
+    write_text_atomic(tmp_path / "new.txt", "x")
+    assert mode_of(tmp_path / "new.npz") == expected  # 0o666 & ~umask, by hand
+    assert mode_of(tmp_path / "new.txt") == expected
+    assert os.umask(mask) == mask  # the umask itself was left as it was
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended (started here and waited for)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def temp_name(target: str, host: str, pid: int, random: str = "0123abcd") -> str:
+    return f".{target}.optlab-tmp-{host}-{pid}-{random}"
+
+
+def test_leftovers_of_a_dead_writer_are_removed_by_the_next_write_and_nothing_else(tmp_path, spawn):
+    host = socket.gethostname()
+    live = spawn([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = dead_pid()
+    assert live.poll() is None
+    stale = tmp_path / temp_name("x.npz", host, dead)
+    kept = [
+        tmp_path / temp_name("x.npz", host, live.pid),  # a live writer's (another process on this host)
+        tmp_path / temp_name("x.npz", "another-host", dead),  # a shared filesystem: that pid is not ours to judge
+        tmp_path / temp_name("y.npz", host, dead),  # another target's: its own next write cleans it
+        tmp_path / temp_name("x.npz", host, dead, "not-hex!"),  # not a name optlab makes
+        tmp_path / ".x.npz.tmp-notours",  # the user's
+        tmp_path / ".x.npz.tmp-123",
+    ]
+    for path in [stale, *kept]:
+        path.write_bytes(b"partial")
+    save_npz_atomic(tmp_path / "x.npz", {"n": 1}, {"a": np.ones(2)})
+    assert not stale.exists()
+    for path in kept:
+        assert path.read_bytes() == b"partial", path
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["x.npz", *(p.name for p in kept)])
+
+
+KILLED_MID_WRITE = """
+import os, sys, numpy as np
+from optlab import files
+def die(fd):
+    os._exit(9)  # as a kill -9 would: no cleanup, no finalizer
+files.os.fsync = die
+files.save_npz_atomic(sys.argv[1], {"n": 2}, {"a": np.zeros(1000)})
+"""
+
+
+def test_a_write_killed_midway_leaves_its_named_temporary_which_the_next_write_removes(tmp_path):
+    path = tmp_path / "ckpt.npz"
+    save_npz_atomic(path, {"n": 1}, {"a": np.ones(2)})
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_MID_WRITE, str(path)])
+    assert proc.wait(timeout=60) == 9
+    assert load_npz(path)[0] == {"n": 1}  # the old file, whole
+    left = [p.name for p in tmp_path.iterdir() if p.name != "ckpt.npz"]
+    assert len(left) == 1 and re.fullmatch(rf"\.ckpt\.npz\.optlab-tmp-.+-{proc.pid}-[0-9a-f]{{8}}", left[0]), left
+    save_npz_atomic(path, {"n": 3}, {"a": np.ones(2)})
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.npz"]
+    assert load_npz(path)[0] == {"n": 3}
+
+
+def test_a_target_with_the_longest_allowed_name_is_written(tmp_path):
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    path = tmp_path / ("a" * (limit - 4) + ".npz")
+    save_npz_atomic(path, {"n": 1}, {"a": np.ones(2)})
+    save_npz_atomic(path, {"n": 2}, {"a": np.ones(2)})
+    assert load_npz(path)[0] == {"n": 2}
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+# -- CSVLogger(append=False) replaces the old file only once the new one has a row ----------------------------
+
+OLD_CSV = "epoch,loss\n0,9.5\n1,8.25\n"
+
+
+def _new_csv_run(path, *callbacks, epochs=3):
+    problem = optlab.problems.LinearRegression(n_samples=60, noise=0.3, validation_split=0.25)
+    return Trainer(problem, "sgd", [*callbacks, CSVLogger(str(path))], epochs=epochs, batch_size=9)
+
+
+def test_a_new_run_that_fails_before_its_first_row_leaves_the_old_csv_as_it_was(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text(OLD_CSV)
+    os.chmod(path, 0o664)
+    trainer = _new_csv_run(path, CrashAt(step=2))  # in epoch 0: no row yet
+    with pytest.raises(Crash):
+        trainer.fit()
+    assert path.read_text() == OLD_CSV  # Keras's open(..., "w") had emptied it at the start
+    trainer.callbacks.on_train_end({})
+    assert [p.name for p in tmp_path.iterdir()] == ["log.csv"]
+    assert path.read_text() == OLD_CSV and mode_of(path) == 0o664
+
+
+def test_a_failed_runs_temporary_csv_goes_when_the_logger_does(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text(OLD_CSV)
+    trainer = _new_csv_run(path, CrashAt(step=2))
+    with pytest.raises(Crash):
+        trainer.fit()
+    assert len(list(tmp_path.iterdir())) == 2  # the new file, under its temporary name
+    del trainer
+    gc.collect()
+    assert [p.name for p in tmp_path.iterdir()] == ["log.csv"]
+    assert path.read_text() == OLD_CSV
+
+
+FAILS_IN_EPOCH_0 = """
+import sys, optlab
+from optlab.callbacks import Callback, CSVLogger
+from optlab.trainer import Trainer
+class Fail(Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        raise RuntimeError("boom")
+Trainer("seed_linear", "sgd", [Fail(), CSVLogger(sys.argv[1])], epochs=2).fit()
+"""
+
+DIES_IN_EPOCH_0 = """
+import os, sys
+from optlab.callbacks import CSVLogger
+logger = CSVLogger(sys.argv[1])
+logger.on_train_begin()
+os._exit(9)  # as a kill -9 would, before the first row
+"""
+
+
+def test_a_process_that_fails_or_is_killed_before_the_first_row_leaves_the_old_csv(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text(OLD_CSV)
+    failed = subprocess.run([sys.executable, "-c", FAILS_IN_EPOCH_0, str(path)], capture_output=True, timeout=120)
+    assert failed.returncode == 1 and b"boom" in failed.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["log.csv"]  # removed at exit
+    assert path.read_text() == OLD_CSV
+
+    killed = subprocess.Popen([sys.executable, "-c", DIES_IN_EPOCH_0, str(path)])
+    assert killed.wait(timeout=120) == 9
+    assert path.read_text() == OLD_CSV
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert len(left) == 2 and re.fullmatch(rf"\.log\.csv\.optlab-tmp-.+-{killed.pid}-[0-9a-f]{{8}}", left[0]), left
+    _new_csv_run(path, epochs=2).fit()  # the next run of that file removes the dead writer's leftover
+    assert [p.name for p in tmp_path.iterdir()] == ["log.csv"]
+    assert [r[0] for r in _rows(path)] == ["epoch", "0", "1"]
+
+
+def test_a_new_run_replaces_the_csv_once_it_has_written_a_row(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text(OLD_CSV)
+    os.chmod(path, 0o664)
+    with pytest.raises(Crash):
+        _new_csv_run(path, CrashAt(step=7)).fit()  # in epoch 1, after epoch 0's row
+    rows = _rows(path)
+    header = ["epoch", "distance_to_optimum", "learning_rate", "loss", "val_loss"]  # the logs' names, sorted
+    assert rows[0] == header
+    assert [r[0] for r in rows] == ["epoch", "0"]
+    assert len(list(tmp_path.iterdir())) == 1
+    assert mode_of(path) == 0o664  # the user's file's permissions stay
+
+    _new_csv_run(path).fit()
+    rows = _rows(path)
+    assert [r[0] for r in rows] == ["epoch", "0", "1", "2"] and rows[0] == header
+    assert float(rows[1][2]) == 0.01  # SGD's default rate, logged by the new run
+    assert [p.name for p in tmp_path.iterdir()] == ["log.csv"]
+
+
+def test_a_csv_name_that_is_a_folder_is_refused_when_the_run_starts(tmp_path):
+    (tmp_path / "log.csv").mkdir()
+    (tmp_path / "log.csv" / "mine.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"CSVLogger: filename: .*log\.csv is a folder, not a file"):
+        _new_csv_run(tmp_path / "log.csv").fit()
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["log.csv", "log.csv/mine.txt"]
+
+
+def test_append_still_appends_to_the_existing_file(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text(OLD_CSV)
+    problem = optlab.problems.LinearRegression(n_samples=60, noise=0.3, validation_split=0.25)
+    Trainer(problem, "sgd", [CSVLogger(str(path), append=True)], epochs=2, batch_size=9).fit()
+    text = path.read_text()
+    assert text.startswith(OLD_CSV) and [r[0] for r in _rows(path)] == ["epoch", "0", "1", "0", "1"]
+
+
+@pytest.mark.parametrize("separator", ["", ";;", "\n", "\r", '"'])
+def test_the_csv_separator_must_be_one_character(separator):
+    # csv.writer raised only at the first row: "delimiter" must be a 1-character string
+    with pytest.raises(ValueError, match="CSVLogger: `separator` must be a single character") as error:
+        CSVLogger("log.csv", separator=separator)
+    assert "\n" not in str(error.value)
+    logger = CSVLogger("log.csv", separator=";")
+    with pytest.raises(ValueError, match="`separator`"):
+        logger.separator = separator
+    assert logger.separator == ";"
+
+
+def test_a_one_character_separator_is_written_and_read_back(tmp_path):
+    path = tmp_path / "log.csv"
+    Trainer("seed_linear", "sgd", [CSVLogger(str(path), separator="\t")], epochs=2).fit()
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh, delimiter="\t"))
+    assert rows[0][0] == "epoch" and {"loss", "learning_rate"} <= set(rows[0])
+    assert [r[0] for r in rows[1:]] == ["0", "1"] and all(len(r) == len(rows[0]) for r in rows)
+
+
+# -- a backup is resumed only by a run with the same settings ----------------------------------------------
+
+
+def adam(**changes):
+    return lambda: optlab.optimizers.Adam(**{"learning_rate": 0.1, **changes})
+
+
+def data(**changes):
+    return lambda: optlab.problems.LinearRegression(
+        **{"n_samples": 60, "noise": 0.3, "validation_split": 0.25, **changes}
+    )
+
+
+BASE = {
+    "optimizer": adam(),
+    "problem": data(),
+    "seed": 0,
+    "batch_size": 9,
+    "dtype": "float32",
+    "epochs": 8,
+}
+
+
+def _settings_run(folder, *extra, plateau=True, **changes):
+    """The run of BASE (5 steps per epoch) with ``changes``; ReduceLROnPlateau changes the rate as it goes."""
+    s = {**BASE, **changes}
+    callbacks = [ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1, min_delta=1.0)] if plateau else []
+    callbacks += extra
+    callbacks.append(BackupAndRestore(str(folder / "backup"), save_freq=3))
+    return Trainer(s["problem"](), s["optimizer"](), callbacks, s["epochs"], s["batch_size"], s["seed"], s["dtype"])
+
+
+def _leave_a_backup(folder, step=22):
+    with pytest.raises(Crash):
+        _settings_run(folder, CrashAt(step=step)).fit()  # last backup at step 21: epoch 4, in part
+    return (folder / "backup" / "backup.npz").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"optimizer": adam(learning_rate=0.01)}, "optimizer.learning_rate 0.1 (backup) vs 0.01 (this run)"),
+        ({"optimizer": adam(beta_2=0.99)}, "optimizer.beta_2 0.999 (backup) vs 0.99 (this run)"),
+        ({"optimizer": adam(amsgrad=True)}, "optimizer.amsgrad False (backup) vs True (this run)"),
+        ({"optimizer": adam(clipnorm=1.0)}, "optimizer.clipnorm None (backup) vs 1.0 (this run)"),
+        ({"optimizer": lambda: optlab.optimizers.SGD(learning_rate=0.1)}, "optimizer 'adam' (backup) vs 'sgd'"),
+        (
+            {"optimizer": adam(learning_rate=optlab.schedules.CosineDecay(0.1, 50))},
+            "optimizer.learning_rate 0.1 (backup) vs {'name': 'cosine_decay'",
+        ),
+        ({"problem": data(noise=0.5)}, "problem.noise 0.3 (backup) vs 0.5 (this run)"),
+        ({"problem": data(data_seed=4)}, "problem.data_seed 0 (backup) vs 4 (this run)"),
+        ({"problem": lambda: optlab.problems.Quadratic(dim=11)}, "problem 'linear_regression' (backup) vs 'quadratic'"),
+        ({"seed": 1}, "seed 0 (backup) vs 1 (this run)"),
+        ({"batch_size": 15}, "batch_size 9 (backup) vs 15 (this run)"),
+        ({"batch_size": None}, "batch_size 9 (backup) vs None (this run)"),
+        ({"dtype": "float64"}, "dtype 'float32' (backup) vs 'float64' (this run)"),
+        ({"epochs": 4}, "epochs 8 (backup) vs 4 (this run), fewer than the 5 the backup has already run"),
+    ],
+)
+def test_a_backup_of_a_run_with_other_settings_is_refused_and_changes_nothing(tmp_path, changes, named):
+    saved = _leave_a_backup(tmp_path)
+    trainer = _settings_run(tmp_path, **changes)
+    with pytest.raises(ValueError) as error:
+        trainer.fit()
+    message = str(error.value)
+    assert "\n" not in message
+    path = tmp_path / "backup" / "backup.npz"
+    assert message.startswith(f"{path} was made by another run, with different settings: {named}")
+    assert message.count(" (backup) vs ") == 1  # that setting only
+    assert message.endswith("or use another backup_dir (or delete the backup) to start afresh.")
+    # nothing was restored: the parameters are the run's initial ones, the optimizer never stepped
+    fresh = _settings_run(tmp_path / "fresh", **changes)
+    np.testing.assert_array_equal(trainer.params.flat, fresh.problem.init(fresh.seed, fresh.dtype).flat, strict=True)
+    assert trainer.optimizer.iterations == 0 and not trainer.optimizer.built
+    assert trainer.optimizer.get_state()[1] == {}
+    assert trainer.optimizer.get_config() == {**fresh.optimizer.get_config(), "name": trainer.optimizer.name}
+    assert not trainer.resumed and trainer.initial_epoch == 0 and trainer.step == 0
+    assert path.read_bytes() == saved  # the backup is kept as it was
+
+
+def test_every_difference_is_named_in_one_message(tmp_path):
+    _leave_a_backup(tmp_path)
+    changed = _settings_run(tmp_path, optimizer=adam(learning_rate=0.01), seed=1)
+    with pytest.raises(ValueError) as error:
+        changed.fit()
+    assert (
+        "settings: optimizer.learning_rate 0.1 (backup) vs 0.01 (this run); seed 0 (backup) vs 1 (this run). Resume"
+        in str(error.value)
+    )
+
+
+def test_a_schedule_that_differs_is_named_by_its_setting(tmp_path):
+    def cosine(steps):
+        return adam(learning_rate=optlab.schedules.CosineDecay(0.1, steps))
+
+    with pytest.raises(Crash):
+        _settings_run(tmp_path, CrashAt(step=22), plateau=False, optimizer=cosine(50)).fit()
+    with pytest.raises(ValueError, match=r"settings: optimizer\.learning_rate\.decay_steps 50\.0 \(backup\) vs 60\.0 "):
+        _settings_run(tmp_path, plateau=False, optimizer=cosine(60)).fit()
+    whole = _settings_run(tmp_path / "whole", plateau=False, optimizer=cosine(50))
+    whole.fit()
+    resumed = _settings_run(tmp_path, plateau=False, optimizer=cosine(50))  # the same schedule resumes
+    resumed.fit()
+    np.testing.assert_array_equal(resumed.params.flat, whole.params.flat, strict=True)
+
+
+@pytest.mark.parametrize("step", [22, 25])  # a backup in the middle of epoch 4; one at its end
+def test_the_same_settings_resume_bit_identically(tmp_path, step):
+    whole = _settings_run(tmp_path / "whole")
+    expected = whole.fit().history
+    _leave_a_backup(tmp_path / "b", step=step)
+    resumed = _settings_run(tmp_path / "b")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning either
+        history = resumed.fit().history
+    np.testing.assert_array_equal(resumed.params.flat, whole.params.flat, strict=True)
+    assert history == expected
+    assert expected["learning_rate"][-1] < 0.1  # the rate had been reduced: the saved state's rate is not the setting
+
+
+@pytest.mark.parametrize("epochs", [5, 6, 12])
+def test_epochs_may_change_if_not_fewer_than_the_backup_has_run(tmp_path, epochs):
+    # the backup (at step 21) has run 5 epochs, the last in part; nothing in a step depends on `epochs`
+    whole = _settings_run(tmp_path / "whole", epochs=epochs)
+    expected = whole.fit().history
+    _leave_a_backup(tmp_path / "b")
+    resumed = _settings_run(tmp_path / "b", epochs=epochs)
+    history = resumed.fit().history
+    np.testing.assert_array_equal(resumed.params.flat, whole.params.flat, strict=True)
+    assert history == expected and len(history["loss"]) == epochs
+
+
+def test_a_backup_without_recorded_settings_is_resumed_with_a_warning(tmp_path):
+    _leave_a_backup(tmp_path / "b")
+    path = tmp_path / "b" / "backup" / "backup.npz"
+    meta, arrays = load_npz(path)
+    del meta["settings"]  # as an older optlab wrote it
+    save_npz_atomic(path, meta, arrays)
+    whole = _settings_run(tmp_path / "whole")
+    whole.fit()
+    resumed = _settings_run(tmp_path / "b")
+    with pytest.warns(UserWarning, match=r"backup\.npz does not record the settings it was made with"):
+        resumed.fit()
+    np.testing.assert_array_equal(resumed.params.flat, whole.params.flat, strict=True)
+
+
+def test_a_setting_an_older_optlab_did_not_record_is_not_compared(tmp_path):
+    # a later optlab may add a hyperparameter: its backup from before the upgrade still resumes
+    _leave_a_backup(tmp_path / "b")
+    path = tmp_path / "b" / "backup" / "backup.npz"
+    meta, arrays = load_npz(path)
+    dropped = sorted(k for k in meta["settings"]["optimizer"] if k not in ("class", "learning_rate"))[0]
+    del meta["settings"]["optimizer"][dropped]
+    save_npz_atomic(path, meta, arrays)
+    whole = _settings_run(tmp_path / "whole")
+    whole.fit()
+    resumed = _settings_run(tmp_path / "b")
+    resumed.fit()
+    np.testing.assert_array_equal(resumed.params.flat, whole.params.flat, strict=True)
+
+
+# -- file name templates that cannot give a file name ---------------------------------------------------
+
+
+@pytest.mark.parametrize("template", ["{epoch:99999999d}.npz", "{epoch:9999999999999d}.npz", "{val_loss:.400f}.npz"])
+def test_a_template_width_beyond_the_name_limit_is_refused_before_training(tmp_path, template):
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=rf"asks for more than {limit} characters") as error:
+        ModelCheckpoint(str(tmp_path / template)).check_files()
+    assert time.perf_counter() - start < 1.0  # refused without formatting 100 MB
+    assert "\n" not in str(error.value) and "ModelCheckpoint: filepath" in str(error.value)
+
+
+def test_a_file_name_longer_than_the_limit_is_refused_and_the_longest_allowed_is_accepted(tmp_path):
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    too_long = "x" * (limit - 4) + "{epoch:02d}.npz"  # limit - 4 + 2 + 4 bytes
+    with pytest.raises(ValueError, match=rf"\({limit + 2} bytes\), longer than the {limit} allowed here") as error:
+        ModelCheckpoint(str(tmp_path / too_long)).check_files()
+    assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="longer than"):
+        ModelCheckpoint(str(tmp_path / ("d" * (limit + 1) + "{epoch}") / "c.npz")).check_files()  # a folder's name
+    longest = "x" * (limit - 6) + "{epoch:02d}.npz"
+    ModelCheckpoint(str(tmp_path / longest)).check_files()
+    Trainer("seed_linear", "sgd", [ModelCheckpoint(str(tmp_path / longest))], epochs=1).fit()
+    assert [len(p.name) for p in tmp_path.iterdir()] == [limit]
+
+
 # -- kill -9 at random moments, then resume: bit-identical, complete CSV, the user's files untouched ----------------
 
 SCRIPT = """
@@ -301,7 +737,9 @@ def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path, spawn):
     assert len(_rows(killed / "log.csv")) == epochs + 1
     assert_untouched(mine)
     assert not (killed / "backup.npz").exists()
-    # a kill in the middle of a write can leave only a temporary file of optlab's own (never a half file)
+    # a kill in the middle of a write can leave only a temporary file of optlab's own (never a half file),
+    # named after its target; the next write of that target removes it
     expected = {"best.npz", "data", "final.npy", "link", "log.csv", "mlflow.db", "notes.txt"}
     others = {p.name for p in killed.iterdir()} - expected
-    assert all(n.startswith(".tmp-") and n.endswith(".npz") for n in others), others
+    ours = re.compile(r"\.(best\.npz|backup\.npz|log\.csv)\.optlab-tmp-.+-[0-9]+-[0-9a-f]{8}")
+    assert all(ours.fullmatch(n) for n in others), others

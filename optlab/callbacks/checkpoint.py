@@ -6,14 +6,17 @@ and an atomic rename, so a crash mid-write leaves the previous checkpoint intact
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import string
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from ..files import load_npz, save_npz_atomic
+from ..files import load_npz, name_max, save_npz_atomic
 from ..hparams import Hyper
 from ..names import did_you_mean
 from .base import Callback, Monitor, check_writable
@@ -55,6 +58,15 @@ class BackupAndRestore(Callback):
     saves after every epoch, an integer N every N steps. A resumed run ends with exactly the
     parameters of one that never stopped.
 
+    The backup also records the settings that define the run: the optimizer (its class and
+    configuration, a learning-rate schedule's included), the problem (its name and
+    configuration), the trainer's ``seed``, ``batch_size``, ``dtype`` and ``epochs``. A run
+    that finds a backup made with other settings refuses to resume from it (a ``ValueError``
+    naming each difference, raised before anything is restored) instead of continuing a mixture
+    of the two. ``epochs`` alone may differ — more to continue a run for longer, fewer to end it
+    sooner — but not fewer than the epochs the backup has already (partly) run. A backup written
+    by an older optlab, without that record, is resumed with a warning.
+
     The backup is one file, ``backup_dir/backup.npz``. With ``delete_checkpoint`` it is removed
     when training ends normally — that file only: anything else in ``backup_dir`` is left alone,
     and the folder itself is removed only if optlab created it (in this run or in the run it
@@ -70,6 +82,7 @@ class BackupAndRestore(Callback):
     _since = 0
     _pending_states = None
     _created_dirs: tuple | list = ()  # folders this run (or the one it resumes) created, deepest first
+    _settings: dict | None = None  # what defines this run, taken before it starts (see run_settings)
 
     @property
     def path(self) -> Path:
@@ -87,6 +100,8 @@ class BackupAndRestore(Callback):
         self._since = 0
         self._pending_states = None
         self._created_dirs = []
+        # before any step or callback changes the optimizer (a scheduler sets its rate): the settings given
+        self._settings = run_settings(self.trainer)
         if self.path.exists():
             self._restore()
 
@@ -138,6 +153,7 @@ class BackupAndRestore(Callback):
             "optimizer": opt_meta,
             "callbacks": states,
             "created_dirs": self._created_dirs,
+            "settings": self._settings if self._settings is not None else run_settings(trainer),
         }
         save_npz_atomic(self.path, meta, arrays)
 
@@ -147,6 +163,7 @@ class BackupAndRestore(Callback):
         meta, arrays = load_npz(self.path)
         if meta.get("format") != BACKUP_FORMAT:
             raise ValueError(f"{self.path} is not an optlab backup (format {meta.get('format')!r})")
+        self._check_settings(meta)
         params = arrays.get("params")
         if params is None or params.shape != trainer.params.flat.shape or params.dtype != trainer.params.flat.dtype:
             raise ValueError(
@@ -168,6 +185,32 @@ class BackupAndRestore(Callback):
         trainer.restore_position(meta["position"], meta["epoch_done"])
         if meta["stopped"]:
             trainer.initial_epoch = trainer.epochs  # it had stopped: only on_train_end is left
+
+    def _check_settings(self, meta: dict) -> None:
+        """Refuse a backup made by a run with other settings (one error naming every difference)."""
+        saved = meta.get("settings")
+        if saved is None:
+            warnings.warn(
+                f"{self.path} does not record the settings it was made with (an older optlab's backup): "
+                "resuming from it without checking that they are this run's",
+                stacklevel=2,
+            )
+            return
+        current = self._settings if self._settings is not None else run_settings(self.trainer)
+        differences = _differences(
+            {k: v for k, v in saved.items() if k != "epochs"}, {k: v for k, v in current.items() if k != "epochs"}
+        )
+        run = meta.get("position", {}).get("epoch", -1) + 1  # epochs the backup has run, the last maybe in part
+        if current["epochs"] < run:
+            differences.append(
+                f"epochs {_show(saved.get('epochs'))} (backup) vs {current['epochs']} (this run), "
+                f"fewer than the {run} the backup has already run"
+            )
+        if differences:
+            raise ValueError(
+                f"{self.path} was made by another run, with different settings: {'; '.join(differences)}. "
+                "Resume with the same settings, or use another backup_dir (or delete the backup) to start afresh."
+            )
 
     def on_train_batch_end(self, batch, logs=None):
         if self.save_freq == "epoch":
@@ -192,6 +235,69 @@ class BackupAndRestore(Callback):
                 os.rmdir(folder)  # fails, harmlessly, on a folder that is not empty
             except OSError:
                 break
+
+
+def run_settings(trainer) -> dict:
+    """What defines a run, as plain JSON data: the optimizer, the problem, seed, batch size, dtype, epochs.
+
+    The optimizer's ``name`` (a label) is left out; its learning rate is the number or the
+    schedule's configuration it was given.
+    """
+    optimizer = {k: v for k, v in trainer.optimizer.get_config().items() if k != "name"}
+    problem = {k: v for k, v in trainer.problem.get_config().items() if k != "name"}
+    settings = {
+        "optimizer": {"class": type(trainer.optimizer).registry_name, **optimizer},
+        "problem": {"class": type(trainer.problem).registry_name, **problem},
+        "seed": trainer.seed,
+        "batch_size": trainer.batch_size,
+        "dtype": np.dtype(trainer.dtype).name,
+        "epochs": trainer.epochs,
+    }
+    # the form it has once read back from the file: tuples as lists, numpy scalars as numbers
+    return json.loads(json.dumps(settings, allow_nan=True, default=_plain_json))
+
+
+def _plain_json(value):
+    """A JSON stand-in for a setting that is not plain data (a problem's own arrays or objects)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):  # a digest, not the data: the metadata stays small
+        data = np.ascontiguousarray(value)
+        return {"array": list(data.shape), "dtype": data.dtype.str, "sha1": hashlib.sha1(data.tobytes()).hexdigest()}
+    # an object's repr may hold its address, which differs in every process: only its kind is compared
+    return f"<{type(value).__module__}.{type(value).__qualname__}>"
+
+
+def _differences(saved, current, where: str = "") -> list[str]:
+    """``"<setting> <saved> (backup) vs <current> (this run)"`` for each setting that differs."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        if "class" in saved and not _same(saved["class"], current.get("class", _ABSENT)):
+            return [f"{where} {_show(saved['class'])} (backup) vs {_show(current.get('class', _ABSENT))} (this run)"]
+        found = []
+        for key in (k for k in saved if k in current):  # one optlab version may have a setting the other has not
+            name = key if key != "class" else ""  # optimizer.class reads as "optimizer"
+            label = f"{where}.{name}" if where and name else (where or name)
+            found += _differences(saved[key], current[key], label)
+        return found
+    if _same(saved, current):
+        return []
+    return [f"{where} {_show(saved)} (backup) vs {_show(current)} (this run)"]
+
+
+_ABSENT = type("_Absent", (), {"__repr__": lambda self: "(not set)"})()
+
+
+def _same(a, b) -> bool:
+    if type(a) is not type(b) and not (isinstance(a, (int, float)) and isinstance(b, (int, float))):
+        return False
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    return a == b
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class ModelCheckpoint(Monitor):
@@ -241,9 +347,27 @@ class ModelCheckpoint(Monitor):
             super().check_logs(names)
 
     def check_files(self):
-        sample = {key: (1 if key in ("epoch", "batch") else 0.0) for key, _ in template_fields(self.filepath, "")}
-        path = fill_template(self.filepath, sample, "ModelCheckpoint: filepath")
-        check_writable(path, "ModelCheckpoint: filepath")
+        what = "ModelCheckpoint: filepath"
+        fields = template_fields(self.filepath, what)
+        limit = name_max(os.path.dirname(self.filepath) or ".")
+        for key, spec in fields:
+            # a width (or precision) beyond the limit cannot give a usable name; formatting it could
+            # take gigabytes ({epoch:9999999999d}), so it is refused before anything is formatted
+            if any(int(digits) > limit for digits in re.findall(r"[0-9]+", spec)):
+                raise ValueError(
+                    f'{what} "{self.filepath}": {{{key}:{spec}}} asks for more than {limit} characters, '
+                    f"the longest file name allowed here"
+                )
+        sample = {key: (1 if key in ("epoch", "batch") else 0.0) for key, _ in fields}
+        path = fill_template(self.filepath, sample, what)
+        for part in Path(path).parts:
+            if len(os.fsencode(part)) > limit:
+                shown = part if len(part) <= 60 else part[:57] + "..."
+                raise ValueError(
+                    f'{what} "{self.filepath}" gives file names such as "{shown}" ({len(os.fsencode(part))} bytes), '
+                    f"longer than the {limit} allowed here; use a shorter name or format"
+                )
+        check_writable(path, what)
 
     def on_train_begin(self, logs=None):
         if not hasattr(self, "best") or self.trainer.initial_epoch == 0:

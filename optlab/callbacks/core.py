@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
 import sys
+import weakref
 
 import numpy as np
 
+from ..files import create_temp, remove_stale_temps
 from ..hparams import Hyper
 from .base import Callback, Monitor, as_array_state, check_writable, is_finite_number
 
@@ -384,31 +387,69 @@ class ThresholdStop(Callback):
             self._check(logs, f"Epoch {epoch + 1}")
 
 
+class _Separator(Hyper):
+    """A CSV field separator: one character that the csv module writes and reads back (no newline, no quote)."""
+
+    def allowed(self) -> str:
+        return "a single character other than a newline or '\"'"
+
+    def validate(self, value, owner=""):
+        value = super().validate(value, owner)
+        if len(value) != 1 or value in '\r\n"':
+            raise self._error(owner, value)
+        return value
+
+
+def _discard(file, temp: str) -> None:
+    """Close ``file`` and remove ``temp``, the new CSV file of a run that ended before its first row."""
+    with contextlib.suppress(OSError):
+        file.close()
+    with contextlib.suppress(OSError):
+        os.unlink(temp)
+
+
 class CSVLogger(Callback):
     """Writes every epoch's logs as a CSV row (``append=True`` continues an existing file; the folder is created).
 
-    As in Keras, a new run (``append=False``) replaces the file. A run resumed by
-    ``BackupAndRestore`` always appends, and skips the epochs the file already holds (the
-    interrupted run may have written a row after its last backup; the resumed run recomputes
-    that epoch bit for bit), so the file ends with exactly one row per epoch.
+    As in Keras, a new run (``append=False``) replaces the file — but only once it has something
+    to put in its place: the new file is written beside the old one (a temporary name) and moved
+    over it when its header and first row are written and flushed; a run that ends or fails
+    before its first row leaves the old file as it was and removes the temporary one. A run
+    resumed by ``BackupAndRestore`` always appends, and skips the epochs the file already holds
+    (the interrupted run may have written a row after its last backup; the resumed run
+    recomputes that epoch bit for bit), so the file ends with exactly one row per epoch.
     """
 
     registry_name = "csv_logger"
     filename = Hyper(Hyper.REQUIRED, kind=str, doc="the CSV file")
-    separator = Hyper(",", kind=str, doc="the field separator")
+    separator = _Separator(",", kind=str, doc="the field separator")
     append = Hyper(False, kind=bool, doc="append to an existing file instead of overwriting it")
+    _pending = None  # the new file's finalizer (close it, remove it) until it has replaced the old one
 
     def check_files(self):
         check_writable(self.filename, "CSVLogger: filename")
 
     def on_train_begin(self, logs=None):
+        self._close()  # an earlier run of this logger that failed without on_train_end
         resuming = self.trainer is not None and self.trainer.resumed
+        appending = self.append or resuming
         exists = os.path.exists(self.filename)
         self._skip_through = self._complete_rows() if (resuming and exists) else -1
-        self._append_header = not ((self.append or resuming) and exists and os.path.getsize(self.filename) > 0)
+        self._append_header = not (appending and exists and os.path.getsize(self.filename) > 0)
         if os.path.dirname(self.filename):
             os.makedirs(os.path.dirname(self.filename), exist_ok=True)
-        self._file = open(self.filename, "a" if (self.append or resuming) else "w", newline="")
+        if appending:
+            remove_stale_temps(self.filename)  # what a run killed before its first row left
+            self._file = open(self.filename, "a", newline="")
+        else:
+            # a file the user cannot write (or a folder) is refused, as open(..., "w") would, not replaced
+            check_writable(self.filename, "CSVLogger: filename")
+            # not open(..., "w") as Keras: a run killed before its first row would leave the old file empty
+            fd, self._temp = create_temp(self.filename)
+            self._file = os.fdopen(fd, "w", newline="")
+            # also run at exit: a run that fails never reaches on_train_end (a kill -9 leaves the
+            # file to the next write of this name, which removes a dead writer's temporary file)
+            self._pending = weakref.finalize(self, _discard, self._file, self._temp)
         self._writer = None
         self._keys = None
 
@@ -443,11 +484,22 @@ class CSVLogger(Callback):
         row = {"epoch": epoch, **{k: logs.get(k, "NA") for k in self._keys}}
         self._writer.writerow(row)
         self._file.flush()
+        if self._pending is not None:  # the first row: the new file takes the old one's place
+            os.fsync(self._file.fileno())
+            os.replace(self._temp, self.filename)
+            self._pending.detach()
+            self._pending = None
 
     def on_train_end(self, logs=None):
-        if getattr(self, "_file", None) is not None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._pending is not None:  # no row was written: the old file stays, the new one goes
+            self._pending()
+            self._pending = None
+        elif getattr(self, "_file", None) is not None:
             self._file.close()
-            self._file = None
+        self._file = None
 
 
 def _is_terminal(stream) -> bool:

@@ -7,7 +7,7 @@ import math
 import optlab
 from optlab.hparams import Hyper
 from optlab.kernels import kernel, prange
-from optlab.optimizers import Optimizer
+from optlab.optimizers import Optimizer, Slot
 
 __version__ = "0.1.0"
 
@@ -53,9 +53,9 @@ class AdaBelief(Optimizer):
     amsgrad = Hyper(False, kind=bool, doc="use the running maximum of s")
 
     def slots(self):
-        slots = {"momentum": 0.0, "belief": 0.0}
+        slots = {"momentum": 0.0, "belief": Slot(0.0, nonnegative=True)}  # s: an average of (g - m)^2, plus eps
         if self.amsgrad:
-            slots["belief_max"] = 0.0
+            slots["belief_max"] = Slot(0.0, nonnegative=True)  # the running maximum of s
         return slots
 
     def update(self, param, grad, state, lr, step, seg):

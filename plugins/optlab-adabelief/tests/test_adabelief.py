@@ -73,3 +73,18 @@ def test_invalid_arguments():
     with pytest.raises(ValueError, match=r"`beta_2` must be a float in \[0, 1\)"):
         AdaBelief(beta_2=1.0)
     assert math.isclose(AdaBelief().epsilon, 1e-16)
+
+
+def test_a_state_with_a_negative_belief_is_refused_and_the_optimizer_kept():
+    # s is an average of squares (plus eps): a negative entry can only come from a damaged file
+    p = np.ones(3, dtype=np.float32)
+    opt = AdaBelief(learning_rate=0.05)
+    opt.apply_gradients([(np.full(3, 0.5, dtype=np.float32), p)])
+    meta, arrays = opt.get_state()
+    bad = {k: v.copy() for k, v in arrays.items()}
+    (key,) = [k for k in bad if k.endswith("belief")]
+    bad[key][1] = -1.0
+    with pytest.raises(ValueError, match="slot 'belief' holds -1"):
+        opt.set_state(meta, bad)
+    meta_after, arrays_after = opt.get_state()
+    assert all(np.array_equal(arrays_after[k], arrays[k]) for k in arrays)
