@@ -22,6 +22,10 @@ from .names import closest
 _MISSING = object()
 
 
+#: what an experiment can fill an argument with (``Hyper(fill=...)``)
+FILLS = ("learning_rate", "run_steps", "metric")
+
+
 class Hyper:
     """A declared hyperparameter: default, kind (float, int, bool, str, list), range.
 
@@ -32,6 +36,11 @@ class Hyper:
     Numbers must be finite (nan is always rejected; ``allow_inf=True`` admits
     ``inf``/``-inf`` within the bounds, for a value where infinity has a meaning).
     A ``default`` of ``Hyper.REQUIRED`` makes the argument mandatory.
+
+    ``fill`` names what an experiment (the command line) puts here when the user does not:
+    ``"learning_rate"`` (the optimizer's learning rate: a schedule's starting value),
+    ``"run_steps"`` (the run's total number of steps: a schedule's decay length) or
+    ``"metric"`` (the run's metric: a callback's ``monitor``). The library itself never fills.
 
     Used as a class attribute, it validates every assignment (``obj.name = value``); its
     ``validate`` serves any code that checks a value of this kind (the trainer's arguments).
@@ -52,8 +61,11 @@ class Hyper:
         choices: tuple | None = None,
         allow_inf: bool = False,
         item: Hyper | None = None,
+        fill: str | None = None,
         doc: str = "",
     ):
+        if fill is not None and fill not in FILLS:
+            raise ValueError(f"Hyper: fill must be one of {', '.join(map(repr, FILLS))} or None; received {fill!r}")
         self.default = default
         self.kind = kind
         self.low, self.high = low, high
@@ -62,6 +74,7 @@ class Hyper:
         self.choices = choices
         self.allow_inf = allow_inf
         self.item = item
+        self.fill = fill
         self.doc = doc
         self.name = "?"
 

@@ -48,7 +48,11 @@ class LearningRateSchedule(Configurable):
 
 
 def _positive_steps(doc):
-    return Hyper(REQUIRED, low=0.0, low_open=True, doc=doc)
+    return Hyper(REQUIRED, low=0.0, low_open=True, fill="run_steps", doc=doc)
+
+
+def _initial_rate():
+    return Hyper(REQUIRED, low=0.0, fill="learning_rate", doc="learning rate at step 0")
 
 
 class Constant(LearningRateSchedule):
@@ -65,7 +69,7 @@ class ExponentialDecay(LearningRateSchedule):
     r"""lr(step) = initial_learning_rate * decay_rate ^ (step / decay_steps), the exponent floored if ``staircase``."""
 
     registry_name = "exponential_decay"
-    initial_learning_rate = Hyper(REQUIRED, low=0.0, doc="learning rate at step 0")
+    initial_learning_rate = _initial_rate()
     decay_steps = _positive_steps("steps per decay by decay_rate")
     decay_rate = Hyper(REQUIRED, low=0.0, doc="factor applied every decay_steps")
     staircase = Hyper(False, kind=bool, doc="decay in discrete steps")
@@ -110,7 +114,7 @@ class PolynomialDecay(LearningRateSchedule):
     """
 
     registry_name = "polynomial_decay"
-    initial_learning_rate = Hyper(REQUIRED, low=0.0, doc="learning rate at step 0")
+    initial_learning_rate = _initial_rate()
     decay_steps = _positive_steps("steps to reach end_learning_rate")
     end_learning_rate = Hyper(0.0001, low=0.0, doc="final learning rate")
     power = Hyper(1.0, low=0.0, doc="power of the polynomial")
@@ -133,7 +137,7 @@ class InverseTimeDecay(LearningRateSchedule):
     r"""lr = initial_learning_rate / (1 + decay_rate * step / decay_steps), the ratio floored if ``staircase``."""
 
     registry_name = "inverse_time_decay"
-    initial_learning_rate = Hyper(REQUIRED, low=0.0, doc="learning rate at step 0")
+    initial_learning_rate = _initial_rate()
     decay_steps = _positive_steps("steps per unit of decay")
     decay_rate = Hyper(REQUIRED, low=0.0, doc="decay rate")
     staircase = Hyper(False, kind=bool, doc="decay in discrete steps")
@@ -154,7 +158,7 @@ class CosineDecay(LearningRateSchedule):
     """
 
     registry_name = "cosine_decay"
-    initial_learning_rate = Hyper(REQUIRED, low=0.0, doc="learning rate at step 0")
+    initial_learning_rate = _initial_rate()
     decay_steps = _positive_steps("steps of the cosine decay")
     alpha = Hyper(0.0, low=0.0, high=1.0, doc="final learning rate as a fraction of the decayed-from value")
     warmup_target = Hyper(None, low=0.0, doc="learning rate at the end of warmup (None: no warmup)")
@@ -184,7 +188,7 @@ class CosineDecayRestarts(LearningRateSchedule):
     """
 
     registry_name = "cosine_decay_restarts"
-    initial_learning_rate = Hyper(REQUIRED, low=0.0, doc="learning rate at step 0")
+    initial_learning_rate = _initial_rate()
     first_decay_steps = _positive_steps("length of the first period")
     t_mul = Hyper(2.0, low=0.0, low_open=True, doc="period length multiplier")
     m_mul = Hyper(1.0, low=0.0, doc="restart value multiplier")

@@ -307,3 +307,45 @@ def test_a_callback_that_adds_a_log_name_makes_it_a_valid_metric(monkeypatch):
     assert conf["metric"] == "smoothed_loss"
     with pytest.raises(ConfigError, match="metric 'smoothed_loss' is not logged by problem 'rosenbrock'"):
         build(compose(["problem=rosenbrock", "metric=smoothed_loss"]))
+
+
+def test_a_plugin_schedule_is_filled_from_the_run_by_its_declarations(monkeypatch):
+    # no argument name is special: what a schedule declares fill=... gets the optimizer's rate
+    # and the run's length on the command line, as the built-in schedules' do
+    import numpy as np
+
+    import optlab as lib
+    from optlab.app.bench import compose
+    from optlab.app.run import build
+    from optlab.hparams import Hyper
+
+    class Linear(lib.schedules.LearningRateSchedule):
+        registry_name = "linear_to_zero_test"
+        start = Hyper(Hyper.REQUIRED, low=0.0, fill="learning_rate", doc="rate at step 0")
+        length = Hyper(Hyper.REQUIRED, kind=int, low=1, fill="run_steps", doc="steps to reach 0")
+
+        def value(self, step):
+            return self.start * np.clip(1.0 - step / self.length, 0.0, 1.0)
+
+    registry = lib.schedules.registry
+    registry.names()
+    monkeypatch.setitem(registry._classes, "linear_to_zero_test", Linear)
+    monkeypatch.setitem(registry._sources, "linear_to_zero_test", "tests")
+    # seed_linear is full-batch: one step per epoch, so 40 epochs are 40 steps
+    conf = compose(
+        ["problem=seed_linear", "schedule=linear_to_zero_test", "optimizer.learning_rate=0.2", "trainer.epochs=40"]
+    )
+    _, optimizer, _ = build(conf)
+    assert optimizer.get_config()["learning_rate"] == {"name": "linear_to_zero_test", "start": 0.2, "length": 40}
+    assert lib.schedules.get(optimizer.get_config()["learning_rate"])(10) == pytest.approx(0.15)  # 0.2 * (1 - 10/40)
+    conf = compose(["problem=seed_linear", "schedule=linear_to_zero_test", "schedule.length=8", "schedule.start=1.0"])
+    schedule = build(conf)[1].get_config()["learning_rate"]
+    assert (schedule["start"], schedule["length"]) == (1.0, 8)  # what the user sets wins
+
+
+def test_fill_names_only_what_an_experiment_can_fill():
+    from optlab.hparams import Hyper
+
+    allowed = "'learning_rate', 'run_steps', 'metric' or None"
+    with pytest.raises(ValueError, match=f"fill must be one of {allowed}; received 'epochs'"):
+        Hyper(1.0, fill="epochs")

@@ -35,17 +35,16 @@ def _default(hyper: Hyper):
     return value
 
 
+#: what an argument declared ``Hyper(fill=...)`` defaults to on the command line: a callback
+#: watches the run's metric, a schedule starts from the optimizer's learning rate (and decays
+#: over the whole run: ``run_steps`` stays missing here, the run fills it once it knows its length)
+FILLED = {"metric": "${metric}", "learning_rate": "${optimizer.learning_rate}", "run_steps": MISSING}
+
+
 def component_node(cls, group: str) -> dict:
     node = {"name": cls.registry_name}
     for name, hyper in cls.hyperparameters().items():
-        node[name] = _default(hyper)
-    if group == "callbacks" and "monitor" in node:
-        node["monitor"] = "${metric}"  # a callback watches the run's metric unless told otherwise
-    if group == "schedule":
-        # a schedule starts from the optimizer's learning rate, and decays over the whole run
-        for key in ("initial_learning_rate",):
-            if key in node:
-                node[key] = "${optimizer.learning_rate}"
+        node[name] = FILLED[hyper.fill] if hyper.fill else _default(hyper)
     return node
 
 

@@ -20,8 +20,6 @@ from ..names import closest, did_you_mean
 from ..trainer import Trainer
 from .config import INTERNAL_CALLBACKS, MISSING, ConfigError, main_config, preset_keys
 
-STEP_KEYS = ("decay_steps", "first_decay_steps")
-
 
 class PrintRows(Callback):
     """Prints chosen logged values after every epoch, rounded to 4 decimals (the tutorial's rows)."""
@@ -59,10 +57,7 @@ def build(conf: dict):
     schedule = None
     schedule_conf = dict(conf.get("schedule") or {})
     if schedule_conf.get("name"):
-        total = total_steps(problem, trainer_conf)
-        for key in STEP_KEYS:  # decay over the whole run unless told otherwise
-            if schedule_conf.get(key) == MISSING:
-                schedule_conf[key] = total
+        fill_run_steps(schedule_conf, total_steps(problem, trainer_conf))
         missing = [k for k, v in schedule_conf.items() if v == MISSING]
         if missing:
             raise ConfigError(f"schedule.{missing[0]} is required (e.g. schedule.{missing[0]}=...)")
@@ -97,6 +92,17 @@ def build(conf: dict):
             raise ConfigError(f"callbacks.{name}: {error}") from None
         cbs.append(cb)
     return problem, optimizer, cbs
+
+
+def fill_run_steps(schedule_conf: dict, total: int) -> None:
+    """A schedule decays over the whole run unless told otherwise: each argument it declares
+    ``fill="run_steps"`` that the user left unset becomes the run's total number of steps."""
+    name = str(schedule_conf["name"])
+    if name.lower() not in schedules.registry:
+        return  # an unknown name: schedules.get says so, listing the known ones
+    for key, hyper in schedules.registry.get(name).hyperparameters().items():
+        if hyper.fill == "run_steps" and schedule_conf.get(key) == MISSING:
+            schedule_conf[key] = total
 
 
 def check_keys(conf: dict) -> None:

@@ -179,7 +179,7 @@ class Monitor(Callback):
     ``"max"``, as Keras does.
     """
 
-    monitor = Hyper("val_loss", kind=str, doc="the logged quantity to watch")
+    monitor = Hyper("val_loss", kind=str, fill="metric", doc="the logged quantity to watch")
     mode = Hyper("auto", kind=str, choices=("auto", "min", "max"), doc="whether improvement is a decrease or increase")
     min_delta = Hyper(0.0, doc="the smallest change that counts as an improvement (sign ignored)")
 

@@ -355,7 +355,7 @@ class ThresholdStop(Callback):
     """
 
     registry_name = "threshold_stop"
-    monitor = Hyper("loss", kind=str, doc="the logged quantity to watch")
+    monitor = Hyper("loss", kind=str, fill="metric", doc="the logged quantity to watch")
     threshold = Hyper(Hyper.REQUIRED, allow_inf=True, doc="the value to cross")
     mode = Hyper("min", kind=str, choices=("min", "max"), doc="stop at or below (min) or at or above (max)")
     every = Hyper("epoch", kind=str, choices=("epoch", "batch"), doc="check after every epoch or every step")
