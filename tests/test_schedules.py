@@ -155,3 +155,57 @@ def test_schedule_drives_an_optimizer():
     for _ in range(3):
         opt.apply([np.ones(1)], [p])
     assert p[0] == -2.5  # steps 0 and 1 at 1.0, step 2 at 0.5
+
+
+class _NanAfter(schedules.LearningRateSchedule):
+    """0.1 for three steps, then NaN: a schedule with a bug."""
+
+    registry_name = "nan_after_test"
+    start = optlab.hparams.Hyper(0.1, low=0.0)
+
+    def value(self, step):
+        return np.where(step >= 3, np.nan, self.start)
+
+
+def test_a_schedule_that_gives_nan_is_named_and_the_step_is_not_taken():
+    # once, the run finished with NaN parameters and advice to lower the learning rate
+    opt = optlab.optimizers.SGD(learning_rate=_NanAfter())
+    p = np.zeros(2)
+    for _ in range(3):
+        opt.apply([np.ones(2)], [p])
+    np.testing.assert_allclose(p, [-0.3, -0.3])  # three steps of 0.1
+    with pytest.raises(ValueError, match=r"schedule nan_after_test\(start=0\.1\) gave nan at step 3; a learning rate"):
+        opt.apply([np.ones(2)], [p])
+    np.testing.assert_allclose(p, [-0.3, -0.3])
+    assert opt.iterations == 3
+
+
+def test_a_callable_rate_below_zero_is_named():
+    def backwards(step):
+        return -0.5
+
+    opt = optlab.optimizers.Adam(learning_rate=backwards)
+    with pytest.raises(ValueError, match=r"schedule backwards gave -0\.5 at step 0"):
+        opt.apply([np.ones(2)], [np.zeros(2)])
+
+
+def test_the_trainer_stops_on_a_nan_schedule_naming_it():
+    from optlab.trainer import Trainer
+
+    trainer = Trainer("seed_linear", optlab.optimizers.SGD(learning_rate=_NanAfter()), epochs=10)
+    with pytest.raises(ValueError, match="nan_after_test"):
+        trainer.fit()
+    assert trainer.step == 3
+
+
+def test_the_conformance_kit_reports_a_nan_schedule_by_its_values_only():
+    # its config round trip is sound: NaN == NaN there (it once failed as "gives other values")
+    from optlab.testing import ConformanceError, schedule_checks
+
+    failed = {}
+    for check in schedule_checks(_NanAfter):
+        try:
+            check()
+        except ConformanceError as error:
+            failed[str(check).split(":")[1]] = str(error)
+    assert list(failed) == ["values"] and "not finite" in failed["values"]

@@ -26,6 +26,7 @@ and its validated loading: ``state.py``; files: ``optlab.files``.
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import warnings
 from collections.abc import Iterable
@@ -39,6 +40,16 @@ from ..hparams import Configurable, Hyper
 from ..names import auto_name
 from . import state as _state
 from .layout import Layout, Plan, Segments, Slot, check_parameters, mismatch
+
+
+def _schedule_text(schedule) -> str:
+    """A schedule as the user knows it: its registered name and arguments, or the callable's name."""
+    config = getattr(schedule, "get_config", None)
+    if callable(config):
+        arguments = ", ".join(f"{k}={v!r}" for k, v in config().items() if k != "name")
+        return f"{getattr(schedule, 'registry_name', type(schedule).__name__)}({arguments})"
+    return getattr(schedule, "__name__", None) or repr(schedule)
+
 
 #: the options every optimizer takes (besides learning_rate and name), in Keras's order
 GENERIC_OPTIONS = (
@@ -238,7 +249,15 @@ class Optimizer(Configurable):
     def _rate(self) -> float:
         """The learning rate at the current call: the constant, or the schedule at the raw call count."""
         rate_at = self._rate_at
-        return self._learning_rate if rate_at is None else float(rate_at(self._iterations))
+        if rate_at is None:
+            return self._learning_rate
+        rate = float(rate_at(self._iterations))
+        if not 0.0 <= rate < math.inf:  # NaN fails too: the schedule, not the optimizer, is the cause
+            raise ValueError(
+                f"{type(self).__name__}: the learning rate schedule {_schedule_text(self._learning_rate)} gave "
+                f"{rate!r} at step {self._iterations}; a learning rate must be finite and >= 0"
+            )
+        return rate
 
     @property
     def learning_rate_schedule(self):
