@@ -54,7 +54,24 @@ its label by the config's form:
   (Keras's extra `module` and `registered_name` keys are ignored).
 
 A flat config whose `name` is not a registry name (a label, such as `adam_1`) is an error that
-says so. Notation
+says so.
+
+**Named parameters.** Parameters are numpy arrays, which carry no names; pass them as a dict
+`{name: array}` (to `build`, or to `apply` with the gradients as a dict of the same names, or
+a list in the same order) and the optimizer knows them by name, as Keras knows variables by
+path. Later calls may pass them by position (the built order) or as a dict in any order
+(matched by name; a name that does not match is refused before anything changes). The names
+serve Keras's name-based rules, with Keras's semantics (`re.search` of each pattern):
+`exclude_from_weight_decay(var_names=["bias", "norm"])`, and Muon's `exclude_embeddings`
+(any name containing `embedding`, any case) and `exclude_layers`; a rule that needs names on
+unnamed parameters is an error that says so. (Keras matches `var_names` against a variable's
+short name and Muon's rules against its path; optlab has one name per parameter, the path.) A
+saved state records the names, and a state saved for other names is refused.
+`optimizer.variables` is the state by name, read-only: `iterations`, `learning_rate`, the
+per-step scalars, and `<parameter>/<slot>` for each slot (`dense/kernel/momentum`; `0/momentum`
+for unnamed parameters), `<parameter>/ema` and `<parameter>/accumulated_gradient`.
+
+Notation
 below: $p$ parameter, $g$ gradient (after loss scaling, accumulation and clipping), $\\eta$
 the learning rate, $t$ the step (`iterations + 1`), all operations element-wise.
 

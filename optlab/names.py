@@ -51,3 +51,19 @@ def auto_name(class_name: str) -> str:
     n = _NAME_UIDS.get(base, 0)
     _NAME_UIDS[base] = n + 1
     return f"{base}_{n}" if n else base
+
+
+def name_pattern(patterns, what: str):
+    """One compiled regular expression matching any of ``patterns`` (strings, as Keras's name
+    rules take them: ``re.search``), or None for none; ``what`` names the argument in errors."""
+    import re
+
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns or ())
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise TypeError(f"{what} must be strings (regular expressions); received {pattern!r}")
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ValueError(f"{what} holds {pattern!r}, which is not a regular expression ({error})") from None
+    return re.compile("|".join(f"(?:{p})" for p in sorted(set(patterns)))) if patterns else None

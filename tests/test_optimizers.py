@@ -191,12 +191,6 @@ def test_name_must_be_a_string():
         optlab.optimizers.Adam(name=3)
 
 
-def test_muon_takes_keras_exclude_arguments():
-    assert optlab.optimizers.Muon(exclude_embeddings=False, exclude_layers=[]).exclude_embeddings is False
-    with pytest.raises(ValueError, match=r"`exclude_layers` must be empty or None.*unnamed"):
-        optlab.optimizers.Muon(exclude_layers=["output_dense"])
-
-
 # -- validation --------------------------------------------------------------------------------
 
 INVALID = [

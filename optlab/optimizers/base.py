@@ -29,7 +29,7 @@ import inspect
 import math
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import ClassVar
 
 import numpy as np
@@ -37,7 +37,7 @@ import numpy as np
 from .. import files
 from .. import kernels as K
 from ..hparams import Configurable, Hyper
-from ..names import auto_name
+from ..names import auto_name, name_pattern
 from . import state as _state
 from .layout import Layout, Plan, Segments, Slot, check_parameters, mismatch
 
@@ -176,6 +176,7 @@ class Optimizer(Configurable):
         self._exclude_wd: set[int] = set()  # resolved when a plan is made
         self._exclude_wd_indices: set[int] = set()
         self._exclude_wd_arrays: list = []
+        self._exclude_wd_pattern = None
         #: the learning rate the latest call of ``apply`` evaluated and its update used (None before)
         self.applied_learning_rate: float | None = None
         if kwargs.pop("decay", None) is not None:
@@ -225,8 +226,8 @@ class Optimizer(Configurable):
         """
         raise NotImplementedError
 
-    def weight_decay_rate(self, shape: tuple) -> float | None:
-        """The decoupled weight decay applied to a parameter of this shape."""
+    def weight_decay_rate(self, shape: tuple, name: str | None = None) -> float | None:
+        """The decoupled weight decay applied to a parameter of this shape and name (None: unnamed)."""
         return self.weight_decay
 
     # -- learning rate ---------------------------------------------------------
@@ -276,8 +277,11 @@ class Optimizer(Configurable):
         return self._layout is not None
 
     # -- building --------------------------------------------------------------
-    def exclude_from_weight_decay(self, var_list=None, indices=None):
-        """Exempt parameters (given as the arrays themselves, or by position) from weight decay."""
+    def exclude_from_weight_decay(self, var_list=None, var_names=None, indices=None):
+        """Exempt parameters from weight decay: given as the arrays themselves (``var_list``), by
+        name (``var_names``: as in Keras, a parameter whose name contains a match of any of these
+        regular expressions, ``re.search``; needs named parameters, see ``build``), or by position.
+        Must be called before the optimizer is built, as in Keras."""
         if self.built:
             raise ValueError("exclude_from_weight_decay() can only be called before the optimizer is built")
         indices = list(indices or ())
@@ -286,6 +290,7 @@ class Optimizer(Configurable):
                 raise TypeError(f"exclude_from_weight_decay: indices must be integers; received {i!r}")
         self._exclude_wd_indices = {int(i) for i in indices}
         self._exclude_wd_arrays = list(var_list or ())
+        self._exclude_wd_pattern = name_pattern(var_names, "exclude_from_weight_decay: var_names")
 
     def build(self, params) -> None:
         """Create the state for ``params`` (done by the first ``apply``).
@@ -296,31 +301,35 @@ class Optimizer(Configurable):
         A state loaded before the parameters were known is kept: ``params`` are checked against
         it (a state for other parameters raises, and nothing changes).
         """
-        params = list(params)
+        params, names = _named(params, type(self).__name__)
         check_parameters(params, type(self).__name__)  # everything is checked before anything is replaced
         if self._layout is not None and not self._layout.params_known:
-            self._plan = self._new_plan(self._layout, params)
+            self._plan = self._new_plan(self._layout, params, names)
             return
-        layout = self._new_layout([p.shape for p in params], params[0].dtype if params else np.float32)
+        layout = self._new_layout([p.shape for p in params], params[0].dtype if params else np.float32, names)
         layout.params_known = True
         plan = self._new_plan(layout.allocate(params), params)
         self._layout, self._plan, self.scalars = layout, plan, dict(self.scalar_slots())
 
-    def _new_layout(self, shapes, dtype) -> Layout:
+    def _new_layout(self, shapes, dtype, names=None) -> Layout:
         specs = {k: (v if isinstance(v, Slot) else Slot(v)) for k, v in self.slots().items()}
-        return Layout(shapes, dtype, specs, ema=self.use_ema, accumulator=bool(self.gradient_accumulation_steps))
+        return Layout(
+            shapes, dtype, specs, ema=self.use_ema, accumulator=bool(self.gradient_accumulation_steps), names=names
+        )
 
-    def _new_plan(self, layout: Layout, params: list) -> Plan:
+    def _new_plan(self, layout: Layout, params: list, names=None) -> Plan:
         """Check ``params`` against the layout and lay out their steps (once, not per step)."""
         if not layout.params_known:  # a loaded state meets its parameters: say so if they differ
             check_parameters(params, type(self).__name__)
             dtype = params[0].dtype if params else layout.dtype
-            difference = mismatch(layout, [p.shape for p in params], dtype, "the given")
+            difference = mismatch(layout, [p.shape for p in params], dtype, "the given", names)
             if difference:
                 raise ValueError(
                     f"{type(self).__name__}: the loaded state does not fit these parameters: {difference} "
                     "(pass the parameters it was saved for, or load a state saved for these)"
                 )
+            if layout.names is None and names is not None:
+                layout.name_parameters(names)
         n = len(params)
         bad = sorted(i for i in self._exclude_wd_indices if not -n <= i < n)
         if bad:
@@ -328,10 +337,18 @@ class Optimizer(Configurable):
                 f"{type(self).__name__}: exclude_from_weight_decay(indices=...) names parameter(s) {bad}, "
                 f"but there are {n} parameters (allowed: 0 to {n - 1}, or -{n} to -1)"
             )
+        pattern = self._exclude_wd_pattern
+        if pattern is not None and layout.names is None:
+            raise ValueError(
+                f"{type(self).__name__}: exclude_from_weight_decay(var_names=...) selects parameters by name, "
+                "and these are unnamed: pass them as a dict {name: array} to build() or apply()"
+            )
         plan = Plan(layout, params, type(self).__name__)
         excluded = {i % n for i in self._exclude_wd_indices}
         for a in self._exclude_wd_arrays:
             excluded.update(i for i, p in enumerate(params) if p is a)
+        if pattern is not None:
+            excluded.update(i for i, name in enumerate(layout.names) if pattern.search(name))
         self._exclude_wd = excluded
         layout.params_known = True
         return plan
@@ -356,7 +373,7 @@ class Optimizer(Configurable):
         An empty call does nothing on an optimizer built on no parameters (as in Keras) and is
         an error otherwise: an empty list is almost always an iterator consumed by an earlier call.
         """
-        grads = list(grads)
+        names = None
         if params is None:
             if self._plan is None:
                 raise ValueError(
@@ -364,14 +381,28 @@ class Optimizer(Configurable):
                     "(by build(params) or an earlier apply(grads, params)); pass apply(grads, params)"
                 )
             params = self._plan.params
+            if isinstance(grads, Mapping):
+                grads = _in_order(grads, self._layout.names, type(self).__name__, "gradients")
+        elif isinstance(params, Mapping):
+            order = self._layout.names if self._layout is not None and self._layout.names is not None else None
+            names = list(params) if order is None else order
+            params = _in_order(params, names, type(self).__name__, "parameters")
+            if isinstance(grads, Mapping):
+                grads = _in_order(grads, names, type(self).__name__, "gradients")
         else:
             params = list(params)
+        if isinstance(grads, Mapping):
+            raise TypeError(
+                f"{type(self).__name__}.apply: gradients given as a dict need the parameters' names: pass the "
+                "parameters as a dict too, or build(params) with a dict first"
+            )
+        grads = list(grads)
         if (not grads or not params) and self._nothing_to_apply(grads, params):
             return
         if self._layout is None:
-            self.build(params)
+            self.build(params if names is None else dict(zip(names, params)))
         if self._plan is None or not self._plan.covers(params):
-            self._plan = self._new_plan(self._layout, params)
+            self._plan = self._new_plan(self._layout, params, names)
         self._step(self._plan.work(grads))
 
     def _nothing_to_apply(self, grads: list, params: list) -> bool:
@@ -477,7 +508,7 @@ class Optimizer(Configurable):
     def _decay_rates(self):
         if type(self).weight_decay_rate is Optimizer.weight_decay_rate and self.weight_decay is None:
             return None
-        rates = [self.weight_decay_rate(s) for s in self._layout.shapes]
+        rates = list(map(self.weight_decay_rate, self._layout.shapes, self._layout.name_list))
         for i in self._exclude_wd:
             rates[i] = None
         return None if not any(rates) else rates
@@ -525,6 +556,33 @@ class Optimizer(Configurable):
         if not self.use_ema or not self.built:
             return None
         return self._layout.views(self._layout.ema)
+
+    @property
+    def variables(self) -> dict[str, np.ndarray | float | int]:
+        """The optimizer's state by name, read-only (Keras's ``optimizer.variables``, as a dict).
+
+        ``iterations``, ``learning_rate`` (the rate of the next step), each per-step scalar,
+        then for each parameter (by its name, or its position if unnamed) ``<param>/<slot>``
+        for every slot (shaped like the parameter, or flat for a slot of its own size),
+        ``<param>/ema`` and ``<param>/accumulated_gradient`` where used. The arrays are views of
+        the live state: they change as the optimizer steps; write through ``set_state``.
+        """
+        found: dict = {"iterations": self.iterations, "learning_rate": self.learning_rate}
+        if not self.built:
+            return found
+        layout = self._layout
+        found.update(self.scalars)
+        labels = [str(i) for i in range(len(layout.shapes))] if layout.names is None else layout.names
+        seg = Segments(layout.shapes, layout.offsets, layout.slot_offsets, range(len(labels)), layout.name_list)
+        for slot, buf in layout.slots.items():
+            sized = layout.specs[slot].size is not None
+            for label, view in zip(labels, seg.views(buf, slot if sized else None)):
+                found[f"{label}/{slot}"] = _read_only(view)
+        for key, buf in (("ema", layout.ema), ("accumulated_gradient", layout.accumulator)):
+            if buf is not None:
+                for label, view in zip(labels, seg.views(buf)):
+                    found[f"{label}/{key}"] = _read_only(view)
+        return found
 
     # -- config ----------------------------------------------------------------
     def get_config(self) -> dict:
@@ -617,3 +675,32 @@ def _describe(item) -> str:
     if isinstance(item, (tuple, list)):
         return f"a {type(item).__name__} of {len(item)} items"
     return f"a {type(item).__name__}"
+
+
+def _named(params, owner: str) -> tuple[list, list[str] | None]:
+    """``params`` as a list, and their names if they came as a dict ``{name: array}`` (else None)."""
+    if not isinstance(params, Mapping):
+        return list(params), None
+    for name in params:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{owner}: parameter names must be non-empty strings; received {name!r}")
+    return list(params.values()), list(params)
+
+
+def _in_order(mapping: Mapping, names: list[str], owner: str, what: str) -> list:
+    """The values of ``mapping`` in the order of ``names`` (the names the optimizer was built with)."""
+    missing = [n for n in names if n not in mapping]
+    extra = [n for n in mapping if n not in set(names)]
+    if missing or extra:
+        parts = [f"missing {missing[:5]}" if missing else "", f"unknown {extra[:5]}" if extra else ""]
+        raise ValueError(
+            f"{owner}: the {what} do not match the parameters' names ({'; '.join(p for p in parts if p)}); "
+            f"the optimizer's parameters are {names[:10]}{' ...' if len(names) > 10 else ''}"
+        )
+    return [mapping[n] for n in names]
+
+
+def _read_only(view: np.ndarray) -> np.ndarray:
+    view = view.view()
+    view.flags.writeable = False
+    return view

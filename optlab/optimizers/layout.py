@@ -26,7 +26,9 @@ from ..flat import flat_view
 @dataclass(frozen=True)
 class Slot:
     """A state slot: its initial value (a number, or ``"param"`` for a copy of the
-    parameter) and, for slots not shaped like the parameter, ``size(shape)`` elements.
+    parameter) and, for slots not shaped like the parameter, ``size(shape)`` elements
+    (``size(shape, name)`` if it takes two arguments: ``name`` is the parameter's name, or
+    None for unnamed parameters).
 
     ``nonnegative=True`` declares that the update rule keeps every element >= 0 (a sum or
     running average of squares, a running maximum of ``|g|``): a loaded state with a negative
@@ -42,21 +44,39 @@ class Slot:
         if self.nonnegative and not (isinstance(self.init, (int, float)) and self.init >= 0):
             raise ValueError(f"a Slot declared nonnegative=True needs an initial value >= 0; received {self.init!r}")
 
+    def elements(self, shape: tuple, name: str | None) -> int:
+        """How many elements this slot holds for a parameter of ``shape`` named ``name``."""
+        if self.size is None:
+            return math.prod(shape)
+        return int(self.size(shape, name) if _takes_two(self.size) else self.size(shape))
+
+
+def _takes_two(fn) -> bool:
+    import inspect
+
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [q for q in params if q.kind in (q.POSITIONAL_ONLY, q.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(q.kind is q.VAR_POSITIONAL for q in params)
+
 
 class Segments:
     """The parameters one ``update`` call covers: their shapes and flat offsets.
 
     ``offsets[k]:offsets[k+1]`` is parameter k inside the flat chunk;
-    ``slot_offsets[name]`` the same for a slot with its own ``size``.
+    ``slot_offsets[name]`` the same for a slot with its own ``size``; ``names[k]`` its name (or None).
     """
 
-    __slots__ = ("indices", "offsets", "shapes", "slot_offsets")
+    __slots__ = ("indices", "names", "offsets", "shapes", "slot_offsets")
 
-    def __init__(self, shapes, offsets, slot_offsets, indices):
+    def __init__(self, shapes, offsets, slot_offsets, indices, names):
         self.shapes = shapes
         self.offsets = offsets
         self.slot_offsets = slot_offsets
         self.indices = indices
+        self.names = names  # each parameter's name, or None where parameters are unnamed
 
     def __len__(self):
         return len(self.shapes)
@@ -92,10 +112,11 @@ class Layout:
     a state loaded into an unbuilt optimizer waits, unchecked, until its parameters are given.
     """
 
-    def __init__(self, shapes, dtype, specs: dict[str, Slot], *, ema: bool, accumulator: bool):
+    def __init__(self, shapes, dtype, specs: dict[str, Slot], *, ema: bool, accumulator: bool, names=None):
         self.params_known = False
         self.dtype = np.dtype(dtype)
         self.shapes = [tuple(int(d) for d in s) for s in shapes]
+        self.names = None if names is None else [str(n) for n in names]
         self.specs = specs
         self.offsets = _offsets([math.prod(s) for s in self.shapes])
         self.size = int(self.offsets[-1])
@@ -103,7 +124,7 @@ class Layout:
         self.sizes: dict[str, int] = {}
         self.initial: dict[str, float | str] = {}
         for name, slot in specs.items():
-            so = self.offsets if slot.size is None else _offsets([int(slot.size(s)) for s in self.shapes])
+            so = self.offsets if slot.size is None else _offsets(list(map(slot.elements, self.shapes, self.name_list)))
             self.slot_offsets[name] = so
             self.sizes[f"slot/{name}"], self.initial[f"slot/{name}"] = int(so[-1]), slot.init
         for name, wanted in (("ema", ema), ("accumulator", accumulator)):
@@ -111,6 +132,26 @@ class Layout:
                 self.sizes[name], self.initial[name] = self.size, 0.0
         self.arrays: dict[str, np.ndarray] = {}
         self._scratch: np.ndarray | None = None
+
+    def name_parameters(self, names) -> None:
+        """Give an unnamed layout (a state saved for unnamed parameters) the names of its
+        parameters, which its slot sizes may depend on: only where they do not change any size."""
+        before = dict(self.slot_offsets)
+        self.names = [str(n) for n in names]
+        for key, slot in self.specs.items():
+            if slot.size is not None:
+                sizes = list(map(slot.elements, self.shapes, self.names))
+                if not np.array_equal(_offsets(sizes), before[key]):
+                    self.names = None
+                    raise ValueError(
+                        f"the state's slot {key!r} was laid out for unnamed parameters and these names change "
+                        "its size (a rule that routes parameters by name): load a state saved for named parameters"
+                    )
+
+    @property
+    def name_list(self) -> list:
+        """Each parameter's name, or None for each where the parameters are unnamed."""
+        return self.names if self.names is not None else [None] * len(self.shapes)
 
     def allocate(self, params=()) -> Layout:
         """Fresh buffers at their initial values (a ``"param"`` slot copies ``params``)."""
@@ -149,7 +190,7 @@ class Layout:
             so = self.slot_offsets[name]
             state[name] = buf[so[i0] : so[i1]]
             slot_offsets[name] = so[i0 : i1 + 1] - so[i0]
-        seg = Segments(self.shapes[i0:i1], offsets, slot_offsets, range(i0, i1))
+        seg = Segments(self.shapes[i0:i1], offsets, slot_offsets, range(i0, i1), self.name_list[i0:i1])
         return Chunk(int(self.offsets[i0]), int(self.offsets[i1]), param_1d, state, seg)
 
 
@@ -260,11 +301,13 @@ def check_parameters(params: list, owner: str) -> None:
         )
 
 
-def mismatch(layout: Layout, shapes, dtype, whose: str) -> str | None:
-    """How the state in ``layout`` differs from ``whose`` parameters (of ``shapes`` and ``dtype``), or None.
+def mismatch(layout: Layout, shapes, dtype, whose: str, names=None) -> str | None:
+    """How the state in ``layout`` differs from ``whose`` parameters (of ``shapes``, ``dtype`` and
+    ``names``, None if unnamed), or None.
 
-    The first difference in words — the number of parameters, the dtype, or the first parameter
-    of another shape — naming the state's arrays laid out for it and both sides' values.
+    The first difference in words — the number of parameters, the dtype, the first parameter
+    of another shape, the names where both sides have them — naming the state's arrays laid
+    out for it and both sides' values.
     """
     held = ", ".join(repr(k) for k in layout.sizes)
     state = f"the state (arrays {held})" if held else "the state"
@@ -275,6 +318,9 @@ def mismatch(layout: Layout, shapes, dtype, whose: str) -> str | None:
     for i, (saved, shape) in enumerate(zip(layout.shapes, shapes)):
         if saved != tuple(shape):
             return f"{state} is for parameter {i} of shape {saved}; {whose} parameter {i} has shape {tuple(shape)}"
+    if names is not None and layout.names is not None and list(names) != layout.names:
+        i = next(k for k, (a, b) in enumerate(zip(layout.names, names)) if a != b)
+        return f"{state} is for parameter {i} named {layout.names[i]!r}; {whose} parameter {i} is named {names[i]!r}"
     return None
 
 

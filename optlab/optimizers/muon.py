@@ -6,6 +6,7 @@ import numpy as np
 
 from ..hparams import Hyper
 from ..kernels import kernel, prange
+from ..names import name_pattern
 from .adam import _ADAM, adam_scalars
 from .base import Optimizer
 from .layout import Slot
@@ -35,10 +36,6 @@ def newton_schulz5(x: np.ndarray, steps: int, a: float, b: float, c: float) -> n
     return x.T if transpose else x
 
 
-def _adam_size(shape):
-    return 0 if len(shape) == 2 else int(np.prod(shape))
-
-
 class Muon(Optimizer):
     r"""Muon: momentum orthogonalized by Newton-Schulz for 2-D parameters; AdamW for all others.
 
@@ -54,10 +51,11 @@ class Muon(Optimizer):
     ``epsilon`` and learning rate ``learning_rate * adam_lr_ratio``, and decay with
     ``adam_weight_decay`` instead of ``weight_decay``.
 
-    Keras also routes 2-D parameters named like embeddings (``exclude_embeddings``) or matching
-    ``exclude_layers`` to AdamW; optlab's parameters are unnamed arrays, so the rule here is by
-    rank only: ``exclude_embeddings`` is accepted (Keras's configs carry it) and changes nothing,
-    since no parameter is named like an embedding, and ``exclude_layers`` must be empty.
+    As in Keras, named 2-D parameters take the AdamW step too where their name contains
+    ``embedding`` (any case; with ``exclude_embeddings``) or a match of one of the regular
+    expressions ``exclude_layers`` (``re.search``). Parameters are named by passing them as a
+    dict ``{name: array}`` (see ``Optimizer.build``); unnamed ones are routed by rank alone, and
+    ``exclude_layers`` then needs names.
     Reference: Jordan et al., 2024, "Muon: An optimizer for hidden layers in neural networks"
     (kellerjordan.github.io/posts/muon); Liu et al., 2025, "Muon is Scalable for LLM Training" (rms_rate).
     """
@@ -76,40 +74,56 @@ class Muon(Optimizer):
     ns_steps = Hyper(5, kind=int, low=0, doc="Newton-Schulz iterations")
     nesterov = Hyper(True, kind=bool, doc="use the Nesterov look-ahead")
     rms_rate = Hyper(0.2, low=0.0, low_open=True, optional=True, doc="match AdamW's update RMS (None: no scaling)")
-    exclude_embeddings = Hyper(
-        True, kind=bool, doc="Keras: embedding-named parameters take the AdamW step (no effect: parameters are unnamed)"
-    )
+    exclude_embeddings = Hyper(True, kind=bool, doc="2-D parameters named like an embedding take the AdamW step")
     exclude_layers = Hyper(
-        None, kind=list, item=Hyper(kind=str), doc="Keras: layer-name patterns that take AdamW; must be empty here"
+        None, kind=list, item=Hyper(kind=str), doc="regular expressions: named parameters matching one take AdamW"
     )
 
     def check(self):
-        if self.exclude_layers:
-            raise ValueError(
-                f"Muon: `exclude_layers` must be empty or None (allowed: [] or None); received "
-                f"exclude_layers={self.exclude_layers!r}. It selects parameters by their layer names, and "
-                "optlab's parameters are unnamed arrays: here 2-D parameters take the Muon step and all "
-                "others the AdamW step"
-            )
+        name_pattern(self.exclude_layers, "Muon: `exclude_layers`")  # each a regular expression
+
+    def uses_adam(self, shape: tuple, name: str | None) -> bool:
+        """Keras's rule (``_should_use_adamw``): AdamW for every parameter but the 2-D ones, and
+        for 2-D ones named like an embedding or matching ``exclude_layers``."""
+        if len(shape) != 2:
+            return True
+        if name is None:
+            return False
+        if self.exclude_embeddings and "embedding" in name.lower():
+            return True
+        pattern = name_pattern(self.exclude_layers, "Muon: `exclude_layers`")
+        return pattern is not None and pattern.search(name) is not None
+
+    def _adam_size(self, shape, name):
+        return math.prod(shape) if self.uses_adam(shape, name) else 0
 
     def slots(self):
-        return {"momentum": 0.0, "velocity": Slot(0.0, _adam_size, nonnegative=True)}  # Adam's v
+        return {"momentum": 0.0, "velocity": Slot(0.0, self._adam_size, nonnegative=True)}  # Adam's v
 
-    def weight_decay_rate(self, shape):
-        return self.weight_decay if len(shape) == 2 else self.adam_weight_decay
+    def weight_decay_rate(self, shape, name=None):
+        return self.adam_weight_decay if self.uses_adam(shape, name) else self.weight_decay
+
+    def _new_plan(self, layout, params, names=None):
+        if self.exclude_layers and layout.names is None and names is None:
+            raise ValueError(
+                f"Muon: exclude_layers={self.exclude_layers!r} selects parameters by name, and these are "
+                "unnamed: pass them as a dict {name: array} to build() or apply()"
+            )
+        return super()._new_plan(layout, params, names)
 
     def update(self, param, grad, state, lr, step, seg):
         dt = param.dtype.type
         adam = None
         mu = dt(self.momentum)
-        for p, g, m, v, shape in zip(
+        for p, g, m, v, shape, name in zip(
             seg.views(param),
             seg.views(grad),
             seg.views(state["momentum"]),
             seg.views(state["velocity"], "velocity"),
             seg.shapes,
+            seg.names,
         ):
-            if len(shape) != 2:
+            if self.uses_adam(shape, name):
                 if adam is None:
                     adam = adam_scalars(dt, lr * dt(self.adam_lr_ratio), self.adam_beta_1, self.adam_beta_2, step)
                 _ADAM[False, False](p.reshape(-1), g.reshape(-1), m.reshape(-1), v, v, *adam, dt(self.epsilon), 0.0)

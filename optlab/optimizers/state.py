@@ -31,6 +31,8 @@ def get_state(opt) -> tuple[dict, dict[str, np.ndarray]]:
         return meta, {}
     layout = opt._layout
     meta["shapes"] = [list(s) for s in layout.shapes]
+    if layout.names is not None:
+        meta["names"] = list(layout.names)
     meta["dtype"] = layout.dtype.name
     meta["scalars"] = {k: float(v) for k, v in opt.scalars.items()}
     return meta, dict(layout.arrays)
@@ -145,7 +147,12 @@ def _built_state_from(opt, meta: dict, arrays: dict) -> dict:
             raise _invalid(opt, f"scalar {_short(key)} must be a finite float; received {_short(value)}")
         if key not in declared:
             raise _invalid(opt, f"scalar {key!r} is not one of this optimizer's ({', '.join(declared) or 'none'})")
-    layout = opt._new_layout(shapes, dtype)
+    names = meta.get("names")
+    if names is not None and not (
+        isinstance(names, list) and len(names) == len(shapes) and all(isinstance(n, str) and n for n in names)
+    ):
+        raise _invalid(opt, f"`names` must be a list of one non-empty string per parameter; received {_short(names)}")
+    layout = opt._new_layout(shapes, dtype, names)
     layout.install(_copies(opt, arrays, layout.sizes, layout.dtype))
     _check_fits(opt, layout)
     _check_nonnegative(opt, layout)
@@ -163,13 +170,18 @@ def _check_fits(opt, layout: Layout) -> None:
     live = opt._layout
     if live is None or not live.params_known:
         return
-    difference = mismatch(layout, live.shapes, live.dtype, "this optimizer's")
+    difference = mismatch(layout, live.shapes, live.dtype, "this optimizer's", live.names)
     if difference:
         raise ValueError(
             f"{type(opt).__name__}: the state does not fit the parameters this optimizer is built for: "
             f"{difference} (an optimizer keeps updating the parameters it was built for; load a state saved "
             "for them, or create a new optimizer for the state's)"
         )
+    if layout.names is None and live.names is not None:  # a state saved for the same parameters, unnamed
+        try:
+            layout.name_parameters(live.names)
+        except ValueError as error:
+            raise ValueError(f"{type(opt).__name__}: {error}") from None
     layout.params_known = True
 
 
