@@ -101,7 +101,21 @@ One step (`apply` / `apply_gradients`) runs, in Keras's order:
 6. with `use_ema`, $\\bar p \\leftarrow \\mu \\bar p + (1-\\mu) p$ (with $\\mu = 0$ while
    `iterations == 0`), copied into the parameters every `ema_overwrite_frequency` steps;
    `finalize_variable_values()` copies it in at the end of training;
-7. `iterations += 1` (on accumulating calls too, see below).
+7. constraints: each parameter given one by `add_constraint` becomes `constraint(p)`;
+8. `iterations += 1` (on accumulating calls too, see below).
+
+Parameters chosen by `overwrite_with_gradient` (Keras's variable flag, for float8 scaling
+factors) take their raw gradient as their value instead (with accumulation, the running
+element-wise maximum, set on every N-th call) and are left out of steps 1–7: their slots,
+EMA and decay do not change, and a `global_clipnorm` does not count them.
+
+**Constraints** are Keras's, applied after the step as Keras applies a variable's
+`constraint`: `opt.add_constraint(constraint, var_list=None, var_names=None, indices=None)`
+(before the optimizer is built), with `optlab.constraints.NonNeg`, `MaxNorm(max_value=2,
+axis=0)`, `MinMaxNorm(min_value=0, max_value=1, rate=1, axis=0)`, `UnitNorm(axis=0)` (by
+object, name or config, Keras's arguments and numbers) or any callable `w -> w`. The
+parameters are chosen as `exclude_from_weight_decay` chooses them: the arrays, names
+(regular expressions) or positions.
 
 The learning rate is evaluated once per call, before step 1 — a schedule at the raw call
 count — and that one value serves the weight decay and the update rule; afterwards
@@ -239,7 +253,11 @@ SCHEDULES_INTRO = """\
 A schedule is a plain callable `step -> learning rate` (it also takes a numpy array of steps
 and returns an array), with `get_config` / `from_config`, found by name like the optimizers.
 Keras 3's schedules have Keras's arguments and values (checked against Keras 3.15 at every
-step, `tests/test_keras_equivalence.py`); `Constant` and `LinearWarmup` are optlab's.
+step, `tests/test_keras_equivalence.py`); `Constant` and `LinearWarmup` are optlab's. The
+schedules users bring from optax and torch follow them: `SequentialSchedule` through
+`NoamDecay` below, each checked at every step against the peer's own rates where a peer has
+it (optax 0.2.8 in float64, torch 2.13; `tests/test_peer_schedules.py`), by hand otherwise.
+Each one's section says which peer call it matches and where the peers disagree.
 
 ```python
 schedule = optlab.schedules.ExponentialDecay(0.1, decay_steps=100, decay_rate=0.9)

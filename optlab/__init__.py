@@ -38,6 +38,7 @@ _SUBMODULES = {
     "problems",
     "callbacks",
     "trainer",
+    "constraints",
 }
 
 

@@ -173,10 +173,13 @@ class Optimizer(Configurable):
         self._iterations = 0  # calls of apply, accumulating ones included
         self._layout: Layout | None = None
         self._plan: Plan | None = None
-        self._exclude_wd: set[int] = set()  # resolved when a plan is made
-        self._exclude_wd_indices: set[int] = set()
-        self._exclude_wd_arrays: list = []
-        self._exclude_wd_pattern = None
+        # parameters chosen before the build (by array, name or position), resolved when a plan is made
+        self._exclude_wd_choice = Choice()
+        self._exclude_wd: set[int] = set()
+        self._constraint_choices: list[tuple[Choice, object]] = []
+        self._constraints: dict[int, object] = {}
+        self._overwrite_choice = Choice()
+        self._overwrite: list[int] = []
         #: the learning rate the latest call of ``apply`` evaluated and its update used (None before)
         self.applied_learning_rate: float | None = None
         if kwargs.pop("decay", None) is not None:
@@ -282,15 +285,35 @@ class Optimizer(Configurable):
         name (``var_names``: as in Keras, a parameter whose name contains a match of any of these
         regular expressions, ``re.search``; needs named parameters, see ``build``), or by position.
         Must be called before the optimizer is built, as in Keras."""
+        self._before_build("exclude_from_weight_decay()")
+        self._exclude_wd_choice = Choice(var_list, var_names, indices, "exclude_from_weight_decay")
+
+    def add_constraint(self, constraint, var_list=None, var_names=None, indices=None):
+        """Constrain the chosen parameters (as ``exclude_from_weight_decay`` chooses them) after
+        every step: ``p[...] = constraint(p)``, after the update and the EMA, as Keras applies a
+        variable's ``constraint``. ``constraint``: an ``optlab.constraints`` name, config or
+        instance (Keras's ``NonNeg``, ``MaxNorm``, ``MinMaxNorm``, ``UnitNorm``), or any callable
+        returning an array of the parameter's shape. One constraint per parameter."""
+        from .. import constraints
+
+        self._before_build("add_constraint()")
+        fn = constraints.get(constraint)
+        if fn is None:
+            raise TypeError(f"{type(self).__name__}.add_constraint: a constraint is required; received None")
+        self._constraint_choices.append((Choice(var_list, var_names, indices, "add_constraint"), fn))
+
+    def overwrite_with_gradient(self, var_list=None, var_names=None, indices=None):
+        """The chosen parameters take their gradient as their new value (Keras's variable flag
+        ``overwrite_with_gradient``, used for float8 scaling factors): no loss scaling, clipping,
+        decay, update, EMA or constraint applies to them, and their slots stay as they are. With
+        ``gradient_accumulation_steps``, they take the element-wise maximum of the gradients
+        over the accumulation, as Keras does."""
+        self._before_build("overwrite_with_gradient()")
+        self._overwrite_choice = Choice(var_list, var_names, indices, "overwrite_with_gradient")
+
+    def _before_build(self, what: str) -> None:
         if self.built:
-            raise ValueError("exclude_from_weight_decay() can only be called before the optimizer is built")
-        indices = list(indices or ())
-        for i in indices:
-            if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
-                raise TypeError(f"exclude_from_weight_decay: indices must be integers; received {i!r}")
-        self._exclude_wd_indices = {int(i) for i in indices}
-        self._exclude_wd_arrays = list(var_list or ())
-        self._exclude_wd_pattern = name_pattern(var_names, "exclude_from_weight_decay: var_names")
+            raise ValueError(f"{what} can only be called before the optimizer is built")
 
     def build(self, params) -> None:
         """Create the state for ``params`` (done by the first ``apply``).
@@ -330,26 +353,18 @@ class Optimizer(Configurable):
                 )
             if layout.names is None and names is not None:
                 layout.name_parameters(names)
-        n = len(params)
-        bad = sorted(i for i in self._exclude_wd_indices if not -n <= i < n)
-        if bad:
-            raise ValueError(
-                f"{type(self).__name__}: exclude_from_weight_decay(indices=...) names parameter(s) {bad}, "
-                f"but there are {n} parameters (allowed: 0 to {n - 1}, or -{n} to -1)"
-            )
-        pattern = self._exclude_wd_pattern
-        if pattern is not None and layout.names is None:
-            raise ValueError(
-                f"{type(self).__name__}: exclude_from_weight_decay(var_names=...) selects parameters by name, "
-                "and these are unnamed: pass them as a dict {name: array} to build() or apply()"
-            )
-        plan = Plan(layout, params, type(self).__name__)
-        excluded = {i % n for i in self._exclude_wd_indices}
-        for a in self._exclude_wd_arrays:
-            excluded.update(i for i, p in enumerate(params) if p is a)
-        if pattern is not None:
-            excluded.update(i for i, name in enumerate(layout.names) if pattern.search(name))
-        self._exclude_wd = excluded
+        owner = type(self).__name__
+        excluded = self._exclude_wd_choice.resolve(params, layout.names, owner)
+        overwrite = sorted(self._overwrite_choice.resolve(params, layout.names, owner))
+        constraints: dict[int, object] = {}
+        for choice, fn in self._constraint_choices:
+            for i in sorted(choice.resolve(params, layout.names, owner)):
+                if i in constraints:
+                    raise ValueError(f"{owner}: parameter {_label(layout, i)} has two constraints; give it one")
+                constraints[i] = fn
+        plan = Plan(layout, params, owner)
+        self._exclude_wd, self._overwrite = excluded, overwrite
+        self._constraints = {i: fn for i, fn in constraints.items() if i not in overwrite}
         layout.params_known = True
         return plan
 
@@ -403,7 +418,14 @@ class Optimizer(Configurable):
             self.build(params if names is None else dict(zip(names, params)))
         if self._plan is None or not self._plan.covers(params):
             self._plan = self._new_plan(self._layout, params, names)
+        held = None
+        if self._overwrite:
+            grads, held = self._hold_overwritten(grads)
         self._step(self._plan.work(grads))
+        if held:
+            self._put_overwritten(held)
+        if self._constraints:
+            self._constrain(grads)
 
     def _nothing_to_apply(self, grads: list, params: list) -> bool:
         """An empty call: a no-op for an optimizer built on no parameters (as in Keras), else an error."""
@@ -442,6 +464,63 @@ class Optimizer(Configurable):
         if self.use_ema:
             self._update_ema(dt)
         self._iterations += 1
+
+    def _hold_overwritten(self, grads: list) -> tuple[list, list]:
+        """Take the ``overwrite_with_gradient`` parameters out of this step: their new values (the
+        gradient; with accumulation, Keras's running maximum) and their state as it is now, to
+        be put back after the step, which sees them with a zero gradient (so that a global norm
+        for clipping leaves them out, as Keras does)."""
+        layout, params = self._layout, self._plan.params
+        n = self.gradient_accumulation_steps
+        update_call = not n or (self._iterations + 1) % n == 0
+        grads, held = list(grads), []
+        for i in self._overwrite:
+            if i >= len(grads) or grads[i] is None:
+                continue  # no gradient: not part of this step at all (the step warns)
+            g = np.asarray(grads[i])
+            if g.shape != layout.shapes[i]:
+                continue  # the step refuses it, naming it, before anything changes
+            a, b = layout.offsets[i], layout.offsets[i + 1]
+            state = {key: (buf, *self._segment(key, i)) for key, buf in layout.arrays.items()}
+            saved = {key: buf[lo:hi].copy() for key, (buf, lo, hi) in state.items()}
+            value, accumulated = g.reshape(-1), None
+            if n:
+                merged = np.maximum(value, layout.accumulator[a:b])
+                value, accumulated = (merged, np.zeros_like(merged)) if update_call else (None, merged)
+            if value is None:  # an accumulating call: the parameter keeps its value
+                value = params[i].reshape(-1).copy()
+            held.append((params[i], state, saved, value, accumulated))
+            grads[i] = np.zeros(layout.shapes[i], layout.dtype)
+        return grads, held
+
+    def _segment(self, key: str, i: int) -> tuple[int, int]:
+        offsets = self._layout.slot_offsets[key[5:]] if key.startswith("slot/") else self._layout.offsets
+        return int(offsets[i]), int(offsets[i + 1])
+
+    def _put_overwritten(self, held: list) -> None:
+        for param, state, saved, value, accumulated in held:
+            for key, (buf, lo, hi) in state.items():
+                buf[lo:hi] = saved[key]
+            if accumulated is not None:
+                buf, lo, hi = state["accumulator"]
+                buf[lo:hi] = accumulated
+            np.copyto(param, value.reshape(param.shape), casting="unsafe")
+
+    def _constrain(self, grads: list) -> None:
+        """Keras's last part of a step: each constrained parameter (that had a gradient) becomes
+        ``constraint(parameter)``."""
+        params = self._plan.params
+        for i, fn in self._constraints.items():
+            if grads[i] is None:
+                continue
+            p = params[i]
+            value = np.asarray(fn(p))
+            if value.shape != p.shape:
+                raise ValueError(
+                    f"{type(self).__name__}: the constraint {fn!r} of parameter {_label(self._layout, i)} returned "
+                    f"shape {value.shape} for a parameter of shape {p.shape}"
+                )
+            np.copyto(p, value, casting="unsafe")
 
     def _into_scratch(self, fn, chunk, g, *args):
         out = self._layout.scratch(chunk.start, chunk.stop)
@@ -704,3 +783,43 @@ def _read_only(view: np.ndarray) -> np.ndarray:
     view = view.view()
     view.flags.writeable = False
     return view
+
+
+class Choice:
+    """Parameters chosen before the optimizer knows them, as Keras's ``exclude_from_weight_decay``
+    chooses: the arrays themselves (``var_list``), names (``var_names``, regular expressions,
+    ``re.search``) or positions (``indices``, negative from the end)."""
+
+    def __init__(self, var_list=None, var_names=None, indices=None, what: str = ""):
+        self.what = what
+        self.arrays = list(var_list or ())
+        self.indices = list(indices or ())
+        for i in self.indices:
+            if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+                raise TypeError(f"{what}: indices must be integers; received {i!r}")
+        self.pattern = name_pattern(var_names, f"{what}: var_names")
+
+    def resolve(self, params: list, names: list[str] | None, owner: str) -> set[int]:
+        """The positions of the chosen parameters among ``params`` (named ``names``, or unnamed)."""
+        n = len(params)
+        bad = sorted(i for i in self.indices if not -n <= i < n)
+        if bad:
+            raise ValueError(
+                f"{owner}: {self.what}(indices=...) names parameter(s) {bad}, but there are {n} parameters "
+                f"(allowed: 0 to {n - 1}, or -{n} to -1)"
+            )
+        chosen = {int(i) % n for i in self.indices}
+        for a in self.arrays:
+            chosen.update(i for i, p in enumerate(params) if p is a)
+        if self.pattern is not None:
+            if names is None:
+                raise ValueError(
+                    f"{owner}: {self.what}(var_names=...) selects parameters by name, and these are unnamed: "
+                    "pass them as a dict {name: array} to build() or apply()"
+                )
+            chosen.update(i for i, name in enumerate(names) if self.pattern.search(name))
+        return chosen
+
+
+def _label(layout: Layout, i: int) -> str:
+    return f"{i} ({layout.names[i]!r})" if layout.names is not None else str(i)
