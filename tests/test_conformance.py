@@ -46,6 +46,13 @@ SCHEDULE_KWARGS = {
     "CosineDecay": {"initial_learning_rate": 0.1, "decay_steps": 10, "warmup_target": 0.2, "warmup_steps": 5},
     "CosineDecayRestarts": {"initial_learning_rate": 0.1, "first_decay_steps": 10},
     "LinearWarmup": {"schedule": {"name": "constant", "learning_rate": 0.1}, "warmup_steps": 5},
+    "SequentialSchedule": {"schedules": [0.05, {"name": "constant", "learning_rate": 0.1}], "boundaries": [5]},
+    "MultiStepDecay": {"initial_learning_rate": 0.1, "milestones": [10, 20]},
+    "OneCycle": {"peak_learning_rate": 0.1, "total_steps": 30},
+    "CyclicalLearningRate": {"initial_learning_rate": 0.01, "maximal_learning_rate": 0.1, "step_size": 5},
+    "WarmupStableDecay": {"peak_learning_rate": 0.1, "total_steps": 30, "warmup_steps": 5},
+    "InverseSqrtDecay": {"peak_learning_rate": 0.1, "warmup_steps": 5},
+    "NoamDecay": {"d_model": 64, "warmup_steps": 5},
 }
 
 

@@ -24,6 +24,14 @@ EXAMPLES = {
         "schedule": {"name": "cosine_decay", "initial_learning_rate": 0.1, "decay_steps": 10},
         "warmup_steps": 5,
     },
+    # optax's and torch's schedules: checked against the peers in test_peer_schedules.py
+    "SequentialSchedule": {"schedules": [0.05, {"name": "constant", "learning_rate": 0.1}], "boundaries": [5]},
+    "MultiStepDecay": {"initial_learning_rate": 0.1, "milestones": [10, 20]},
+    "OneCycle": {"peak_learning_rate": 0.1, "total_steps": 30},
+    "CyclicalLearningRate": {"initial_learning_rate": 0.01, "maximal_learning_rate": 0.1, "step_size": 5},
+    "WarmupStableDecay": {"peak_learning_rate": 0.1, "total_steps": 30, "warmup_steps": 5},
+    "InverseSqrtDecay": {"peak_learning_rate": 0.1, "warmup_steps": 5},
+    "NoamDecay": {"d_model": 64, "warmup_steps": 5},
 }
 
 
