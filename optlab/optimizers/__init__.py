@@ -20,6 +20,7 @@ from .ftrl import Ftrl
 from .lamb import Lamb
 from .layout import Segments, Slot
 from .lion import Lion
+from .loss_scale import LossScaleOptimizer
 from .muon import Muon
 from .nadam import Nadam
 from .rmsprop import RMSprop
@@ -58,12 +59,18 @@ def get(identifier, **overrides) -> Optimizer | None:
     ``None`` gives ``None``. Keyword ``overrides``
     are passed to the constructor (with a name or a config).
     """
-    if identifier is None or isinstance(identifier, Optimizer):
+    if identifier is None or isinstance(identifier, (Optimizer, LossScaleOptimizer)):
         return identifier
+    if isinstance(identifier, dict) and str(identifier.get("class_name", "")).lower() in _WRAPPERS:
+        return _WRAPPERS[identifier["class_name"].lower()].from_config(identifier.get("config") or {})
     return registry.create(identifier, **overrides)
 
 
-def serialize(optimizer: Optimizer) -> dict:
+#: optimizers that wrap another (not registered: they take an optimizer, not hyperparameters)
+_WRAPPERS = {"lossscaleoptimizer": LossScaleOptimizer, "loss_scale_optimizer": LossScaleOptimizer}
+
+
+def serialize(optimizer) -> dict:
     """``{"class_name": registry name, "config": get_config()}`` (Keras's form; ``get`` rebuilds it, label included)."""
     return {"class_name": optimizer.registry_name, "config": optimizer.get_config()}
 
@@ -75,6 +82,7 @@ def deserialize(config: dict) -> Optimizer:
 __all__ = [
     "Optimizer",
     "LearningRate",
+    "LossScaleOptimizer",
     "Slot",
     "Segments",
     "get",

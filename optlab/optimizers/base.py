@@ -611,6 +611,11 @@ class Optimizer(Configurable):
         if freq and (self.iterations + 1) % freq == 0:
             self.finalize_variable_values()
 
+    def scale_loss(self, loss):
+        """``loss * loss_scale_factor`` (``loss`` itself without one), as Keras: differentiate
+        the scaled loss; each step divides the gradients by the factor again."""
+        return loss if self.loss_scale_factor is None else loss * self.loss_scale_factor
+
     def finalize_variable_values(self, var_list=None) -> None:
         """Write the moving average into the parameters (when ``use_ema``)."""
         if not self.use_ema or not self.built:
