@@ -109,6 +109,15 @@ factors) take their raw gradient as their value instead (with accumulation, the 
 element-wise maximum, set on every N-th call) and are left out of steps 1–7: their slots,
 EMA and decay do not change, and a `global_clipnorm` does not count them.
 
+**Loss scaling.** `opt.scale_loss(loss)` is `loss * loss_scale_factor`; differentiate that,
+and each step divides the gradients by the factor again (step 1). `LossScaleOptimizer(inner,
+initial_scale=2**15, dynamic_growth_steps=2000)` is Keras's dynamic scaling around any
+optimizer: a step with a non-finite gradient is skipped and the scale halved; after
+`dynamic_growth_steps` finite steps in a row it doubles. `optimizers.get` reads its Keras
+config (`{"class_name": "LossScaleOptimizer", "config": {...}}`), and its state holds the
+scale. The training loop (`Trainer`) scales the gradients as differentiating the scaled loss
+would, as Keras's `fit` does.
+
 **Constraints** are Keras's, applied after the step as Keras applies a variable's
 `constraint`: `opt.add_constraint(constraint, var_list=None, var_names=None, indices=None)`
 (before the optimizer is built), with `optlab.constraints.NonNeg`, `MaxNorm(max_value=2,

@@ -127,6 +127,9 @@ class Trainer:
                 batch = batches[index]
                 callbacks.on_train_batch_begin(index, {})
                 loss = problem.loss_and_grad(params, grads, batch, self.noise_rng)
+                scale = optimizer.scale_loss(1.0)
+                if scale != 1.0:  # Keras's fit differentiates the scaled loss; the step divides it out
+                    np.multiply(grads.flat, scale, out=grads.flat)
                 optimizer.apply(grads, params)
                 self.step += 1
                 self.batch = index + 1

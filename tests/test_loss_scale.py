@@ -107,3 +107,20 @@ def test_invalid_arguments():
         LossScaleOptimizer(SGD(0.1), dynamic_growth_steps=0)
     with pytest.raises(TypeError, match="`inner_optimizer` must be an optimizer"):
         LossScaleOptimizer(3)
+
+
+def test_the_trainer_scales_the_gradients_as_a_scaled_loss_would():
+    # a power-of-two scale is exact: scaled then unscaled, every step is the unscaled one's
+    from optlab.trainer import Trainer
+
+    runs = {}
+    for label, opt in [
+        ("plain", SGD(learning_rate=0.05)),
+        ("factor", SGD(learning_rate=0.05, loss_scale_factor=128.0)),
+        ("dynamic", LossScaleOptimizer(SGD(learning_rate=0.05), initial_scale=2.0**10, dynamic_growth_steps=3)),
+    ]:
+        trainer = Trainer("seed_linear", opt, epochs=12)
+        trainer.fit()
+        runs[label] = trainer.params.flat.copy()
+    np.testing.assert_array_equal(runs["factor"], runs["plain"])
+    np.testing.assert_array_equal(runs["dynamic"], runs["plain"])
