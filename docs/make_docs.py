@@ -118,6 +118,18 @@ config (`{"class_name": "LossScaleOptimizer", "config": {...}}`), and its state 
 scale. The training loop (`Trainer`) scales the gradients as differentiating the scaled loss
 would, as Keras's `fit` does.
 
+**Optimizer groups.** `MultiOptimizer(OptimizerMap(default, {pattern: optimizer, ...}))`
+(Keras's) steps each parameter with its group's optimizer — Muon for the matrices and AdamW
+for the rest, another rate for one layer — bit for bit as that optimizer alone would step it.
+`OptimizerMap` looks a parameter's name up as Keras does: an exact key, else the one pattern
+that matches the whole name (`re.fullmatch`; two are an error), else the default. Unnamed
+parameters are known by position (`"0"`, `"1"`, ...); `MultiOptimizer(callable)` takes a
+function `name -> optimizer` instead. Each optimizer keeps its own state, rate and schedule;
+as in Keras there is no single `learning_rate`: the training loop and the callbacks log
+`learning_rate_<optimizer name>` for each, and `LearningRateScheduler` and `ReduceLROnPlateau`
+set each one. Its state (`get_state`/`set_state`, so `BackupAndRestore` too) holds every
+optimizer's, restored all or none; its config is Keras's form.
+
 **Constraints** are Keras's, applied after the step as Keras applies a variable's
 `constraint`: `opt.add_constraint(constraint, var_list=None, var_names=None, indices=None)`
 (before the optimizer is built), with `optlab.constraints.NonNeg`, `MaxNorm(max_value=2,

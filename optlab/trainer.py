@@ -138,12 +138,12 @@ class Trainer:
                 self._count += size
                 if history is not None:
                     history.record_step(self.step, params.flat)
-                callbacks.on_train_batch_end(index, {"loss": loss, "learning_rate": optimizer.applied_learning_rate})
+                callbacks.on_train_batch_end(index, {"loss": loss, **optimizer.rate_logs(applied=True)})
                 if self.stop_training:
                     break
             logs = {
                 "loss": self._loss_sum / max(self._count, 1),
-                "learning_rate": float(optimizer.learning_rate),
+                **optimizer.rate_logs(),
                 **problem.evaluate(params),
             }
             self.batch = 0

@@ -179,23 +179,25 @@ class LearningRateScheduler(Callback):
     def on_epoch_begin(self, epoch, logs=None):
         from ..schedules import LearningRateSchedule
 
-        optimizer = self.trainer.optimizer
-        if isinstance(self.schedule, LearningRateSchedule):
-            lr = self.schedule(epoch)
-        else:
-            try:
-                lr = self.schedule(epoch, float(optimizer.learning_rate))
-            except TypeError:  # Keras's old one-argument form
+        group = getattr(self.trainer.optimizer, "optimizers", None)  # a MultiOptimizer: each one, as Keras
+        for optimizer in group or [self.trainer.optimizer]:
+            if isinstance(self.schedule, LearningRateSchedule):
                 lr = self.schedule(epoch)
-        if not isinstance(lr, (float, np.floating)) and not (isinstance(lr, int) and not isinstance(lr, bool)):
-            raise ValueError(f"The output of the `schedule` function should be a float. Got: {lr!r}")
-        optimizer.learning_rate = float(lr)
-        if self.verbose > 0:
-            print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {float(lr)}.")
+            else:
+                try:
+                    lr = self.schedule(epoch, float(optimizer.learning_rate))
+                except TypeError:  # Keras's old one-argument form
+                    lr = self.schedule(epoch)
+            if not isinstance(lr, (float, np.floating)) and not (isinstance(lr, int) and not isinstance(lr, bool)):
+                raise ValueError(f"The output of the `schedule` function should be a float. Got: {lr!r}")
+            optimizer.learning_rate = float(lr)
+            if self.verbose > 0:
+                whose = f"{optimizer.name} " if group else ""
+                print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting {whose}learning rate to {float(lr)}.")
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["learning_rate"] = float(self.trainer.optimizer.learning_rate)
+            logs.update(self.trainer.optimizer.rate_logs())
 
 
 class EarlyStopping(Monitor):
@@ -301,7 +303,7 @@ class ReduceLROnPlateau(Monitor):
     def on_epoch_end(self, epoch, logs=None):
         optimizer = self.trainer.optimizer
         if logs is not None:
-            logs["learning_rate"] = float(optimizer.learning_rate)
+            logs.update(optimizer.rate_logs())
         self._direction()  # as Keras: settled (or raising) before the metric is read
         current = self._current(logs, "Learning rate reduction")
         if current is None:
@@ -315,14 +317,22 @@ class ReduceLROnPlateau(Monitor):
         elif not self.in_cooldown():
             self.wait += 1
             if self.wait >= self.patience:
-                old_lr = float(optimizer.learning_rate)
-                if old_lr > np.float32(self.min_lr):
-                    new_lr = max(old_lr * self.factor, self.min_lr)
-                    optimizer.learning_rate = new_lr
-                    if self.verbose > 0:
-                        print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new_lr}.")
+                group = getattr(optimizer, "optimizers", None)  # a MultiOptimizer: each one, as Keras
+                reduced = [self._reduce(opt, epoch, group is not None) for opt in group or [optimizer]]
+                if any(reduced):
                     self.cooldown_counter = self.cooldown
                     self.wait = 0
+
+    def _reduce(self, optimizer, epoch: int, named: bool) -> bool:
+        old_lr = float(optimizer.learning_rate)
+        if not old_lr > np.float32(self.min_lr):
+            return False
+        new_lr = max(old_lr * self.factor, self.min_lr)
+        optimizer.learning_rate = new_lr
+        if self.verbose > 0:
+            whose = f"{optimizer.name} " if named else ""
+            print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing {whose}learning rate to {new_lr}.")
+        return True
 
     def get_state(self):
         return {"best": self.best, "cooldown_counter": self.cooldown_counter, "wait": self.wait}

@@ -21,6 +21,7 @@ from .lamb import Lamb
 from .layout import Segments, Slot
 from .lion import Lion
 from .loss_scale import LossScaleOptimizer
+from .multi import MultiOptimizer, OptimizerMap
 from .muon import Muon
 from .nadam import Nadam
 from .rmsprop import RMSprop
@@ -59,7 +60,7 @@ def get(identifier, **overrides) -> Optimizer | None:
     ``None`` gives ``None``. Keyword ``overrides``
     are passed to the constructor (with a name or a config).
     """
-    if identifier is None or isinstance(identifier, (Optimizer, LossScaleOptimizer)):
+    if identifier is None or isinstance(identifier, (Optimizer, LossScaleOptimizer, MultiOptimizer)):
         return identifier
     if isinstance(identifier, dict) and str(identifier.get("class_name", "")).lower() in _WRAPPERS:
         return _WRAPPERS[identifier["class_name"].lower()].from_config(identifier.get("config") or {})
@@ -67,7 +68,12 @@ def get(identifier, **overrides) -> Optimizer | None:
 
 
 #: optimizers that wrap another (not registered: they take an optimizer, not hyperparameters)
-_WRAPPERS = {"lossscaleoptimizer": LossScaleOptimizer, "loss_scale_optimizer": LossScaleOptimizer}
+_WRAPPERS = {
+    "lossscaleoptimizer": LossScaleOptimizer,
+    "loss_scale_optimizer": LossScaleOptimizer,
+    "multioptimizer": MultiOptimizer,
+    "multi_optimizer": MultiOptimizer,
+}
 
 
 def serialize(optimizer) -> dict:
@@ -83,6 +89,8 @@ __all__ = [
     "Optimizer",
     "LearningRate",
     "LossScaleOptimizer",
+    "MultiOptimizer",
+    "OptimizerMap",
     "Slot",
     "Segments",
     "get",

@@ -611,6 +611,11 @@ class Optimizer(Configurable):
         if freq and (self.iterations + 1) % freq == 0:
             self.finalize_variable_values()
 
+    def rate_logs(self, applied: bool = False) -> dict[str, float]:
+        """What the training loop logs of the rate: ``{"learning_rate": ...}``, the rate the last
+        step used (``applied``) or the next one's (a ``MultiOptimizer`` logs one per optimizer)."""
+        return {"learning_rate": self.applied_learning_rate if applied else float(self.learning_rate)}
+
     def scale_loss(self, loss):
         """``loss * loss_scale_factor`` (``loss`` itself without one), as Keras: differentiate
         the scaled loss; each step divides the gradients by the factor again."""

@@ -117,6 +117,9 @@ class LossScaleOptimizer:
     def applied_learning_rate(self):
         return self.inner_optimizer.applied_learning_rate
 
+    def rate_logs(self, applied: bool = False) -> dict[str, float]:
+        return self.inner_optimizer.rate_logs(applied)
+
     def finalize_variable_values(self, var_list=None) -> None:
         self.inner_optimizer.finalize_variable_values(var_list)
 
