@@ -8,7 +8,7 @@ import pytest
 
 from optlab import optimizers
 from optlab.callbacks import LearningRateScheduler
-from optlab.optimizers import SGD, Adam, AdamW, Muon, MultiOptimizer, OptimizerMap
+from optlab.optimizers import SGD, Adam, AdamW, MultiOptimizer, Muon, OptimizerMap
 from optlab.trainer import Trainer
 
 
@@ -40,7 +40,7 @@ def test_optimizer_map_looks_up_as_keras_does():
     assert groups["decoder/layer_0/dense"] is rms  # "decoder" must match the whole name
     groups[".*/query"] = adam
     with pytest.raises(ValueError, match="Multiple optimizers assigned to parameter 'encoder/layer_0/attention/query'"):
-        groups["encoder/layer_0/attention/query"]
+        _ = groups["encoder/layer_0/attention/query"]
     with pytest.raises(ValueError, match="already mapped"):
         groups["decoder"] = sgd
     with pytest.raises(ValueError, match="cannot be a MultiOptimizer"):
@@ -92,7 +92,7 @@ def test_a_callable_chooses_by_name_or_by_position():
 def test_there_is_no_single_learning_rate_as_in_keras():
     multi = MultiOptimizer(OptimizerMap(SGD(learning_rate=0.1, name="sgd_a"), {"b": SGD(0.2, name="sgd_b")}))
     with pytest.raises(AttributeError, match="Learning rate cannot be accessed on a MultiOptimizer"):
-        multi.learning_rate
+        _ = multi.learning_rate
     with pytest.raises(AttributeError, match="Learning rate cannot be set on a MultiOptimizer"):
         multi.learning_rate = 0.5
     assert multi.rate_logs() == {"learning_rate_sgd_b": 0.2, "learning_rate_sgd_a": 0.1}
