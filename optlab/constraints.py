@@ -31,15 +31,6 @@ class Constraint(Configurable):
 
     registry_name = "constraint"
 
-    def __init__(self, *args, **kwargs):
-        leftovers = self._assign_hypers(args, kwargs)
-        if leftovers:
-            raise self._unknown_arguments(leftovers)
-        self.check()
-
-    def check(self) -> None:
-        """Cross-argument validation (optional)."""
-
     def __call__(self, w: np.ndarray) -> np.ndarray:
         return w  # as Keras's base class: no constraint
 

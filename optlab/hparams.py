@@ -235,6 +235,16 @@ class Configurable:
         # on the class, not on the shared __init__: each class shows its own arguments in help()
         cls.__signature__ = inspect.Signature(params + cls._extra_parameters())
 
+    def __init__(self, *args, **kwargs):
+        """Bind the declared arguments (positionally or by keyword), refuse any other, then ``check()``."""
+        leftovers = self._assign_hypers(args, kwargs)
+        if leftovers:
+            raise self._unknown_arguments(leftovers)
+        self.check()
+
+    def check(self) -> None:
+        """Cross-argument validation (optional)."""
+
     @classmethod
     def _order_hypers(cls, hypers: dict[str, Hyper]) -> dict[str, Hyper]:
         """Constructor order: ``positional``, then required arguments, then the others, each in declaration order."""

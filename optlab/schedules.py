@@ -34,13 +34,7 @@ class LearningRateSchedule(Configurable):
 
     def __init__(self, *args, **kwargs):
         kwargs.pop("name", None)  # Keras's display name; the registry name identifies a schedule here
-        leftovers = self._assign_hypers(args, kwargs)
-        if leftovers:
-            raise self._unknown_arguments(leftovers)
-        self.check()
-
-    def check(self) -> None:
-        """Cross-argument validation (optional)."""
+        super().__init__(*args, **kwargs)
 
     def value(self, step: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -157,8 +157,8 @@ def test_failed_and_killed_runs_have_matching_status(tmp_path, spawn):
     assert statuses == ["FAILED", "KILLED"]
 
 
-def test_sigterm_marks_the_run_killed_and_keeps_every_metric(tmp_path, spawn):
-    # a cluster's time limit or `kill`: like Ctrl-C, the metrics gathered so far are written
+def _long_run(tmp_path, spawn):
+    """A tracked run of the quadratic for 1e8 epochs, logging every step, training for 1.5 s."""
     args = ["problem=quadratic", "trainer.epochs=100000000", "tracking.log_every=1", *FAST]
     proc = spawn(
         [sys.executable, "-m", "optlab", *args],
@@ -169,6 +169,12 @@ def test_sigterm_marks_the_run_killed_and_keeps_every_metric(tmp_path, spawn):
     )
     started(proc, lambda: bool(runs(tmp_path)[1]))
     time.sleep(1.5)
+    return proc
+
+
+def test_sigterm_marks_the_run_killed_and_keeps_every_metric(tmp_path, spawn):
+    # a cluster's time limit or `kill`: like Ctrl-C, the metrics gathered so far are written
+    proc = _long_run(tmp_path, spawn)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 143, err
@@ -183,16 +189,7 @@ def test_sigterm_marks_the_run_killed_and_keeps_every_metric(tmp_path, spawn):
 def test_a_second_signal_while_the_run_is_written_still_marks_it_killed(tmp_path, spawn):
     # once, a second SIGTERM within ~2 s of the first exited at once and left the run RUNNING;
     # now it cuts the wait for the store short, keeps the rest locally and still sets the status
-    args = ["problem=quadratic", "trainer.epochs=100000000", "tracking.log_every=1", *FAST]
-    proc = spawn(
-        [sys.executable, "-m", "optlab", *args],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    started(proc, lambda: bool(runs(tmp_path)[1]))
-    time.sleep(1.5)
+    proc = _long_run(tmp_path, spawn)
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)

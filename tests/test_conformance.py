@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_schedules import EXAMPLES
 
 import optlab
 from optlab.hparams import Hyper
@@ -37,22 +38,11 @@ def test_registered_optimizers_conform(check):
     check()
 
 
-SCHEDULE_KWARGS = {
-    "Constant": {"learning_rate": 0.3},
-    "ExponentialDecay": {"initial_learning_rate": 0.1, "decay_steps": 10, "decay_rate": 0.5},
-    "PiecewiseConstantDecay": {"boundaries": [10, 20], "values": [1.0, 0.5, 0.1]},
+SCHEDULE_KWARGS = {  # test_schedules' examples, with the options that exercise more of the code
+    **EXAMPLES,
     "PolynomialDecay": {"initial_learning_rate": 0.1, "decay_steps": 10, "cycle": True},
-    "InverseTimeDecay": {"initial_learning_rate": 0.1, "decay_steps": 10, "decay_rate": 0.5},
     "CosineDecay": {"initial_learning_rate": 0.1, "decay_steps": 10, "warmup_target": 0.2, "warmup_steps": 5},
-    "CosineDecayRestarts": {"initial_learning_rate": 0.1, "first_decay_steps": 10},
     "LinearWarmup": {"schedule": {"name": "constant", "learning_rate": 0.1}, "warmup_steps": 5},
-    "SequentialSchedule": {"schedules": [0.05, {"name": "constant", "learning_rate": 0.1}], "boundaries": [5]},
-    "MultiStepDecay": {"initial_learning_rate": 0.1, "milestones": [10, 20]},
-    "OneCycle": {"peak_learning_rate": 0.1, "total_steps": 30},
-    "CyclicalLearningRate": {"initial_learning_rate": 0.01, "maximal_learning_rate": 0.1, "step_size": 5},
-    "WarmupStableDecay": {"peak_learning_rate": 0.1, "total_steps": 30, "warmup_steps": 5},
-    "InverseSqrtDecay": {"peak_learning_rate": 0.1, "warmup_steps": 5},
-    "NoamDecay": {"d_model": 64, "warmup_steps": 5},
 }
 
 

@@ -29,14 +29,8 @@ class Callback(Configurable):
     runs_last: ClassVar[bool] = False
 
     def __init__(self, *args, **kwargs):
-        leftovers = self._assign_hypers(args, kwargs)
-        if leftovers:
-            raise self._unknown_arguments(leftovers)
         self.trainer = None
-        self.check()
-
-    def check(self) -> None:
-        """Cross-argument validation (optional)."""
+        super().__init__(*args, **kwargs)
 
     def check_logs(self, names: set[str]) -> None:
         """Raise ``ValueError`` if this callback cannot work with epoch logs holding ``names``.

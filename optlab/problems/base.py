@@ -52,15 +52,6 @@ class Problem(Configurable):
                     f"name); received {way!r}"
                 )
 
-    def __init__(self, *args, **kwargs):
-        leftovers = self._assign_hypers(args, kwargs)
-        if leftovers:
-            raise self._unknown_arguments(leftovers)
-        self.check()
-
-    def check(self) -> None:
-        """Cross-argument validation (optional)."""
-
     # -- the protocol -------------------------------------------------------------------------
     def shapes(self) -> list[tuple[int, ...]]:
         """The parameters' shapes."""
