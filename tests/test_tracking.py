@@ -398,3 +398,188 @@ def test_store_lock_serialises_processes_and_writes_nothing(tmp_path):
                 worker.join()
     assert [kind for kind, _ in timeline] == ["in", "out"] * 3  # never two holders at once
     assert list(tmp_path.iterdir()) == []
+
+
+# -- true counts of what was kept ------------------------------------------------------------------
+
+
+def commit_then_lose_the_answer(tracker, share=1.0):
+    """The store commits the first ``share`` of each metric write, then the answer is lost (a client-side
+    timeout after the server committed): the fault that made the kept count include stored metrics."""
+    real = tracker.client.log_batch
+
+    def log_batch(run_id, metrics=(), **kwargs):
+        if metrics:
+            real(run_id, metrics=metrics[: int(len(metrics) * share)])
+            raise TimeoutError("Read timed out. (read timeout=5)")
+        return real(run_id, metrics=metrics, **kwargs)
+
+    tracker.client.log_batch = log_batch
+    tracker._writer.client = tracker.client
+
+
+def stored_count(client, run_id):
+    return sum(len(client.get_metric_history(run_id, k)) for k in ["loss", "learning_rate", *EPOCH_KEYS])
+
+
+def test_metrics_the_store_took_without_an_answer_are_not_counted_as_kept(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(tracking, "FLUSH_SECONDS", 1e9)  # every metric in one write, at the end
+    monkeypatch.setattr(tracking, "RETRY_DELAYS", (0.01, 0.01, 0.01))
+    tracker = make_tracker(tmp_path)
+    tracker.start()
+    commit_then_lose_the_answer(tracker, share=0.5)
+    train(tracker)
+    tracker.close("FINISHED")
+    total = 2 * STEPS + len(EPOCH_KEYS) * EPOCHS  # 96, one write: its first 48 were committed
+    client = client_for(tmp_path)
+    assert stored_count(client, tracker.run_id) == total // 2
+    assert tracker.kept_count == total // 2 and tracker.kept_unconfirmed == 0  # not 96: the store was asked
+    assert len(tracker.kept_path.read_text().splitlines()) == 1 + total // 2
+    assert tracker.undelivered_message().startswith(f"{total // 2} metrics could not be written to sqlite:///")
+    run = client.get_run(tracker.run_id)
+    assert run.data.tags[tracking.UNDELIVERED_TAG] == f"{total // 2} metrics kept in {tracker.kept_path}"
+    assert deliver.main([str(tracker.kept_path)]) == 0
+    assert f"{total // 2} metrics written to sqlite:///" in capsys.readouterr().out  # none "already there"
+    assert stored_count(client, tracker.run_id) == total
+
+
+def test_writes_without_an_answer_are_reported_as_up_to_when_the_store_cannot_say(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(tracking, "FLUSH_SECONDS", 1e9)
+    monkeypatch.setattr(tracking, "RETRY_DELAYS", (0.01, 0.01, 0.01))
+    tracker = make_tracker(tmp_path)
+    tracker.start()
+    commit_then_lose_the_answer(tracker, share=0.5)
+    store = tracker.client._tracking_client.store
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("store unreachable")
+
+    monkeypatch.setattr(store, "get_metric_history", unreachable)  # the store cannot say what it has
+    train(tracker)
+    tracker.close("FINISHED")
+    total = 2 * STEPS + len(EPOCH_KEYS) * EPOCHS
+    assert tracker.kept_count == total and tracker.kept_unconfirmed == total
+    path = tracker.kept_path
+    assert tracker.undelivered_message() == (
+        f"up to {total} metrics could not be written to {tracker.uri} ({total} of the metrics were sent without "
+        f"an answer and may be stored already; delivery skips those); kept in {path}; "
+        f"deliver them with: python -m optlab.deliver {path}"
+    )
+    run = client_for(tmp_path).get_run(tracker.run_id)
+    assert run.data.tags[tracking.UNDELIVERED_TAG].startswith(f"up to {total} metrics kept in {path} ({total} of")
+    monkeypatch.undo()
+    assert deliver.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{total // 2} metrics written to sqlite:///" in out and f"({total // 2} were already there)" in out
+    assert stored_count(client_for(tmp_path), tracker.run_id) == total
+
+
+# -- plots the store does not take ----------------------------------------------------------------
+
+
+def test_plots_the_store_does_not_take_are_kept_and_delivered(tmp_path, capsys):
+    tracker = make_tracker(tmp_path)
+    tracker.start()
+
+    def refuse(*args, **kwargs):
+        raise OSError("artifact store unreachable")
+
+    tracker.client.log_artifact = refuse
+    train(tracker, problem="rosenbrock", epochs=40, optimizer=optlab.optimizers.Adam(learning_rate=0.1))
+    tracker.close("FINISHED")
+    assert tracker.status == "FINISHED" and tracker.kept_count == 0  # the metrics went in; the plots did not
+    path = tmp_path / "run" / f"undelivered-{tracker.run_id}.jsonl"
+    folder = tmp_path / "run" / f"undelivered-{tracker.run_id}"
+    assert tracker.kept_path == path and tracker.kept_plots == ["curves.png", "path.png"]
+    kept = {name: (folder / name).read_bytes() for name in ("curves.png", "path.png")}
+    assert all(data.startswith(b"\x89PNG\r\n\x1a\n") for data in kept.values())
+    assert json.loads(path.read_text().splitlines()[0])["plots"] == ["curves.png", "path.png"]
+    assert tracker.undelivered_message() == (
+        f"the plots curves.png, path.png could not be written to {tracker.uri}; kept in {path} and {folder}/; "
+        f"deliver them with: python -m optlab.deliver {path}"
+    )
+    client = client_for(tmp_path)
+    run = client.get_run(tracker.run_id)
+    assert run.data.tags[tracking.UNDELIVERED_TAG] == f"the plots curves.png, path.png kept in {path}"
+    assert "plot_error" not in run.data.tags  # drawn fine, and kept
+    assert deliver.main([str(path)]) == 0
+    assert "0 metrics and the plots curves.png, path.png written to sqlite:///" in capsys.readouterr().out
+    logged = {a.path: a.file_size for a in client.list_artifacts(tracker.run_id)}
+    assert logged == {"config.yaml": logged["config.yaml"], **{name: len(data) for name, data in kept.items()}}
+    assert not path.exists() and not folder.exists()
+    assert tracking.UNDELIVERED_TAG not in client.get_run(tracker.run_id).data.tags
+
+
+def test_deliver_refuses_plot_names_that_leave_the_folder(tmp_path, capsys):
+    path = tmp_path / "undelivered-abc.jsonl"
+    header = {"format": tracking.KEPT_FORMAT, "version": 1, "tracking_uri": "sqlite:///x.db", "run_id": "abc"}
+    text = json.dumps({**header, "plots": ["../../notes.png"]}) + "\n"
+    path.write_text(text)
+    assert deliver.main([str(path)]) == 2
+    assert "is not a file of undelivered metrics written by optlab" in capsys.readouterr().err
+    assert path.read_text() == text
+
+
+# -- where to see the run ---------------------------------------------------------------------------
+
+
+def test_ui_hint_names_the_servers_page_or_the_mlflow_ui_command(tmp_path):
+    tracker = make_tracker(tmp_path)
+    tracker.start()
+    tracker.close("FINISHED")
+    experiment = client_for(tmp_path).get_experiment_by_name("tests").experiment_id
+    assert tracker.ui_hint() == (
+        f"open it with:  mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'} --host 127.0.0.1   "
+        f"then http://127.0.0.1:5000/#/experiments/{experiment}/runs/{tracker.run_id}"
+    )
+    server = tracking.MlflowTracker("https://me:secret@mlflow.example.org:8443/team/", "tests", {}, {}, "r")
+    server.experiment_id, server.run_id = "7", "0123abcd"
+    assert server.ui_hint() == "open it at:  https://mlflow.example.org:8443/team/#/experiments/7/runs/0123abcd"
+
+
+# -- delivering large files -------------------------------------------------------------------------
+
+
+def kept_file_for(tmp_path, metrics) -> tuple:
+    """A finished run with no metrics, and a kept file of ``metrics`` for it, written as the tracker writes it."""
+    tracker = make_tracker(tmp_path)
+    tracker.start()
+    tracker.close("FINISHED")
+    path = tmp_path / f"undelivered-{tracker.run_id}.jsonl"
+    header = {"format": tracking.KEPT_FORMAT, "version": 1, "tracking_uri": tracker.uri, "run_id": tracker.run_id}
+    path.write_text("\n".join([json.dumps(header), *map(tracking.metric_line, metrics)]) + "\n")
+    return tracker.run_id, path
+
+
+def test_deliver_sends_batches_and_reports_its_progress(tmp_path, monkeypatch, capsys):
+    from mlflow.tracking import MlflowClient
+
+    run_id, path = kept_file_for(tmp_path, [("loss", 1.0 / step, 1000 + step, step) for step in range(1, 2346)])
+    monkeypatch.setattr(deliver, "PROGRESS_SECONDS", 0.0)  # a line after every batch
+    sizes = []
+    real = MlflowClient.log_batch
+
+    def log_batch(self, run_id, metrics=(), **kwargs):
+        sizes.append(len(metrics))
+        return real(self, run_id, metrics=metrics, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", log_batch)
+    assert deliver.main([str(path)]) == 0
+    assert sizes == [1000, 1000, 345]  # MLflow's limit per call
+    captured = capsys.readouterr()
+    progress = [line.split(" metrics")[0] for line in captured.err.splitlines() if line.startswith("writing: ")]
+    assert progress == ["writing: 1000 of 2345", "writing: 2000 of 2345", "writing: 2345 of 2345"]
+    assert f"{path}: 2345 metrics written to sqlite:///" in captured.out
+    assert steps_of(client_for(tmp_path), run_id, "loss") == list(range(1, 2346))
+
+
+def test_deliver_matches_what_the_store_gives_back_for_infinities_zero_and_nan(tmp_path, capsys):
+    inf = float("inf")
+    metrics = [("loss", inf, 1, 1), ("loss", -inf, 2, 2), ("loss", math.nan, 3, 3), ("loss", -0.0, 4, 4)]
+    metrics += [("loss", 0.5, 5, 5), ("loss", 0.5, 5, 5)]  # the same point twice (an interrupted hand-over)
+    run_id, path = kept_file_for(tmp_path, metrics)
+    assert deliver.main([str(path)]) == 0, capsys.readouterr().err
+    assert f"{path}: 5 metrics written to sqlite:///" in capsys.readouterr().out
+    assert not path.exists()
+    assert steps_of(client_for(tmp_path), run_id, "loss") == [1, 2, 3, 4, 5]
+    assert deliver.main([str(path)]) == 2  # gone: nothing to deliver twice

@@ -245,11 +245,87 @@ def _umask() -> int:
     return mask
 
 
-def test_an_empty_file_becomes_a_store(tmp_path):
+def test_an_empty_file_becomes_a_store_in_place_at_once(tmp_path, monkeypatch):
+    from optlab.app import store
+
     db = tmp_path / "mlflow.db"
     db.touch()
-    finished_run(f"sqlite:///{db}")
+    db.chmod(0o640)
+    inode = db.stat().st_ino
+    holder = sqlite3.connect(db)  # a program that has the empty file open (sqlite3 mlflow.db, a script)
+    sleeps = []
+    monkeypatch.setattr(store.time, "sleep", sleeps.append)  # the wait for a file that may still change
+    try:
+        finished_run(f"sqlite:///{db}")
+        assert holder.execute("SELECT name FROM experiments ORDER BY experiment_id").fetchall() == [
+            ("Default",),
+            ("tests",),
+        ]  # it sees the store: the same file, filled, not another one moved over it
+    finally:
+        holder.close()
+    assert sleeps == []  # 12.4 s before: 2 s of waiting for the empty file to change, then the schema
+    assert db.stat().st_ino == inode and oct(db.stat().st_mode & 0o777) == oct(0o640)
     assert runs_in(db) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlartifacts", "mlflow.db"]
+
+
+def _schema_and_rows(db: Path) -> tuple:
+    with sqlite3.connect(db) as connection:
+        schema = sorted(connection.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall(), key=str)
+        tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        rows = {t: sorted(map(repr, connection.execute(f'SELECT * FROM "{t}"').fetchall())) for t in tables}
+    connection.close()
+    return schema, rows
+
+
+def test_filling_an_empty_file_copies_the_whole_store_mlflow_created(tmp_path, monkeypatch):
+    import shutil
+
+    from optlab.app import store
+
+    filled, template = tmp_path / "filled.db", tmp_path / "template.db"
+    filled.touch()
+    fill = store.fill_empty
+
+    def keep_the_template(path, built, name):
+        shutil.copyfile(built, template)  # the store MLflow built (closed and fsynced by now)
+        return fill(path, built, name)
+
+    monkeypatch.setattr(store, "fill_empty", keep_the_template)
+    with store.store_lock(f"sqlite:///{filled}"):
+        store.prepare_sqlite(f"sqlite:///{filled}")
+    schema, rows = _schema_and_rows(filled)
+    assert len(schema) > 100 and rows["experiments"] and rows["alembic_version"]  # a real store, not two empty ones
+    assert (schema, rows) == _schema_and_rows(template)  # every table, index and trigger, every row
+    with sqlite3.connect(filled) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    connection.close()
+
+
+def test_a_file_written_to_while_the_store_is_built_is_never_replaced(tmp_path, monkeypatch):
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    db = tmp_path / "mlflow.db"
+    db.touch()
+    build = SqlAlchemyStore.__init__
+
+    def meanwhile(self, db_uri, *args, **kwargs):
+        build(self, db_uri, *args, **kwargs)
+        if ".creating-" in db_uri and not (tmp_path / "written").exists():  # optlab's store is built: then
+            with sqlite3.connect(db) as other:  # another program writes to the empty file
+                other.execute("CREATE TABLE notes (text)")
+                other.execute("INSERT INTO notes VALUES ('mine')")
+            other.close()
+            (tmp_path / "written").touch()
+
+    monkeypatch.setattr(SqlAlchemyStore, "__init__", meanwhile)
+    message = start_error(f"sqlite:///{db}")
+    assert "is an SQLite database but not an MLflow store" in message  # judged again, as found
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("SELECT text FROM notes").fetchall() == [("mine",)]
+        assert [r[0] for r in connection.execute("SELECT name FROM sqlite_master")] == ["notes"]
+    connection.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "written"]  # no temporary left
 
 
 def test_an_interrupted_creation_leaves_nothing_and_the_next_run_works(tmp_path, interrupt_migration):
@@ -430,11 +506,32 @@ def test_parallel_first_runs_in_one_folder_share_one_store(tmp_path):
 
 SERVER = "import sys\nfrom mlflow.server import app\napp.run(host='127.0.0.1', port=int(sys.argv[1]))"
 
+# A server that commits each metric write, then answers only after the seconds written in the file
+# sys.argv[2] (if it exists): the client has given up by then, though the metrics are stored.
+LATE_ANSWERS = textwrap.dedent(
+    """
+    import os, sys, time
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    committed = SqlAlchemyStore.log_batch
+
+    def log_batch(self, run_id, metrics, params, tags):
+        committed(self, run_id, metrics, params, tags)
+        if metrics and os.path.exists(sys.argv[2]):
+            time.sleep(float(open(sys.argv[2]).read()))
+
+    SqlAlchemyStore.log_batch = log_batch
+    from mlflow.server import app
+    app.run(host="127.0.0.1", port=int(sys.argv[1]))
+    """
+)
+
 
 class MlflowServer:
     """MLflow's tracking server (its Flask app, one process: up in seconds) on a free port, over a sqlite store."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, script: str = SERVER, *args: str):
+        self.script, self.args = script, args
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -448,7 +545,7 @@ class MlflowServer:
         import urllib.request
 
         self.process = subprocess.Popen(
-            [sys.executable, "-c", SERVER, str(self.port)],
+            [sys.executable, "-c", self.script, str(self.port), *self.args],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -534,6 +631,41 @@ def test_a_server_killed_mid_run_neither_stalls_training_nor_loses_a_metric(tmp_
     for key in ("loss", "learning_rate", "epoch_loss", "distance_to_optimum"):
         steps = sorted(m.step for m in client.get_metric_history(tracker.run_id, key))
         assert steps == list(range(1, epochs + 1)), key
+
+
+def test_writes_the_server_stored_without_answering_in_time_are_not_reported_kept(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    late = tmp_path / "answer-after-seconds"
+    server = MlflowServer(tmp_path, LATE_ANSWERS, str(late))
+    monkeypatch.setattr(tracking, "RETRY_DELAYS", (0.05, 0.1, 0.2))
+    monkeypatch.setattr(tracking, "FLUSH_SECONDS", 1e9)  # every metric in one write, at the end
+    epochs = 50
+    try:
+        server.start()
+        MlflowClient(tracking_uri=server.uri).search_experiments()  # the server creates its store (seconds)
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")  # then the client waits 1 s for an answer
+        tracker = tracking.MlflowTracker(
+            server.uri, "tests", {"x": 1}, {}, "late-answers", 1, flush_timeout=15.0, output_dir=tmp_path / "run"
+        )
+        tracker.start()
+        late.write_text("2.5")  # from now on each metric write is committed, then answered after 2.5 s
+        optimizer = optlab.optimizers.SGD(learning_rate=0.01)
+        Trainer(optlab.problems.get("quadratic"), optimizer, [tracker], epochs=epochs).fit()
+        tracker.close("FINISHED")
+        assert tracker._writer.written == 0  # no write was answered in time: all four tries timed out
+        client = MlflowClient(tracking_uri=server.uri)
+        keys = ("loss", "learning_rate", "epoch_loss", "distance_to_optimum")
+        stored = sum(len(client.get_metric_history(tracker.run_id, key)) for key in keys)
+        run = client.get_run(tracker.run_id)
+    finally:
+        server.stop()
+    assert stored == 4 * epochs  # the server has every metric (one step per epoch)
+    assert tracker.kept_count == 4 * epochs - stored == 0  # before: "200 metrics could not be written"
+    assert tracker.kept_path is None and tracker.undelivered_message() is None
+    assert not (tmp_path / "run").exists() or list((tmp_path / "run").iterdir()) == []
+    assert tracker.status == "FINISHED" and run.info.status == "FINISHED"
+    assert tracking.UNDELIVERED_TAG not in run.data.tags
 
 
 # -- the command line: SIGTERM while the end of a run waits for the store ------------------------------

@@ -473,12 +473,8 @@ def _failure_line(message: str, log: str | None, tracker) -> str:
 
 
 def _interrupt_line(reason: str, tracker) -> str:
-    kept = ""
-    if tracker is not None and getattr(tracker, "kept_path", None):
-        kept = (
-            f"; {tracker.kept_count} metrics not yet written are kept in {tracker.kept_path} "
-            f"(python -m optlab.deliver {tracker.kept_path})"
-        )
+    message = tracker.undelivered_message() if tracker is not None else None
+    kept = f"; {message}" if message else ""
     return f"{reason}{_status_line(tracker)}{kept}"
 
 
@@ -513,10 +509,13 @@ def summary(conf, trainer, history, seconds, tracker) -> None:
             file=sys.stderr,
         )
     if tracker is not None:
-        uri = tracker.uri
-        print(f"\nlogged to MLflow: {uri}  (experiment {tracker.experiment!r}, run {tracker.run_id})", file=out)
-        backend = uri if "://" in uri else f"file:{uri}"
-        print(f"open it with:  mlflow ui --backend-store-uri {backend} --host 127.0.0.1", file=out)
+        from .store import shown
+
+        print(
+            f"\nlogged to MLflow: {shown(tracker.uri)}  (experiment {tracker.experiment!r}, run {tracker.run_id})",
+            file=out,
+        )
+        print(tracker.ui_hint(), file=out)
         undelivered = tracker.undelivered_message()
         if undelivered:
             out.flush()

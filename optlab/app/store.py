@@ -6,7 +6,9 @@ writable, a file that is not an SQLite database or not an MLflow store, a damage
 half-created store, an unknown scheme. A missing sqlite store is built under a temporary name
 and moved into place (:func:`create_sqlite_store`), under a lock on its folder
 (:func:`store_lock`), so that an interrupted first run never leaves a half-made store and
-parallel runs of a sweep never create one twice.
+parallel runs of a sweep never create one twice. An empty SQLite file (0 bytes, or no schema)
+is filled with that store in one SQLite transaction, in place (:func:`fill_empty`): it stays
+the same file, and one that anything was written to meanwhile is left alone.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ HTTP_LIMITS = {  # MLflow's HTTP client while a run is tracked (unless set by th
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
 }
 QUICK_CHECK_SECONDS = 2.0  # PRAGMA quick_check budget (about 150 MB of store per second here)
-SETTLE_CHECKS, SETTLE_SECONDS = 4, 15.0  # an empty or half-made store is judged once still for 2 s
+SETTLE_CHECKS, SETTLE_SECONDS = 4, 15.0  # a half-made store is judged once still for 2 s (15 s at most)
 DEFAULT_DB = "mlflow.db"
 SQLITE_HEADER = b"SQLite format 3\x00"
 MLFLOW_TABLES = {"alembic_version", "experiments", "runs", "metrics", "latest_metrics", "params", "tags"}
@@ -113,8 +115,9 @@ def prepare_sqlite(uri: str, create: bool = True) -> None:
 
     The folder must be writable; an existing file must carry SQLite's header, pass
     ``PRAGMA quick_check`` (within ``QUICK_CHECK_SECONDS``) and hold MLflow's current schema. A
-    missing (or empty) store is built under a temporary name and moved into place, so that an
-    interrupted first run leaves no half-created store behind.
+    missing store is built under a temporary name and moved into place, an empty one (0 bytes or
+    no schema) is filled in place in one transaction: an interrupted first run leaves no
+    half-created store behind.
     """
     path = sqlite_path(uri)
     if path is None:
@@ -133,8 +136,9 @@ def prepare_sqlite(uri: str, create: bool = True) -> None:
             stale.unlink()
     if path.is_dir():
         raise TrackingError(f"tracking store {name}: {path} is a folder, not an sqlite file; {ADVICE}")
-    # An empty or half-made store may be in the making by a process that does not take our lock
-    # (`mlflow ui`, a script): wait while it changes, and judge it once it stands still.
+    # A half-made store may be in the making by a process that does not take our lock
+    # (`mlflow ui`, a script): wait while it changes, and judge it once it stands still. An empty
+    # file needs no wait: fill_empty checks it is empty under SQLite's lock, as it fills it.
     seen, still, waited = None, 0, 0.0
     while True:
         try:
@@ -150,18 +154,15 @@ def prepare_sqlite(uri: str, create: bool = True) -> None:
         if not create:
             missing = f"tracking store {name}: there is no MLflow store at {path}"
             raise TrackingError(missing if state in ("missing", "empty") else state)
-        if state == "missing":
-            if create_sqlite_store(path, replace=False):
+        if state in ("missing", "empty"):
+            if create_sqlite_store(path, in_place=state == "empty", name=name):
                 return
-            seen, still = None, 0  # someone made one meanwhile: judge theirs
+            seen, still = None, 0  # someone wrote there meanwhile: judge theirs
             continue
         mark = (state, stat.st_size, stat.st_mtime_ns)
         still = still + 1 if mark == seen else 0
         seen = mark
         if still >= SETTLE_CHECKS or waited >= SETTLE_SECONDS:
-            if state == "empty":  # nothing in it to lose
-                create_sqlite_store(path, replace=True)
-                return
             raise TrackingError(state)  # a half-made store: the message says what to do
         time.sleep(0.5)
         waited += 0.5
@@ -169,8 +170,9 @@ def prepare_sqlite(uri: str, create: bool = True) -> None:
 
 def inspect_sqlite(path: Path, name: str) -> str:
     """``"store"`` for a sound MLflow store at this MLflow's schema, ``"empty"`` for an SQLite file without
-    tables, the message for the user for a half-made store (no runs, an older schema: maybe still in the
-    making); anything else raises TrackingError saying what is wrong and what to do."""
+    any schema (no table, index, view or trigger), the message for the user for a half-made store (no runs,
+    an older schema: maybe still in the making); anything else raises TrackingError saying what is wrong
+    and what to do."""
     import sqlite3
     from urllib.parse import quote
 
@@ -202,9 +204,10 @@ def inspect_sqlite(path: Path, name: str) -> str:
         if verdict[0][0] != "ok":  # "*** in database main ***\nPage 209: btreeInitPage() returns error code 11"
             lines = [line for line in verdict[0][0].splitlines() if not line.startswith("***")]
             raise TrackingError(damaged.format((lines or ["quick_check failed"])[0]))
-        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if not tables:
-            return "empty"
+        objects = connection.execute("SELECT type, name FROM sqlite_master").fetchall()
+        if not objects:
+            return "empty"  # as fill_empty judges it
+        tables = {name for kind, name in objects if kind == "table"}
         if not tables & MLFLOW_TABLES:
             raise TrackingError(
                 f"tracking store {name}: {path} is an SQLite database but not an MLflow store; {ADVICE}"
@@ -258,13 +261,14 @@ def schema_revisions() -> tuple[str | None, set[str]]:
         return None, set()
 
 
-def create_sqlite_store(path: Path, replace: bool) -> bool:
-    """A fresh MLflow store at ``path``, built under a temporary name in the same folder and moved into place.
+def create_sqlite_store(path: Path, in_place: bool = False, name: str | None = None) -> bool:
+    """A fresh MLflow store at ``path``, built under a temporary name in the same folder, then put in place.
 
-    ``replace``: over the (empty) file there; else only if nothing is there by then (False if
-    something is: a process that does not take our lock made it meanwhile). An interruption
-    (Ctrl-C, SIGTERM, an error) removes the temporary file; a process killed outright leaves it
-    behind, and the next run in the folder removes it (under the lock).
+    Without ``in_place`` it is moved there only if nothing is there by then; with ``in_place``
+    it is copied into the empty SQLite file there (:func:`fill_empty`). False if something was
+    written there meanwhile (by a process that does not take our lock): judge that instead. An
+    interruption (Ctrl-C, SIGTERM, an error) removes the temporary file; a process killed
+    outright leaves it behind, and the next run in the folder removes it (under the lock).
     """
     quiet_mlflow()
     from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
@@ -275,21 +279,21 @@ def create_sqlite_store(path: Path, replace: bool) -> bool:
     store = None
     try:
         # MLflow's own defaults: the Default experiment's artifacts in ./mlruns, as MlflowClient would
-        store = SqlAlchemyStore(uri, DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
-        store.engine.dispose()
+        with _unsynced(temp):
+            store = SqlAlchemyStore(uri, DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
+            store.engine.dispose()
         with open(temp, "rb+") as file:
             os.fsync(file.fileno())
-        if replace:
-            os.replace(temp, path)
-        else:
-            try:
-                os.link(temp, path)  # atomic, and never over a file that appeared meanwhile
-            except FileExistsError:
+        if in_place:
+            return fill_empty(path, temp, name or str(path))
+        try:
+            os.link(temp, path)  # atomic, and never over a file that appeared meanwhile
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links
+            if path.exists():
                 return False
-            except OSError:  # a file system without hard links
-                if path.exists():
-                    return False
-                os.replace(temp, path)
+            os.replace(temp, path)
         _fsync_folder(path.parent)
         return True
     finally:
@@ -303,6 +307,95 @@ def create_sqlite_store(path: Path, replace: bool) -> bool:
         for leftover in (temp, Path(f"{temp}-journal"), Path(f"{temp}-wal"), Path(f"{temp}-shm")):
             with contextlib.suppress(OSError):
                 leftover.unlink()
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@contextlib.contextmanager
+def _unsynced(temp: Path):
+    """SQLite does not fsync ``temp`` at each of MLflow's ~70 schema steps (8-10 s here, 3-4 s without).
+
+    Safe for this file only: it is fsynced once, whole, before it is put in place, and a crash
+    meanwhile leaves only a temporary file, which the next run removes.
+    """
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    def connect(connection, record):
+        main = connection.execute("PRAGMA database_list").fetchone()
+        with contextlib.suppress(OSError, TypeError, IndexError):
+            if os.path.samefile(main[2], temp):
+                connection.execute("PRAGMA synchronous = OFF")
+
+    event.listen(Engine, "connect", connect)
+    try:
+        yield
+    finally:
+        event.remove(Engine, "connect", connect)
+
+
+def fill_empty(path: Path, template: Path, name: str) -> bool:
+    """Copy the fresh store ``template`` into the empty SQLite file ``path``, in one transaction; False if
+    ``path`` is not empty any more.
+
+    The file is checked empty under SQLite's exclusive lock, within the transaction that fills
+    it, so nothing written there meanwhile is ever overwritten. It stays the same file (inode,
+    permissions): a program that has it open sees the store, where moving a new file over it
+    would leave that program writing to a deleted one. A crash midway leaves a journal, and
+    SQLite rolls the file back to empty when it is next opened.
+    """
+    import sqlite3
+    from urllib.parse import quote
+
+    try:
+        connection = sqlite3.connect(f"file:{quote(str(path))}?mode=rw", uri=True, timeout=5.0, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise TrackingError(f"tracking store {name}: cannot open {path} ({_short(exc)}); {ADVICE}") from None
+    try:
+        connection.execute("ATTACH DATABASE ? AS template", (f"file:{quote(str(template))}?mode=ro",))
+        connection.execute("BEGIN EXCLUSIVE")
+        try:
+            if connection.execute("SELECT count(*) FROM main.sqlite_master").fetchone()[0]:
+                connection.execute("ROLLBACK")
+                return False
+            schema = connection.execute(
+                "SELECT type, name, sql FROM template.sqlite_master WHERE sql IS NOT NULL ORDER BY rowid"
+            ).fetchall()
+            tables = [table for kind, table, _ in schema if kind == "table" and not table.startswith("sqlite_")]
+            for kind, table, sql in schema:
+                if kind == "table" and not table.startswith("sqlite_"):  # sqlite_sequence comes by itself
+                    connection.execute(sql)
+            for table in tables:  # generated columns are not inserted: SQLite computes them
+                quoted = _quoted(table)
+                columns = ", ".join(
+                    _quoted(column[1])
+                    for column in connection.execute(f"PRAGMA template.table_xinfo({quoted})")
+                    if column[6] == 0
+                )
+                connection.execute(f"INSERT INTO main.{quoted} ({columns}) SELECT {columns} FROM template.{quoted}")
+            if any(table == "sqlite_sequence" for _, table, _ in schema):  # AUTOINCREMENT counters
+                connection.execute("DELETE FROM main.sqlite_sequence")
+                connection.execute("INSERT INTO main.sqlite_sequence SELECT * FROM template.sqlite_sequence")
+            for kind, _, sql in schema:  # indexes, triggers, views: after the rows
+                if kind != "table":
+                    connection.execute(sql)
+            connection.execute("COMMIT")
+            return True
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
+            raise
+    except sqlite3.OperationalError as exc:
+        if _busy(exc):
+            raise TrackingError(
+                f"tracking store {name}: {path} is empty and locked by another program; "
+                f"run again once it is done, or {ADVICE}"
+            ) from None
+        raise TrackingError(f"tracking store {name}: cannot write {path} ({_short(exc)}); {ADVICE}") from None
+    finally:
+        connection.close()
 
 
 def new_file(folder: Path, prefix: str, suffix: str = "") -> Path:

@@ -13,16 +13,21 @@ training slows it more than the same writes afterwards, hence the long interval.
 
 :meth:`MlflowTracker.close` waits for the writer at most ``flush_timeout`` seconds; whatever the
 store did not take by then (or refused) is kept in ``undelivered-<run_id>.jsonl`` for
-``python -m optlab.deliver``, and the run still gets its status. Figures: docs/tracking.md.
+``python -m optlab.deliver``, and the run still gets its status. A write that got no answer may
+have landed all the same: the store is asked before the count is reported, and what it has is
+dropped from the file (if it does not answer, the message says "up to"). Plots the store did not
+take are kept beside the file, in ``undelivered-<run_id>/``. Figures: docs/tracking.md.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
 import re
+import sys
 import tempfile
 import threading
 import time
@@ -31,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..callbacks import Callback
-from ..files import write_text_atomic
+from ..files import _write_atomic, write_text_atomic
 from .plots import curves_figure, path_figure, png
 from .store import (
     ADVICE,
@@ -54,6 +59,8 @@ STATUS_TIMEOUT = 5.0  # seconds granted to set the terminal status once the flus
 KILL_TIMEOUT = 3.0  # the same after an interrupt
 KEPT_FORMAT = "optlab-undelivered-metrics"
 KEPT_NAME = re.compile(r"undelivered-[0-9A-Za-z_-]+\.jsonl")
+KEPT_PLOT = re.compile(r"[0-9A-Za-z][0-9A-Za-z_.-]*\.png")  # a kept plot's name, in the folder beside the file
+HISTORY_PAGE = 5_000  # points per request when the store is asked what it has (memory: one page)
 UNDELIVERED_TAG = "optlab.undelivered"
 
 
@@ -139,7 +146,9 @@ class MlflowTracker(Callback):
     store did not take are kept (default ``.optlab/undelivered/`` in the working directory).
 
     After :meth:`close`: ``status`` (the terminal status set in the store, or None), ``kept_path``
-    and ``kept_count`` (the file of undelivered metrics, or None and 0).
+    and ``kept_count`` (the file of undelivered metrics, or None and 0), ``kept_unconfirmed`` (how
+    many of those got no answer from the store and may be in it after all), ``kept_plots`` (the
+    plots the store did not take, kept in ``undelivered-<run_id>/`` beside the file).
     """
 
     registry_name = "mlflow_tracker"
@@ -186,11 +195,15 @@ class MlflowTracker(Callback):
         self.flush_timeout = float(flush_timeout)
         self.output_dir = Path(output_dir) if output_dir is not None else Path.cwd() / ".optlab" / "undelivered"
         self.run_id = None
+        self.experiment_id = None
         self.client = None
         self.status: str | None = None
         self.kept_path: Path | None = None
         self.kept_count = 0
+        self.kept_unconfirmed = 0
+        self.kept_plots: list[str] = []
         self.kept_error: str | None = None
+        self.plots_error: str | None = None
         self.metrics_logged = 0  # points handed to the writer
         self._closed = False
         self._writer = None
@@ -201,6 +214,8 @@ class MlflowTracker(Callback):
         self._step_stride = log_every if log_every != "auto" else 1
         self._epoch_stride = 1
         self._kept: list[str] = []  # the kept metrics, as lines of the kept file
+        self._unconfirmed: list[tuple] = []  # kept metrics whose write got no answer: maybe in the store
+        self._images: dict[str, bytes] = {}  # plots drawn and not yet taken by the store
         self._extras_added = False
         self._kept_end: dict | None = None
         self._keep_lock = threading.Lock()
@@ -216,7 +231,7 @@ class MlflowTracker(Callback):
         try:
             with store_lock(self.uri):  # parallel runs of a sweep must not create one store twice
                 self.client = check_store(self.uri)
-                experiment_id = self._experiment_id()
+                self.experiment_id = experiment_id = self._experiment_id()
                 run = self.client.create_run(experiment_id, tags=self.tags, run_name=self.run_name)
                 self.run_id = run.info.run_id
             self._log_start()
@@ -350,11 +365,12 @@ class MlflowTracker(Callback):
     def close(self, status: str, error: str | None = None) -> None:
         """Write the metrics (within ``flush_timeout``), log the plots, end the run with ``status``.
 
-        What the store did not take is kept in ``kept_path``. A ``KeyboardInterrupt`` (Ctrl-C,
-        SIGTERM as ``Terminated``) while waiting stops the wait: the rest is kept, the run is
-        marked KILLED (a FAILED run stays FAILED), and the interrupt goes on. Keeping the rest
-        and setting the status are not interrupted (signals wait a few seconds at most). A no-op
-        (``status`` None) if no run was opened.
+        What the store did not take is kept in ``kept_path`` (plots beside it); what it may have
+        taken without answering is asked about first (:meth:`_confirm`). A ``KeyboardInterrupt``
+        (Ctrl-C, SIGTERM as ``Terminated``) while waiting stops the wait: the rest is kept, the
+        run is marked KILLED (a FAILED run stays FAILED), and the interrupt goes on. Keeping the
+        rest and setting the status are not interrupted (signals wait a few seconds at most). A
+        no-op (``status`` None) if no run was opened.
         """
         if self._closed:
             return
@@ -370,13 +386,15 @@ class MlflowTracker(Callback):
             self._hand_over()
             self._writer.finish(deadline)
             try:  # drawn while the writer stores the last metrics
-                images = self._render()
+                self._images = self._render()
             except Exception as exc:  # a plot must never hide the run's own outcome
-                images, plot_error = {}, exc
+                plot_error = exc
             self._writer.wait(deadline)
-            if images:  # until the deadline (1 s at least)
-                ok, exc = bounded(lambda: self._log_images(images), max(deadline - time.monotonic(), 1.0))
-                plot_error = plot_error if ok else plot_error or exc
+            if self._images:  # until the deadline (1 s at least); what the store does not take is kept
+                bounded(self._log_images, max(deadline - time.monotonic(), 1.0))
+            with signals_held():
+                self._keep_unwritten()
+            self._confirm(max(deadline, time.monotonic() + 1.0))
         except KeyboardInterrupt as interrupt:
             final = status if status in ("FAILED", "KILLED") else "KILLED"
             with signals_held(redeliver=False):
@@ -385,7 +403,7 @@ class MlflowTracker(Callback):
             raise
         with signals_held():  # a Ctrl-C now waits (a few seconds at most) for the status to be set
             self._keep_unwritten()
-            self._end(status, error, plot_error, STATUS_TIMEOUT)
+            self._end(status, error, plot_error or self.plots_error, STATUS_TIMEOUT)
 
     def _add_extras(self) -> None:
         """Each metric's last and best points, if not sent yet (once; a repeat after an interrupt is harmless)."""
@@ -397,10 +415,37 @@ class MlflowTracker(Callback):
 
     def _keep_unwritten(self) -> None:
         self._add_extras()
-        rest = self._writer.abandon() + self._pending
+        rest, unconfirmed = self._writer.abandon()
+        rest += self._pending
         self._pending = []
         if rest:
-            self._keep(rest)
+            self._keep(rest, unconfirmed)
+        if self._images:
+            self._keep_images()
+
+    def _confirm(self, until: float) -> None:
+        """Drop from the kept file the metrics the store has after all, if it answers before ``until``.
+
+        A write that got no answer (a timeout, a connection lost midway) may have been committed:
+        only those metrics are asked about, once the writer's last call is over (it may land
+        yet). If the store does not answer in time they stay kept, counted as unconfirmed, and
+        the message says "up to": delivery skips what the store has.
+        """
+        if not self._unconfirmed or not self._writer.wait(until) or until <= time.monotonic():
+            return
+        asked = list(self._unconfirmed)
+        found: list = []
+        keys = {m[0] for m in asked}
+        ok, _ = bounded(lambda: found.append(stored_digests(self.client, self.run_id, keys)), until - time.monotonic())
+        if not ok:
+            return
+        landed = np.isin(digests(asked), found[0])
+        drop = {metric_line(m) for m, there in zip(asked, landed) if there}
+        with signals_held():
+            with self._keep_lock:
+                self._kept = [line for line in self._kept if line not in drop]
+                self._unconfirmed = self._unconfirmed[len(asked) :]
+            self._keep([])
 
     def _end(self, status, error, plot_error, timeout) -> None:
         """The tags and the terminal status, within ``timeout`` s; kept for ``optlab.deliver`` if the store fails."""
@@ -409,11 +454,12 @@ class MlflowTracker(Callback):
         client, run_id = self.client, self.run_id
         tags = {}
         if plot_error is not None:
-            tags["plot_error"] = f"{type(plot_error).__name__}: {plot_error}"[:5000]
+            text = plot_error if isinstance(plot_error, str) else f"{type(plot_error).__name__}: {plot_error}"
+            tags["plot_error"] = text[:5000]
         if error:
             tags["error"] = error[:5000]
-        if self.kept_count:
-            tags[UNDELIVERED_TAG] = f"{self.kept_count} metrics kept in {self.kept_path}"[:5000]
+        if self.kept_count or self.kept_plots:
+            tags[UNDELIVERED_TAG] = f"{self._kept_what()} kept in {self.kept_path}{self._unconfirmed_note()}"[:5000]
         end_time = int(time.time() * 1000)
 
         def finish():
@@ -429,13 +475,17 @@ class MlflowTracker(Callback):
         self._release_http()
 
     # -- metrics the store did not take --------------------------------------------------------
-    def _keep(self, metrics) -> None:
+    def _keep(self, metrics, unconfirmed: int = 0) -> None:
         """Add ``metrics`` (key, value, timestamp_ms, step) to the kept file, rewritten atomically.
 
+        The first ``unconfirmed`` of them were sent and got no answer: the store may have them.
         Called by the writer (for what the store refused) and by :meth:`close` (for what it did
-        not take in time); the writer's hand-over makes sure no metric is passed twice.
+        not take in time); the writer's hand-over makes sure no metric is passed twice. A file
+        left with nothing to deliver (all confirmed stored) is removed: this run wrote it.
         """
         with self._keep_lock:
+            metrics = list(metrics)
+            self._unconfirmed.extend(metrics[:unconfirmed])
             self._kept.extend(map(metric_line, metrics))
             path = self.output_dir / f"undelivered-{self.run_id}.jsonl"
             header = {
@@ -446,10 +496,15 @@ class MlflowTracker(Callback):
                 "run_id": self.run_id,
                 "run_name": self.run_name,
                 "end": self._kept_end,
+                "plots": self.kept_plots,  # in the folder undelivered-<run_id>/ beside this file
             }
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_text_atomic(path, "\n".join([json.dumps(header), *self._kept]) + "\n")
+                if self._kept or self._kept_end is not None or self.kept_plots:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    write_text_atomic(path, "\n".join([json.dumps(header), *self._kept]) + "\n")
+                else:
+                    path.unlink(missing_ok=True)
+                    path = None
             except OSError as exc:
                 self.kept_error = f"{path}: {exc.strerror or exc}"
                 self.kept_path = None
@@ -457,21 +512,78 @@ class MlflowTracker(Callback):
                 self.kept_error = None
                 self.kept_path = path
             self.kept_count = len(self._kept)
+            self.kept_unconfirmed = len(self._unconfirmed)
 
-    def undelivered_message(self) -> str | None:
-        """One line for the user if anything did not reach the store (None if everything did)."""
-        store = shown(self.uri)
-        if self.kept_error is not None:
-            return f"{self.kept_count} metrics could not be written to {store}, nor kept locally ({self.kept_error})"
-        if self.kept_path is None:
-            return None
+    def _keep_images(self) -> None:
+        """Keep the plots the store did not take as files in ``undelivered-<run_id>/``, beside the kept metrics."""
+        with self._keep_lock:
+            images, self._images = self._images, {}
+        folder = self.output_dir / f"undelivered-{self.run_id}"
+        kept = []
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, data in images.items():
+                _write_atomic(os.fspath(folder / name), lambda file, data=data: file.write(data))
+                kept.append(name)
+        except OSError as exc:
+            self.plots_error = (
+                f"{', '.join(n for n in images if n not in kept)} not kept ({folder}: {exc.strerror or exc})"
+            )
+        if kept:
+            self.kept_plots = sorted({*self.kept_plots, *kept})
+            self._keep([])
+
+    def _kept_what(self) -> str:
+        """``up to 96 metrics and the plots curves.png, path.png``: what the kept file holds."""
         what = []
         if self.kept_count:
-            what.append(f"{self.kept_count} metrics could not be written to {store}")
+            what.append(f"{'up to ' if self.kept_unconfirmed else ''}{self.kept_count} metrics")
+        if self.kept_plots:
+            what.append(f"the plot{'s' if len(self.kept_plots) > 1 else ''} {', '.join(self.kept_plots)}")
+        return " and ".join(what)
+
+    def _unconfirmed_note(self) -> str:
+        if not self.kept_unconfirmed:
+            return ""
+        return (
+            f" ({self.kept_unconfirmed} of the metrics were sent without an answer and may be stored already; "
+            "delivery skips those)"
+        )
+
+    def undelivered_message(self) -> str | None:
+        """One line for the user if anything did not reach the store (None if everything did).
+
+        True numbers: "up to N metrics" when the store did not say whether it took some of them.
+        """
+        store = shown(self.uri)
+        what = []
+        if self.kept_count or self.kept_plots:
+            what.append(f"{self._kept_what()} could not be written to {store}{self._unconfirmed_note()}")
         if self._kept_end is not None:
             what.append(f"the run's status ({self._kept_end['status']}) could not be set in {store}")
+        if self.plots_error is not None:
+            what.append(f"plots {self.plots_error}")
+        if self.kept_error is not None:
+            return f"{' and '.join(what) or 'metrics could not be written'}, nor kept locally ({self.kept_error})"
+        if self.kept_path is None:
+            return f"{what[0]}" if what else None
         path = self.kept_path
-        return f"{' and '.join(what)}; kept in {path}; deliver them with: python -m optlab.deliver {path}"
+        where = f"{path} and {path.with_suffix('')}{os.sep}" if self.kept_plots else f"{path}"
+        return f"{' and '.join(what)}; kept in {where}; deliver them with: python -m optlab.deliver {path}"
+
+    def ui_hint(self) -> str:
+        """The line telling where to see the run: a tracking server's own page for it; for a store
+        without a server (sqlite, a database), the ``mlflow ui`` command to start on it, then that page."""
+        from urllib.parse import urlsplit, urlunsplit
+
+        page = f"/#/experiments/{self.experiment_id}/runs/{self.run_id}" if self.run_id is not None else "/"
+        if scheme_of(self.uri) in ("http", "https"):
+            url = urlsplit(self.uri)
+            host = url.netloc.rpartition("@")[2]  # no user or password in a line on the screen
+            return f"open it at:  {urlunsplit((url.scheme, host, url.path.rstrip('/'), '', ''))}{page}"
+        uri = shown(self.uri)
+        backend = uri if "://" in uri else f"file:{uri}"
+        return f"open it with:  mlflow ui --backend-store-uri {backend} --host 127.0.0.1   then http://127.0.0.1:5000{page}"
 
     # -- artifacts --------------------------------------------------------------------------
     def _render(self) -> dict[str, bytes]:
@@ -485,19 +597,23 @@ class MlflowTracker(Callback):
             images["path.png"] = png(path_figure(trainer.problem, np.array(trainer.history.path), self.run_name))
         return images
 
-    def _log_images(self, images: dict[str, bytes]) -> None:
+    def _log_images(self) -> None:
+        """Log the drawn plots one by one; each one the store took is no longer to be kept."""
         with tempfile.TemporaryDirectory() as folder:
-            for name, data in images.items():
+            for name, data in list(self._images.items()):
                 file = Path(folder) / name
                 file.write_bytes(data)
                 self.client.log_artifact(self.run_id, str(file))
+                with self._keep_lock:
+                    self._images.pop(name, None)
 
 
 class Writer(threading.Thread):
     """Logs batches of (key, value, timestamp_ms, step) with ``log_batch``, off the training thread.
 
     A chunk the store refuses is tried again after each of ``RETRY_DELAYS`` (never past the
-    deadline that :meth:`finish` sets); then it and the rest of its batch go to ``keep``.
+    deadline that :meth:`finish` sets); then it and the rest of its batch go to ``keep``, the
+    chunk marked unconfirmed (the store may have committed a write whose answer was lost).
     :meth:`abandon` stops the writer and returns everything not yet written or kept.
     """
 
@@ -508,6 +624,7 @@ class Writer(threading.Thread):
         self.todo: list[list] = []
         self.current: list = []
         self.done = 0  # items of `current` written or kept
+        self.sending = 0  # items of `current` from `done` on in a write not yet answered
         self.closing = False
         self.abandoned = False
         self.deadline: float | None = None
@@ -529,13 +646,16 @@ class Writer(threading.Thread):
             self.deadline = deadline
             self.cond.notify_all()
 
-    def abandon(self) -> list:
+    def abandon(self) -> tuple[list, int]:
+        """Stop; returns what is neither written nor kept, and how many of it (at its head) are in a
+        write still under way, which may land yet."""
         with self.cond:
             self.abandoned = True
             rest = self.current[self.done :] + [m for batch in self.todo for m in batch]
-            self.todo, self.current, self.done = [], [], 0
+            unconfirmed = min(self.sending, len(rest))
+            self.todo, self.current, self.done, self.sending = [], [], 0, 0
             self.cond.notify_all()
-        return rest
+        return rest, unconfirmed
 
     def wait(self, deadline: float) -> bool:
         """Wait for the writer until ``deadline``; True if it is done. Interruptible (Ctrl-C)."""
@@ -559,18 +679,20 @@ class Writer(threading.Thread):
                 self.todo, self.done = [], 0
             for start in range(0, len(batch), BATCH):
                 chunk = batch[start : start + BATCH]
+                with self.cond:
+                    self.sending = len(chunk)
                 if self._write([Metric(*m) for m in chunk]):
                     with self.cond:
                         if self.abandoned:
                             return
                         self.written += len(chunk)
-                        self.done = start + len(chunk)
+                        self.done, self.sending = start + len(chunk), 0
                     continue
                 with self.cond:  # the store is down now: keep the rest, try the next batch afresh
                     if self.abandoned:  # close() has taken them
                         return
-                    self.done = len(batch)
-                self.keep(batch[start:])
+                    self.done, self.sending = len(batch), 0
+                self.keep(batch[start:], len(chunk))
                 break
 
     def _write(self, metrics) -> bool:
@@ -614,22 +736,107 @@ def metric_line(metric) -> str:
     return f"[{quoted}, {text}, {int(timestamp)}, {int(step)}]"
 
 
-def read_kept(path: Path) -> tuple[dict, list[tuple]]:
-    """The header and the metrics of a file of undelivered metrics; TrackingError if optlab did not write it."""
-    refuse = f"{path} is not a file of undelivered metrics written by optlab (undelivered-<run id>.jsonl)"
+def read_kept_header(path: Path) -> dict:
+    """The header of a file of undelivered metrics; TrackingError if optlab did not write it."""
     if not KEPT_NAME.fullmatch(path.name) or not path.is_file():
-        raise TrackingError(refuse)
+        raise TrackingError(_not_kept(path))
     try:
         with open(path, encoding="utf-8") as file:
             header = json.loads(file.readline())
-            if not isinstance(header, dict) or header.get("format") != KEPT_FORMAT:
-                raise ValueError
-            metrics = [tuple(json.loads(line)) for line in file if line.strip()]
-        if not all(len(m) == 4 and isinstance(m[0], str) for m in metrics):
-            raise ValueError
     except (ValueError, UnicodeDecodeError):
-        raise TrackingError(refuse) from None
-    return header, metrics
+        raise TrackingError(_not_kept(path)) from None
+    plots = header.get("plots", []) if isinstance(header, dict) else None
+    if (
+        not isinstance(header, dict)
+        or header.get("format") != KEPT_FORMAT
+        or not isinstance(plots, list)
+        or not all(isinstance(name, str) and KEPT_PLOT.fullmatch(name) for name in plots)
+    ):
+        raise TrackingError(_not_kept(path))
+    return header
+
+
+def kept_metrics(path: Path):
+    """The metrics of a kept file, one (key, value, timestamp_ms, step) at a time: memory does not grow with the
+    file. TrackingError at the first line that is not one."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            file.readline()
+            for line in file:
+                if not line.strip():
+                    continue
+                metric = json.loads(line)
+                if not (
+                    type(metric) is list
+                    and len(metric) == 4
+                    and isinstance(metric[0], str)
+                    and type(metric[1]) in (float, int)
+                    and type(metric[2]) is int
+                    and type(metric[3]) is int
+                ):
+                    raise ValueError
+                yield tuple(metric)
+    except (ValueError, UnicodeDecodeError):
+        raise TrackingError(_not_kept(path)) from None
+
+
+def read_kept(path: Path) -> tuple[dict, list[tuple]]:
+    """The header and all the metrics of a kept file (in memory: for small files and tests)."""
+    return read_kept_header(path), list(kept_metrics(path))
+
+
+def _not_kept(path: Path) -> str:
+    return f"{path} is not a file of undelivered metrics written by optlab (undelivered-<run id>.jsonl)"
+
+
+_MAX = sys.float_info.max
+
+
+def metric_digest(key: str, value: float, timestamp: int, step: int) -> bytes:
+    """16 bytes that name one point as a store tells points apart: by key, timestamp, step and value.
+
+    The value as the store gives it back: MLflow's SQL stores keep +-inf as the largest finite
+    float, and -0.0 comes back as 0.0. Collisions (2**-128) are no concern at any size.
+    """
+    value = float(value)
+    if value != value:
+        text = "nan"
+    else:
+        text = repr(max(-_MAX, min(_MAX, value)) + 0.0)
+    return hashlib.blake2b(f"{key}\0{int(timestamp)}\0{int(step)}\0{text}".encode(), digest_size=16).digest()
+
+
+def digests(metrics) -> np.ndarray:
+    """The :func:`metric_digest` of each (key, value, timestamp_ms, step), as an array of 16-byte strings."""
+    return np.frombuffer(b"".join(metric_digest(*m) for m in metrics), dtype="S16")
+
+
+def stored_points(client, run_id: str, key: str):
+    """Every point of metric ``key`` in the run, as MLflow ``Metric`` entities, ``HISTORY_PAGE`` at a time.
+
+    Through the store's paged call, so that memory holds one page; where a client has none, its
+    (unpaged) ``get_metric_history``.
+    """
+    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    if store is None:
+        yield from client.get_metric_history(run_id, key)
+        return
+    token = None
+    while True:
+        page = store.get_metric_history(run_id, key, max_results=HISTORY_PAGE, page_token=token)
+        yield from page
+        token = getattr(page, "token", None)
+        if not token:
+            return
+
+
+def stored_digests(client, run_id: str, keys) -> np.ndarray:
+    """The sorted :func:`metric_digest` of every point the store has for ``keys`` in the run: 16 bytes per point."""
+    found = [
+        digests((m.key, m.value, m.timestamp, m.step) for m in stored_points(client, run_id, key))
+        for key in sorted(keys)
+    ]
+    return np.unique(np.concatenate(found)) if found else np.array([], dtype="S16")
 
 
 # -- helpers -------------------------------------------------------------------------------------
