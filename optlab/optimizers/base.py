@@ -396,17 +396,17 @@ class Optimizer(Configurable):
                     "(by build(params) or an earlier apply(grads, params)); pass apply(grads, params)"
                 )
             params = self._plan.params
-            if isinstance(grads, Mapping):
+            if _is_mapping(grads):
                 grads = _in_order(grads, self._layout.names, type(self).__name__, "gradients")
-        elif isinstance(params, Mapping):
+        elif _is_mapping(params):
             order = self._layout.names if self._layout is not None and self._layout.names is not None else None
             names = list(params) if order is None else order
             params = _in_order(params, names, type(self).__name__, "parameters")
-            if isinstance(grads, Mapping):
+            if _is_mapping(grads):
                 grads = _in_order(grads, names, type(self).__name__, "gradients")
         else:
             params = list(params)
-        if isinstance(grads, Mapping):
+        if _is_mapping(grads):
             raise TypeError(
                 f"{type(self).__name__}.apply: gradients given as a dict need the parameters' names: pass the "
                 "parameters as a dict too, or build(params) with a dict first"
@@ -768,7 +768,7 @@ def _describe(item) -> str:
 
 def _named(params, owner: str) -> tuple[list, list[str] | None]:
     """``params`` as a list, and their names if they came as a dict ``{name: array}`` (else None)."""
-    if not isinstance(params, Mapping):
+    if not _is_mapping(params):
         return list(params), None
     for name in params:
         if not isinstance(name, str) or not name:
@@ -833,3 +833,8 @@ class Choice:
 
 def _label(layout: Layout, i: int) -> str:
     return f"{i} ({layout.names[i]!r})" if layout.names is not None else str(i)
+
+
+def _is_mapping(value) -> bool:
+    """``{name: array}``, not a list or tuple (those are tested first: the per-step path's case)."""
+    return not isinstance(value, (list, tuple)) and isinstance(value, Mapping)
