@@ -650,13 +650,16 @@ class Optimizer(Configurable):
     def variables(self) -> dict[str, np.ndarray | float | int]:
         """The optimizer's state by name, read-only (Keras's ``optimizer.variables``, as a dict).
 
-        ``iterations``, ``learning_rate`` (the rate of the next step), each per-step scalar,
+        ``iterations``, ``learning_rate`` (a constant rate; a schedule's is not a variable, as in
+        Keras), each per-step scalar,
         then for each parameter (by its name, or its position if unnamed) ``<param>/<slot>``
         for every slot (shaped like the parameter, or flat for a slot of its own size),
         ``<param>/ema`` and ``<param>/accumulated_gradient`` where used. The arrays are views of
         the live state: they change as the optimizer steps; write through ``set_state``.
         """
-        found: dict = {"iterations": self.iterations, "learning_rate": self.learning_rate}
+        found: dict = {"iterations": self.iterations}
+        if self._rate_at is None:  # as Keras: a schedule or a callable rate is not a variable
+            found["learning_rate"] = self.learning_rate
         if not self.built:
             return found
         layout = self._layout

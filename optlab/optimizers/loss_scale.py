@@ -30,10 +30,13 @@ class LossScaleOptimizer:
 
     registry_name = "loss_scale_optimizer"
 
-    def __init__(self, inner_optimizer, initial_scale: float = 2.0**15, dynamic_growth_steps: int = 2000, name=None):
+    def __init__(
+        self, inner_optimizer, initial_scale: float = 2.0**15, dynamic_growth_steps: int = 2000, name=None, **kwargs
+    ):
+        _refuse_base_arguments(kwargs)
         if isinstance(inner_optimizer, (str, dict)):  # a name or a config, optlab's or Keras's
             inner_optimizer = REGISTRIES["optimizers"].create(inner_optimizer)
-        if not isinstance(inner_optimizer, Optimizer):
+        if not isinstance(inner_optimizer, Optimizer) and not hasattr(inner_optimizer, "optimizers"):  # or a group
             raise TypeError(
                 "LossScaleOptimizer: `inner_optimizer` must be an optimizer (an instance, a name or a config); "
                 f"received {inner_optimizer!r}"
@@ -145,7 +148,7 @@ class LossScaleOptimizer:
     @classmethod
     def from_config(cls, config: dict):
         config = dict(config)
-        return cls(config.pop("inner_optimizer"), **config)
+        return cls(config.pop("inner_optimizer"), **config)  # older Keras's base keys at their defaults pass
 
     def get_state(self) -> tuple[dict, dict[str, np.ndarray]]:
         meta, arrays = self.inner_optimizer.get_state()
@@ -172,3 +175,37 @@ class LossScaleOptimizer:
 def _divided(g, scale: float) -> np.ndarray:
     g = np.asarray(g)
     return g / g.dtype.type(scale) if g.dtype.kind == "f" else g / scale
+
+
+#: the base optimizer's arguments, at their defaults: older Keras versions wrote them into a
+#: LossScaleOptimizer's config; any other value belongs on the inner optimizer
+BASE_DEFAULTS = {
+    "weight_decay": None,
+    "clipnorm": None,
+    "global_clipnorm": None,
+    "clipvalue": None,
+    "use_ema": False,
+    "ema_momentum": 0.99,
+    "ema_overwrite_frequency": None,
+    "loss_scale_factor": None,
+    "gradient_accumulation_steps": None,
+}
+
+
+def _refuse_base_arguments(kwargs: dict) -> None:
+    """Keras's rules: ``dynamic=False`` and a base argument away from its default are refused,
+    each saying where it belongs; any other argument is refused by name."""
+    if not kwargs.pop("dynamic", True):
+        raise ValueError(
+            "LossScaleOptimizer no longer supports `dynamic=False`. Instead, simply set `loss_scale_factor` "
+            "directly on the `inner_optimizer`."
+        )
+    for name, default in BASE_DEFAULTS.items():
+        if name in kwargs:
+            value = kwargs.pop(name)
+            if value != default or (default is None and value is not None):
+                raise ValueError(
+                    f"LossScaleOptimizer does not support `{name}`. Instead, set `{name}` on the `inner_optimizer`."
+                )
+    if kwargs:
+        raise ValueError(f"LossScaleOptimizer does not support arguments: `{'`, `'.join(kwargs)}`.")

@@ -169,6 +169,15 @@ class MultiOptimizer:
     def scale_loss(self, loss):
         return loss if self._loss_scale_factor is None else loss * self._loss_scale_factor
 
+    @property
+    def _overwrite(self) -> list[int]:
+        """The parameters (positions in the group) that an optimizer takes ``overwrite_with_gradient``."""
+        found = []
+        for k, opt in enumerate(self._inner):
+            share = [i for i, a in enumerate(self._assignment or ()) if a == k]
+            found += [share[j] for j in getattr(opt, "_overwrite", ()) if j < len(share)]
+        return sorted(found)
+
     def build(self, params) -> None:
         if self.built:
             return
