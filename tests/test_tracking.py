@@ -333,6 +333,29 @@ def test_an_interrupt_while_the_run_opens_leaves_no_run_running(tmp_path, monkey
     assert tracker.status == "KILLED"
 
 
+def test_a_signal_just_as_the_run_is_created_still_marks_it(tmp_path, monkeypatch):
+    # once, Ctrl-C landing between the store's creation of the run and the tracker learning its
+    # id left the run RUNNING (a repeated sweep, stopped at once, showed it)
+    import os
+    import signal
+
+    from mlflow import MlflowClient
+
+    real = MlflowClient.create_run
+
+    def create_then_signal(self, *args, **kwargs):
+        run = real(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # the run exists in the store; the tracker has not seen it yet
+        return run
+
+    monkeypatch.setattr(MlflowClient, "create_run", create_then_signal)
+    tracker = make_tracker(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        tracker.start()
+    (run,) = client_for(tmp_path).search_runs(client_for(tmp_path).search_experiments()[0].experiment_id)
+    assert run.info.status == "KILLED" and tracker.status == "KILLED"
+
+
 def test_deliver_refuses_files_optlab_did_not_write(tmp_path, capsys):
     other = tmp_path / "notes.jsonl"
     other.write_text('{"format": "mine"}\n')

@@ -232,8 +232,9 @@ class MlflowTracker(Callback):
             with store_lock(self.uri):  # parallel runs of a sweep must not create one store twice
                 self.client = check_store(self.uri)
                 self.experiment_id = experiment_id = self._experiment_id()
-                run = self.client.create_run(experiment_id, tags=self.tags, run_name=self.run_name)
-                self.run_id = run.info.run_id
+                with signals_held():  # a signal now waits until the new run is known, so that it can be marked
+                    run = self.client.create_run(experiment_id, tags=self.tags, run_name=self.run_name)
+                    self.run_id = run.info.run_id
             self._log_start()
         except TrackingError:
             self._abort_start("FAILED")
