@@ -29,7 +29,7 @@ import inspect
 import math
 import os
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import ClassVar
 
 import numpy as np
@@ -37,9 +37,10 @@ import numpy as np
 from .. import files
 from .. import kernels as K
 from ..hparams import Configurable, Hyper
-from ..names import auto_name, name_pattern
+from ..names import auto_name
 from . import state as _state
 from .layout import Layout, Plan, Segments, Slot, check_parameters, mismatch
+from .selection import Choice, in_order, is_mapping, label, named
 
 
 def _schedule_text(schedule) -> str:
@@ -324,7 +325,7 @@ class Optimizer(Configurable):
         A state loaded before the parameters were known is kept: ``params`` are checked against
         it (a state for other parameters raises, and nothing changes).
         """
-        params, names = _named(params, type(self).__name__)
+        params, names = named(params, type(self).__name__)
         check_parameters(params, type(self).__name__)  # everything is checked before anything is replaced
         if self._layout is not None and not self._layout.params_known:
             self._plan = self._new_plan(self._layout, params, names)
@@ -360,7 +361,7 @@ class Optimizer(Configurable):
         for choice, fn in self._constraint_choices:
             for i in sorted(choice.resolve(params, layout.names, owner)):
                 if i in constraints:
-                    raise ValueError(f"{owner}: parameter {_label(layout, i)} has two constraints; give it one")
+                    raise ValueError(f"{owner}: parameter {label(layout, i)} has two constraints; give it one")
                 constraints[i] = fn
         plan = Plan(layout, params, owner)
         self._exclude_wd, self._overwrite = excluded, overwrite
@@ -396,17 +397,17 @@ class Optimizer(Configurable):
                     "(by build(params) or an earlier apply(grads, params)); pass apply(grads, params)"
                 )
             params = self._plan.params
-            if _is_mapping(grads):
-                grads = _in_order(grads, self._layout.names, type(self).__name__, "gradients")
-        elif _is_mapping(params):
+            if is_mapping(grads):
+                grads = in_order(grads, self._layout.names, type(self).__name__, "gradients")
+        elif is_mapping(params):
             order = self._layout.names if self._layout is not None and self._layout.names is not None else None
             names = list(params) if order is None else order
-            params = _in_order(params, names, type(self).__name__, "parameters")
-            if _is_mapping(grads):
-                grads = _in_order(grads, names, type(self).__name__, "gradients")
+            params = in_order(params, names, type(self).__name__, "parameters")
+            if is_mapping(grads):
+                grads = in_order(grads, names, type(self).__name__, "gradients")
         else:
             params = list(params)
-        if _is_mapping(grads):
+        if is_mapping(grads):
             raise TypeError(
                 f"{type(self).__name__}.apply: gradients given as a dict need the parameters' names: pass the "
                 "parameters as a dict too, or build(params) with a dict first"
@@ -517,7 +518,7 @@ class Optimizer(Configurable):
             value = np.asarray(fn(p))
             if value.shape != p.shape:
                 raise ValueError(
-                    f"{type(self).__name__}: the constraint {fn!r} of parameter {_label(self._layout, i)} returned "
+                    f"{type(self).__name__}: the constraint {fn!r} of parameter {label(self._layout, i)} returned "
                     f"shape {value.shape} for a parameter of shape {p.shape}"
                 )
             np.copyto(p, value, casting="unsafe")
@@ -651,30 +652,13 @@ class Optimizer(Configurable):
         """The optimizer's state by name, read-only (Keras's ``optimizer.variables``, as a dict).
 
         ``iterations``, ``learning_rate`` (a constant rate; a schedule's is not a variable, as in
-        Keras), each per-step scalar,
-        then for each parameter (by its name, or its position if unnamed) ``<param>/<slot>``
-        for every slot (shaped like the parameter, or flat for a slot of its own size),
-        ``<param>/ema`` and ``<param>/accumulated_gradient`` where used. The arrays are views of
-        the live state: they change as the optimizer steps; write through ``set_state``.
+        Keras), each per-step scalar, then for each parameter (by its name, or its position if
+        unnamed) ``<param>/<slot>`` for every slot (shaped like the parameter, or flat for a slot
+        of its own size), ``<param>/ema`` and ``<param>/accumulated_gradient`` where used. The
+        arrays are views of the live state: they change as the optimizer steps; write through
+        ``set_state``.
         """
-        found: dict = {"iterations": self.iterations}
-        if self._rate_at is None:  # as Keras: a schedule or a callable rate is not a variable
-            found["learning_rate"] = self.learning_rate
-        if not self.built:
-            return found
-        layout = self._layout
-        found.update(self.scalars)
-        labels = [str(i) for i in range(len(layout.shapes))] if layout.names is None else layout.names
-        seg = Segments(layout.shapes, layout.offsets, layout.slot_offsets, range(len(labels)), layout.name_list)
-        for slot, buf in layout.slots.items():
-            sized = layout.specs[slot].size is not None
-            for label, view in zip(labels, seg.views(buf, slot if sized else None)):
-                found[f"{label}/{slot}"] = _read_only(view)
-        for key, buf in (("ema", layout.ema), ("accumulated_gradient", layout.accumulator)):
-            if buf is not None:
-                for label, view in zip(labels, seg.views(buf)):
-                    found[f"{label}/{key}"] = _read_only(view)
-        return found
+        return _state.variables(self)
 
     # -- config ----------------------------------------------------------------
     def get_config(self) -> dict:
@@ -767,77 +751,3 @@ def _describe(item) -> str:
     if isinstance(item, (tuple, list)):
         return f"a {type(item).__name__} of {len(item)} items"
     return f"a {type(item).__name__}"
-
-
-def _named(params, owner: str) -> tuple[list, list[str] | None]:
-    """``params`` as a list, and their names if they came as a dict ``{name: array}`` (else None)."""
-    if not _is_mapping(params):
-        return list(params), None
-    for name in params:
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"{owner}: parameter names must be non-empty strings; received {name!r}")
-    return list(params.values()), list(params)
-
-
-def _in_order(mapping: Mapping, names: list[str], owner: str, what: str) -> list:
-    """The values of ``mapping`` in the order of ``names`` (the names the optimizer was built with)."""
-    missing = [n for n in names if n not in mapping]
-    extra = [n for n in mapping if n not in set(names)]
-    if missing or extra:
-        parts = [f"missing {missing[:5]}" if missing else "", f"unknown {extra[:5]}" if extra else ""]
-        raise ValueError(
-            f"{owner}: the {what} do not match the parameters' names ({'; '.join(p for p in parts if p)}); "
-            f"the optimizer's parameters are {names[:10]}{' ...' if len(names) > 10 else ''}"
-        )
-    return [mapping[n] for n in names]
-
-
-def _read_only(view: np.ndarray) -> np.ndarray:
-    view = view.view()
-    view.flags.writeable = False
-    return view
-
-
-class Choice:
-    """Parameters chosen before the optimizer knows them, as Keras's ``exclude_from_weight_decay``
-    chooses: the arrays themselves (``var_list``), names (``var_names``, regular expressions,
-    ``re.search``) or positions (``indices``, negative from the end)."""
-
-    def __init__(self, var_list=None, var_names=None, indices=None, what: str = ""):
-        self.what = what
-        self.arrays = list(var_list or ())
-        self.indices = list(indices or ())
-        for i in self.indices:
-            if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
-                raise TypeError(f"{what}: indices must be integers; received {i!r}")
-        self.pattern = name_pattern(var_names, f"{what}: var_names")
-
-    def resolve(self, params: list, names: list[str] | None, owner: str) -> set[int]:
-        """The positions of the chosen parameters among ``params`` (named ``names``, or unnamed)."""
-        n = len(params)
-        bad = sorted(i for i in self.indices if not -n <= i < n)
-        if bad:
-            raise ValueError(
-                f"{owner}: {self.what}(indices=...) names parameter(s) {bad}, but there are {n} parameters "
-                f"(allowed: 0 to {n - 1}, or -{n} to -1)"
-            )
-        chosen = {int(i) % n for i in self.indices}
-        for a in self.arrays:
-            chosen.update(i for i, p in enumerate(params) if p is a)
-        if self.pattern is not None:
-            if names is None:
-                raise ValueError(
-                    f"{owner}: {self.what}(var_names=...) selects parameters by name, and these are unnamed: "
-                    "pass them as a dict {name: array} to build() or apply()"
-                )
-            chosen.update(i for i, name in enumerate(names) if self.pattern.search(name))
-        return chosen
-
-
-def _label(layout: Layout, i: int) -> str:
-    return f"{i} ({layout.names[i]!r})" if layout.names is not None else str(i)
-
-
-def _is_mapping(value) -> bool:
-    """``{name: array}``, not a list or tuple (those are tested first: the per-step path's case)."""
-    return not isinstance(value, (list, tuple)) and isinstance(value, Mapping)

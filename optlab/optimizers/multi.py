@@ -16,8 +16,9 @@ from collections.abc import Mapping, MutableMapping
 import numpy as np
 
 from ..plugins import REGISTRIES
-from .base import Optimizer, _in_order, _named
+from .base import Optimizer
 from .loss_scale import LossScaleOptimizer
+from .selection import in_order, named
 
 STATE_FORMAT = "optlab-multi-optimizer-state-1"
 
@@ -181,7 +182,7 @@ class MultiOptimizer:
     def build(self, params) -> None:
         if self.built:
             return
-        arrays, names = _named(params, "MultiOptimizer")
+        arrays, names = named(params, "MultiOptimizer")
         labels = names if names is not None else [str(i) for i in range(len(arrays))]
         inner = list(self._inner)
         assignment = []
@@ -209,18 +210,16 @@ class MultiOptimizer:
                     "MultiOptimizer.apply(grads) without parameters needs it built on them: "
                     "pass apply(grads, params) or build(params) first"
                 )
-            grads = (
-                _in_order(grads, self._names, "MultiOptimizer", "gradients") if isinstance(grads, Mapping) else grads
-            )
+            grads = in_order(grads, self._names, "MultiOptimizer", "gradients") if isinstance(grads, Mapping) else grads
             grads, params = list(grads), None
         else:
             if not self.built:
                 self.build(params)
             if isinstance(params, Mapping):
                 order = self._names if self._names is not None else list(params)
-                params = _in_order(params, order, "MultiOptimizer", "parameters")
+                params = in_order(params, order, "MultiOptimizer", "parameters")
                 if isinstance(grads, Mapping):
-                    grads = _in_order(grads, order, "MultiOptimizer", "gradients")
+                    grads = in_order(grads, order, "MultiOptimizer", "gradients")
             params = list(params)
             if len(params) != len(self._assignment):
                 raise ValueError(

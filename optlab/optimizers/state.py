@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from .layout import Layout, mismatch
+from .layout import Layout, Segments, mismatch
 
 STATE_FORMAT = "optlab.optimizer_state/1"
 
@@ -242,3 +242,31 @@ def _short(value, limit: int = 80) -> str:
     """``repr(value)``, cut to ``limit`` characters (a bad state can hold anything, of any size)."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def variables(opt) -> dict:
+    """``Optimizer.variables``: the state by name, read-only views."""
+    found: dict = {"iterations": opt.iterations}
+    if opt._rate_at is None:  # as Keras: a schedule or a callable rate is not a variable
+        found["learning_rate"] = opt.learning_rate
+    if not opt.built:
+        return found
+    layout = opt._layout
+    found.update(opt.scalars)
+    labels = [str(i) for i in range(len(layout.shapes))] if layout.names is None else layout.names
+    seg = Segments(layout.shapes, layout.offsets, layout.slot_offsets, range(len(labels)), layout.name_list)
+    for slot, buf in layout.slots.items():
+        sized = layout.specs[slot].size is not None
+        for label, view in zip(labels, seg.views(buf, slot if sized else None)):
+            found[f"{label}/{slot}"] = _read_only(view)
+    for key, buf in (("ema", layout.ema), ("accumulated_gradient", layout.accumulator)):
+        if buf is not None:
+            for label, view in zip(labels, seg.views(buf)):
+                found[f"{label}/{key}"] = _read_only(view)
+    return found
+
+
+def _read_only(view: np.ndarray) -> np.ndarray:
+    view = view.view()
+    view.flags.writeable = False
+    return view
