@@ -86,5 +86,5 @@ def test_a_state_with_a_negative_belief_is_refused_and_the_optimizer_kept():
     bad[key][1] = -1.0
     with pytest.raises(ValueError, match="slot 'belief' holds -1"):
         opt.set_state(meta, bad)
-    meta_after, arrays_after = opt.get_state()
+    _, arrays_after = opt.get_state()
     assert all(np.array_equal(arrays_after[k], arrays[k]) for k in arrays)
