@@ -555,6 +555,10 @@ class MlflowServer:
             assert self.process.poll() is None, "the MLflow server exited"
             try:
                 urllib.request.urlopen(f"{self.uri}/health", timeout=1).read()
+                # its store is made on the first real request (sqlite migrations: seconds on a busy
+                # machine, more than optlab's 5 s request timeout): make it here, not in the test
+                search = f"{self.uri}/api/2.0/mlflow/experiments/search?max_results=1"
+                urllib.request.urlopen(search, timeout=max(1.0, deadline - time.monotonic())).read()
                 return
             except OSError:
                 time.sleep(0.2)
