@@ -109,6 +109,9 @@ class Trainer:
         callbacks = self.callbacks
         callbacks.set_trainer(self)
         callbacks.resume()  # BackupAndRestore moves initial_epoch / initial_batch here, before anyone starts
+        names = self.problem.parameter_names()
+        if names is not None and (not self.optimizer.built or getattr(self.optimizer, "_plan", True) is None):
+            self.optimizer.build(dict(zip(names, self.params)))  # the optimizer knows them by name, as Keras's do
         callbacks.on_train_begin({})
         problem, optimizer, params, grads = self.problem, self.optimizer, self.params, self.grads
         history = self.history if problem.record_path else None

@@ -155,3 +155,25 @@ def test_variables_are_the_state_by_name_read_only():
     unnamed = Adam(learning_rate=0.1)
     unnamed.apply([np.ones(3)], [np.ones(3)])
     assert [k for k in unnamed.variables if "/" in k] == ["0/momentum", "0/velocity"]
+
+
+def test_the_trainer_hands_the_optimizer_the_problems_names():
+    # seed_linear names its parameters a and b: a rule by name excludes b from weight decay, so b
+    # follows exactly the run without decay, and a does not
+    from optlab.trainer import Trainer
+
+    def run(weight_decay, exclude=None):
+        opt = SGD(learning_rate=0.05, weight_decay=weight_decay)
+        if exclude:
+            opt.exclude_from_weight_decay(var_names=exclude)
+        trainer = Trainer("seed_linear", opt, epochs=1)
+        trainer.fit()
+        return trainer.params.flat.copy(), opt
+
+    plain, _ = run(None)
+    decayed, opt = run(0.5, exclude=["^b$"])
+    assert decayed[1] == plain[1] and decayed[0] != plain[0]
+    assert [k for k in opt.variables if "/" in k] == []  # plain SGD has no slots
+    adam = Adam(learning_rate=0.01)
+    Trainer("mlp_digits", adam, epochs=1, batch_size=512).fit()
+    assert "dense/kernel/momentum" in adam.variables and "dense_1/bias/velocity" in adam.variables

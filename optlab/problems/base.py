@@ -57,6 +57,12 @@ class Problem(Configurable):
         """The parameters' shapes."""
         raise NotImplementedError
 
+    def parameter_names(self) -> list[str] | None:
+        """Each parameter's name, Keras-style (``dense/kernel``), or None: the trainer hands the
+        optimizer named parameters, for its name rules (``exclude_from_weight_decay(var_names=)``,
+        Muon's ``exclude_layers``, ``OptimizerMap`` patterns)."""
+        return None
+
     def initial_values(self, rng: np.random.Generator) -> list[np.ndarray]:
         """The initial parameters (float64); ``rng`` is seeded by the trainer."""
         raise NotImplementedError

@@ -28,6 +28,9 @@ class SeedLinear(Problem):
     def shapes(self):
         return [(), ()]
 
+    def parameter_names(self):
+        return ["a", "b"]
+
     def initial_values(self, rng):
         return [np.array(self.a), np.array(self.b)]
 
@@ -107,6 +110,9 @@ class LinearRegression(_Supervised):
     def shapes(self):
         return [(self.n_features,), ()]
 
+    def parameter_names(self):
+        return ["dense/kernel", "dense/bias"]
+
     def initial_values(self, rng):
         return [np.zeros(self.n_features), np.array(0.0)]
 
@@ -168,6 +174,9 @@ class LogisticRegression(_Supervised):
     def shapes(self):
         return [(64, 10), (10,)]
 
+    def parameter_names(self):
+        return ["dense/kernel", "dense/bias"]
+
     def initial_values(self, rng):
         return [np.zeros((64, 10)), np.zeros(10)]
 
@@ -221,6 +230,10 @@ class MLPDigits(_Supervised):
         for fan_in, fan_out in zip(self._sizes[:-1], self._sizes[1:]):
             out += [(fan_in, fan_out), (fan_out,)]
         return out
+
+    def parameter_names(self):
+        layers = [f"dense_{i}" if i else "dense" for i in range(len(self._sizes) - 1)]  # Keras's layer names
+        return [f"{layer}/{part}" for layer in layers for part in ("kernel", "bias")]
 
     def initial_values(self, rng):
         values = []
