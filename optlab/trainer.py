@@ -70,6 +70,7 @@ class Trainer:
         self.params = None
         self.grads = None
         self.stop_training = False
+        self._interrupt: BaseException | None = None
         self.initial_epoch = 0
         self.epoch = 0
         self.step = 0
@@ -91,6 +92,19 @@ class Trainer:
         """Optimizer steps in one epoch (``problem.steps_per_epoch(batch_size)``)."""
         return self.problem.steps_per_epoch(self.batch_size)
 
+    def interrupt(self, error: BaseException) -> None:
+        """Make the loop raise ``error`` at the end of the current step (or at once, before the first).
+
+        For a signal handler whose own raise was lost: Python only reports an exception raised
+        inside a finalizer or a weak-reference callback, and the loop would go on.
+        """
+        self._interrupt = error
+        self.stop_training = True
+
+    def _stop(self) -> None:
+        if self._interrupt is not None:
+            raise self._interrupt
+
     def _start(self):
         self.params = self.problem.init(self.seed, self.dtype)
         self.grads = flat_like(self.params)
@@ -100,7 +114,7 @@ class Trainer:
         self.step = 0
         self._loss_sum = 0.0
         self._count = 0
-        self.stop_training = False
+        self.stop_training = self._interrupt is not None
         self.resumed = False
 
     def fit(self) -> History:
@@ -113,6 +127,7 @@ class Trainer:
         if names is not None and (not self.optimizer.built or getattr(self.optimizer, "_plan", True) is None):
             self.optimizer.build(dict(zip(names, self.params)))  # the optimizer knows them by name, as Keras's do
         callbacks.on_train_begin({})
+        self._stop()
         problem, optimizer, params, grads = self.problem, self.optimizer, self.params, self.grads
         history = self.history if problem.record_path else None
         logs: dict = {}
@@ -143,6 +158,7 @@ class Trainer:
                     history.record_step(self.step, params.flat)
                 callbacks.on_train_batch_end(index, {"loss": loss, **optimizer.rate_logs(applied=True)})
                 if self.stop_training:
+                    self._stop()
                     break
             logs = {
                 "loss": self._loss_sum / max(self._count, 1),
@@ -152,6 +168,7 @@ class Trainer:
             self.batch = 0
             callbacks.on_epoch_end(epoch, logs)
             if self.stop_training:
+                self._stop()
                 break
         if history is not None and self.step:
             history.record_step(self.step, params.flat, last=True)

@@ -136,6 +136,54 @@ def test_a_callback_that_raises_is_one_line_and_the_run_keeps_its_metrics(tmp_pa
     assert "Traceback" in full.stderr and "raise RuntimeError" in full.stderr
 
 
+#: a run whose SIGTERM arrives inside a weak-reference callback (as it did inside SQLAlchemy's
+#: collection of a connection), where Python drops what the signal handler raises
+SIGNAL_IN_A_WEAKREF_CALLBACK = """
+import os, signal, sys, weakref
+import optlab.app.run as running
+from optlab.callbacks import Callback
+
+class Thing:
+    pass
+
+def strike(ref):
+    os.kill(os.getpid(), signal.SIGTERM)
+    sum(range(100_000))  # the handler runs here, inside the callback
+
+class Strike(Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 50:
+            thing = Thing()
+            self.ref = weakref.ref(thing, strike)
+            del thing
+
+make = running.make_trainer
+running.make_trainer = lambda conf, problem, opt, cbs, extra=(): make(conf, problem, opt, cbs, [*extra, Strike()])
+from optlab.app.main import main
+sys.argv = ["optlab", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_signal_whose_exception_python_drops_still_stops_the_run(tmp_path, spawn):
+    # seen in the probe: a SIGTERM handled inside a garbage-collection callback was lost,
+    # training went on (to the test's timeout) and the run stayed RUNNING
+    args = ["problem=quadratic", "trainer.epochs=100000000", *FAST]
+    proc = spawn(
+        [sys.executable, "-c", SIGNAL_IN_A_WEAKREF_CALLBACK, *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    _, (run,) = runs(tmp_path)
+    assert run.info.status == "KILLED" and run.data.tags["error"] == "terminated (SIGTERM)"
+    assert f"the MLflow run {run.info.run_id} is marked KILLED" in err
+
+
 def test_sigterm_before_the_run_exists_claims_nothing(tmp_path, run_optlab):
     # a signal while the store is being opened: no run was recorded, and the message says so
     proc = run_optlab(tmp_path, "problem=seed_linear", "trainer.epochs=5", *FAST)

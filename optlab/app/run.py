@@ -200,10 +200,15 @@ STOP_REQUEST = signal.SIGUSR1
 
 
 class Signals:
-    """What :func:`stop_signals` yields: ``closing`` is set while a stopped run is being written."""
+    """What :func:`stop_signals` yields: ``closing`` is set while a stopped run is being written;
+    ``trainer`` (set by the run) is told to stop should a signal's exception be lost; ``lost`` is
+    that exception, for the run to raise once training is over."""
 
     closing = False
     requested = -math.inf  # when the sweep's parent asked this worker to stop
+    trainer = None
+    raised: BaseException | None = None
+    lost: BaseException | None = None
 
 
 @contextlib.contextmanager
@@ -243,13 +248,29 @@ def stop_signals(worker: bool = False):
                 file=sys.stderr,
                 flush=True,
             )
-        if signum == signal.SIGTERM:
-            raise Terminated("terminated (SIGTERM)")
-        raise KeyboardInterrupt("interrupted (Ctrl-C)")
+        state.raised = Terminated("terminated (SIGTERM)") if signum == signal.SIGTERM else KeyboardInterrupt(
+            "interrupted (Ctrl-C)"
+        )
+        raise state.raised
+
+    def unraisable(info):
+        # the handler ran inside a finalizer or a weak-reference callback (a store's garbage
+        # collected connection, say), where Python drops what it raises: stop at the next step
+        if info.exc_value is not None and info.exc_value is state.raised:
+            state.lost = info.exc_value
+            if state.trainer is not None:
+                state.trainer.interrupt(info.exc_value)
+            return
+        hook(info)
 
     signals = (signal.SIGINT, signal.SIGTERM, STOP_REQUEST) if worker else (signal.SIGINT, signal.SIGTERM)
-    with handling(handler, replaces=lambda current: getattr(current, "optlab_sweep", False), signals=signals):
-        yield state
+    hook = sys.unraisablehook
+    sys.unraisablehook = unraisable
+    try:
+        with handling(handler, replaces=lambda current: getattr(current, "optlab_sweep", False), signals=signals):
+            yield state
+    finally:
+        sys.unraisablehook = hook
 
 
 @contextlib.contextmanager
@@ -376,6 +397,7 @@ def run(conf: dict, sweep: dict | None = None, output_dir=None, worker: bool = F
         extra.append(tracker)
     trainer = make_trainer(conf, problem, optimizer, cbs, extra)
     with stop_signals(worker) as signals:
+        signals.trainer = trainer
         try:
             if worker and STOPPED_BY is not None:  # stopped between its jobs, before this run began
                 raise Terminated("terminated (SIGTERM)") if STOPPED_BY == signal.SIGTERM else KeyboardInterrupt()
@@ -393,9 +415,13 @@ def run(conf: dict, sweep: dict | None = None, output_dir=None, worker: bool = F
                     tracker.close("FAILED", message)
                 raise RunStopped(_failure_line(message, log, tracker), 1) from error
             seconds = time.perf_counter() - start
+            if signals.lost is not None:  # a signal whose exception Python dropped after the last step
+                raise signals.lost
             if tracker is not None:
                 tracker.close("FINISHED")
             summary(conf, trainer, history, seconds, tracker)
+            if signals.lost is not None:  # ... or while the finished run was written: it is complete
+                raise signals.lost
         except KeyboardInterrupt as interrupt:
             reason = str(interrupt) or "interrupted (Ctrl-C)"
             if tracker is not None and tracker.status is None:
