@@ -184,14 +184,36 @@ def test_a_signal_whose_exception_python_drops_still_stops_the_run(tmp_path, spa
     assert f"the MLflow run {run.info.run_id} is marked KILLED" in err
 
 
-def test_sigterm_before_the_run_exists_claims_nothing(tmp_path, run_optlab):
-    # a signal while the store is being opened: no run was recorded, and the message says so
-    proc = run_optlab(tmp_path, "problem=seed_linear", "trainer.epochs=5", *FAST)
-    time.sleep(0.3)  # still importing: before any store or run exists
-    proc.send_signal(signal.SIGTERM)
+#: ``python -m optlab`` that sends itself a signal while Hydra's configs are registered (argv[1])
+SIGNAL_BEFORE_THE_RUN = """
+import os, sys
+import optlab.app.main as app
+
+register = app.register_configs
+
+def signalled():
+    os.kill(os.getpid(), int(sys.argv.pop(1)))
+    sum(range(100_000))  # the handler runs here
+    register()
+
+app.register_configs = signalled
+from optlab.__main__ import main
+main()
+"""
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_before_the_run_exists_is_one_line_and_claims_nothing(tmp_path, spawn, signum, code):
+    # a signal while Python imports, Hydra composes the config or the store is opened: before,
+    # Ctrl-C printed a KeyboardInterrupt traceback and SIGTERM ended the process without a word
+    args = [str(int(signum)), "problem=seed_linear", "trainer.epochs=5", *FAST]
+    proc = spawn([sys.executable, "-c", SIGNAL_BEFORE_THE_RUN, *args], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode in (143, -signal.SIGTERM), err
-    assert "marked KILLED" not in err
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and "marked KILLED" not in err, err
+    reason = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted (Ctrl-C)"
+    assert err.strip() == f"optlab: {reason} outside a run: nothing was being recorded"
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 SWEEP_STOPS = [  # (who gets the signal, which, exit status)

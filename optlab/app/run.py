@@ -276,14 +276,15 @@ def stop_signals(worker: bool = False):
 @contextlib.contextmanager
 def handling(handler, replaces=lambda current: False, signals=(signal.SIGINT, signal.SIGTERM)):
     """``handler`` for ``signals`` inside the block, where nobody else handles them (their
-    default, Python's Ctrl-C handler, or one ``replaces`` accepts); restored afterwards. Main thread only."""
+    default, Python's Ctrl-C handler, optlab's own outside a run, or one ``replaces`` accepts);
+    restored afterwards. Main thread only."""
     import threading
 
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for signum in signals:
             current = signal.getsignal(signum)
-            if current in (signal.SIG_DFL, signal.default_int_handler) or replaces(current):
+            if current in (signal.SIG_DFL, signal.default_int_handler) or _default(current) or replaces(current):
                 previous[signum] = current
                 signal.signal(signum, handler)
     try:
@@ -291,6 +292,11 @@ def handling(handler, replaces=lambda current: False, signals=(signal.SIGINT, si
     finally:
         for signum, current in previous.items():
             signal.signal(signum, current)
+
+
+def _default(handler) -> bool:
+    """``python -m optlab``'s handler outside a run (see ``optlab.__main__``), which any other replaces."""
+    return getattr(handler, "optlab_default", False)
 
 
 def fit(trainer):
