@@ -730,3 +730,37 @@ def test_sigterm_while_a_run_ends_keeps_what_is_unwritten_and_marks_it_killed(tm
     for key in ("loss", "learning_rate", "epoch_loss", "x", "y", "distance_to_optimum"):
         steps = sorted(m.step for m in client.get_metric_history(run_id, key))
         assert steps == list(range(1, epochs + 1)), key
+
+
+def test_a_server_that_dies_as_the_run_opens_names_the_run_and_keeps_its_end(tmp_path, mlflow_server, monkeypatch):
+    # seen in the probe (3 of 3): the server died right after creating the run; the run stayed
+    # RUNNING, its end was kept nowhere and the message did not name it
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setattr(tracking, "RETRY_DELAYS", (0.05, 0.1))
+    create = MlflowClient.create_run
+
+    def create_then_die(self, *args, **kwargs):
+        run = create(self, *args, **kwargs)
+        mlflow_server.stop()
+        return run
+
+    monkeypatch.setattr(MlflowClient, "create_run", create_then_die)
+    tracker = tracker_for(mlflow_server.uri, output_dir=tmp_path / "run")
+    with pytest.raises(tracking.TrackingError) as info:
+        tracker.start()
+    message = str(info.value)
+    run_id = tracker.run_id
+    assert run_id is not None and tracker.status is None
+    assert message.startswith(f"tracking store {mlflow_server.uri}: Connection refused (its run {run_id} was opened"), (
+        message
+    )
+    assert f"its run {run_id} was opened and could not be closed" in message
+    assert f"the run's status (FAILED) could not be set in {mlflow_server.uri}" in message
+    assert f"python -m optlab.deliver {tracker.kept_path}" in message and "\n" not in message
+
+    monkeypatch.setattr(MlflowClient, "create_run", create)
+    mlflow_server.start()  # back: one command ends the run with its true status
+    assert deliver.main([str(tracker.kept_path)]) == 0
+    run = MlflowClient(tracking_uri=mlflow_server.uri).get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.tags["error"]

@@ -248,8 +248,10 @@ def stop_signals(worker: bool = False):
                 file=sys.stderr,
                 flush=True,
             )
-        state.raised = Terminated("terminated (SIGTERM)") if signum == signal.SIGTERM else KeyboardInterrupt(
-            "interrupted (Ctrl-C)"
+        state.raised = (
+            Terminated("terminated (SIGTERM)")
+            if signum == signal.SIGTERM
+            else KeyboardInterrupt("interrupted (Ctrl-C)")
         )
         raise state.raised
 
@@ -495,7 +497,11 @@ def _status_line(tracker) -> str:
     if tracker is None:
         return ""
     if tracker.status is None:
-        return "; no MLflow run was recorded" if tracker.run_id is None else "; its MLflow run could not be closed"
+        return (
+            "; no MLflow run was recorded"
+            if tracker.run_id is None
+            else f"; its MLflow run {tracker.run_id} could not be closed"
+        )
     return f"; the MLflow run {tracker.run_id} is marked {tracker.status}"
 
 

@@ -41,6 +41,7 @@ from .plots import curves_figure, path_figure, png
 from .store import (
     ADVICE,
     TrackingError,
+    _root_cause,
     _short,
     check_store,
     default_uri,
@@ -241,7 +242,8 @@ class MlflowTracker(Callback):
             raise
         except Exception as exc:
             self._abort_start("FAILED", _short(exc))
-            raise TrackingError(f"tracking store {shown(self.uri)}: {_short(exc)}; {ADVICE}") from None
+            reason = _root_cause(exc)  # "Connection refused", not a page of urllib3's retry report
+            raise TrackingError(f"tracking store {shown(self.uri)}: {reason}{self._opened_note()}; {ADVICE}") from None
         except BaseException:  # Ctrl-C, SIGTERM: no run left RUNNING
             self._abort_start("KILLED", "interrupted while the run was being opened")
             raise
@@ -253,14 +255,29 @@ class MlflowTracker(Callback):
         if self.run_id is not None and self.client is not None:
             client, run_id = self.client, self.run_id
 
+            end_time = int(time.time() * 1000)
+
             def end():
                 if error:
                     client.set_tag(run_id, "error", error[:5000])
-                client.set_terminated(run_id, status=status)
+                client.set_terminated(run_id, status=status, end_time=end_time)
 
             ok, _ = bounded(end, KILL_TIMEOUT)
             self.status = status if ok else None
+            if not ok:  # the store failed just after opening the run: its end is kept for optlab.deliver
+                tags = {"error": error[:5000]} if error else {}
+                self._kept_end = {"status": status, "end_time": end_time, "tags": tags}
+                self._keep([])
         self._release_http()
+
+    def _opened_note(self) -> str:
+        """After a failed start: what became of the run it had opened, if any."""
+        if self.run_id is None:
+            return ""
+        if self.status is not None:
+            return f" (its run {self.run_id} was opened and is marked {self.status})"
+        kept = self.undelivered_message()
+        return f" (its run {self.run_id} was opened and could not be closed: {kept})"
 
     def _release_http(self) -> None:
         if self._http is not None:
