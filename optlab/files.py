@@ -222,9 +222,30 @@ def load_npz(path) -> tuple[dict, dict[str, np.ndarray]]:
         meta = json.loads(raw.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise _not_ours(name, f"its metadata is not JSON: {_one_line(error)}") from None
+    except RecursionError:
+        raise _not_ours(name, f"its metadata is nested deeper than {MAX_META_DEPTH} levels") from None
     if not isinstance(meta, dict):
         raise _not_ours(name, f"its metadata is a JSON {type(meta).__name__}, not an object")
+    if _depth(meta) > MAX_META_DEPTH:  # what reads it back recurses: refuse here, in one line
+        raise _not_ours(name, f"its metadata is nested deeper than {MAX_META_DEPTH} levels")
     return meta, entries
+
+
+#: optlab's own metadata is a few levels deep; a file nested deeper is not one it wrote
+MAX_META_DEPTH = 64
+
+
+def _depth(value) -> int:
+    """How deeply JSON ``value`` nests lists and objects (without recursing)."""
+    deepest, level = 0, [(value, 1)]
+    while level:
+        item, depth = level.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth > MAX_META_DEPTH:
+                break
+            level.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _read_entries(name: str, archive: zipfile.ZipFile) -> dict[str, np.ndarray]:

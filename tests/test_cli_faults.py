@@ -307,3 +307,28 @@ def test_a_relative_sqlite_uri_works_and_an_in_memory_one_is_refused(tmp_path):
     assert run.info.status == "FINISHED" and run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
     memory = optlab(tmp_path, "problem=seed_linear", "trainer.epochs=3", "tracking.uri=sqlite://", *FAST)
     assert memory.returncode == 2 and "in-memory database" in memory.stderr and "Traceback" not in memory.stderr
+
+
+def test_a_backup_this_run_cannot_resume_from_is_an_error_before_anything_is_recorded(tmp_path):
+    # seen in the probe (11 of 11): "callback BackupAndRestore.resume failed", exit 1, a FAILED run
+    backup = ("callbacks=[backup_and_restore]", "callbacks.backup_and_restore.backup_dir=bk", *FAST)
+    first = optlab(
+        tmp_path,
+        "problem=seed_linear",
+        "trainer.epochs=5",
+        *backup,
+        "tracking=none",
+        "callbacks.backup_and_restore.delete_checkpoint=false",
+    )
+    assert first.returncode == 0, first.stderr
+    saved = (tmp_path / "bk" / "backup.npz").read_bytes()
+    result = optlab(tmp_path, "problem=seed_linear", "trainer.epochs=5", *backup, "optimizer.learning_rate=0.5")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        f"optlab: error: callbacks.backup_and_restore: {Path('bk') / 'backup.npz'} was made by another run, with "
+        "different settings: optimizer.learning_rate 0.001 (backup) vs 0.5 (this run). Resume with the same "
+        "settings, or use another backup_dir (or delete the backup) to start afresh."
+    )
+    assert not (tmp_path / "mlflow.db").exists()  # nothing recorded
+    assert (tmp_path / "bk" / "backup.npz").read_bytes() == saved

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import gc
+import json
 import os
 import re
 import signal
@@ -23,7 +24,7 @@ import pytest
 
 import optlab
 from optlab.callbacks import BackupAndRestore, Callback, CSVLogger, History, ModelCheckpoint, ReduceLROnPlateau
-from optlab.files import load_npz, save_npz_atomic, write_text_atomic
+from optlab.files import StateFileError, load_npz, save_npz_atomic, write_text_atomic
 from optlab.trainer import Trainer
 
 
@@ -647,6 +648,65 @@ def test_a_setting_an_older_optlab_did_not_record_is_not_compared(tmp_path):
     resumed = _settings_run(tmp_path / "b")
     resumed.fit()
     np.testing.assert_array_equal(resumed.params.flat, whole.params.flat, strict=True)
+
+
+CORRUPT_BACKUPS = [  # (what is changed in the metadata, the one line naming it)
+    (lambda m: m["position"].update(epoch=-3), "position.epoch is -3, not an integer >= 0"),
+    (lambda m: m["position"].update(step="x"), "position.step is 'x', not an integer >= 0"),
+    (lambda m: m["position"].update(batch=True), "position.batch is True, not an integer >= 0"),
+    (lambda m: m["position"].update(loss_sum=None), "position.loss_sum is None, not a number"),
+    (lambda m: m["position"].update(noise_rng={"state": 1}), "position.noise_rng is {'state': 1}, not a PCG64"),
+    (lambda m: m.update(position=[1]), "position is [1], not an object"),
+    (lambda m: m.update(epoch_done="yes"), "epoch_done is 'yes', not true or false"),
+    (lambda m: m.update(callbacks={"a": 1}), "callbacks is {'a': 1}, not a list of {class, state} objects"),
+    (lambda m: m.update(created_dirs=[5]), "created_dirs is [5], not a list of folder names"),
+    # a backup cannot have run more epochs than its run has: the file is corrupt, not "another run"
+    (lambda m: m["position"].update(epoch=10**6), "position.epoch is 1000000, not below the run's 8 epochs"),
+]
+
+
+def _write_meta_text(path, text: str, arrays: dict) -> None:
+    """An .npz whose metadata entry is ``text`` as it stands (json.dumps cannot write what is too deep)."""
+    from optlab.files import META_KEY
+
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays, **{META_KEY: np.frombuffer(text.encode(), dtype=np.uint8)})
+
+
+def _refused(tmp_path, named) -> None:
+    path = tmp_path / "backup" / "backup.npz"
+    before = path.read_bytes()
+    trainer = _settings_run(tmp_path)
+    for check in (lambda: trainer.callbacks.callbacks[-1].check_resume(trainer), trainer.fit):
+        with pytest.raises(StateFileError) as error:
+            check()
+        message = str(error.value)
+        assert message.startswith(str(path)) and named in message and "\n" not in message, message
+    assert trainer.step == 0 and path.read_bytes() == before
+
+
+@pytest.mark.parametrize(("corrupt", "named"), CORRUPT_BACKUPS)
+def test_a_corrupt_backup_is_one_line_naming_the_file_and_changes_nothing(tmp_path, corrupt, named):
+    # seen in the probe: epoch=-3 or step="x" gave a TypeError mid-restore, epoch=10**6 blamed the settings
+    _leave_a_backup(tmp_path)
+    path = tmp_path / "backup" / "backup.npz"
+    meta, arrays = load_npz(path)
+    corrupt(meta)
+    save_npz_atomic(path, meta, arrays)
+    _refused(tmp_path, named)
+
+
+@pytest.mark.parametrize("depth", [100, 5000])
+def test_deeply_nested_backup_metadata_is_refused_in_one_line(tmp_path, depth):
+    # seen in the probe: 5,000 nested lists raised RecursionError
+    _leave_a_backup(tmp_path)
+    path = tmp_path / "backup" / "backup.npz"
+    meta, arrays = load_npz(path)
+    _write_meta_text(path, json.dumps(meta)[:-1] + ', "extra": ' + "[" * depth + "]" * depth + "}", arrays)
+    _refused(tmp_path, "its metadata is nested deeper than 64 levels")
+    opt = optlab.optimizers.Adam()  # an optimizer's state file is read the same way
+    with pytest.raises(StateFileError, match="nested deeper than 64 levels"):
+        opt.load_state(path)
 
 
 # -- file name templates that cannot give a file name ---------------------------------------------------

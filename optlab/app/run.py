@@ -404,6 +404,11 @@ def run(conf: dict, sweep: dict | None = None, output_dir=None, worker: bool = F
         )
         extra.append(tracker)
     trainer = make_trainer(conf, problem, optimizer, cbs, extra)
+    for cb in cbs:  # a backup this run cannot resume from is the user's error: nothing is recorded
+        try:
+            cb.check_resume(trainer)
+        except ValueError as error:
+            raise ConfigError(f"callbacks.{type(cb).registry_name}: {error}") from None
     with stop_signals(worker) as signals:
         signals.trainer = trainer
         try:

@@ -45,6 +45,12 @@ class Callback(Configurable):
         Like ``check_logs``, for a front end to call before training.
         """
 
+    def check_resume(self, trainer) -> None:
+        """Raise ``ValueError`` if :meth:`resume` would refuse to resume ``trainer``'s run (a
+        backup made with other settings, a corrupt one). For a front end to call before
+        training, so that the refusal is a user's error, not a failed run.
+        """
+
     @property
     def model(self):
         """Keras's name for the object being trained: here the trainer."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import load_npz, name_max, save_npz_atomic
+from ..files import StateFileError, load_npz, name_max, save_npz_atomic
 from ..hparams import Hyper
 from ..names import did_you_mean
 from .base import Callback, Monitor, check_writable
@@ -91,6 +91,12 @@ class BackupAndRestore(Callback):
     def check_files(self):
         check_writable(self.path, "BackupAndRestore: backup_dir")
 
+    def check_resume(self, trainer) -> None:
+        if self.path.exists():
+            meta, arrays = load_npz(self.path)
+            params = trainer.problem.init(trainer.seed, trainer.dtype).flat
+            self._check_backup(meta, arrays, run_settings(trainer), params)
+
     def resume(self):
         """Restore the parameters, the optimizer and the loop's position from the backup, if there is one.
 
@@ -161,16 +167,8 @@ class BackupAndRestore(Callback):
         """Read and check the whole backup, then put it in place (a bad file changes nothing)."""
         trainer = self.trainer
         meta, arrays = load_npz(self.path)
-        if meta.get("format") != BACKUP_FORMAT:
-            raise ValueError(f"{self.path} is not an optlab backup (format {meta.get('format')!r})")
-        self._check_settings(meta)
-        params = arrays.get("params")
-        if params is None or params.shape != trainer.params.flat.shape or params.dtype != trainer.params.flat.dtype:
-            raise ValueError(
-                f"{self.path} holds {getattr(params, 'size', 0)} parameters of dtype {getattr(params, 'dtype', '?')} "
-                f"but the problem has {trainer.params.flat.size} of {trainer.params.flat.dtype}: "
-                "it is the backup of another run"
-            )
+        self._check_backup(meta, arrays, self._settings or run_settings(trainer), trainer.params.flat)
+        params = arrays["params"]
         saved: dict[str, list] = {}
         for entry in meta["callbacks"]:
             saved.setdefault(entry["class"], []).append(entry["state"])
@@ -186,7 +184,22 @@ class BackupAndRestore(Callback):
         if meta["stopped"]:
             trainer.initial_epoch = trainer.epochs  # it had stopped: only on_train_end is left
 
-    def _check_settings(self, meta: dict) -> None:
+    def _check_backup(self, meta: dict, arrays: dict, current: dict, params: np.ndarray) -> None:
+        """Refuse a backup that is not well formed (a ``StateFileError`` naming the file and
+        the field), or that another run made (:meth:`_check_settings`), or whose parameters
+        are not ``params``'s size and dtype."""
+        if meta.get("format") != BACKUP_FORMAT:
+            raise ValueError(f"{self.path} is not an optlab backup (format {meta.get('format')!r})")
+        _check_backup_fields(self.path, meta)
+        self._check_settings(meta, current)
+        saved = arrays.get("params")
+        if saved is None or saved.shape != params.shape or saved.dtype != params.dtype:
+            raise ValueError(
+                f"{self.path} holds {getattr(saved, 'size', 0)} parameters of dtype {getattr(saved, 'dtype', '?')} "
+                f"but the problem has {params.size} of {params.dtype}: it is the backup of another run"
+            )
+
+    def _check_settings(self, meta: dict, current: dict) -> None:
         """Refuse a backup made by a run with other settings (one error naming every difference)."""
         saved = meta.get("settings")
         if saved is None:
@@ -196,7 +209,6 @@ class BackupAndRestore(Callback):
                 stacklevel=2,
             )
             return
-        current = self._settings if self._settings is not None else run_settings(self.trainer)
         differences = _differences(
             {k: v for k, v in saved.items() if k != "epochs"}, {k: v for k, v in current.items() if k != "epochs"}
         )
@@ -235,6 +247,49 @@ class BackupAndRestore(Callback):
                 os.rmdir(folder)  # fails, harmlessly, on a folder that is not empty
             except OSError:
                 break
+
+
+def _check_backup_fields(path, meta: dict) -> None:
+    """Each field ``BackupAndRestore`` reads back has its type and range, else ``StateFileError``."""
+
+    def bad(field, value, wanted):
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        return StateFileError(f"{path} is not a valid optlab backup: {field} is {shown}, not {wanted}")
+
+    def count(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    position = meta.get("position")
+    if not isinstance(position, dict):
+        raise bad("position", position, "an object")
+    for key in ("epoch", "batch", "step", "count"):
+        if not count(position.get(key)):
+            raise bad(f"position.{key}", position.get(key), "an integer >= 0")
+    if isinstance(position.get("loss_sum"), bool) or not isinstance(position.get("loss_sum"), (int, float)):
+        raise bad("position.loss_sum", position.get("loss_sum"), "a number")
+    try:
+        np.random.PCG64().state = position.get("noise_rng")
+    except (TypeError, ValueError, KeyError, OverflowError):
+        raise bad("position.noise_rng", position.get("noise_rng"), "a PCG64 generator's state") from None
+    for key in ("epoch_done", "stopped"):
+        if not isinstance(meta.get(key), bool):
+            raise bad(key, meta.get(key), "true or false")
+    if not isinstance(meta.get("optimizer"), dict):
+        raise bad("optimizer", meta.get("optimizer"), "an object")
+    entries = meta.get("callbacks")
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("class"), str) and "state" in e for e in entries
+    ):
+        raise bad("callbacks", entries, "a list of {class, state} objects")
+    dirs = meta.get("created_dirs", [])
+    if not isinstance(dirs, list) or not all(isinstance(d, str) and d for d in dirs):
+        raise bad("created_dirs", dirs, "a list of folder names")
+    settings = meta.get("settings")
+    if settings is not None:
+        if not isinstance(settings, dict) or not count(settings.get("epochs")):
+            raise bad("settings", settings, "an object with epochs")
+        if position["epoch"] >= max(settings["epochs"], 1):
+            raise bad("position.epoch", position["epoch"], f"below the run's {settings['epochs']} epochs")
 
 
 def run_settings(trainer) -> dict:
