@@ -5,6 +5,7 @@ store is opened) ends in one line and exit status 130 / 143, not a traceback or 
 a run's own handlers (``optlab.app.run.stop_signals``) take over while it trains and is written.
 """
 
+import os
 import signal
 import sys
 
@@ -18,7 +19,20 @@ class _Stopped(KeyboardInterrupt):
 
 
 def _outside_a_run(signum, frame):
+    first = _first_signal()
+    if first is not None:  # a run or this handler was stopped already: Python is winding up, do not wait
+        sys.stderr.flush()
+        os._exit(128 + first)
+    _received.append(signum)
     raise _Stopped(signum)
+
+
+_received: list[int] = []
+
+
+def _first_signal() -> int | None:
+    running = sys.modules.get("optlab.app.run")
+    return getattr(running, "STOPPED_BY", None) or (_received[0] if _received else None)
 
 
 _outside_a_run.optlab_default = True  # handlers installed later (a run's, a sweep's) replace this one
@@ -33,7 +47,7 @@ def main(argv=None) -> None:
 
         run_app(argv)
     except KeyboardInterrupt as interrupt:  # outside a run: a run catches its own
-        signum = getattr(interrupt, "signum", signal.SIGINT)
+        signum = _first_signal() or getattr(interrupt, "signum", signal.SIGINT)
         reason = interrupt or "interrupted (Ctrl-C)"
         print(f"\noptlab: {reason} outside a run: nothing was being recorded", file=sys.stderr)
         sys.exit(128 + signum)

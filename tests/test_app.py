@@ -186,13 +186,15 @@ def test_sigterm_marks_the_run_killed_and_keeps_every_metric(tmp_path, spawn):
     assert len(steps) > 10 and steps == list(range(1, len(steps) + 1))  # one step per epoch, none missing
 
 
-def test_a_second_signal_while_the_run_is_written_still_marks_it_killed(tmp_path, spawn):
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_while_the_run_is_written_still_marks_it_killed(tmp_path, spawn, second):
     # once, a second SIGTERM within ~2 s of the first exited at once and left the run RUNNING;
-    # now it cuts the wait for the store short, keeps the rest locally and still sets the status
+    # now it cuts the wait for the store short, keeps the rest locally and still sets the status.
+    # The exit status is the first signal's (SIGTERM then Ctrl-C ended with 130)
     proc = _long_run(tmp_path, spawn)
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(second)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert "Traceback" not in err

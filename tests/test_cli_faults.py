@@ -332,3 +332,44 @@ def test_a_backup_this_run_cannot_resume_from_is_an_error_before_anything_is_rec
     )
     assert not (tmp_path / "mlflow.db").exists()  # nothing recorded
     assert (tmp_path / "bk" / "backup.npz").read_bytes() == saved
+
+
+#: ``python -m optlab`` that gets SIGTERM while its run is being opened, then SIGINT while the
+#: store marks it KILLED
+TWO_SIGNALS_AS_THE_RUN_OPENS = """
+import os, signal, sys
+from mlflow.tracking import MlflowClient
+from optlab.app import tracking
+
+log_start, set_terminated = tracking.MlflowTracker._log_start, MlflowClient.set_terminated
+
+def first_signal(self):
+    os.kill(os.getpid(), signal.SIGTERM)
+    sum(range(100_000))
+    log_start(self)
+
+def second_signal(self, *args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    sum(range(100_000))
+    return set_terminated(self, *args, **kwargs)
+
+tracking.MlflowTracker._log_start = first_signal
+MlflowClient.set_terminated = second_signal
+from optlab.__main__ import main
+main()
+"""
+
+
+def test_two_signals_as_the_run_opens_still_mark_it_and_exit_with_the_first(tmp_path, spawn):
+    # seen in the probe: a second signal before the run was being written exited at once and left
+    # it RUNNING; SIGTERM then SIGINT ended with 130, the second signal's status
+    args = ["problem=seed_linear", "trainer.epochs=5", *FAST]
+    proc = spawn(
+        [sys.executable, "-c", TWO_SIGNALS_AS_THE_RUN_OPENS, *args], cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err, err
+    _, (run,) = runs(tmp_path)
+    assert run.info.status == "KILLED", err
+    assert "optlab: terminated (SIGTERM)" in err and "interrupted (Ctrl-C)" not in err

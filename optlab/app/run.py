@@ -200,11 +200,11 @@ STOP_REQUEST = signal.SIGUSR1
 
 
 class Signals:
-    """What :func:`stop_signals` yields: ``closing`` is set while a stopped run is being written;
-    ``trainer`` (set by the run) is told to stop should a signal's exception be lost; ``lost`` is
-    that exception, for the run to raise once training is over."""
+    """What :func:`stop_signals` yields: ``first`` is the first signal's exception (the reason and
+    the exit status, whatever comes next); ``trainer`` (set by the run) is told to stop should a
+    signal's exception be lost; ``lost`` is that exception, for the run to raise once training is over."""
 
-    closing = False
+    first: BaseException | None = None
     requested = -math.inf  # when the sweep's parent asked this worker to stop
     trainer = None
     raised: BaseException | None = None
@@ -215,9 +215,9 @@ class Signals:
 def stop_signals(worker: bool = False):
     """The first SIGINT (Ctrl-C) or SIGTERM raises ``KeyboardInterrupt`` / :class:`Terminated` in
     the main thread, so training stops at once and the run is written and closed. A second one
-    while the run is being written stops waiting for the store (the rest is kept locally) but
-    still sets the run's status, within a few seconds; a third one, or a second one at any other
-    moment, exits at once (status 130 / 143), whatever is left unwritten.
+    stops waiting for the store (the rest is kept locally) but still sets the run's status,
+    within a few seconds; a third one exits at once, whatever is left unwritten. The exit status
+    (130 / 143) and the reason are the first signal's.
 
     In a sweep's ``worker``, :data:`STOP_REQUEST` from the parent acts as a first signal, and
     is ignored after one. SIGTERM is left alone where someone else (a launcher such as
@@ -239,12 +239,13 @@ def stop_signals(worker: bool = False):
             return  # the user's own signal to every process of the sweep, which made the parent ask too: one stop
         received.append(signum)
         STOPPED_BY = STOPPED_BY or signum
-        if len(received) > 2 or (len(received) == 2 and not state.closing):
+        if len(received) > 2:
             print("\noptlab: another signal: exiting now", file=sys.stderr, flush=True)
             os._exit(128 + received[0])
         if len(received) == 2:
             print(
-                "\noptlab: second signal: not waiting for the store; marking the run (another signal exits at once)",
+                "\noptlab: second signal: not waiting for the store; the run is still marked (another signal exits "
+                "at once)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -253,6 +254,7 @@ def stop_signals(worker: bool = False):
             if signum == signal.SIGTERM
             else KeyboardInterrupt("interrupted (Ctrl-C)")
         )
+        state.first = state.first or state.raised
         raise state.raised
 
     def unraisable(info):
@@ -436,9 +438,9 @@ def run(conf: dict, sweep: dict | None = None, output_dir=None, worker: bool = F
             if signals.lost is not None:  # ... or while the finished run was written: it is complete
                 raise signals.lost
         except KeyboardInterrupt as interrupt:
+            interrupt = signals.first or interrupt  # a second signal does not change the reason
             reason = str(interrupt) or "interrupted (Ctrl-C)"
             if tracker is not None and tracker.status is None:
-                signals.closing = True
                 try:
                     tracker.close("KILLED", reason)
                 except KeyboardInterrupt:  # a second signal cut the flush short; close() still set the status

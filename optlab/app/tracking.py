@@ -262,7 +262,8 @@ class MlflowTracker(Callback):
                     client.set_tag(run_id, "error", error[:5000])
                 client.set_terminated(run_id, status=status, end_time=end_time)
 
-            ok, _ = bounded(end, KILL_TIMEOUT)
+            with signals_held(redeliver=False):  # another signal must not leave the run RUNNING (3 s at most)
+                ok, _ = bounded(end, KILL_TIMEOUT)
             self.status = status if ok else None
             if not ok:  # the store failed just after opening the run: its end is kept for optlab.deliver
                 tags = {"error": error[:5000]} if error else {}
