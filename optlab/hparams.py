@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from typing import Any, ClassVar
 
 from .names import closest
@@ -157,6 +158,8 @@ class Hyper:
         if kind is int:
             if number != int(value):
                 raise self._error(owner, value)
+            if not isinstance(value, numbers.Integral) and abs(number) > 2**53:  # 1e20: not an exact count
+                raise self._error(owner, value, "a float this large is not an exact integer; write it in digits")
             value = int(value)
         else:
             value = number

@@ -86,6 +86,27 @@ BAD_INPUT = [
         'cannot format loss=0.0 as "d"',
     ),
     (("callbacks=[csv_logger]", "callbacks.csv_logger.filename=blocker/log.csv"), "which is a file"),
+    # Hydra's own messages for these ran over 5 to 10 lines
+    (("tracking=mlflw",), "Unknown tracking 'mlflw'. Did you mean 'mlflow'? Known: mlflow, none"),
+    (("+experiment=seed_tutoral",), "Unknown experiment 'seed_tutoral'. Did you mean 'seed_tutorial'?"),
+    (
+        ("callbacks.early_stopping.patience=3",),
+        "callbacks.early_stopping.patience: early_stopping is not one of this run's callbacks; "
+        "choose it with callbacks=[early_stopping]",
+    ),
+    (("callbacks.early_stoping.patience=3",), "unknown callback 'early_stoping'. Did you mean 'early_stopping'?"),
+    (
+        ("-m", "callbacks=[early_stopping],[early_stopping,terminate_on_nan]", "callbacks.early_stopping.patience=3"),
+        "in a sweep over callbacks, set a callback's argument with ++ (++callbacks.early_stopping.patience=...)",
+    ),
+    (
+        ("-m", "callbacks=[csv_logger],[early_stopping]", "++callbacks.early_stopping.patience=3"),
+        "early_stopping is not one of the callbacks of the job [csv_logger]",
+    ),
+    (("trainer.epochs",), "'trainer.epochs': settings are key=value (trainer.epochs=...)"),
+    (("trainer.epochs=1e20",), "received epochs=1e+20 (a float this large is not an exact integer"),
+    (("tracking.uri=",), "tracking.uri must be a store's URI, or left out for the default"),
+    (("hydra.run.dir=",), "hydra.run.dir is empty: Hydra would write its files"),
     (("callbacks=[backup_and_restore]", "callbacks.backup_and_restore.backup_dir=blocker"), "blocker"),
 ]
 

@@ -606,3 +606,12 @@ def test_deliver_matches_what_the_store_gives_back_for_infinities_zero_and_nan(t
     assert not path.exists()
     assert steps_of(client_for(tmp_path), run_id, "loss") == [1, 2, 3, 4, 5]
     assert deliver.main([str(path)]) == 2  # gone: nothing to deliver twice
+
+
+def test_deliver_names_a_missing_file_as_missing(tmp_path, capsys):
+    # it said "is not a file of undelivered metrics written by optlab" for a path that does not exist
+    missing = tmp_path / "undelivered-0123abcd.jsonl"
+    assert deliver.main([str(missing)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"optlab.deliver: error: {missing}: no such file (kept files are named undelivered-<run id>.jsonl)"
+    )

@@ -69,10 +69,12 @@ def _closest(name: str, known) -> str:
     return f" Did you mean {match!r}?" if match else ""
 
 
-def check_overrides(overrides: list[str]) -> None:
+def check_overrides(overrides: list[str], own_configs: bool = True) -> None:
     """Catch unknown component names and arguments in command-line overrides before Hydra does.
 
     Hydra's own messages for these do not list the valid names or arguments; ours do.
+    ``own_configs``: the configs are optlab's own (no ``--config-dir`` or search path adds
+    presets), so a preset group's choice (``tracking=...``) is one of its yaml files.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -84,6 +86,14 @@ def check_overrides(overrides: list[str]) -> None:
         key = override.key_or_group
         parts = key.split(".")
         group = parts[0]
+        if own_configs and group in PRESET_GROUPS and len(parts) == 1 and not override.is_delete():
+            known = PRESET_GROUPS[group]
+            for value in _choices(override):
+                if value not in known:
+                    raise ConfigError(
+                        f"Unknown {group} {value!r}.{_closest(value, known)} Known: {', '.join(sorted(known))}"
+                    )
+            continue
         if group not in GROUPS or override.is_delete():
             continue
         registry = GROUPS[group]
@@ -99,8 +109,11 @@ def check_overrides(overrides: list[str]) -> None:
                         f"Unknown {group.rstrip('s')} {value!r}.{_closest(value, known)} Known: {', '.join(known)}"
                     )
             continue
-        if group == "callbacks" or override.is_add():
+        if group == "callbacks" and not override.is_add():
+            _check_callback_chosen(override, parts[1], known, overrides, parsed)
             continue  # callbacks.<name>.<arg>: checked when the callback is built
+        if group == "callbacks" or override.is_add():
+            continue
         if len(parts) == 2 and parts[1] != "name":
             component = _selected(overrides, group)
             if component == "none":
@@ -115,6 +128,34 @@ def check_overrides(overrides: list[str]) -> None:
                     )
             elif not any(parts[1] in registry.get(n).hyperparameters() for n in registry.names()):
                 raise ConfigError(f"{group}.{parts[1]}: no {group} has an argument {parts[1]!r}")
+
+
+def _check_callback_chosen(setting, name: str, known: list[str], overrides: list[str], parsed) -> None:
+    """``callbacks.<name>.<arg>=...`` sets an argument of a callback the run (each job of a sweep)
+    uses: Hydra's own message for one it does not use is "Key 'callbacks' is not in struct"."""
+    key = setting.key_or_group
+    if name not in known and name.lower() not in GROUPS["callbacks"]:
+        raise ConfigError(f"{key}: unknown callback {name!r}.{_closest(name, known)} Known: {', '.join(known)}")
+    if any(text.lstrip("+~").startswith("experiment=") for text in overrides):
+        return  # a preset may choose it
+    lists = [[]]  # the default: no callbacks
+    for override in parsed:
+        if override.key_or_group == "callbacks" and not override.is_delete():
+            lists = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+    if len(lists) > 1 and not setting.is_force_add():
+        # Hydra composes the sweep's own config (no callback chosen yet) with every setting first
+        raise ConfigError(
+            f"{key}: in a sweep over callbacks, set a callback's argument with ++ (++{key}=...): Hydra "
+            "composes the sweep before each job chooses its callbacks"
+        )
+    for chosen in lists:
+        chosen = [str(c) for c in (chosen if isinstance(chosen, list) else [chosen])]
+        if name.lower() not in {c.lower() for c in chosen}:
+            which = f"[{','.join(chosen)}]" if len(lists) > 1 else "this run's callbacks"
+            raise ConfigError(
+                f"{key}: {name} is not one of {'the callbacks of the job ' if len(lists) > 1 else ''}{which}; "
+                f"choose it with callbacks=[{','.join([*chosen, name])}]"
+            )
 
 
 def _choices(override) -> list[str]:
@@ -168,6 +209,21 @@ def preset_keys(group: str) -> set[str]:
             keys |= set(_conf_yaml(f"{group}/{entry.name}"))
     return keys
 
+
+def _preset_groups() -> dict[str, list[str]]:
+    """The config groups made of yaml files in ``optlab/conf`` (tracking, trainer, experiment) and their options."""
+    from importlib import resources
+
+    groups = {}
+    for folder in resources.files("optlab.conf").iterdir():
+        if folder.is_dir() and not folder.name.startswith("_"):
+            names = [f.name[: -len(".yaml")] for f in folder.iterdir() if f.name.endswith(".yaml")]
+            if names:
+                groups[folder.name] = sorted(names)
+    return groups
+
+
+PRESET_GROUPS = _preset_groups()
 
 #: the component each group starts from (conf/config.yaml), for checking arguments given without a choice
 DEFAULT_CHOICES = {k: v for k, v in main_config()[0].items() if k in GROUPS and k != "callbacks"}

@@ -207,7 +207,10 @@ def main(argv: list[str] | None = None) -> int:
             written, skipped, uri, plots = deliver(path, args.tracking_uri, progress=sys.stderr)
         except TrackingError as exc:
             print(f"optlab.deliver: error: {exc}", file=sys.stderr)
-            status = max(status, 2 if "not a file of undelivered" in str(exc) else 1)
+            user_error = any(
+                text in str(exc) for text in ("not a file of undelivered", "no such file", "cannot be read")
+            )
+            status = max(status, 2 if user_error else 1)
             continue
         except Exception as exc:
             line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]

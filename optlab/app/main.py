@@ -190,8 +190,10 @@ def main(argv: list[str] | None = None) -> None:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides = [a for a in argv if not a.startswith("-") and "=" in a]
+    own_configs = not (set(argv) & CONFIG_OPTIONS) and not any(o.startswith("hydra.searchpath") for o in overrides)
     try:
-        check_overrides(overrides)
+        _check_bare_words(argv)
+        check_overrides(overrides, own_configs)
         _check_output_folder(overrides, multirun=bool({"-m", "--multirun"} & set(argv)))
     except ConfigError as error:
         _fail(str(error))
@@ -216,6 +218,33 @@ def main(argv: list[str] | None = None) -> None:
         raise
 
 
+#: Hydra's options that take the next word as their value, and those that bring other configs
+VALUE_OPTIONS = {
+    *("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--package", "-p"),
+    *("--cfg", "-c", "--experimental-rerun"),
+}
+#: ``--info`` takes a value only from these
+INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+CONFIG_OPTIONS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
+
+
+def _check_bare_words(argv: list[str]) -> None:
+    """A word that is neither an option nor ``key=value`` (``trainer.epochs``): Hydra's message
+    is a parser's ("missing EQUAL at '<EOF>'")."""
+    after_option = after_info = False
+    for word in argv:
+        if after_option or (after_info and word in INFO_TOPICS):
+            after_option = after_info = False
+            continue
+        after_info = word in ("--info", "-i")
+        if word in VALUE_OPTIONS:
+            after_option = True
+        elif not word.startswith(("-", "~")) and "=" not in word:
+            raise ConfigError(
+                f"{word!r}: settings are key=value ({word}=...); see python -m optlab --help for the groups and keys"
+            )
+
+
 def _check_output_folder(overrides: list[str], multirun: bool) -> None:
     """Hydra's output folder (``hydra.run.dir`` / ``hydra.sweep.dir``, by default under
     ``.optlab/`` here) must be creatable: Hydra itself would fail with a traceback."""
@@ -223,6 +252,11 @@ def _check_output_folder(overrides: list[str], multirun: bool) -> None:
 
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     chosen = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == key]
+    if chosen and not chosen[-1].strip():
+        raise ConfigError(
+            f"{key} is empty: Hydra would write its files (.hydra/, the log) into the working directory; "
+            f"give a folder ({key}=.optlab/my-run), or leave it out"
+        )
     folder = chosen[-1].split("${", 1)[0] if chosen else ".optlab/"  # the part before any ${now:...}
     what = key if chosen else f"the working directory {os.getcwd()} (optlab writes .optlab/ and mlflow.db here)"
     try:

@@ -140,6 +140,13 @@ def check_settings(conf: dict) -> None:
     check("trainer.progress_bar", isinstance(trainer["progress_bar"], bool), "true or false", trainer["progress_bar"])
     enabled = tracking.get("enabled", False)
     check("tracking.enabled", isinstance(enabled, bool), "true or false (or tracking=none)", enabled)
+    uri = tracking.get("uri")
+    check(
+        "tracking.uri",
+        uri is None or (isinstance(uri, str) and uri.strip() != ""),
+        "a store's URI, or left out for the default (an unset variable gives an empty one)",
+        uri,
+    )
     metric = conf.get("metric")
     check("metric", metric is None or (isinstance(metric, str) and metric != ""), '"auto" or a logged name', metric)
     for name, node in (conf.get("callbacks") or {}).items():

@@ -757,11 +757,15 @@ def metric_line(metric) -> str:
 
 def read_kept_header(path: Path) -> dict:
     """The header of a file of undelivered metrics; TrackingError if optlab did not write it."""
+    if not path.exists():
+        raise TrackingError(f"{path}: no such file (kept files are named undelivered-<run id>.jsonl)")
     if not KEPT_NAME.fullmatch(path.name) or not path.is_file():
         raise TrackingError(_not_kept(path))
     try:
         with open(path, encoding="utf-8") as file:
             header = json.loads(file.readline())
+    except OSError as exc:
+        raise TrackingError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     except (ValueError, UnicodeDecodeError):
         raise TrackingError(_not_kept(path)) from None
     plots = header.get("plots", []) if isinstance(header, dict) else None
