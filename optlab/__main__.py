@@ -1,57 +1,6 @@
-"""``python -m optlab`` (and the ``optlab`` console script): run an experiment (see ``optlab.app.main``).
+"""``python -m optlab``: run an experiment (see ``optlab.app.main``)."""
 
-A Ctrl-C or SIGTERM from the very start (while Python imports, Hydra composes the config, the
-store is opened) ends in one line and exit status 130 / 143, not a traceback or a silent death;
-a run's own handlers (``optlab.app.run.stop_signals``) take over while it trains and is written.
-"""
-
-import os
-import signal
-import sys
-
-
-class _Stopped(KeyboardInterrupt):
-    """A signal outside a run."""
-
-    def __init__(self, signum: int):
-        super().__init__("terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted (Ctrl-C)")
-        self.signum = signum
-
-
-def _outside_a_run(signum, frame):
-    first = _first_signal()
-    if first is not None:  # a run or this handler was stopped already: Python is winding up, do not wait
-        sys.stderr.flush()
-        os._exit(128 + first)
-    _received.append(signum)
-    raise _Stopped(signum)
-
-
-_received: list[int] = []
-
-
-def _first_signal() -> int | None:
-    running = sys.modules.get("optlab.app.run")
-    return getattr(running, "STOPPED_BY", None) or (_received[0] if _received else None)
-
-
-_outside_a_run.optlab_default = True  # handlers installed later (a run's, a sweep's) replace this one
-
-
-def main(argv=None) -> None:
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
-            signal.signal(signum, _outside_a_run)
-    try:
-        from optlab.app.main import main as run_app
-
-        run_app(argv)
-    except KeyboardInterrupt as interrupt:  # outside a run: a run catches its own
-        signum = _first_signal() or getattr(interrupt, "signum", signal.SIGINT)
-        reason = interrupt or "interrupted (Ctrl-C)"
-        print(f"\noptlab: {reason} outside a run: nothing was being recorded", file=sys.stderr)
-        sys.exit(128 + signum)
-
+from optlab.app.entry import main
 
 if __name__ == "__main__":
     main()

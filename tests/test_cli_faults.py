@@ -205,7 +205,7 @@ def test_a_signal_whose_exception_python_drops_still_stops_the_run(tmp_path, spa
     assert f"the MLflow run {run.info.run_id} is marked KILLED" in err
 
 
-#: ``python -m optlab`` that sends itself a signal while Hydra's configs are registered (argv[1])
+#: ``python -m optlab`` that sends itself the signal $SIGNAL while Hydra's configs are registered
 SIGNAL_BEFORE_THE_RUN = """
 import os, sys
 import optlab.app.main as app
@@ -213,12 +213,12 @@ import optlab.app.main as app
 register = app.register_configs
 
 def signalled():
-    os.kill(os.getpid(), int(sys.argv.pop(1)))
+    os.kill(os.getpid(), int(os.environ["SIGNAL"]))
     sum(range(100_000))  # the handler runs here
     register()
 
 app.register_configs = signalled
-from optlab.__main__ import main
+from optlab.app.entry import main
 main()
 """
 
@@ -227,8 +227,10 @@ main()
 def test_a_signal_before_the_run_exists_is_one_line_and_claims_nothing(tmp_path, spawn, signum, code):
     # a signal while Python imports, Hydra composes the config or the store is opened: before,
     # Ctrl-C printed a KeyboardInterrupt traceback and SIGTERM ended the process without a word
-    args = [str(int(signum)), "problem=seed_linear", "trainer.epochs=5", *FAST]
-    proc = spawn([sys.executable, "-c", SIGNAL_BEFORE_THE_RUN, *args], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    args = ["problem=seed_linear", "trainer.epochs=5", *FAST]
+    env = {**os.environ, "SIGNAL": str(int(signum))}
+    command = [sys.executable, "-c", SIGNAL_BEFORE_THE_RUN, *args]
+    proc = spawn(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=env)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
     assert "Traceback" not in err and "marked KILLED" not in err, err
@@ -376,7 +378,7 @@ def second_signal(self, *args, **kwargs):
 
 tracking.MlflowTracker._log_start = first_signal
 MlflowClient.set_terminated = second_signal
-from optlab.__main__ import main
+from optlab.app.entry import main
 main()
 """
 

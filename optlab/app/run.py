@@ -306,7 +306,7 @@ def handling(handler, replaces=lambda current: False, signals=(signal.SIGINT, si
 
 
 def _default(handler) -> bool:
-    """``python -m optlab``'s handler outside a run (see ``optlab.__main__``), which any other replaces."""
+    """``python -m optlab``'s handler outside a run (see ``optlab.app.entry``), which any other replaces."""
     return getattr(handler, "optlab_default", False)
 
 
