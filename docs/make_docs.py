@@ -130,6 +130,21 @@ as in Keras there is no single `learning_rate`: the training loop and the callba
 set each one. Its state (`get_state`/`set_state`, so `BackupAndRestore` too) holds every
 optimizer's, restored all or none; its config is Keras's form.
 
+**Sparse gradients.** A gradient that touches some rows of a parameter (an embedding table's)
+is given as `optlab.IndexedSlices(values, indices)` (TensorFlow's name and argument order):
+`values[k]` is the gradient of row `indices[k]`, rows not listed have gradient zero, and a
+row listed twice adds up. The step gives the numbers of the dense gradient it stands for, as
+Keras's `test_sparse_correctness` demands, with every option (clipping counts the values;
+weight decay, EMA and accumulation work on the whole parameter). For SGD without momentum and
+Adagrad, whose update leaves a row with a zero gradient and its slots as they are, only the
+given rows are read, updated by the optimizer's own kernel and written back
+(`opt.updates_rows_alone()` says so; a plugin optimizer can declare it): on a 1,000,000 x 64
+float32 table with 1,000 rows per step that is a fraction of a dense step (the ratio is in
+`python -m optlab.bench`). Every other optimizer moves rows without a gradient too (momentum,
+decaying averages), so its step costs a dense step; the dense gradient is made in a buffer
+kept between steps, rewriting only the rows that change. Mixed calls (some gradients sparse,
+some dense) are one step.
+
 **Constraints** are Keras's, applied after the step as Keras applies a variable's
 `constraint`: `opt.add_constraint(constraint, var_list=None, var_names=None, indices=None)`
 (before the optimizer is built), with `optlab.constraints.NonNeg`, `MaxNorm(max_value=2,

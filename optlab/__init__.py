@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 
 from .flat import FlatArrays, flat_like, flat_parameters, flatten
+from .sparse import IndexedSlices
 
 
 def __getattr__(name):
@@ -39,6 +40,7 @@ _SUBMODULES = {
     "callbacks",
     "trainer",
     "constraints",
+    "sparse",
 }
 
 
@@ -46,4 +48,13 @@ def __dir__():
     return sorted(set(globals()) | _SUBMODULES | {"hookimpl"})
 
 
-__all__ = ["FlatArrays", "__version__", "flat_like", "flat_parameters", "flatten", "optimizers", "schedules"]
+__all__ = [
+    "FlatArrays",
+    "IndexedSlices",
+    "__version__",
+    "flat_like",
+    "flat_parameters",
+    "flatten",
+    "optimizers",
+    "schedules",
+]

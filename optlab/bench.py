@@ -137,6 +137,34 @@ def bench_many(name: str = "adam") -> dict:
     return out
 
 
+#: the sparse case: an embedding table of SPARSE_ROWS x SPARSE_WIDTH, SPARSE_TOUCHED rows per step
+SPARSE_ROWS, SPARSE_WIDTH, SPARSE_TOUCHED = 1_000_000, 64, 1_000
+
+
+def bench_sparse(name: str) -> dict:
+    """One step on a ``SPARSE_ROWS x SPARSE_WIDTH`` float32 table from an ``IndexedSlices`` of
+    ``SPARSE_TOUCHED`` random rows, against the step on the same gradient made dense (the ratio is the point)."""
+    import optlab
+    from optlab.sparse import IndexedSlices
+
+    rows, width, touched = SPARSE_ROWS, SPARSE_WIDTH, SPARSE_TOUCHED
+    rng = np.random.default_rng(0)
+    grad = IndexedSlices(
+        rng.standard_normal((touched, width), dtype=np.float32) * np.float32(1e-2),
+        rng.choice(rows, touched, replace=False),
+    )
+    dense = grad.to_dense((rows, width))
+    out = {"optimizer": name, "rows": rows, "width": width, "touched": touched}
+    for label, g in (("sparse", grad), ("dense", dense)):
+        table = rng.standard_normal((rows, width), dtype=np.float32)
+        opt = optlab.optimizers.get(name)
+        for _ in range(2):
+            opt.apply([g], [table])
+        out[label] = median_time(lambda opt=opt, g=g, table=table: opt.apply([g], [table]))
+        out["rows_alone"] = opt.updates_rows_alone()
+    return out
+
+
 def bench_loop(problem, optimizer, steps: int) -> dict:
     """Steps per second of the Trainer against the bare loop (gradient + optimizer step) on the same problem."""
     import optlab
@@ -269,6 +297,19 @@ def main(argv=None) -> int:
             f"  {name:<10} separate {_fmt_time(many['separate'])}  flat {_fmt_time(many['flat'])}  "
             f"one array {_fmt_time(many['one'])}  flat/one = {many['flat'] / many['one']:.2f}  "
             f"separate/one = {many['separate'] / many['one']:.2f}"
+        )
+
+    print(
+        f"\nSparse gradient: {SPARSE_TOUCHED} of {SPARSE_ROWS:,} rows of a {SPARSE_ROWS:,} x {SPARSE_WIDTH} table "
+        "(IndexedSlices), against the same gradient dense:"
+    )
+    for name in [n for n in ("sgd", "adagrad", "adam") if n in names] or names[:1]:
+        sparse = bench_sparse(name)
+        results.setdefault("sparse", []).append(sparse)
+        how = "its rows alone" if sparse["rows_alone"] else "dense (rows without a gradient move too)"
+        print(
+            f"  {name:<10} sparse {_fmt_time(sparse['sparse'])}  dense {_fmt_time(sparse['dense'])}  "
+            f"dense/sparse = {sparse['dense'] / sparse['sparse']:.1f}   updates {how}"
         )
 
     print("\nTraining loop (Trainer.fit, one step per epoch) against the bare gradient + step loop:")

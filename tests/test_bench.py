@@ -9,6 +9,8 @@ from optlab import bench
 
 def test_bench_runs_and_writes_json(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(bench, "memory_bandwidth", lambda n=0, rounds=1: 10e9)
+    monkeypatch.setattr(bench, "SPARSE_ROWS", 2_000)
+    monkeypatch.setattr(bench, "SPARSE_TOUCHED", 10)
     out = tmp_path / "b.json"
     assert bench.main(["--optimizers", "SGD,lamb", "--sizes", "1e3,2000", "--no-torch", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -19,6 +21,9 @@ def test_bench_runs_and_writes_json(tmp_path, capsys, monkeypatch):
     sgd = next(r for r in data["steps"] if r["optimizer"] == "sgd")
     assert sgd["bytes"] == 12 * sgd["n"]  # p read + written, g read: 3 float32 arrays
     assert sgd["gbps"] == pytest.approx(sgd["bytes"] / sgd["seconds"] / 1e9)
+    (sparse,) = data["sparse"]  # sgd alone of sgd, adagrad, adam was asked for
+    assert sparse["optimizer"] == "sgd" and sparse["rows_alone"] and sparse["sparse"] > 0 and sparse["dense"] > 0
+    assert "Sparse gradient: 10 of 2,000 rows" in printed
 
 
 def test_bench_rejects_unknown_optimizers_with_the_known_names(capsys):

@@ -33,5 +33,8 @@ class Adagrad(Optimizer):
     def slots(self):
         return {"accumulator": Slot(self.initial_accumulator_value, nonnegative=True)}  # a sum of g^2
 
+    def updates_rows_alone(self):
+        return True  # a zero row adds nothing to its accumulator and does not move
+
     def update(self, param, grad, state, lr, step, seg):
         _adagrad(param, grad, state["accumulator"], lr, param.dtype.type(self.epsilon))

@@ -38,6 +38,7 @@ from .. import files
 from .. import kernels as K
 from ..hparams import Configurable, Hyper
 from ..names import auto_name
+from ..sparse import Densified, IndexedSlices, rows_of
 from . import state as _state
 from .layout import Layout, Plan, Segments, Slot, check_parameters, mismatch
 from .selection import Choice, in_order, is_mapping, label, named
@@ -181,6 +182,7 @@ class Optimizer(Configurable):
         self._constraints: dict[int, object] = {}
         self._overwrite_choice = Choice()
         self._overwrite: list[int] = []
+        self._densified: dict = {}  # per parameter, the buffer a sparse gradient is made dense in
         #: the learning rate the latest call of ``apply`` evaluated and its update used (None before)
         self.applied_learning_rate: float | None = None
         if kwargs.pop("decay", None) is not None:
@@ -233,6 +235,13 @@ class Optimizer(Configurable):
     def weight_decay_rate(self, shape: tuple, name: str | None = None) -> float | None:
         """The decoupled weight decay applied to a parameter of this shape and name (None: unnamed)."""
         return self.weight_decay
+
+    def updates_rows_alone(self) -> bool:
+        """True if ``update`` leaves a row with a zero gradient, and its slots, exactly as they are,
+        and treats rows independently (SGD without momentum, Adagrad): a sparse gradient
+        (:class:`~optlab.sparse.IndexedSlices`) then updates only its rows. Otherwise it is applied
+        as the dense gradient it stands for (the same numbers, at a dense step's cost)."""
+        return False
 
     # -- learning rate ---------------------------------------------------------
     def _set_learning_rate(self, value) -> None:
@@ -419,14 +428,46 @@ class Optimizer(Configurable):
             self.build(params if names is None else dict(zip(names, params)))
         if self._plan is None or not self._plan.covers(params):
             self._plan = self._new_plan(self._layout, params, names)
+        given, rows = grads, ()
+        if any(type(g) is IndexedSlices for g in grads):
+            grads, rows = self._sparse(grads)
         held = None
         if self._overwrite:
             grads, held = self._hold_overwritten(grads)
-        self._step(self._plan.work(grads))
+        self._step(self._plan.work(grads, sparse={i for i, _, _ in rows}), rows)
         if held:
             self._put_overwritten(held)
         if self._constraints:
-            self._constrain(grads)
+            self._constrain(given)
+
+    def _sparse(self, grads: list) -> tuple[list, list]:
+        """The ``IndexedSlices`` among ``grads``, checked: those this step updates row by row as
+        ``(index, rows, values)`` (their place in ``grads`` becomes None), the others made dense."""
+        layout, owner = self._layout, type(self).__name__
+        alone = self.updates_rows_alone() and not self.use_ema and not self.gradient_accumulation_steps
+        rates = self._decay_rates() if alone else None
+        grads, rows = list(grads), []
+        for i, g in enumerate(grads):
+            if type(g) is not IndexedSlices:
+                continue
+            shape = layout.shapes[i]
+            r, values = rows_of(g, shape, layout.dtype, owner, f"gradient {label(layout, i)}")
+            size = int(layout.offsets[i + 1] - layout.offsets[i])
+            by_row = (
+                alone
+                and i not in self._overwrite
+                and not (rates and rates[i])
+                and all(int(so[i + 1] - so[i]) == size for so in layout.slot_offsets.values())
+            )
+            if by_row:
+                rows.append((i, r, values))
+                grads[i] = None
+            else:  # the dense gradient it stands for
+                dense = self._densified.get(i)
+                if dense is None or dense.buffer.shape != shape or dense.buffer.dtype != layout.dtype:
+                    dense = self._densified[i] = Densified(shape, layout.dtype)
+                grads[i] = dense.of(r, values)
+        return grads, rows
 
     def _nothing_to_apply(self, grads: list, params: list) -> bool:
         """An empty call: a no-op for an optimizer built on no parameters (as in Keras), else an error."""
@@ -449,19 +490,21 @@ class Optimizer(Configurable):
             )
         raise ValueError(f"{owner} received {len(grads)} gradients but no parameters: the parameter iterable was empty")
 
-    def _step(self, work) -> None:
-        """One call of ``apply`` on ``work`` (chunks with their flat gradients), in Keras's order."""
+    def _step(self, work, rows=()) -> None:
+        """One call of ``apply`` on ``work`` (chunks with their flat gradients) and ``rows`` (the
+        sparse gradients updated row by row: ``(index, rows, values)``), in Keras's order."""
         lr = self.applied_learning_rate = self._rate()
         dt = self._layout.dtype.type
         if self.loss_scale_factor is not None:
             inv = dt(1.0) / dt(self.loss_scale_factor)
             work = [(c, self._into_scratch(K.scale_into, c, g, inv)) for c, g in work]
-        if self.gradient_accumulation_steps:
+            rows = [(i, r, v * inv) for i, r, v in rows]
+        if self.gradient_accumulation_steps:  # (rows are made dense with accumulation)
             work = self._accumulate(work, dt)
         if work is not None:
-            work = self._clip(work, dt)
+            work, rows = self._clip(work, dt, rows)
             decays = self._apply_weight_decay(work, lr, dt)
-            self._update(work, decays, dt(lr))
+            self._update(work, decays, dt(lr), rows)
         if self.use_ema:
             self._update_ema(dt)
         self._iterations += 1
@@ -537,7 +580,9 @@ class Optimizer(Configurable):
             return None
         return [(c, self._into_scratch(K.average_into, c, g, acc[c.start : c.stop], dt(n))) for c, g in work]
 
-    def _clip(self, work, dt):
+    def _clip(self, work, dt, rows=()):
+        """Keras's clipping (one of clipnorm, global_clipnorm, clipvalue) of ``work`` and ``rows``:
+        a sparse gradient's norm is its values' (the rows it leaves out are zero)."""
         if self.clipnorm is not None:
             c = dt(self.clipnorm)
             out = []
@@ -549,18 +594,27 @@ class Optimizer(Configurable):
                     l2 = dt(np.sqrt(dt(K.sumsq(g[a:b]))))
                     K.mul_div_into(dst[a:b], g[a:b], c, max(l2, c))
                 out.append((chunk, dst))
-            return out
+            clipped = []
+            for i, r, v in rows:
+                l2 = dt(np.sqrt(dt(K.sumsq(v.reshape(-1)))))
+                K.mul_div_into(v.reshape(-1), v.reshape(-1), c, max(l2, c))
+                clipped.append((i, r, v))
+            return out, clipped
         if self.global_clipnorm is not None:
-            total = sum(K.sumsq(g) for _, g in work)
+            total = sum(K.sumsq(g) for _, g in work) + sum(K.sumsq(v.reshape(-1)) for _, _, v in rows)
             norm = np.sqrt(dt(total))
             c = dt(self.global_clipnorm)
             with np.errstate(divide="ignore", invalid="ignore"):
                 scale = c * min(dt(1.0) / norm, dt(1.0) / c) + (norm - norm)
-            return [(chunk, self._into_scratch(K.scale_into, chunk, g, dt(scale))) for chunk, g in work]
+            for _, _, v in rows:
+                K.scale_into(v.reshape(-1), v.reshape(-1), dt(scale))
+            return [(chunk, self._into_scratch(K.scale_into, chunk, g, dt(scale))) for chunk, g in work], rows
         if self.clipvalue is not None:
-            v = dt(self.clipvalue)
-            return [(chunk, self._into_scratch(K.clip_into, chunk, g, v)) for chunk, g in work]
-        return work
+            c = dt(self.clipvalue)
+            for _, _, v in rows:
+                K.clip_into(v.reshape(-1), v.reshape(-1), c)
+            return [(chunk, self._into_scratch(K.clip_into, chunk, g, c)) for chunk, g in work], rows
+        return work, rows
 
     def _apply_weight_decay(self, work, lr, dt) -> list:
         """Decay the parameters of each work item; returns, per item, the decay left to an update
@@ -593,7 +647,7 @@ class Optimizer(Configurable):
             rates[i] = None
         return None if not any(rates) else rates
 
-    def _update(self, work, decays, lr) -> None:
+    def _update(self, work, decays, lr, rows=()) -> None:
         step = self.iterations + 1
         self.begin_step(step, self._layout.dtype)
         for (chunk, g), decay in zip(work, decays):
@@ -601,6 +655,30 @@ class Optimizer(Configurable):
                 self.update(chunk.param, g, chunk.state, lr, step, chunk.seg)
             else:
                 self.update(chunk.param, g, chunk.state, lr, step, chunk.seg, decay=decay)
+        for i, r, values in rows:
+            self._update_rows(i, r, values, lr, step)
+
+    def _update_rows(self, i: int, rows: np.ndarray, values: np.ndarray, lr, step: int) -> None:
+        """``update`` on rows ``rows`` of parameter ``i`` and of its slots alone: gathered, updated
+        by the optimizer's own kernel, put back (see :meth:`updates_rows_alone`)."""
+        layout = self._layout
+        shape = layout.shapes[i]
+        param = self._plan.params[i].reshape(shape[0], -1)
+        gathered = param[rows]
+        slots = {
+            name: buf[so[i] : so[i + 1]].reshape(param.shape)
+            for name, so in layout.slot_offsets.items()
+            for buf in (layout.slots[name],)
+        }
+        state = {name: view[rows] for name, view in slots.items()}
+        n = np.array([0, gathered.size], dtype=np.int64)
+        seg = Segments([(len(rows), *shape[1:])], n, dict.fromkeys(slots, n), range(i, i + 1), [layout.name_list[i]])
+        self.update(
+            gathered.reshape(-1), values.reshape(-1), {k: v.reshape(-1) for k, v in state.items()}, lr, step, seg
+        )
+        param[rows] = gathered
+        for name, view in slots.items():
+            view[rows] = state[name]
 
     def _update_ema(self, dt) -> None:
         m = dt(0.0) if self.iterations == 0 else dt(self.ema_momentum)

@@ -224,10 +224,11 @@ class Plan:
         """Whether ``params`` are the very arrays this plan was made for."""
         return len(params) == len(self.params) and all(map(is_, params, self.params))
 
-    def work(self, grads: list) -> list[tuple[Chunk, np.ndarray]]:
+    def work(self, grads: list, sparse=()) -> list[tuple[Chunk, np.ndarray]]:
         """Each chunk with its flat gradient, the gradients checked against the parameters.
 
-        A ``None`` gradient leaves its parameter out of the step (with a warning), as in Keras.
+        A ``None`` gradient leaves its parameter out of the step (with a warning, as in Keras,
+        except for the parameters in ``sparse``, which the step updates row by row).
         """
         layout, cached = self.layout, self._grads
         if (
@@ -242,7 +243,7 @@ class Plan:
                 raise ValueError(f"{self.owner}: received {len(grads)} gradients for {len(self.params)} parameters")
             if any(g is None for g in grads):
                 self._grads = None
-                return self._partial(grads)
+                return self._partial(grads, sparse)
             grads = [np.asarray(g) for g in grads]
             for i, (g, shape) in enumerate(zip(grads, layout.shapes)):
                 if g.shape != shape:
@@ -263,11 +264,12 @@ class Plan:
                 gflat[layout.offsets[k] : layout.offsets[k + 1]] = g.reshape(-1)
         return [(self.chunks[0], gflat)]
 
-    def _partial(self, grads: list) -> list[tuple[Chunk, np.ndarray]]:
-        missing = [i for i, g in enumerate(grads) if g is None]
+    def _partial(self, grads: list, sparse=()) -> list[tuple[Chunk, np.ndarray]]:
+        missing = [i for i, g in enumerate(grads) if g is None and i not in sparse]
         if len(missing) == len(grads):
             raise ValueError("No gradients provided for any parameter.")
-        warnings.warn(f"Gradients do not exist for parameters {missing}; they are not updated.", stacklevel=5)
+        if missing:
+            warnings.warn(f"Gradients do not exist for parameters {missing}; they are not updated.", stacklevel=5)
         work = []
         for i, g in enumerate(grads):
             if g is None:

@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from ..plugins import REGISTRIES
+from ..sparse import IndexedSlices
 from .base import Optimizer
 
 
@@ -81,7 +82,7 @@ class LossScaleOptimizer:
         if isinstance(grads, dict):
             names, grads = list(grads), list(grads.values())
         grads = list(grads)
-        if not all(g is None or np.isfinite(g).all() for g in grads):
+        if not all(g is None or np.isfinite(g.values if type(g) is IndexedSlices else g).all() for g in grads):
             self.step_counter = 0
             self.dynamic_scale *= 0.5
             return
@@ -172,7 +173,9 @@ class LossScaleOptimizer:
         self.dynamic_scale, self.step_counter = float(own["dynamic_scale"]), own["step_counter"]
 
 
-def _divided(g, scale: float) -> np.ndarray:
+def _divided(g, scale: float):
+    if type(g) is IndexedSlices:
+        return IndexedSlices(_divided(g.values, scale), g.indices, g.dense_shape)
     g = np.asarray(g)
     return g / g.dtype.type(scale) if g.dtype.kind == "f" else g / scale
 

@@ -42,6 +42,9 @@ class SGD(Optimizer):
     def slots(self):
         return {"momentum": 0.0} if self.momentum != 0 else {}
 
+    def updates_rows_alone(self):
+        return self.momentum == 0  # p -= lr * g: a zero row stays as it is
+
     def update(self, param, grad, state, lr, step, seg):
         if "momentum" not in state:
             _sgd(param, grad, lr)
