@@ -128,7 +128,8 @@ function `name -> optimizer` instead. Each optimizer keeps its own state, rate a
 as in Keras there is no single `learning_rate`: the training loop and the callbacks log
 `learning_rate_<optimizer name>` for each, and `LearningRateScheduler` and `ReduceLROnPlateau`
 set each one. Its state (`get_state`/`set_state`, so `BackupAndRestore` too) holds every
-optimizer's, restored all or none; its config is Keras's form.
+optimizer's, restored all or none; its config is Keras's form. On the command line:
+`optimizer_groups=[{match: "dense.*/kernel", optimizer: muon}]` ([cli.md](cli.md)).
 
 **Sparse gradients.** A gradient that touches some rows of a parameter (an embedding table's)
 is given as `optlab.IndexedSlices(values, indices)` (TensorFlow's name and argument order):

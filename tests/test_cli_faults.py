@@ -107,6 +107,22 @@ BAD_INPUT = [
     (("trainer.epochs=1e20",), "received epochs=1e+20 (a float this large is not an exact integer"),
     (("tracking.uri=",), "tracking.uri must be a store's URI, or left out for the default"),
     (("hydra.run.dir=",), "hydra.run.dir is empty: Hydra would write its files"),
+    (
+        ("optimizer_groups=[{match: c, optimizer: sgd}]",),
+        "optimizer_groups[0].match 'c' matches none of the parameters of problem 'seed_linear' "
+        "(the whole name must match): a, b",
+    ),
+    (
+        ("optimizer_groups=[{match: a, optimizer: sgd},{match: '[ab]', optimizer: adam}]",),
+        "parameter 'a' is matched by two groups: 'a' and '[ab]'",
+    ),
+    (("optimizer_groups=[{match: '(', optimizer: sgd}]",), "optimizer_groups[0].match '(' is not a regular expression"),
+    (("optimizer_groups=[{match: a, optimizer: sgdd}]",), "optimizer_groups[0].optimizer: Unknown optimizer 'sgdd'"),
+    (("optimizer_groups=[{match: a}]",), "optimizer_groups[0] must be {match: <regular expression"),
+    (
+        ("optimizer_groups=[{match: a, optimizer: {name: sgd, momentum: 2}}]",),
+        "optimizer_groups[0].optimizer: SGD: `momentum` must be",
+    ),
     (("callbacks=[backup_and_restore]", "callbacks.backup_and_restore.backup_dir=blocker"), "blocker"),
 ]
 

@@ -151,3 +151,24 @@ def test_config_round_trips_in_keras_form():
     assert isinstance(again, MultiOptimizer) and again.get_config() == config
     with pytest.raises(TypeError, match="function as optimizer_map has no plain-data config"):
         MultiOptimizer(lambda name: SGD()).get_config()
+
+
+def test_optimizer_groups_from_the_command_line_step_each_group_with_its_optimizer(tmp_path):
+    # the line fit: `a` by SGD at 0.1 (its group), `b` by the default SGD at rate 0, which leaves it alone
+    from cli_helpers import optlab as optlab_cli
+
+    common = ("problem=seed_linear", "trainer.epochs=3", "tracking=none", "trainer.progress_bar=false")
+    common += ("optimizer=sgd", "optimizer.learning_rate=0.0")
+    still = optlab_cli(tmp_path, *common)
+    grouped = optlab_cli(tmp_path, *common, "optimizer_groups=[{match: a, optimizer: {name: sgd, learning_rate: 0.1}}]")
+    for result in (still, grouped):
+        assert result.returncode == 0, result.stderr
+
+    def final(result, key):
+        (line,) = [text for text in result.stdout.splitlines() if text.split()[:1] == [key]]
+        return float(line.split("final")[1].split()[0])
+
+    assert final(grouped, "b") == final(still, "b")  # untouched, as with rate 0
+    assert final(grouped, "a") != final(still, "a")
+    # each optimizer's rate is logged under its name (Keras's default names: sgd, then sgd_1)
+    assert final(grouped, "learning_rate_sgd") == 0.0 and final(grouped, "learning_rate_sgd_1") == 0.1

@@ -65,6 +65,8 @@ def build(conf: dict):
     # the optimizer is built with its schedule (whose initial rate is the optimizer's learning_rate)
     overrides = {} if schedule is None else {"learning_rate": schedule}
     optimizer = _component("optimizer", lambda c: optimizers.get(c, **overrides), conf["optimizer"])
+    if conf.get("optimizer_groups"):
+        optimizer = optimizer_groups(conf["optimizer_groups"], optimizer, problem)
     cb_confs = {name: dict(cb_conf) for name, cb_conf in (conf.get("callbacks") or {}).items()}
     names = logged_names(conf, problem, cb_confs)
     conf["metric"] = metric = resolve_metric(conf.get("metric"), names, problem)
@@ -92,6 +94,51 @@ def build(conf: dict):
             raise ConfigError(f"callbacks.{name}: {error}") from None
         cbs.append(cb)
     return problem, optimizer, cbs
+
+
+GROUP_FORM = "{match: <regular expression of parameter names>, optimizer: <name or {name: ..., <argument>: ...}>}"
+
+
+def optimizer_groups(groups, default, problem):
+    """``optimizer_groups``: a ``MultiOptimizer`` stepping the parameters whose name a group's
+    ``match`` matches (whole name, as Keras's ``OptimizerMap``) with its ``optimizer``, the rest
+    with ``default`` (the ``optimizer`` group's, with its schedule). Every pattern must match
+    some parameter of ``problem`` and no parameter two patterns: each mistake is one line."""
+    import re
+
+    from ..optimizers import MultiOptimizer, OptimizerMap
+
+    if not isinstance(groups, list):
+        raise ConfigError(f"optimizer_groups must be a list of {GROUP_FORM}; received {groups!r}")
+    names = problem.parameter_names() or [str(k) for k in range(len(problem.init(0, np.float32)))]
+    mapping, claimed = {}, {}
+    for k, group in enumerate(groups):
+        where = f"optimizer_groups[{k}]"
+        if not isinstance(group, dict) or set(group) != {"match", "optimizer"}:
+            raise ConfigError(f"{where} must be {GROUP_FORM}; received {group!r}")
+        match = group["match"]
+        if not isinstance(match, str) or not match:
+            raise ConfigError(f"{where}.match must be a regular expression of parameter names; received {match!r}")
+        try:
+            pattern = re.compile(match)
+        except re.error as error:
+            raise ConfigError(f"{where}.match {match!r} is not a regular expression ({error})") from None
+        chosen = [n for n in names if pattern.fullmatch(n)]
+        if not chosen:
+            raise ConfigError(
+                f"{where}.match {match!r} matches none of the parameters of problem {problem.registry_name!r} "
+                f"(the whole name must match): {', '.join(names)}"
+            )
+        for name in chosen:
+            if name in claimed:
+                raise ConfigError(f"parameter {name!r} is matched by two groups: {claimed[name]!r} and {match!r}")
+            claimed[name] = match
+        spec = group["optimizer"]
+        spec = {"name": spec} if isinstance(spec, str) else spec
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}.optimizer must be a name or {{name: ..., <argument>: ...}}; received {spec!r}")
+        mapping[match] = _component(f"{where}.optimizer", optimizers.get, spec)
+    return MultiOptimizer(OptimizerMap(default, mapping))
 
 
 def fill_run_steps(schedule_conf: dict, total: int) -> None:
@@ -343,7 +390,8 @@ def make_trainer(conf: dict, problem, optimizer, cbs, extra=()):
 def tags_for(conf: dict, problem, optimizer, sweep: dict) -> dict:
     from importlib import metadata
 
-    source = optimizers.registry.source(optimizer.registry_name)
+    known = optimizer.registry_name in optimizers.registry  # (a MultiOptimizer of groups is optlab's own)
+    source = optimizers.registry.source(optimizer.registry_name) if known else "optlab"
     try:
         source_version = __version__ if source == "optlab" else metadata.version(source)
     except metadata.PackageNotFoundError:
