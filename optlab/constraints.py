@@ -34,6 +34,12 @@ class Constraint(Configurable):
     def __call__(self, w: np.ndarray) -> np.ndarray:
         return w  # as Keras's base class: no constraint
 
+    def get_config(self) -> dict:
+        """Keras's: the arguments alone (``{}`` for ``NonNeg``); :func:`serialize` adds the class."""
+        config = super().get_config()
+        config.pop("name", None)
+        return config
+
     def _norms(self, w: np.ndarray) -> np.ndarray:
         return np.sqrt(np.sum(np.square(w), axis=self.axis, keepdims=True))
 
@@ -102,11 +108,22 @@ BUILTIN = (NonNeg, MaxNorm, MinMaxNorm, UnitNorm)
 _BY_NAME = {**{c.registry_name: c for c in BUILTIN}, **{c.__name__.lower(): c for c in BUILTIN}}
 
 
+def serialize(constraint: Constraint) -> dict:
+    """Keras's serialized form: ``{"class_name": "MaxNorm", "config": {...}}`` (:func:`get` reads it)."""
+    return {"class_name": type(constraint).__name__, "config": constraint.get_config()}
+
+
 def get(identifier):
     """A constraint from a name (``"max_norm"``, ``"MaxNorm"``), a config ``{"name": ..., **args}``,
-    an instance, or any callable ``w -> w``; ``None`` gives ``None``."""
+    Keras's serialized form ``{"class_name": "MaxNorm", "config": {...}}``, an instance, or any
+    callable ``w -> w``; ``None`` gives ``None``."""
     if identifier is None or callable(identifier):
         return identifier
+    if isinstance(identifier, dict) and "class_name" in identifier:
+        inner = identifier.get("config") or {}
+        if not isinstance(inner, dict):
+            raise TypeError(f"a constraint's serialized 'config' must be a dict; received {identifier!r}")
+        identifier = {**inner, "name": identifier["class_name"]}
     config = {"name": identifier} if isinstance(identifier, str) else identifier
     if not isinstance(config, dict) or not isinstance(config.get("name"), str):
         raise TypeError(f"a constraint is a name, a config with a 'name', or a callable; received {identifier!r}")
@@ -119,4 +136,4 @@ def get(identifier):
     return cls(**config)
 
 
-__all__ = ["BUILTIN", "Constraint", "MaxNorm", "MinMaxNorm", "NonNeg", "UnitNorm", "get"]
+__all__ = ["BUILTIN", "Constraint", "MaxNorm", "MinMaxNorm", "NonNeg", "UnitNorm", "get", "serialize"]

@@ -43,8 +43,9 @@ def test_get_and_configs():
     with pytest.raises(ValueError, match=r"Unknown constraint 'max_nrom' \(did you mean 'max_norm'\?\)"):
         constraints.get("max_nrom")
     c = constraints.MaxNorm(max_value=3.0, axis=1)
-    assert c.get_config() == {"name": "max_norm", "max_value": 3.0, "axis": 1}
-    again = constraints.get(c.get_config())
+    assert c.get_config() == {"max_value": 3.0, "axis": 1}  # Keras's: the arguments alone
+    assert constraints.serialize(c) == {"class_name": "MaxNorm", "config": {"max_value": 3.0, "axis": 1}}
+    again = constraints.get(constraints.serialize(c))
     np.testing.assert_array_equal(again(_example()), c(_example()))
     with pytest.raises(ValueError, match="`axis` must be an integer or a list of integers"):
         constraints.UnitNorm(axis="rows")

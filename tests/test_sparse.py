@@ -111,6 +111,20 @@ def test_momentum_moves_rows_without_a_gradient_as_keras_does():
     np.testing.assert_array_equal(table[2], [0, 0])
 
 
+def test_a_loss_scale_optimizer_gives_the_numbers_of_the_dense_gradient():
+    # Keras's case loss_scale_optimizer_sgd of test_sparse_correctness
+    def make():
+        return LossScaleOptimizer(optlab.optimizers.SGD(learning_rate=0.5))
+
+    sparse_opt, dense_opt = make(), make()
+    table_s, table_d = np.ones((5, 3, 2), np.float32), np.ones((5, 3, 2), np.float32)
+    for i in range(5):
+        grad = IndexedSlices(np.ones((3, 3, 2), np.float32) * (10.0 - i), [0, 2, 4])
+        sparse_opt.apply([grad], [table_s])
+        dense_opt.apply([_dense(grad, (5, 3, 2))], [table_d])
+        np.testing.assert_allclose(table_s, table_d, rtol=1e-6)
+
+
 def test_a_loss_scale_optimizer_takes_sparse_gradients():
     # Keras's case loss_scale_optimizer_sgd: the scale divides the values; non-finite values skip the step
     opt = LossScaleOptimizer(optlab.optimizers.SGD(learning_rate=0.5), initial_scale=4.0)
