@@ -192,11 +192,12 @@ optlab follows Keras in all of these; they are listed because each one changes n
   $\\rho_t = \\min(\\eta, 1/\\sqrt t)$, so with the default 0.001 the step is
   $0.001 \\cdot \\max(\\epsilon_2, \\mathrm{RMS}(p))$ from the first step; `relative_step`
   changes nothing else.
-- **Muon decides by rank.** 2-D parameters take the Newton-Schulz step, everything else an
-  AdamW step with its own `adam_*` arguments and `adam_weight_decay`. Keras additionally routes
-  embeddings and `exclude_layers` by variable name; optlab's parameters have no names, so
-  `exclude_embeddings` is accepted and changes nothing, and `exclude_layers` must be empty
-  (`[]` or None, as Keras's configs write it).
+- **Muon decides by rank, then by name.** 2-D parameters take the Newton-Schulz step,
+  everything else an AdamW step with its own `adam_*` arguments and `adam_weight_decay`; a 2-D
+  parameter whose name holds `embedding` (with `exclude_embeddings`) or matches one of
+  `exclude_layers` takes AdamW too, as in Keras. Parameters have names when given as a dict
+  `{name: array}` and in the training loop (the problems name theirs, `dense/kernel`, ...);
+  unnamed ones are routed by rank alone, and `exclude_layers` is refused for them.
 - **Nadam's momentum schedule is state.** `u_product` (the running product of
   $\\mu_t = \\beta_1(1 - \\frac12 0.96^t)$) is advanced once per applied step and saved with the
   optimizer state. optlab computes these step scalars in float64 (Keras's JAX backend gets
@@ -211,6 +212,29 @@ optlab follows Keras in all of these; they are listed because each one changes n
   both with a `ValueError`. `decay` (Keras 2) is accepted and ignored with a warning, as in Keras.
 - **Lamb costs more memory traffic than Adam**: its trust ratio needs the norms of the
   parameter and of the update before the step, so a step makes two passes over the state.
+
+## Where optlab departs from Keras, on purpose
+
+Keras's own tests of its optimizers, schedules, constraints and callbacks run against optlab
+(`tests/test_keras_ported.py`: 239 of 320 cases pass as ported, 40 are covered by other
+optlab tests, 33 do not apply: TensorFlow- or JAX-only, or Keras internals). These 8 fail, each
+by a choice:
+
+- Nadam's `u_product` is a Python float (float64), not a float32 variable (see above).
+- There is no `set_weights`; its counterpart `set_state`, given a state before the optimizer
+  is built, keeps it until the build instead of raising.
+- `MultiOptimizer(an optimizer)` is a `TypeError` at once (the map must be an `OptimizerMap` or
+  a callable); Keras's constructor takes anything and fails later.
+- The training loop logs `learning_rate` every epoch, so a `CSVLogger` row has one more column
+  than Keras's `fit` writes; there is no `validation_freq`.
+- `BackupAndRestore` runs after the other callbacks, so that its backup holds their state at
+  the end of the step or epoch; a callback that interrupts training in that same hook comes
+  before the backup (the backup is one step or one epoch older than Keras's), and a resumed run
+  continues inside the interrupted epoch where Keras restarts it (two Keras tests count
+  forward passes and differ by that).
+- `BackupAndRestore` keeps one backup, written atomically, and refuses a corrupt one with an
+  error naming the file; there is no `double_checkpoint` fallback.
+- `ModelCheckpoint(mode="unknown")` is a `ValueError`; Keras warns and uses `"auto"`.
 """
 
 
