@@ -161,3 +161,54 @@ def test_quadratic_gradient_noise_has_the_declared_standard_deviation(dtype):
     assert not np.array_equal(samples[0], samples[1])  # fresh noise at every step
     # and no correlation between coordinates' successive draws (a reused buffer would correlate them)
     assert abs(np.corrcoef(samples[0], samples[1])[0, 1]) < 5 / np.sqrt(dim)
+
+
+TEST_FUNCTIONS = [problems.Rosenbrock, problems.Beale, problems.Himmelblau, problems.Rastrigin]
+
+
+@pytest.mark.parametrize("cls", TEST_FUNCTIONS, ids=lambda c: c.__name__)
+def test_a_test_function_starts_around_its_classic_start_drawn_from_the_seed(cls):
+    # a comparison over seeds on Rosenbrock showed "± 0": every seed started at (-1.2, 1)
+    problem = cls()
+    classic = np.array([problem.x0, problem.y0])
+    starts = np.array([problem.init(seed, np.float64)[0] for seed in range(400)])
+    assert len({tuple(s) for s in starts}) == 400  # two seeds, two starts
+    np.testing.assert_array_equal(problem.init(7, np.float64)[0], starts[7])  # one seed, one start
+    # drawn as (x0, y0) + 0.5 N(0, I): by hand, the seed's own normal draws
+    np.testing.assert_allclose(starts[3], classic + 0.5 * np.random.default_rng(3).standard_normal(2))
+    offsets = (starts - classic) / 0.5
+    assert abs(offsets.mean()) < 5 / np.sqrt(offsets.size) and abs(offsets.std() - 1) < 5 / np.sqrt(2 * offsets.size)
+    again = cls(start="classic")
+    for seed in (0, 1, 2):
+        np.testing.assert_array_equal(again.init(seed, np.float64)[0], classic)
+    np.testing.assert_array_equal(cls(start_spread=0.0).init(5, np.float64)[0], classic)
+
+
+def test_two_seeds_give_two_runs_and_one_seed_one_run():
+    def run(seed, **kwargs):
+        trainer = optlab.trainer.Trainer(
+            problems.Rosenbrock(**kwargs), optlab.optimizers.Adam(0.02), epochs=50, seed=seed
+        )
+        return trainer.fit().history["loss"]
+
+    assert run(0) == run(0)
+    assert run(0) != run(1)
+    assert run(0, start="classic") == run(1, start="classic")  # no noise, a fixed start: the same run
+
+
+@pytest.mark.parametrize("cls", TEST_FUNCTIONS, ids=lambda c: c.__name__)
+def test_a_test_function_gradient_noise_has_the_declared_standard_deviation(cls):
+    sigma, draws = 0.7, 40_000
+    noisy, exact = cls(noise=sigma), cls()
+    params = noisy.init(0, np.float64)
+    grads, clean = optlab.flat_like(params), optlab.flat_like(params)
+    exact.loss_and_grad(params, clean, None, None)
+    rng = np.random.default_rng(11)
+    x = np.empty((draws, 2))
+    for k in range(draws):
+        noisy.loss_and_grad(params, grads, None, rng)
+        x[k] = grads.flat - clean.flat
+    n = x.size
+    assert abs(x.std() - sigma) < 5 * sigma / np.sqrt(2 * n) and abs(x.mean()) < 5 * sigma / np.sqrt(n)
+    with pytest.raises(ValueError, match="needs the trainer's random generator"):
+        noisy.loss_and_grad(params, grads, None, None)

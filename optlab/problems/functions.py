@@ -27,17 +27,28 @@ def _quadratic(x, d, g):
 
 
 class _TwoD(Problem):
+    """A 2-D test function. The start is drawn from the run's seed around the classic one,
+    ``(x0, y0) + start_spread * N(0, I)`` (``start=classic``: exactly ``(x0, y0)``), so that
+    seeds give different runs; ``noise`` adds Gaussian noise of that standard deviation to
+    each gradient coordinate (fresh each step, from the trainer's seeded generator)."""
+
     record_path = True
     metric_directions: ClassVar[dict[str, str]] = {"distance_to_optimum": "min"}  # x and y have no direction
-    x0 = Hyper(-1.2, doc="starting x")
-    y0 = Hyper(1.0, doc="starting y")
+    x0 = Hyper(-1.2, doc="classic starting x")
+    y0 = Hyper(1.0, doc="classic starting y")
+    start = Hyper("seeded", kind=str, choices=("seeded", "classic"), doc="seeded: around (x0, y0); classic: at it")
+    start_spread = Hyper(0.5, low=0.0, doc="standard deviation of the seeded start around (x0, y0)")
+    noise = Hyper(0.0, low=0.0, doc="standard deviation of the gradient noise")
     minima: tuple[tuple[float, float], ...] = ()
 
     def shapes(self):
         return [(2,)]
 
     def initial_values(self, rng):
-        return [np.array([self.x0, self.y0])]
+        start = np.array([self.x0, self.y0], dtype=np.float64)
+        if self.start == "seeded":
+            start += self.start_spread * rng.standard_normal(2)
+        return [start]
 
     def f_grad(self, x: float, y: float) -> tuple[float, float, float]:
         raise NotImplementedError
@@ -47,6 +58,11 @@ class _TwoD(Problem):
         x, y = np.float64(params[0][0]), np.float64(params[0][1])
         with np.errstate(over="ignore", invalid="ignore"):
             f, gx, gy = self.f_grad(x, y)
+            if self.noise > 0:
+                if rng is None:
+                    raise ValueError(f"{type(self).__name__}: a noisy gradient needs the trainer's random generator")
+                ex, ey = rng.standard_normal(2)
+                gx, gy = gx + self.noise * ex, gy + self.noise * ey
             grads[0][0] = gx
             grads[0][1] = gy
         return float(f)
@@ -81,8 +97,8 @@ class Beale(_TwoD):
     r"""Beale's function: :math:`\sum_{i=1}^{3} (c_i - x + x y^i)^2`, c = (1.5, 2.25, 2.625); minimum 0 at (3, 0.5)."""
 
     registry_name = "beale"
-    x0 = Hyper(1.0, doc="starting x")
-    y0 = Hyper(1.0, doc="starting y")
+    x0 = Hyper(1.0, doc="classic starting x")
+    y0 = Hyper(1.0, doc="classic starting y")
     minima = ((3.0, 0.5),)
 
     def f_grad(self, x, y):
@@ -99,8 +115,8 @@ class Himmelblau(_TwoD):
     r"""Himmelblau's function: :math:`(x^2 + y - 11)^2 + (x + y^2 - 7)^2`, four minima of value 0."""
 
     registry_name = "himmelblau"
-    x0 = Hyper(0.0, doc="starting x")
-    y0 = Hyper(0.0, doc="starting y")
+    x0 = Hyper(0.0, doc="classic starting x")
+    y0 = Hyper(0.0, doc="classic starting y")
     minima = (
         (3.0, 2.0),
         (-2.805118086952745, 3.131312518250573),
@@ -118,8 +134,8 @@ class Rastrigin(_TwoD):
     r"""Rastrigin's function in 2-D: :math:`2A + \sum (x_i^2 - A\cos 2\pi x_i)`, many local minima, global 0 at 0."""
 
     registry_name = "rastrigin"
-    x0 = Hyper(2.5, doc="starting x")
-    y0 = Hyper(-1.5, doc="starting y")
+    x0 = Hyper(2.5, doc="classic starting x")
+    y0 = Hyper(-1.5, doc="classic starting y")
     amplitude = Hyper(10.0, low=0.0, doc="A, the depth of the local minima")
     minima = ((0.0, 0.0),)
 
