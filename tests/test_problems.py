@@ -13,6 +13,7 @@ SMALL = {
     "LinearRegression": {"n_samples": 60, "n_features": 4},
     "MLPDigits": {"hidden": [7, 5]},
     "Quadratic": {"dim": 12, "condition_number": 50.0},
+    "NoisyQuadratic": {"dim": 10, "n_train": 40},
 }
 
 
@@ -212,3 +213,34 @@ def test_a_test_function_gradient_noise_has_the_declared_standard_deviation(cls)
     assert abs(x.std() - sigma) < 5 * sigma / np.sqrt(2 * n) and abs(x.mean()) < 5 * sigma / np.sqrt(n)
     with pytest.raises(ValueError, match="needs the trainer's random generator"):
         noisy.loss_and_grad(params, grads, None, None)
+
+
+def test_noisy_quadratic_is_deepobs_quadratic_deep():
+    problem = problems.NoisyQuadratic()
+    h = problem.hessian
+    np.testing.assert_allclose(h, h.T, atol=1e-12)
+    eigenvalues = np.sort(np.linalg.eigvalsh(h))
+    np.testing.assert_allclose(eigenvalues, np.sort(problem.eigenvalues), atol=1e-9)
+    assert ((eigenvalues[:90] >= 0) & (eigenvalues[:90] <= 1)).all()  # 90% in [0, 1]
+    assert ((eigenvalues[90:] >= 30) & (eigenvalues[90:] <= 60)).all()  # 10% in [30, 60]
+    assert problem.x_train.shape == (1000, 100) and abs(problem.x_train.std() - 0.6) < 0.01
+    params = problem.init(seed=4, dtype=np.float64)
+    np.testing.assert_array_equal(params[0], np.ones(100))  # DeepOBS starts at 1
+    # the loss of a batch by plain loops: the mean of 0.5 (theta - x)^T H (theta - x)
+    theta = params[0] + 0.1 * np.arange(100) / 100
+    params[0][...] = theta
+    batch = np.array([3, 17, 256])
+    by_hand = np.mean([0.5 * (theta - problem.x_train[i]) @ h @ (theta - problem.x_train[i]) for i in batch])
+    grads = optlab.flat_like(params)
+    assert problem.loss_and_grad(params, grads, batch) == pytest.approx(by_hand, rel=1e-12)
+    np.testing.assert_allclose(grads[0], h @ (theta - problem.x_train[batch].mean(axis=0)), rtol=1e-10)
+    # the problem is fixed by data_seed; the run's seed changes the batch order
+    again = problems.NoisyQuadratic()
+    np.testing.assert_array_equal(again.hessian, h)
+    assert not np.array_equal(problems.NoisyQuadratic(data_seed=1).hessian, h)
+
+    def run(seed):
+        trainer = optlab.trainer.Trainer(problem, optlab.optimizers.SGD(0.01), epochs=2, batch_size=128, seed=seed)
+        return trainer.fit().history["loss"]
+
+    assert run(0) == run(0) and run(0) != run(1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..plugins import REGISTRIES
 from .base import Problem
 from .data import LinearRegression, LogisticRegression, MLPDigits, SeedLinear
-from .functions import Beale, Himmelblau, Quadratic, Rastrigin, Rosenbrock
+from .functions import Beale, Himmelblau, NoisyQuadratic, Quadratic, Rastrigin, Rosenbrock
 
 BUILTIN = (
     SeedLinear,
@@ -21,6 +21,7 @@ BUILTIN = (
     Himmelblau,
     Rastrigin,
     Quadratic,
+    NoisyQuadratic,
     LogisticRegression,
     MLPDigits,
 )

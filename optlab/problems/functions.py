@@ -194,3 +194,68 @@ class Quadratic(Problem):
 
     def evaluate(self, params):
         return {"distance_to_optimum": math.sqrt(sum_of_squares(params[0]))}  # the optimum is 0
+
+
+class NoisyQuadratic(Problem):
+    r"""DeepOBS's ``quadratic_deep``: the stochastic quadratic with a deep network's eigenspectrum.
+
+    The loss of one example is :math:`\tfrac12 (\theta - x_i)^T H (\theta - x_i)`, the mean over
+    a minibatch. :math:`H = Q^T \mathrm{diag}(\lambda) Q`: 90% of the eigenvalues uniform in
+    [0, 1], 10% in [30, 60] (the spectrum reported for neural networks, Chaudhari et al. 2017),
+    :math:`Q` a random rotation (Haar-distributed); the examples :math:`x_i` are
+    ``n_train`` draws of :math:`N(0, \sigma^2 I)`, ``noise_level`` :math:`\sigma`. Minibatches of
+    them make the gradient noisy, the large eigenvalues make it ill-conditioned. As in DeepOBS
+    the parameters start at 1 and the problem itself (spectrum, rotation, data) is fixed by
+    ``data_seed`` — the run's seed changes the batch order — and ``val_loss`` is the loss on
+    ``n_train`` other draws. ``distance_to_optimum`` is to the minimiser of the expected loss, 0.
+    Reference: Schneider, Balles and Hennig, 2019, "DeepOBS: A Deep Learning Optimizer Benchmark Suite" (ICLR).
+    """
+
+    registry_name = "noisy_quadratic"
+    metric_directions: ClassVar[dict[str, str]] = {"distance_to_optimum": "min"}
+    dim = Hyper(100, kind=int, low=2, doc="number of parameters")
+    n_train = Hyper(1000, kind=int, low=1, doc="examples in the training set (and in the validation set)")
+    noise_level = Hyper(0.6, low=0.0, doc="standard deviation of the examples around 0")
+    data_seed = Hyper(42, kind=int, low=0, doc="seeds the spectrum, the rotation and the examples")
+
+    def check(self):
+        rng = np.random.default_rng(self.data_seed)
+        small = round(0.9 * self.dim)
+        self.eigenvalues = np.concatenate((rng.uniform(0.0, 1.0, small), rng.uniform(30.0, 60.0, self.dim - small)))
+        q, r = np.linalg.qr(rng.standard_normal((self.dim, self.dim)))
+        q *= np.sign(np.diag(r))  # Haar-distributed: the signs of R's diagonal taken out
+        self.hessian = q.T @ (self.eigenvalues[:, None] * q)
+        self.x_train = rng.normal(0.0, self.noise_level, (self.n_train, self.dim))
+        self.x_val = rng.normal(0.0, self.noise_level, (self.n_train, self.dim))
+
+    @property
+    def num_examples(self):
+        return self.n_train
+
+    def shapes(self):
+        return [(self.dim,)]
+
+    def initial_values(self, rng):
+        return [np.ones(self.dim)]
+
+    def _loss_grad(self, theta, x):
+        diff = theta[None, :] - x  # (examples, dim)
+        hd = diff @ self.hessian
+        loss = 0.5 * float(np.einsum("ij,ij->", hd, diff)) / len(x)
+        return loss, hd.mean(axis=0)  # H symmetric: the mean of H (theta - x_i)
+
+    def loss_and_grad(self, params, grads, batch=None, rng=None):
+        x = self.x_train if batch is None else self.x_train[batch]
+        loss, grad = self._loss_grad(params[0].astype(np.float64), x)
+        grads[0][...] = grad
+        return loss
+
+    def optimum(self):
+        return [np.zeros(self.dim)]
+
+    def evaluate(self, params):
+        theta = params[0].astype(np.float64)
+        return {
+            "val_loss": self._loss_grad(theta, self.x_val)[0],
+            "distance_to_optimum": float(np.sqrt(theta @ theta)),
+        }
