@@ -662,7 +662,17 @@ CORRUPT_BACKUPS = [  # (what is changed in the metadata, the one line naming it)
     (lambda m: m.update(created_dirs=[5]), "created_dirs is [5], not a list of folder names"),
     # a backup cannot have run more epochs than its run has: the file is corrupt, not "another run"
     (lambda m: m["position"].update(epoch=10**6), "position.epoch is 1000000, not below the run's 8 epochs"),
+    (lambda m: m["position"].update(batch=10**6), "position.batch is 1000000, more than the 5 steps of an epoch"),
+    # the re-probe: a History whose loss held lists ran to the end, then the summary raised (backup gone)
+    (lambda m: _state_of(m, "History")["history"].update(loss=[[1.0]]), "the saved state of History is not valid"),
+    (lambda m: _state_of(m, "History").update(stride=0), "stride is 0, not an integer >= 1"),
+    (lambda m: _state_of(m, "ReduceLROnPlateau").update(wait=-2), "wait is -2, not an integer >= 0"),
+    (lambda m: _state_of(m, "ReduceLROnPlateau").update(best="low"), "best is 'low', not a number"),
 ]
+
+
+def _state_of(meta, name):
+    return next(entry["state"] for entry in meta["callbacks"] if entry["class"] == name)
 
 
 def _write_meta_text(path, text: str, arrays: dict) -> None:
@@ -803,3 +813,46 @@ def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path, spawn):
     others = {p.name for p in killed.iterdir()} - expected
     ours = re.compile(r"\.(best\.npz|backup\.npz|log\.csv)\.optlab-tmp-.+-[0-9]+-[0-9a-f]{8}")
     assert all(ours.fullmatch(n) for n in others), others
+
+
+def test_a_backup_naming_a_folder_outside_backup_dir_is_refused_and_the_folder_kept(tmp_path):
+    # the re-probe: created_dirs = ["/elsewhere/empty"] in a backup made the resumed run remove
+    # that (empty) folder at its end; only backup_dir and the folders above it may be named
+    _leave_a_backup(tmp_path)
+    victim = tmp_path / "victim_empty"
+    victim.mkdir()
+    path = tmp_path / "backup" / "backup.npz"
+    meta, arrays = load_npz(path)
+    meta["created_dirs"] = [str(victim)]
+    save_npz_atomic(path, meta, arrays)
+    _refused(tmp_path, "created_dirs is [")
+    assert victim.is_dir()
+    meta["created_dirs"] = [str(tmp_path / "backup" / ".." / "victim_empty")]  # the same, spelled with ..
+    save_npz_atomic(path, meta, arrays)
+    _refused(tmp_path, "not backup_dir")
+    meta["created_dirs"] = [str(tmp_path / "backup"), str(tmp_path)]  # backup_dir and above: allowed
+    save_npz_atomic(path, meta, arrays)
+    trainer = _settings_run(tmp_path)
+    trainer.callbacks.callbacks[-1].check_resume(trainer)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (lambda m, a: m["optimizer"].update(raw_iterations=-5), "its optimizer state cannot be loaded"),
+        (lambda m, a: a.update({k: -np.abs(v) for k, v in a.items() if k.endswith("velocity")}), "cannot be loaded"),
+        (lambda m, a: a.update({k: v.astype(np.float64) for k, v in a.items() if k.startswith("optimizer/")}), "dtype"),
+    ],
+)
+def test_an_optimizer_state_that_does_not_load_is_refused_before_training(tmp_path, change, named):
+    # the re-probe: these were "callback BackupAndRestore.resume failed", a FAILED run, exit 1
+    _leave_a_backup(tmp_path)
+    path = tmp_path / "backup" / "backup.npz"
+    meta, arrays = load_npz(path)
+    change(meta, arrays)
+    save_npz_atomic(path, meta, arrays)
+    trainer = _settings_run(tmp_path)
+    with pytest.raises(StateFileError) as error:
+        trainer.callbacks.callbacks[-1].check_resume(trainer)
+    assert str(error.value).startswith(str(path)) and named in str(error.value)
+    assert not trainer.optimizer.built  # the check loaded a copy

@@ -91,6 +91,39 @@ class Callback(Configurable):
     def set_state(self, state: dict) -> None:
         """Restore what ``get_state`` returned."""
 
+    def check_state(self, state: dict) -> None:
+        """Raise ``ValueError`` unless ``state`` is one ``get_state`` could have returned (each
+        field of its type and range). ``BackupAndRestore`` calls it before ``set_state``, and
+        before training, so that a damaged backup is refused in one line and changes nothing."""
+
+
+def check_fields(state, fields: dict) -> None:
+    """``state`` is a dict whose ``fields`` (name -> (predicate, what it must be, required)) hold;
+    else ``ValueError`` naming the first field that does not."""
+    if not isinstance(state, dict):
+        raise ValueError(f"the state is {type(state).__name__}, not a dict")
+    for name, (ok, what, required) in fields.items():
+        if name not in state:
+            if required:
+                raise ValueError(f"{name} is missing")
+            continue
+        value = state[name]
+        if not ok(value):
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise ValueError(f"{name} is {shown}, not {what}")
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def is_count(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value >= 0
+
+
+def numbers(value) -> bool:
+    return isinstance(value, (list, tuple)) and all(is_number(v) for v in value)
+
 
 class CallbackList:
     """Calls every callback's hook in order."""

@@ -6,6 +6,7 @@ and an atomic rename, so a crash mid-write leaves the previous checkpoint intact
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ import numpy as np
 from ..files import StateFileError, load_npz, name_max, save_npz_atomic
 from ..hparams import Hyper
 from ..names import did_you_mean
-from .base import Callback, Monitor, check_writable
+from .base import Callback, Monitor, check_fields, check_writable, is_count, is_number
 
 BACKUP_FORMAT = "optlab.backup/1"
 CHECKPOINT_FORMAT = "optlab.checkpoint/1"
@@ -92,10 +93,41 @@ class BackupAndRestore(Callback):
         check_writable(self.path, "BackupAndRestore: backup_dir")
 
     def check_resume(self, trainer) -> None:
-        if self.path.exists():
-            meta, arrays = load_npz(self.path)
-            params = trainer.problem.init(trainer.seed, trainer.dtype).flat
-            self._check_backup(meta, arrays, run_settings(trainer), params)
+        if not self.path.exists():
+            return
+        meta, arrays = load_npz(self.path)
+        params = trainer.problem.init(trainer.seed, trainer.dtype)
+        self._check_backup(meta, arrays, run_settings(trainer), params.flat, trainer.steps_per_epoch)
+        others = [cb for cb in trainer.callbacks if cb is not self]
+        self._check_states(meta, arrays, others)
+        # the optimizer's state, loaded into a copy built on the run's parameters: a state
+        # that does not fit is refused now, before anything is recorded (the load is checked)
+        trial = copy.deepcopy(trainer.optimizer)
+        names = trainer.problem.parameter_names()
+        if not trial.built:
+            trial.build(list(params) if names is None else dict(zip(names, params)))
+        try:
+            trial.set_state(meta["optimizer"], _optimizer_arrays(arrays), restore_learning_rate=True)
+        except (ValueError, TypeError, KeyError) as error:
+            raise StateFileError(f"{self.path}: its optimizer state cannot be loaded: {error}") from None
+
+    def _check_states(self, meta: dict, arrays: dict, others: list) -> None:
+        """Each saved callback state that a callback of this run will take passes its
+        ``check_state`` (else a ``StateFileError`` naming the file and the callback)."""
+        saved: dict[str, list] = {}
+        for entry in meta["callbacks"]:
+            saved.setdefault(entry["class"], []).append(entry["state"])
+        for cb in others:
+            states = saved.get(type(cb).__name__)
+            if not states:
+                continue
+            try:
+                cb.check_state(_decode(states.pop(0), arrays))
+            except (ValueError, TypeError, KeyError) as error:
+                raise StateFileError(
+                    f"{self.path} is not a valid optlab backup: the saved state of {type(cb).__name__} is not "
+                    f"valid ({error})"
+                ) from None
 
     def resume(self):
         """Restore the parameters, the optimizer and the loop's position from the backup, if there is one.
@@ -167,16 +199,14 @@ class BackupAndRestore(Callback):
         """Read and check the whole backup, then put it in place (a bad file changes nothing)."""
         trainer = self.trainer
         meta, arrays = load_npz(self.path)
-        self._check_backup(meta, arrays, self._settings or run_settings(trainer), trainer.params.flat)
+        settings = self._settings or run_settings(trainer)
+        self._check_backup(meta, arrays, settings, trainer.params.flat, trainer.steps_per_epoch)
         params = arrays["params"]
         saved: dict[str, list] = {}
         for entry in meta["callbacks"]:
             saved.setdefault(entry["class"], []).append(entry["state"])
-        trainer.optimizer.set_state(
-            meta["optimizer"],
-            {k[len("optimizer/") :]: v for k, v in arrays.items() if k.startswith("optimizer/")},
-            restore_learning_rate=True,
-        )
+        self._check_states(meta, arrays, self._others())
+        trainer.optimizer.set_state(meta["optimizer"], _optimizer_arrays(arrays), restore_learning_rate=True)
         trainer.params.flat[...] = params
         self._pending_states = (saved, arrays)
         self._created_dirs = [str(d) for d in meta.get("created_dirs", [])]
@@ -184,14 +214,19 @@ class BackupAndRestore(Callback):
         if meta["stopped"]:
             trainer.initial_epoch = trainer.epochs  # it had stopped: only on_train_end is left
 
-    def _check_backup(self, meta: dict, arrays: dict, current: dict, params: np.ndarray) -> None:
+    def _check_backup(self, meta: dict, arrays: dict, current: dict, params: np.ndarray, steps: int) -> None:
         """Refuse a backup that is not well formed (a ``StateFileError`` naming the file and
         the field), or that another run made (:meth:`_check_settings`), or whose parameters
         are not ``params``'s size and dtype."""
         if meta.get("format") != BACKUP_FORMAT:
             raise ValueError(f"{self.path} is not an optlab backup (format {meta.get('format')!r})")
-        _check_backup_fields(self.path, meta)
+        _check_backup_fields(self.path, meta, self.backup_dir)
         self._check_settings(meta, current)
+        if meta["position"]["batch"] > steps:  # (the same settings: the same steps per epoch)
+            raise StateFileError(
+                f"{self.path} is not a valid optlab backup: position.batch is {meta['position']['batch']}, "
+                f"more than the {steps} steps of an epoch of this run"
+            )
         saved = arrays.get("params")
         if saved is None or saved.shape != params.shape or saved.dtype != params.dtype:
             raise ValueError(
@@ -249,8 +284,16 @@ class BackupAndRestore(Callback):
                 break
 
 
-def _check_backup_fields(path, meta: dict) -> None:
-    """Each field ``BackupAndRestore`` reads back has its type and range, else ``StateFileError``."""
+def _optimizer_arrays(arrays: dict) -> dict:
+    return {k[len("optimizer/") :]: v for k, v in arrays.items() if k.startswith("optimizer/")}
+
+
+def _check_backup_fields(path, meta: dict, backup_dir) -> None:
+    """Each field ``BackupAndRestore`` reads back has its type and range, else ``StateFileError``.
+
+    ``created_dirs`` (the folders to remove when training ends, if empty) may only name
+    ``backup_dir`` and folders above it: a file that names another folder is refused.
+    """
 
     def bad(field, value, wanted):
         shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
@@ -284,6 +327,11 @@ def _check_backup_fields(path, meta: dict) -> None:
     dirs = meta.get("created_dirs", [])
     if not isinstance(dirs, list) or not all(isinstance(d, str) and d for d in dirs):
         raise bad("created_dirs", dirs, "a list of folder names")
+    folder = Path(backup_dir).absolute()
+    allowed = {os.path.normpath(p) for p in (folder, *folder.parents)}
+    outside = [d for d in dirs if os.path.normpath(os.path.abspath(d)) not in allowed]
+    if outside:
+        raise bad("created_dirs", outside, f"backup_dir ({backup_dir}) or folders above it")
     settings = meta.get("settings")
     if settings is not None:
         if not isinstance(settings, dict) or not count(settings.get("epochs")):
@@ -473,6 +521,15 @@ class ModelCheckpoint(Monitor):
 
     def get_state(self):
         return {"best": self.best, "batches_since_save": self._batches_since_save}
+
+    def check_state(self, state):
+        check_fields(
+            state,
+            {
+                "best": (lambda v: v is None or is_number(v), "a number", True),
+                "batches_since_save": (is_count, "an integer >= 0", False),
+            },
+        )
 
     def set_state(self, state):
         self.best = state["best"]

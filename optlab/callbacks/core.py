@@ -13,7 +13,17 @@ import numpy as np
 
 from ..files import create_temp, remove_stale_temps
 from ..hparams import Hyper
-from .base import Callback, Monitor, as_array_state, check_writable, is_finite_number
+from .base import (
+    Callback,
+    Monitor,
+    as_array_state,
+    check_fields,
+    check_writable,
+    is_count,
+    is_finite_number,
+    is_number,
+    numbers,
+)
 
 
 class History(Callback):
@@ -138,6 +148,26 @@ class History(Callback):
         if self.path:
             state["path"] = np.array(self.path)
         return state
+
+    def check_state(self, state):
+        def histories(value):
+            return isinstance(value, dict) and all(isinstance(k, str) and numbers(v) for k, v in value.items())
+
+        def positive(value):
+            return is_count(value) and value >= 1
+
+        check_fields(
+            state,
+            {
+                "epoch": (lambda v: isinstance(v, list) and all(map(is_count, v)), "a list of epochs", True),
+                "history": (histories, "a dict of name -> list of numbers", True),
+                "stride": (positive, "an integer >= 1", False),
+                "path_stride": (positive, "an integer >= 1", False),
+                "path_recorded": (is_count, "an integer >= 0", False),
+                "extremes": (histories, "a dict of name -> list of numbers", False),
+                "path": (lambda v: np.ndim(v) == 2 and np.shape(v)[1:] == (2,), "an array of (x, y) points", False),
+            },
+        )
 
     def set_state(self, state):
         self.epoch = list(state["epoch"])
@@ -266,6 +296,18 @@ class EarlyStopping(Monitor):
             state["best_weights"] = list(self.best_weights)
         return state
 
+    def check_state(self, state):
+        check_fields(
+            state,
+            {
+                "wait": (is_count, "an integer >= 0", True),
+                "stopped_epoch": (is_count, "an integer >= 0", True),
+                "best": (lambda v: v is None or is_number(v), "a number", True),
+                "best_epoch": (lambda v: v is None or (is_number(v) and int(v) == v), "an epoch", True),
+                "best_weights": (lambda v: isinstance(v, list), "a list of arrays", False),
+            },
+        )
+
     def set_state(self, state):
         self.wait, self.stopped_epoch = state["wait"], state["stopped_epoch"]
         self.best, self.best_epoch = state["best"], state["best_epoch"]
@@ -336,6 +378,16 @@ class ReduceLROnPlateau(Monitor):
 
     def get_state(self):
         return {"best": self.best, "cooldown_counter": self.cooldown_counter, "wait": self.wait}
+
+    def check_state(self, state):
+        check_fields(
+            state,
+            {
+                "best": (lambda v: v is None or is_number(v), "a number", True),
+                "cooldown_counter": (is_count, "an integer >= 0", True),
+                "wait": (is_count, "an integer >= 0", True),
+            },
+        )
 
     def set_state(self, state):
         self.best, self.cooldown_counter, self.wait = state["best"], state["cooldown_counter"], state["wait"]
