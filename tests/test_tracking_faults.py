@@ -764,3 +764,43 @@ def test_a_server_that_dies_as_the_run_opens_names_the_run_and_keeps_its_end(tmp
     assert deliver.main([str(tracker.kept_path)]) == 0
     run = MlflowClient(tracking_uri=mlflow_server.uri).get_run(run_id)
     assert run.info.status == "FAILED" and run.data.tags["error"]
+
+
+@pytest.mark.parametrize("how", ["in the chain", "hidden"])
+def test_a_ctrl_c_a_library_turns_into_its_own_error_is_an_interrupt_not_a_bad_store(tmp_path, monkeypatch, how):
+    # the re-probe: Ctrl-C while MLflow set itself up came out as "tracking store ...: Error
+    # building `function-after` serializer; pick another store", exit 2
+    from optlab.app import run as running
+
+    def broken(uri):
+        if how == "hidden":  # the library swallowed it; only the run's signal handler saw the signal
+            monkeypatch.setattr(running, "STOPPED_BY", signal.SIGINT)
+            raise RuntimeError("Error building `function-after` serializer:")
+        try:
+            raise KeyboardInterrupt("interrupted (Ctrl-C)")
+        except KeyboardInterrupt as interrupt:
+            raise RuntimeError("Error building `function-after` serializer:") from interrupt
+
+    monkeypatch.setattr(tracking, "check_store", broken)
+    tracker = tracker_for(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(KeyboardInterrupt):
+        tracker.start()
+    assert tracker.run_id is None and tracker.status is None
+
+
+def test_ignoring_signals_drops_those_pending_without_an_error():
+    from optlab.app.main import ignore_signals
+
+    seen = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: seen.append(signum))
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
+        os.kill(os.getpid(), signal.SIGUSR2)  # pending: arrived while blocked
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR2})
+        assert seen == [signal.SIGUSR2]  # delivered to the handler on unblocking
+        ignore_signals({signal.SIGUSR2})
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert signal.getsignal(signal.SIGUSR2) is signal.SIG_IGN and seen == [signal.SIGUSR2]
+        assert signal.SIGUSR2 not in signal.pthread_sigmask(signal.SIG_BLOCK, set())  # unblocked again
+    finally:
+        signal.signal(signal.SIGUSR2, previous)

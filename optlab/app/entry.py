@@ -46,8 +46,20 @@ def main(argv=None) -> None:
         from .main import main as run_app
 
         run_app(argv)
+    except SystemExit:
+        if _first_signal() is not None:  # stopped by a signal and reported: Python's own shutdown
+            _ignore_signals()  # (seconds of garbage collection) must not die of a second one
+        raise
     except KeyboardInterrupt as interrupt:  # outside a run: a run catches its own
         signum = _first_signal() or getattr(interrupt, "signum", signal.SIGINT)
         reason = interrupt or "interrupted (Ctrl-C)"
         print(f"\noptlab: {reason} outside a run: nothing was being recorded", file=sys.stderr)
+        _ignore_signals()
         sys.exit(128 + signum)
+
+
+def _ignore_signals() -> None:
+    """SIGINT and SIGTERM ignored from now on: Python resets the handlers it set when it shuts
+    down, and a signal then would end the process with its own status, not the first's."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)

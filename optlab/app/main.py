@@ -88,13 +88,32 @@ def _worker_signals() -> None:
 
     def idle(signum, frame):
         running.STOPPED_BY = running.STOPPED_BY or (signal.SIGTERM if signum == running.STOP_REQUEST else signum)
-        for number in (signal.SIGINT, signal.SIGTERM, running.STOP_REQUEST):
-            signal.signal(number, signal.SIG_IGN)
+        ignore_signals((signal.SIGINT, signal.SIGTERM, running.STOP_REQUEST))
 
     idle.optlab_sweep = True
     with contextlib.suppress(ValueError):  # not the main thread: joblib's defaults stay
         for number in (signal.SIGINT, signal.SIGTERM, running.STOP_REQUEST):
             signal.signal(number, idle)
+
+
+def ignore_signals(signals) -> None:
+    """Ignore ``signals`` from now on, without Python's "Signal N ignored due to race condition"
+    (an ``OSError`` raised wherever the code then is, when a signal that arrived just before is
+    handled after its handler became SIG_IGN): block them, let Python handle any already
+    arrived with the current handler, ignore them (the system drops those pending), unblock."""
+    signals = set(signals)
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        for number in signals:
+            signal.signal(number, _nothing)  # handles what had arrived, with the handler it had
+        for number in signals:
+            signal.signal(number, signal.SIG_IGN)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+
+
+def _nothing(signum, frame) -> None:
+    pass
 
 
 def _park(code: int) -> None:
@@ -107,8 +126,7 @@ def _park(code: int) -> None:
     """
     from .run import STOP_REQUEST
 
-    for number in (signal.SIGINT, signal.SIGTERM, STOP_REQUEST):
-        signal.signal(number, signal.SIG_IGN)
+    ignore_signals((signal.SIGINT, signal.SIGTERM, STOP_REQUEST))
     parent = os.environ.get(SWEEP_PARENT)
     deadline = time.monotonic() + WORKER_GRACE_SECONDS + 30.0
     while str(os.getppid()) == parent and time.monotonic() < deadline:
@@ -165,8 +183,14 @@ def sweep_signals():
 
     def handler(signum, frame):
         received.append(signum)
-        if len(received) > 1:
-            os._exit(128 + signum)
+        if len(received) > 1:  # the status is the first signal's
+            print(
+                "\noptlab: sweep stopped at once by another signal: runs still being written may be left RUNNING. "
+                "To run the rest, repeat the command with hydra.sweep.dir=<the sweep's folder>.",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(128 + received[0])
         workers = [pid for pid in _children() if _catches(pid, STOP_REQUEST)]
         for pid in workers:
             with contextlib.suppress(OSError):

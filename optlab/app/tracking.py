@@ -27,6 +27,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import tempfile
 import threading
@@ -237,10 +238,14 @@ class MlflowTracker(Callback):
                     run = self.client.create_run(experiment_id, tags=self.tags, run_name=self.run_name)
                     self.run_id = run.info.run_id
             self._log_start()
-        except TrackingError:
-            self._abort_start("FAILED")
-            raise
         except Exception as exc:
+            interrupt = _interrupt_within(exc)
+            if interrupt is not None:  # a Ctrl-C that a library turned into its own error: not the store's fault
+                self._abort_start("KILLED", "interrupted while the run was being opened")
+                raise interrupt from None
+            if isinstance(exc, TrackingError):
+                self._abort_start("FAILED")
+                raise
             self._abort_start("FAILED", _short(exc))
             reason = _root_cause(exc)  # "Connection refused", not a page of urllib3's retry report
             raise TrackingError(f"tracking store {shown(self.uri)}: {reason}{self._opened_note()}; {ADVICE}") from None
@@ -738,6 +743,26 @@ class Writer(threading.Thread):
 
 
 _KEYS: dict[str, str] = {}
+
+
+def _interrupt_within(error: BaseException) -> BaseException | None:
+    """The Ctrl-C / SIGTERM behind ``error``: one in its chain of causes, or the signal this
+    process's run received (a library that catches ``BaseException`` may hide it entirely)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    from . import run as running
+
+    if running.STOPPED_BY is not None:
+        return (
+            running.Terminated("terminated (SIGTERM)")
+            if running.STOPPED_BY == signal.SIGTERM
+            else KeyboardInterrupt("interrupted (Ctrl-C)")
+        )
+    return None
 
 
 def metric_line(metric) -> str:
