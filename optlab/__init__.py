@@ -9,8 +9,15 @@ from __future__ import annotations
 
 import importlib
 
-from .flat import FlatArrays, flat_like, flat_parameters, flatten
-from .sparse import IndexedSlices
+#: names the package gives from its modules, imported on first use (so that ``python -m optlab``
+#: installs its signal handlers before numpy is imported, and ``import optlab`` is instant)
+_LAZY = {
+    "FlatArrays": "flat",
+    "flat_like": "flat",
+    "flat_parameters": "flat",
+    "flatten": "flat",
+    "IndexedSlices": "sparse",
+}
 
 
 def __getattr__(name):
@@ -18,6 +25,10 @@ def __getattr__(name):
         from .hookspecs import hookimpl
 
         return hookimpl
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
     if name in _SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'optlab' has no attribute {name!r}")
@@ -45,7 +56,7 @@ _SUBMODULES = {
 
 
 def __dir__():
-    return sorted(set(globals()) | _SUBMODULES | {"hookimpl"})
+    return sorted(set(globals()) | _SUBMODULES | set(_LAZY) | {"hookimpl"})
 
 
 __all__ = [

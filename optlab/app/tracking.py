@@ -754,9 +754,8 @@ def _interrupt_within(error: BaseException) -> BaseException | None:
             return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__
-    from . import run as running
-
-    if running.STOPPED_BY is not None:
+    running = sys.modules.get("optlab.app.run")  # the run's signal handler records the signal there
+    if running is not None and running.STOPPED_BY is not None:
         return (
             running.Terminated("terminated (SIGTERM)")
             if running.STOPPED_BY == signal.SIGTERM
