@@ -64,7 +64,7 @@ BAD_INPUT = [
     (("metric=",), "metric must be \"auto\" or a logged name; received metric=''"),
     (("+callbacks.foo=1",), "callbacks.foo=1 is not a callback's settings"),
     (("callbacks=[csv_logger,csv_logger]",), "'csv_logger' is listed twice"),
-    (("callbacks=[early_stopping],[early_stopping,early_stopping]",), "'early_stopping' is listed twice"),
+    (("-m", "callbacks=[early_stopping],[early_stopping,early_stopping]"), "'early_stopping' is listed twice"),
     (
         ("callbacks=[backup_and_restore]", "callbacks.backup_and_restore.backup_dir="),
         "`backup_dir` must be a non-empty string; received backup_dir=''",
@@ -104,6 +104,12 @@ BAD_INPUT = [
         "early_stopping is not one of the callbacks of the job [csv_logger]",
     ),
     (("trainer.epochs",), "'trainer.epochs': settings are key=value (trainer.epochs=...)"),
+    # the re-probe: a raw KeyError, and Hydra's messages of 5 to 6 lines
+    (("~optimizer",), "~optimizer: every run needs an optimizer; choose one with optimizer=NAME instead"),
+    (("~callbacks",), "~callbacks: a group is not removed; for none, write callbacks=[]"),
+    (("schedule=none", "schedule.decay_steps=5"), "schedule.decay_steps: no schedule is chosen (schedule=none)"),
+    (("print_every_epoch=loss,a",), "print_every_epoch=loss,a: several values make a sweep, which needs -m"),
+    (("tracking=none", "tracking.uri=http://x"), "tracking.uri is set but tracking=none: nothing is logged"),
     (("trainer.epochs=1e20",), "received epochs=1e+20 (a float this large is not an exact integer"),
     (("tracking.uri=",), "tracking.uri must be a store's URI, or left out for the default"),
     (("hydra.run.dir=",), "hydra.run.dir is empty: Hydra would write its files"),
@@ -446,3 +452,10 @@ def test_after_a_stop_python_shutting_down_does_not_die_of_a_second_signal(tmp_p
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
     assert "ignored at exit: True" in err
+
+
+def test_a_sweep_flag_after_the_overrides_still_makes_a_sweep(tmp_path):
+    # the re-probe: `python -m optlab problem=... -m x=1,2` printed Hydra's 8-line usage message
+    result = optlab(tmp_path, "problem=seed_linear", "trainer.epochs=2", "tracking=none", *FAST, "-m", "seed=0,1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("adam on seed_linear: 2 steps") == 2

@@ -69,12 +69,13 @@ def _closest(name: str, known) -> str:
     return f" Did you mean {match!r}?" if match else ""
 
 
-def check_overrides(overrides: list[str], own_configs: bool = True) -> None:
+def check_overrides(overrides: list[str], own_configs: bool = True, multirun: bool = False) -> None:
     """Catch unknown component names and arguments in command-line overrides before Hydra does.
 
     Hydra's own messages for these do not list the valid names or arguments; ours do.
     ``own_configs``: the configs are optlab's own (no ``--config-dir`` or search path adds
     presets), so a preset group's choice (``tracking=...``) is one of its yaml files.
+    ``multirun``: ``-m`` was given (without it, several values are a mistake).
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -82,10 +83,26 @@ def check_overrides(overrides: list[str], own_configs: bool = True) -> None:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as error:  # Hydra's grammar error: keep its message, without the traceback
         raise ConfigError(str(error)) from None
+    tracking_off = any(
+        o.key_or_group == "tracking" and not o.is_delete() and o.value() == "none"
+        for o in parsed
+        if not o.is_sweep_override()
+    )
     for override in parsed:
         key = override.key_or_group
         parts = key.split(".")
         group = parts[0]
+        if override.is_delete() and key in REQUIRED_GROUPS:
+            raise ConfigError(f"~{key}: every run needs {_a(key)} {key}; choose one with {key}=NAME instead")
+        if override.is_delete() and key in EMPTY_CHOICES:
+            raise ConfigError(f"~{key}: a group is not removed; for none, write {EMPTY_CHOICES[key]}")
+        if override.is_sweep_override() and not multirun:
+            raise ConfigError(
+                f"{override.input_line}: several values make a sweep, which needs -m (python -m optlab -m ...); "
+                f"for a list write {key}=[a,b]"
+            )
+        if tracking_off and group == "tracking" and len(parts) == 2 and parts[1] != "enabled":
+            raise ConfigError(f"{key} is set but tracking=none: nothing is logged (leave out tracking=none to log)")
         if own_configs and group in PRESET_GROUPS and len(parts) == 1 and not override.is_delete():
             known = PRESET_GROUPS[group]
             for value in _choices(override):
@@ -117,7 +134,10 @@ def check_overrides(overrides: list[str], own_configs: bool = True) -> None:
         if len(parts) == 2 and parts[1] != "name":
             component = _selected(overrides, group)
             if component == "none":
-                continue
+                raise ConfigError(
+                    f"{key}: no {group} is chosen ({group}=none), so it has no {parts[1]!r}; choose one with "
+                    f"{group}=NAME (python -m optlab --help lists them)"
+                )
             if component is not None and component.lower() in registry:
                 cls = registry.get(component)
                 accepted = list(cls.hyperparameters())
@@ -128,6 +148,16 @@ def check_overrides(overrides: list[str], own_configs: bool = True) -> None:
                     )
             elif not any(parts[1] in registry.get(n).hyperparameters() for n in registry.names()):
                 raise ConfigError(f"{group}.{parts[1]}: no {group} has an argument {parts[1]!r}")
+
+
+#: the groups every run has: removing one (``~optimizer``) is a mistake
+REQUIRED_GROUPS = ("problem", "optimizer", "trainer")
+#: the groups that may be empty, and how to say so
+EMPTY_CHOICES = {"callbacks": "callbacks=[]", "schedule": "schedule=none", "tracking": "tracking=none"}
+
+
+def _a(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 def _check_callback_chosen(setting, name: str, known: list[str], overrides: list[str], parsed) -> None:

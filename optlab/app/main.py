@@ -213,15 +213,17 @@ def main(argv: list[str] | None = None) -> None:
     import hydra
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    overrides = [a for a in argv if not a.startswith("-") and "=" in a]
+    overrides = [a for a in argv if not a.startswith("-") and ("=" in a or a.startswith("~"))]
     own_configs = not (set(argv) & CONFIG_OPTIONS) and not any(o.startswith("hydra.searchpath") for o in overrides)
     try:
         _check_bare_words(argv)
-        check_overrides(overrides, own_configs)
+        check_overrides(overrides, own_configs, multirun=bool({"-m", "--multirun"} & set(argv)))
         _check_output_folder(overrides, multirun=bool({"-m", "--multirun"} & set(argv)))
     except ConfigError as error:
         _fail(str(error))
     register_configs()
+    flags = [a for a in argv if a in ("-m", "--multirun")]  # Hydra takes them before the overrides only
+    argv = [*flags, *(a for a in argv if a not in flags)]
     sys.argv = [sys.argv[0], *argv]
     entry = hydra.main(config_path="../conf", config_name="config", version_base="1.3")(_task)
     if not ({"-m", "--multirun"} & set(argv)):

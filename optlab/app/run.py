@@ -153,7 +153,13 @@ def fill_run_steps(schedule_conf: dict, total: int) -> None:
 
 
 def check_keys(conf: dict) -> None:
-    """A key nobody reads (``+trainer.epoch=5``, a typo) is an error, not silently ignored."""
+    """A key nobody reads (``+trainer.epoch=5``, a typo) is an error, not silently ignored; so is
+    a run without a problem, an optimizer or a trainer section."""
+    for group in ("problem", "optimizer", "trainer"):
+        if not isinstance(conf.get(group), dict):
+            raise ConfigError(
+                f"every run needs {'an' if group == 'optimizer' else 'a'} {group}; choose one with {group}=NAME"
+            )
     groups = {"": (conf, main_config()[1]), "trainer.": (conf.get("trainer") or {}, preset_keys("trainer"))}
     groups["tracking."] = (conf.get("tracking") or {}, preset_keys("tracking"))
     for prefix, (node, known) in groups.items():
