@@ -459,3 +459,20 @@ def test_a_sweep_flag_after_the_overrides_still_makes_a_sweep(tmp_path):
     result = optlab(tmp_path, "problem=seed_linear", "trainer.epochs=2", "tracking=none", *FAST, "-m", "seed=0,1")
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("adam on seed_linear: 2 steps") == 2
+
+
+def test_optlabs_own_warnings_are_one_line(tmp_path):
+    # the re-probe: a backup holding a callback this run does not have gave Python's two-line
+    # warning (file:line: UserWarning: ... and the source line)
+    backup = ("callbacks.backup_and_restore.backup_dir=bk", "problem=linear_regression", "tracking=none", *FAST)
+    first = optlab(
+        tmp_path, "trainer.epochs=3", "callbacks=[backup_and_restore,early_stopping]", *backup,
+        "callbacks.backup_and_restore.delete_checkpoint=false",
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    again = optlab(tmp_path, "trainer.epochs=4", "callbacks=[backup_and_restore]", *backup)
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.strip() == (
+        f"optlab: warning: {Path('bk') / 'backup.npz'} holds the state of callbacks this run does not have: "
+        "['EarlyStopping']; it is ignored"
+    )

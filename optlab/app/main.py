@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 
 from .config import ConfigError, check_overrides, register_configs
 
@@ -208,9 +209,19 @@ def sweep_signals():
         yield
 
 
+def _one_line_warning(message, category, filename, lineno, line=None, _default=warnings.formatwarning):
+    """optlab's own warnings as one line (``optlab: warning: ...``), others as Python shows them."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.abspath(filename).startswith(package + os.sep):
+        return f"optlab: warning: {message}\n"
+    return _default(message, category, filename, lineno, line)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m optlab`` (and the ``optlab`` console script)."""
     import hydra
+
+    warnings.formatwarning = _one_line_warning
 
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides = [a for a in argv if not a.startswith("-") and ("=" in a or a.startswith("~"))]

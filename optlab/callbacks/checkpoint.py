@@ -97,7 +97,9 @@ class BackupAndRestore(Callback):
             return
         meta, arrays = load_npz(self.path)
         params = trainer.problem.init(trainer.seed, trainer.dtype)
-        self._check_backup(meta, arrays, run_settings(trainer), params.flat, trainer.steps_per_epoch)
+        with warnings.catch_warnings():  # (an older backup's warning is given once, when it is resumed)
+            warnings.simplefilter("ignore")
+            self._check_backup(meta, arrays, run_settings(trainer), params.flat, trainer.steps_per_epoch)
         others = [cb for cb in trainer.callbacks if cb is not self]
         self._check_states(meta, arrays, others)
         # the optimizer's state, loaded into a copy built on the run's parameters: a state
