@@ -815,25 +815,41 @@ def test_kill_9_at_random_moments_then_resume_is_exact(tmp_path, spawn):
     assert all(ours.fullmatch(n) for n in others), others
 
 
-def test_a_backup_naming_a_folder_outside_backup_dir_is_refused_and_the_folder_kept(tmp_path):
+def test_a_backup_never_removes_a_folder_outside_backup_dir(tmp_path):
     # the re-probe: created_dirs = ["/elsewhere/empty"] in a backup made the resumed run remove
-    # that (empty) folder at its end; only backup_dir and the folders above it may be named
+    # that (empty) folder at its end. A backup names the folders it created relative to
+    # backup_dir, upward only; an absolute entry counts only where it names backup_dir or a
+    # folder above it (a moved backup's old paths, or a forged one, are never removed)
     _leave_a_backup(tmp_path)
     victim = tmp_path / "victim_empty"
     victim.mkdir()
     path = tmp_path / "backup" / "backup.npz"
     meta, arrays = load_npz(path)
-    meta["created_dirs"] = [str(victim)]
+    assert meta["created_dirs"] == ["."]  # backup/ was made by the run: recorded relative to itself
+    meta["created_dirs"] = ["../victim_empty"]  # not upward: refused
     save_npz_atomic(path, meta, arrays)
-    _refused(tmp_path, "created_dirs is [")
-    assert victim.is_dir()
-    meta["created_dirs"] = [str(tmp_path / "backup" / ".." / "victim_empty")]  # the same, spelled with ..
-    save_npz_atomic(path, meta, arrays)
-    _refused(tmp_path, "not backup_dir")
-    meta["created_dirs"] = [str(tmp_path / "backup"), str(tmp_path)]  # backup_dir and above: allowed
+    _refused(tmp_path, "created_dirs is ['../victim_empty'], not backup_dir")
+    meta["created_dirs"] = [str(victim)]  # absolute, elsewhere: resumed, never removed
     save_npz_atomic(path, meta, arrays)
     trainer = _settings_run(tmp_path)
-    trainer.callbacks.callbacks[-1].check_resume(trainer)
+    trainer.fit()
+    assert victim.is_dir() and not path.exists()
+    assert (tmp_path / "backup").is_dir()  # not named by the backup any more: kept, empty
+
+
+def test_a_backup_moved_with_its_work_folder_resumes_and_cleans_up_after_itself(tmp_path):
+    # the re-probe: with absolute created_dirs, a work folder copied elsewhere could not resume
+    import shutil
+
+    _leave_a_backup(tmp_path / "old")
+    shutil.copytree(tmp_path / "old", tmp_path / "new")
+    shutil.rmtree(tmp_path / "old")
+    whole = _settings_run(tmp_path / "whole")
+    whole.fit()
+    resumed = _settings_run(tmp_path / "new")
+    resumed.fit()
+    np.testing.assert_array_equal(resumed.params.flat, whole.params.flat, strict=True)
+    assert not (tmp_path / "new" / "backup").exists()  # the folder the backup made, removed once empty
 
 
 @pytest.mark.parametrize(

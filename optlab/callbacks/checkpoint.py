@@ -192,7 +192,7 @@ class BackupAndRestore(Callback):
             "stopped": bool(trainer.stop_training),
             "optimizer": opt_meta,
             "callbacks": states,
-            "created_dirs": self._created_dirs,
+            "created_dirs": [os.path.relpath(d, Path(self.backup_dir).absolute()) for d in self._created_dirs],
             "settings": self._settings if self._settings is not None else run_settings(trainer),
         }
         save_npz_atomic(self.path, meta, arrays)
@@ -211,7 +211,7 @@ class BackupAndRestore(Callback):
         trainer.optimizer.set_state(meta["optimizer"], _optimizer_arrays(arrays), restore_learning_rate=True)
         trainer.params.flat[...] = params
         self._pending_states = (saved, arrays)
-        self._created_dirs = [str(d) for d in meta.get("created_dirs", [])]
+        self._created_dirs = _created_folders(meta.get("created_dirs", []), self.backup_dir)
         trainer.restore_position(meta["position"], meta["epoch_done"])
         if meta["stopped"]:
             trainer.initial_epoch = trainer.epochs  # it had stopped: only on_train_end is left
@@ -286,6 +286,26 @@ class BackupAndRestore(Callback):
                 break
 
 
+#: how a backup names the folders it created: backup_dir itself and the folders above it
+_UPWARD = re.compile(r"\.|\.\.(/\.\.)*")
+
+
+def _created_folders(entries: list, backup_dir) -> list[str]:
+    """The folders a backup says this run (or the one it resumes) created, as absolute paths:
+    only ``backup_dir`` and folders above it. Entries are relative to ``backup_dir`` (``"."``,
+    ``".."``), so a backup moved with its work folder still knows them; an older optlab's
+    absolute entries count only where they still name such a folder (a moved folder's do not,
+    and are never removed)."""
+    folder = Path(backup_dir).absolute()
+    allowed = {os.path.normpath(p) for p in (folder, *folder.parents)}
+    found = []
+    for entry in entries:
+        path = os.path.normpath(entry if os.path.isabs(entry) else os.path.join(folder, entry))
+        if path in allowed:
+            found.append(path)
+    return found
+
+
 def _optimizer_arrays(arrays: dict) -> dict:
     return {k[len("optimizer/") :]: v for k, v in arrays.items() if k.startswith("optimizer/")}
 
@@ -329,11 +349,9 @@ def _check_backup_fields(path, meta: dict, backup_dir) -> None:
     dirs = meta.get("created_dirs", [])
     if not isinstance(dirs, list) or not all(isinstance(d, str) and d for d in dirs):
         raise bad("created_dirs", dirs, "a list of folder names")
-    folder = Path(backup_dir).absolute()
-    allowed = {os.path.normpath(p) for p in (folder, *folder.parents)}
-    outside = [d for d in dirs if os.path.normpath(os.path.abspath(d)) not in allowed]
-    if outside:
-        raise bad("created_dirs", outside, f"backup_dir ({backup_dir}) or folders above it")
+    upward = [d for d in dirs if not os.path.isabs(d) and not _UPWARD.fullmatch(d)]
+    if upward:  # (absolute entries, an older optlab's, are used only where they still name such a folder)
+        raise bad("created_dirs", upward, 'backup_dir (".") or folders above it ("..", "../..", ...)')
     settings = meta.get("settings")
     if settings is not None:
         if not isinstance(settings, dict) or not count(settings.get("epochs")):
