@@ -249,8 +249,8 @@ def test_close_waits_at_most_flush_timeout_then_keeps_the_rest(tmp_path):
 
 def _redeliver_interrupts(previous):
     def hook(info):
-        if isinstance(info.exc_value, KeyboardInterrupt):
-            _thread.interrupt_main()
+        if isinstance(info.exc_value, KeyboardInterrupt):  # again shortly, from outside the dropped context
+            threading.Timer(0.01, _thread.interrupt_main).start()
             return
         previous(info)
 
