@@ -110,6 +110,8 @@ BAD_INPUT = [
     (("schedule=none", "schedule.decay_steps=5"), "schedule.decay_steps: no schedule is chosen (schedule=none)"),
     (("print_every_epoch=loss,a",), "print_every_epoch=loss,a: several values make a sweep, which needs -m"),
     (("tracking=none", "tracking.uri=http://x"), "tracking.uri is set but tracking=none: nothing is logged"),
+    (("hydra/launcher=joblb",), "Unknown hydra/launcher 'joblb'. Did you mean 'joblib'? Installed: basic, joblib"),
+    (("-m", "hydra/sweeper=optna"), "Unknown hydra/sweeper 'optna'. Did you mean 'optuna'?"),
     (("trainer.epochs=1e20",), "received epochs=1e+20 (a float this large is not an exact integer"),
     (("tracking.uri=",), "tracking.uri must be a store's URI, or left out for the default"),
     (("hydra.run.dir=",), "hydra.run.dir is empty: Hydra would write its files"),

@@ -103,6 +103,15 @@ def check_overrides(overrides: list[str], own_configs: bool = True, multirun: bo
             )
         if tracking_off and group == "tracking" and len(parts) == 2 and parts[1] != "enabled":
             raise ConfigError(f"{key} is set but tracking=none: nothing is logged (leave out tracking=none to log)")
+        if own_configs and key in ("hydra/launcher", "hydra/sweeper") and not override.is_delete():
+            known = _hydra_options(key)
+            for value in _choices(override):
+                if value not in known:
+                    raise ConfigError(
+                        f"Unknown {key} {value!r}.{_closest(value, known)} Installed: {', '.join(known)} "
+                        "(others come with their Hydra plugin, e.g. hydra-submitit-launcher)"
+                    )
+            continue
         if own_configs and group in PRESET_GROUPS and len(parts) == 1 and not override.is_delete():
             known = PRESET_GROUPS[group]
             for value in _choices(override):
@@ -186,6 +195,17 @@ def _check_callback_chosen(setting, name: str, known: list[str], overrides: list
                 f"{key}: {name} is not one of {'the callbacks of the job ' if len(lists) > 1 else ''}{which}; "
                 f"choose it with callbacks=[{','.join([*chosen, name])}]"
             )
+
+
+def _hydra_options(group: str) -> list[str]:
+    """The options of one of Hydra's own groups (``hydra/launcher``): the built-in ones and
+    those of the installed Hydra plugins, as Hydra itself finds them."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # discovers the installed plugins, which store their configs
+    names = ConfigStore.instance().list(group)
+    return sorted(n[: -len(".yaml")] for n in names if n.endswith(".yaml"))
 
 
 def _choices(override) -> list[str]:
