@@ -46,9 +46,10 @@ def main(argv=None) -> None:
         from .main import main as run_app
 
         run_app(argv)
-    except SystemExit:
-        if _first_signal() is not None:  # stopped by a signal and reported: Python's own shutdown
-            _ignore_signals()  # (seconds of garbage collection) must not die of a second one
+    except SystemExit as stop:
+        if _first_signal() is not None:  # stopped by a signal, the run closed and reported
+            _ignore_signals()
+            _exit_now(stop.code)
         raise
     except KeyboardInterrupt as interrupt:  # outside a run: a run catches its own
         signum = _first_signal() or getattr(interrupt, "signum", signal.SIGINT)
@@ -56,6 +57,26 @@ def main(argv=None) -> None:
         print(f"\noptlab: {reason} outside a run: nothing was being recorded", file=sys.stderr)
         _ignore_signals()
         sys.exit(128 + signum)
+
+
+def _exit_now(code) -> None:
+    """Exit without Python's shutdown, once a stopped run is written, kept and reported.
+
+    That shutdown takes seconds of garbage collection (MLflow's objects), during which Python
+    has reset its signal handlers, and a store writer the second signal cut short may still be
+    inside SQLite: Python then aborts ("Fatal Python error: PyThreadState_Get ...", status -6,
+    seen once in CI). Whatever such a write was doing is kept locally already, and SQLite's
+    journal leaves the store as a kill would: consistent.
+    """
+    import logging
+
+    logging.shutdown()  # the run's log file: flushed and closed
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code if isinstance(code, int) else 1)
 
 
 def _ignore_signals() -> None:
