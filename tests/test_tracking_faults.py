@@ -789,7 +789,7 @@ def test_a_ctrl_c_a_library_turns_into_its_own_error_is_an_interrupt_not_a_bad_s
 
 
 def test_ignoring_signals_drops_those_pending_without_an_error():
-    from optlab.app.main import ignore_signals
+    from optlab.app.signals import ignore_signals
 
     seen = []
     previous = signal.signal(signal.SIGUSR2, lambda signum, frame: seen.append(signum))

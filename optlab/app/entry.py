@@ -9,6 +9,8 @@ import os
 import signal
 import sys
 
+from .signals import ignore_signals
+
 
 class _Stopped(KeyboardInterrupt):
     """A signal outside a run."""
@@ -80,7 +82,5 @@ def _exit_now(code) -> None:
 
 
 def _ignore_signals() -> None:
-    """SIGINT and SIGTERM ignored from now on: Python resets the handlers it set when it shuts
-    down, and a signal then would end the process with its own status, not the first's."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN)
+    """SIGINT and SIGTERM ignored from now on: the process is ending with the first one's status."""
+    ignore_signals((signal.SIGINT, signal.SIGTERM))

@@ -15,6 +15,7 @@ import time
 import warnings
 
 from .config import ConfigError, check_overrides, register_configs
+from .signals import ignore_signals
 
 
 def _fail(message: str) -> None:
@@ -95,26 +96,6 @@ def _worker_signals() -> None:
     with contextlib.suppress(ValueError):  # not the main thread: joblib's defaults stay
         for number in (signal.SIGINT, signal.SIGTERM, running.STOP_REQUEST):
             signal.signal(number, idle)
-
-
-def ignore_signals(signals) -> None:
-    """Ignore ``signals`` from now on, without Python's "Signal N ignored due to race condition"
-    (an ``OSError`` raised wherever the code then is, when a signal that arrived just before is
-    handled after its handler became SIG_IGN): block them, let Python handle any already
-    arrived with the current handler, ignore them (the system drops those pending), unblock."""
-    signals = set(signals)
-    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    try:
-        for number in signals:
-            signal.signal(number, _nothing)  # handles what had arrived, with the handler it had
-        for number in signals:
-            signal.signal(number, signal.SIG_IGN)
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
-
-
-def _nothing(signum, frame) -> None:
-    pass
 
 
 def _park(code: int) -> None:

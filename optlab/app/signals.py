@@ -1,0 +1,25 @@
+"""Signal handling shared by the command line's entry and its sweeps (standard library only)."""
+
+from __future__ import annotations
+
+import signal
+
+
+def ignore_signals(signals) -> None:
+    """Ignore ``signals`` from now on, without Python's "Signal N ignored due to race condition"
+    (an ``OSError`` raised wherever the code then is, when a signal that arrived just before is
+    handled after its handler became SIG_IGN): block them, let Python handle any already
+    arrived with the current handler, ignore them (the system drops those pending), unblock."""
+    signals = set(signals)
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        for number in signals:
+            signal.signal(number, _nothing)  # handles what had arrived, with the handler it had
+        for number in signals:
+            signal.signal(number, signal.SIG_IGN)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+
+
+def _nothing(signum, frame) -> None:
+    pass
