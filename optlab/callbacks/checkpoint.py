@@ -321,16 +321,13 @@ def _check_backup_fields(path, meta: dict, backup_dir) -> None:
         shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
         return StateFileError(f"{path} is not a valid optlab backup: {field} is {shown}, not {wanted}")
 
-    def count(value) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
     position = meta.get("position")
     if not isinstance(position, dict):
         raise bad("position", position, "an object")
     for key in ("epoch", "batch", "step", "count"):
-        if not count(position.get(key)):
+        if not is_count(position.get(key)):
             raise bad(f"position.{key}", position.get(key), "an integer >= 0")
-    if isinstance(position.get("loss_sum"), bool) or not isinstance(position.get("loss_sum"), (int, float)):
+    if not is_number(position.get("loss_sum")):
         raise bad("position.loss_sum", position.get("loss_sum"), "a number")
     try:
         np.random.PCG64().state = position.get("noise_rng")
@@ -354,7 +351,7 @@ def _check_backup_fields(path, meta: dict, backup_dir) -> None:
         raise bad("created_dirs", upward, 'backup_dir (".") or folders above it ("..", "../..", ...)')
     settings = meta.get("settings")
     if settings is not None:
-        if not isinstance(settings, dict) or not count(settings.get("epochs")):
+        if not isinstance(settings, dict) or not is_count(settings.get("epochs")):
             raise bad("settings", settings, "an object with epochs")
         if position["epoch"] >= max(settings["epochs"], 1):
             raise bad("position.epoch", position["epoch"], f"below the run's {settings['epochs']} epochs")
