@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .kernels import kernel
+
 
 class IndexedSlices:
     """The gradient ``values`` of the rows ``indices`` of a parameter (of ``dense_shape``, if given).
@@ -43,40 +45,61 @@ class IndexedSlices:
         return dense
 
 
-def rows_of(grad: IndexedSlices, shape: tuple, dtype, owner: str, what: str) -> tuple[np.ndarray, np.ndarray]:
+def rows_of(grad: IndexedSlices, shape: tuple, dtype, owner: str, what) -> tuple[np.ndarray, np.ndarray]:
     """``grad`` checked against a parameter of ``shape`` and ``dtype``: its rows, each once and
     sorted, and their values as ``(rows, row size)`` (repeated rows added up). ``what`` names
-    the gradient in errors."""
+    the gradient in errors (a string, or a function making it: only an error pays for it)."""
     indices, values = grad.indices, grad.values
+    wrong = _mismatch(indices, values, grad.dense_shape, tuple(shape), dtype)
+    if wrong is None:
+        rows, merged = merge_rows(indices.astype(np.intp, copy=False), values.reshape(indices.size, -1))
+        if not rows.size or (rows[0] >= 0 and rows[-1] < shape[0]):  # sorted: the ends say it
+            return rows, merged
+        bad = rows[0] if rows[0] < 0 else rows[-1]
+        wrong = f" has row index {bad}, outside [0, {shape[0]}) for a parameter of shape {tuple(shape)}"
+    raise ValueError(f"{owner}: {what() if callable(what) else what}{wrong}")
+
+
+def _mismatch(indices, values, dense_shape, shape: tuple, dtype) -> str | None:
+    """What is wrong with an IndexedSlices for a parameter of ``shape`` and ``dtype`` (the end of
+    a sentence about the gradient), or None; the rows' range is checked once they are sorted."""
     if not shape:
-        raise ValueError(f"{owner}: {what} is an IndexedSlices but its parameter is a scalar (it has no rows)")
-    if grad.dense_shape is not None and grad.dense_shape != tuple(shape):
-        raise ValueError(f"{owner}: {what} has dense_shape {grad.dense_shape} but its parameter has shape {shape}")
+        return " is an IndexedSlices but its parameter is a scalar (it has no rows)"
+    if dense_shape is not None and dense_shape != shape:
+        return f" has dense_shape {dense_shape} but its parameter has shape {shape}"
     if indices.ndim != 1 or not (np.issubdtype(indices.dtype, np.integer) or indices.size == 0):
-        raise ValueError(
-            f"{owner}: {what}'s indices must be a 1-D array of integers; received shape {indices.shape} "
-            f"of dtype {indices.dtype}"
-        )
+        return f"'s indices must be a 1-D array of integers; received shape {indices.shape} of dtype {indices.dtype}"
     if values.shape != (indices.size, *shape[1:]):
-        raise ValueError(
-            f"{owner}: {what}'s values have shape {values.shape}; for {indices.size} rows of a parameter of shape "
+        return (
+            f"'s values have shape {values.shape}; for {indices.size} rows of a parameter of shape "
             f"{shape} they must have shape {(indices.size, *shape[1:])}"
         )
     if values.dtype != dtype:
-        raise ValueError(f"{owner}: {what}'s values have dtype {values.dtype} but its parameter has dtype {dtype}")
-    if indices.size and (indices.min() < 0 or indices.max() >= shape[0]):
-        bad = indices[(indices < 0) | (indices >= shape[0])][0]
-        raise ValueError(
-            f"{owner}: {what} has row index {bad}, outside [0, {shape[0]}) for a parameter of shape {shape}"
-        )
-    width = int(np.prod(shape[1:], dtype=np.int64))
-    flat = values.reshape(indices.size, width)
-    order = np.argsort(indices, kind="stable")  # a repeated row's values stay in the order given
-    ordered = indices[order]
-    if ordered.size < 2 or (ordered[1:] != ordered[:-1]).all():
-        return ordered.astype(np.intp), flat[order]
-    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
-    return ordered[starts].astype(np.intp), np.add.reduceat(flat[order], starts, axis=0)
+        return f"'s values have dtype {values.dtype} but its parameter has dtype {dtype}"
+    return None
+
+
+@kernel(parallel=False)
+def merge_rows(indices, values):
+    """The rows ``indices`` name, sorted and each once, and their values added up (a repeated
+    row's values in the order given): one pass after a stable sort, no temporaries per row."""
+    n = indices.shape[0]
+    order = np.argsort(indices, kind="mergesort")  # stable
+    count = 0
+    for k in range(n):
+        if k == 0 or indices[order[k]] != indices[order[k - 1]]:
+            count += 1
+    rows = np.empty(count, np.intp)
+    merged = np.zeros((count, values.shape[1]), values.dtype)
+    out = -1
+    for k in range(n):
+        src = order[k]
+        if k == 0 or indices[src] != indices[order[k - 1]]:
+            out += 1
+            rows[out] = indices[src]
+        for j in range(values.shape[1]):
+            merged[out, j] += values[src, j]
+    return rows, merged
 
 
 class Densified:

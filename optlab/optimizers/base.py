@@ -183,6 +183,8 @@ class Optimizer(Configurable):
         self._overwrite_choice = Choice()
         self._overwrite: list[int] = []
         self._densified: dict = {}  # per parameter, the buffer a sparse gradient is made dense in
+        self._by_row: tuple | None = None  # (what decided it, [parameter i steps a sparse gradient by row])
+        self._row_views: tuple | None = None  # (plan, slots, {i: (parameter, its slots) as row tables})
         #: the learning rate the latest call of ``apply`` evaluated and its update used (None before)
         self.applied_learning_rate: float | None = None
         if kwargs.pop("decay", None) is not None:
@@ -444,22 +446,14 @@ class Optimizer(Configurable):
         """The ``IndexedSlices`` among ``grads``, checked: those this step updates row by row as
         ``(index, rows, values)`` (their place in ``grads`` becomes None), the others made dense."""
         layout, owner = self._layout, type(self).__name__
-        alone = self.updates_rows_alone() and not self.use_ema and not self.gradient_accumulation_steps
-        rates = self._decay_rates() if alone else None
+        by_row = self._rows_alone()
         grads, rows = list(grads), []
         for i, g in enumerate(grads):
             if type(g) is not IndexedSlices:
                 continue
             shape = layout.shapes[i]
-            r, values = rows_of(g, shape, layout.dtype, owner, f"gradient {label(layout, i)}")
-            size = int(layout.offsets[i + 1] - layout.offsets[i])
-            by_row = (
-                alone
-                and i not in self._overwrite
-                and not (rates and rates[i])
-                and all(int(so[i + 1] - so[i]) == size for so in layout.slot_offsets.values())
-            )
-            if by_row:
+            r, values = rows_of(g, shape, layout.dtype, owner, lambda i=i: f"gradient {label(layout, i)}")
+            if by_row[i]:
                 rows.append((i, r, values))
                 grads[i] = None
             else:  # the dense gradient it stands for
@@ -468,6 +462,29 @@ class Optimizer(Configurable):
                     dense = self._densified[i] = Densified(shape, layout.dtype)
                 grads[i] = dense.of(r, values)
         return grads, rows
+
+    def _rows_alone(self) -> list[bool]:
+        """For each parameter, whether a sparse gradient is stepped on its rows alone: the rule
+        allows it (``updates_rows_alone``), no EMA or accumulation, no weight decay on it, no
+        overwrite, slots of its size. Decided once per layout and settings, not at each step."""
+        layout = self._layout
+        key = (layout, self.weight_decay, self.use_ema, self.gradient_accumulation_steps, tuple(self._overwrite))
+        key += (tuple(sorted(self._exclude_wd)),)
+        if self._by_row is not None and self._by_row[0] == key:
+            return self._by_row[1]
+        alone = self.updates_rows_alone() and not self.use_ema and not self.gradient_accumulation_steps
+        rates = self._decay_rates() if alone else None
+        decided = []
+        for i in range(len(layout.shapes)):
+            size = int(layout.offsets[i + 1] - layout.offsets[i])
+            decided.append(
+                alone
+                and i not in self._overwrite
+                and not (rates and rates[i])
+                and all(int(so[i + 1] - so[i]) == size for so in layout.slot_offsets.values())
+            )
+        self._by_row = (key, decided)
+        return decided
 
     def _nothing_to_apply(self, grads: list, params: list) -> bool:
         """An empty call: a no-op for an optimizer built on no parameters (as in Keras), else an error."""
@@ -663,13 +680,18 @@ class Optimizer(Configurable):
         by the optimizer's own kernel, put back (see :meth:`updates_rows_alone`)."""
         layout = self._layout
         shape = layout.shapes[i]
-        param = self._plan.params[i].reshape(shape[0], -1)
+        if self._row_views is None or self._row_views[0] is not self._plan or self._row_views[1] is not layout.slots:
+            self._row_views = (self._plan, layout.slots, {})  # (loading state puts new slot arrays in)
+        views = self._row_views[2].get(i)
+        if views is None:
+            param = self._plan.params[i].reshape(shape[0], -1)
+            slots = {
+                name: layout.slots[name][so[i] : so[i + 1]].reshape(param.shape)
+                for name, so in layout.slot_offsets.items()
+            }
+            views = self._row_views[2][i] = (param, slots)
+        param, slots = views
         gathered = param[rows]
-        slots = {
-            name: buf[so[i] : so[i + 1]].reshape(param.shape)
-            for name, so in layout.slot_offsets.items()
-            for buf in (layout.slots[name],)
-        }
         state = {name: view[rows] for name, view in slots.items()}
         n = np.array([0, gathered.size], dtype=np.int64)
         seg = Segments([(len(rows), *shape[1:])], n, dict.fromkeys(slots, n), range(i, i + 1), [layout.name_list[i]])
