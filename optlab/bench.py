@@ -10,7 +10,8 @@ of the machine's memory bandwidth *measured in the same run* by a parallel
 read-modify-write kernel ``a[i] += s * b[i]`` (3 arrays' worth of bytes) on arrays
 far larger than the cache, because shared machines are noisy and absolute figures
 from another day mean little. A many-small-arrays case (500 arrays of 2,000
-elements, separate and as views of one flat buffer) shows the per-array overhead.
+elements, separate and as views of one flat buffer) shows the per-array overhead. Every
+problem runs once at its declared budget: seconds against its size class, steps per second.
 Where torch is installed (never required) its CPU Adam, ``fused=True`` and
 ``foreach=True``, runs as a peer in the same run.
 """
@@ -202,6 +203,40 @@ def bench_loop(problem, optimizer, steps: int) -> dict:
     return {"problem": problem.registry_name, "steps": steps, "bare": bare_s, "trainer": trainer_s}
 
 
+def bench_problem(name: str) -> dict:
+    """One run of ``name`` at its budget with SGD (after a warm-up epoch): seconds and steps per
+    second, against its size class's bound, and the gradient alone (``loss_and_grad`` over the
+    same batches) as a share of the step."""
+    import optlab
+    from optlab.problems import SIZE_CLASSES
+    from optlab.trainer import Trainer
+
+    problem = optlab.problems.get(name)
+    Trainer(problem, "sgd", epochs=1, batch_size="auto").fit()  # compile, load, warm the caches
+    trainer = Trainer(problem, "sgd", epochs="auto", batch_size="auto")
+    start = time.perf_counter()
+    trainer.fit()
+    seconds = time.perf_counter() - start
+    params = problem.init(0)
+    grads = optlab.flat_like(params)
+    rng = np.random.default_rng(0)
+    batches = list(problem.batches(rng, trainer.batch_size))
+
+    def gradients():
+        for batch in batches:
+            problem.loss_and_grad(params, grads if not problem.sparse_gradients else list(grads), batch, rng)
+
+    gradient = median_time(gradients, min_repeats=3, min_seconds=0.2) / len(batches)
+    return {
+        "problem": name,
+        "size_class": problem.size_class,
+        "bound": SIZE_CLASSES[problem.size_class],
+        "steps": trainer.step,
+        "seconds": seconds,
+        "gradient": gradient,
+    }
+
+
 def torch_peers(sizes) -> list[dict]:
     """torch.optim.Adam on the CPU (fused and foreach) on the same problems, if torch is installed."""
     try:
@@ -247,6 +282,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m optlab.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--optimizers", help="comma-separated names (default: every registered optimizer)")
     parser.add_argument("--sizes", help="comma-separated parameter counts, e.g. 1e6,1e7 (default: 1e5,1e6,1e7,3e7)")
+    parser.add_argument("--problems", help="comma-separated problem names (default: every registered problem)")
     parser.add_argument("--no-torch", action="store_true", help="skip the torch peers even if torch is installed")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = parser.parse_args(argv)
@@ -265,6 +301,12 @@ def main(argv=None) -> int:
         parser.error(f"--sizes must be comma-separated numbers, e.g. 1e6,1e7; received {args.sizes!r}")
     if any(n < 1 for n in sizes):
         parser.error("--sizes must be positive")
+    problem_names = optlab.problems.registry.names()
+    if args.problems:
+        problem_names = [s.strip() for s in args.problems.split(",") if s.strip()]
+        unknown = [n for n in problem_names if n not in optlab.problems.registry]
+        if unknown:
+            parser.error(f"unknown problem {unknown[0]!r}; known: {', '.join(optlab.problems.registry.names())}")
 
     import numba
 
@@ -323,6 +365,17 @@ def main(argv=None) -> int:
             f"  {row['problem']:<12} {optimizer:<5} trainer {1 / row['trainer']:>10,.0f} steps/s   "
             f"bare {1 / row['bare']:>10,.0f} steps/s   overhead {(row['trainer'] - row['bare']) * 1e6:8.1f} us/step"
         )
+
+    print("\nProblems, one run at the budget with SGD (after a warm-up epoch); the gradient's share of a step:")
+    for name in problem_names:
+        row = bench_problem(name)
+        results.setdefault("problems", []).append(row)
+        rate = row["steps"] / row["seconds"]
+        print(
+            f"  {name:<22}{row['size_class']:<7}{row['seconds']:>7.2f} s (bound {row['bound']:g} s)"
+            f"{rate:>12,.0f} steps/s   gradient {row['gradient'] * rate:.2f} of a step"
+        )
+        sys.stdout.flush()
 
     if not args.no_torch:
         peers = torch_peers(sizes)

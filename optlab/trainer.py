@@ -14,6 +14,7 @@ uninterrupted one does.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 import numpy as np
@@ -31,10 +32,18 @@ class Trainer:
     of callback instances (or names / configs). ``batch_size=None`` is full-batch.
     ``dtype`` is the parameters' dtype (float32 or float64).
 
+    ``epochs="auto"`` and ``batch_size="auto"`` take the problem's ``budget``.
+
     Logs: after each batch ``loss`` (the batch's) and ``learning_rate``, the rate that batch's
     step applied (``optimizer.applied_learning_rate``); after each epoch the epoch's mean loss,
     the problem's metrics and ``learning_rate`` as Keras logs it, the optimizer's rate after the
     epoch (the rate the next step will use, after any callback changed it).
+
+    Time to target: ``target`` (a :class:`~optlab.problems.Target` or its text,
+    ``"val_accuracy >= 0.97"``; default the problem's declared one) is checked after each epoch,
+    and the first epoch that reaches it is kept in ``target_reached`` (``{"epoch": epochs run,
+    "step": steps run, "seconds": seconds since fit started}``, or None); with
+    ``stop_at_target=True`` training stops there.
     """
 
     epochs = Hyper(1, kind=int, low=0, doc="epochs to run")
@@ -50,13 +59,28 @@ class Trainer:
         batch_size: int | None = None,
         seed: int = 0,
         dtype="float32",
+        target=None,
+        stop_at_target: bool = False,
     ):
         from . import callbacks as callback_module
         from . import optimizers, problems
 
         self.problem = problems.get(problem)
         self.optimizer = optimizers.get(optimizer)
-        self.epochs, self.batch_size, self.seed = epochs, batch_size, seed  # validated by their declarations
+        budget = self.problem.budget
+        self.epochs = budget.epochs if epochs == "auto" else epochs  # validated by their declarations
+        self.batch_size = budget.batch_size if batch_size == "auto" else batch_size
+        self.seed = seed
+        self.target = self.parse_target(target, self.problem)
+        if not isinstance(stop_at_target, bool):
+            raise ValueError(f"Trainer: `stop_at_target` must be True or False; received {stop_at_target!r}")
+        if stop_at_target and self.target is None:
+            raise ValueError(
+                f"Trainer: stop_at_target=True needs a target: problem {self.problem.registry_name!r} declares "
+                "none; pass target='METRIC >= VALUE' (or <=)"
+            )
+        self.stop_at_target = stop_at_target
+        self.target_reached: dict | None = None
         self.dtype = self.parse_dtype(dtype)
         cbs = [callback_module.get(cb) for cb in callbacks]
         for cb in cbs:
@@ -85,6 +109,24 @@ class Trainer:
         if parsed not in (np.float32, np.float64):
             raise ValueError(f"Trainer: `dtype` must be float32 or float64; received dtype={dtype!r}")
         return parsed
+
+    @staticmethod
+    def parse_target(target, problem):
+        """``target`` as a Target: None gives the problem's declared one, text is parsed."""
+        from .problems import Target
+
+        if target is None:
+            return problem.target
+        if isinstance(target, str):
+            try:
+                return Target.parse(target)
+            except ValueError as error:
+                raise ValueError(f"Trainer: `target`: {error}") from None
+        if not isinstance(target, Target):
+            raise ValueError(
+                f"Trainer: `target` must be a Target, its text ('val_loss <= 0.1') or None; received {target!r}"
+            )
+        return target
 
     # -- what callbacks see ---------------------------------------------------------------------
     @property
@@ -116,6 +158,8 @@ class Trainer:
         self._count = 0
         self.stop_training = self._interrupt is not None
         self.resumed = False
+        self.target_reached = None
+        self._clock = time.perf_counter()
 
     def fit(self) -> History:
         """Run the loop; returns the ``History`` callback (``history.history[name]`` per epoch)."""
@@ -130,6 +174,8 @@ class Trainer:
         self._stop()
         problem, optimizer, params, grads = self.problem, self.optimizer, self.params, self.grads
         history = self.history if problem.record_path else None
+        sparse = problem.sparse_gradients
+        target = self.target
         logs: dict = {}
         for epoch in range(self.initial_epoch, self.epochs):
             self.epoch = epoch
@@ -144,11 +190,17 @@ class Trainer:
             for index in range(first_batch, len(batches)):
                 batch = batches[index]
                 callbacks.on_train_batch_begin(index, {})
-                loss = problem.loss_and_grad(params, grads, batch, self.noise_rng)
+                step_grads = list(grads) if sparse else grads  # a sparse problem may put IndexedSlices in
+                loss = problem.loss_and_grad(params, step_grads, batch, self.noise_rng)
                 scale = optimizer.scale_loss(1.0)
                 if scale != 1.0:  # Keras's fit differentiates the scaled loss; the step divides it out
-                    np.multiply(grads.flat, scale, out=grads.flat)
-                optimizer.apply(grads, params)
+                    if sparse:
+                        for g in step_grads:
+                            g = getattr(g, "values", g)
+                            np.multiply(g, scale, out=g)
+                    else:
+                        np.multiply(grads.flat, scale, out=grads.flat)
+                optimizer.apply(step_grads, params)
                 self.step += 1
                 self.batch = index + 1
                 size = 1 if batch is None else len(batch)
@@ -166,6 +218,13 @@ class Trainer:
                 **problem.evaluate(params),
             }
             self.batch = 0
+            if target is not None and self.target_reached is None and self._reached(target, logs):
+                self.target_reached = {
+                    "epoch": epoch + 1,
+                    "step": self.step,
+                    "seconds": time.perf_counter() - self._clock,
+                }
+                self.stop_training = self.stop_training or self.stop_at_target
             callbacks.on_epoch_end(epoch, logs)
             if self.stop_training:
                 self._stop()
@@ -177,6 +236,11 @@ class Trainer:
         callbacks.on_train_end(logs)
         return self.history
 
+    @staticmethod
+    def _reached(target, logs: dict) -> bool:
+        value = logs.get(target.metric)
+        return value is not None and target.reached(value)
+
     # -- state for backups ----------------------------------------------------------------------
     def position(self) -> dict:
         """Where the loop is: the next epoch and batch to run, the step count, the epoch's running loss."""
@@ -187,6 +251,7 @@ class Trainer:
             "loss_sum": self._loss_sum,
             "count": self._count,
             "noise_rng": self.noise_rng.bit_generator.state,
+            "target_reached": self.target_reached,
         }
 
     def restore_position(self, position: dict, epoch_done: bool) -> None:
@@ -197,3 +262,4 @@ class Trainer:
         self.step = position["step"]
         self._loss_sum, self._count = position["loss_sum"], position["count"]
         self.noise_rng.bit_generator.state = position["noise_rng"]
+        self.target_reached = position.get("target_reached")  # (backups from before time-to-target lack it)

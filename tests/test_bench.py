@@ -12,7 +12,8 @@ def test_bench_runs_and_writes_json(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(bench, "SPARSE_ROWS", 2_000)
     monkeypatch.setattr(bench, "SPARSE_TOUCHED", 10)
     out = tmp_path / "b.json"
-    assert bench.main(["--optimizers", "SGD,lamb", "--sizes", "1e3,2000", "--no-torch", "--json", str(out)]) == 0
+    argv = ["--optimizers", "SGD,lamb", "--sizes", "1e3,2000", "--problems", "seed_linear", "--no-torch"]
+    assert bench.main([*argv, "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "500 arrays of 2000 elements" in printed
     data = json.loads(out.read_text())
@@ -24,6 +25,9 @@ def test_bench_runs_and_writes_json(tmp_path, capsys, monkeypatch):
     (sparse,) = data["sparse"]  # sgd alone of sgd, adagrad, adam was asked for
     assert sparse["optimizer"] == "sgd" and sparse["rows_alone"] and sparse["sparse"] > 0 and sparse["dense"] > 0
     assert "Sparse gradient: 10 of 2,000 rows" in printed
+    (problem,) = data["problems"]  # one run at the budget: seed_linear's 100 full-batch steps
+    assert problem["problem"] == "seed_linear" and problem["steps"] == 100 and problem["size_class"] == "tiny"
+    assert problem["seconds"] > 0 and 0 < problem["gradient"] < problem["seconds"]
 
 
 def test_bench_rejects_unknown_optimizers_with_the_known_names(capsys):
@@ -38,3 +42,9 @@ def test_bench_rejects_bad_sizes(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--sizes", "lots"])
     assert "--sizes" in capsys.readouterr().err
+
+
+def test_bench_rejects_unknown_problems(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--problems", "rosenbrok"])
+    assert "unknown problem 'rosenbrok'" in capsys.readouterr().err

@@ -109,4 +109,4 @@ def test_plugin_guide_snippets_run():
         ran += 1
         if expected is not None:
             assert printed == expected, f"docs/plugins.md block {index}"
-    assert ran == 2
+    assert ran == 4

@@ -136,7 +136,7 @@ def test_auto_thins_every_metric_to_max_points_keeping_first_last_and_best(tmp_p
     history = trainer.history.history  # one step per epoch: step = epoch + 1
     run_id = tracker.run_id
     keys = set(client.get_run(run_id).data.metrics)
-    assert keys == {"loss", "learning_rate", "epoch_loss", "x", "y", "distance_to_optimum"}
+    assert keys == {"loss", "learning_rate", "epoch_loss", "x", "y", "distance_to_optimum", "suboptimality"}
     for key in keys:
         points = {m.step: m.value for m in client.get_metric_history(run_id, key)}
         assert len(points) <= max_points, key

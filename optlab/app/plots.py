@@ -49,24 +49,25 @@ def curves_figure(series: dict[str, list[tuple[int, float]]], title: str):
     return fig
 
 
-def path_figure(problem, path: np.ndarray, title: str):
-    """The optimizer's path over the contours of a 2-D problem."""
+def path_figure(problem, path: np.ndarray, title: str, start: np.ndarray | None = None):
+    """The optimizer's path from ``start`` over the contours of a 2-D problem (an ``AnalyticFunction``)."""
     from matplotlib.figure import Figure
 
-    points = np.vstack([path, np.array([[problem.x0, problem.y0]]), np.array(problem.minima)])
+    minima = np.array(problem.minima())
+    full = path if start is None else np.vstack([start, path])
+    points = np.vstack([full, minima])
     finite = points[np.all(np.isfinite(points), axis=1)]
     lo, hi = finite.min(axis=0), finite.max(axis=0)
     pad = 0.15 * (hi - lo) + 0.5
     xs = np.linspace(lo[0] - pad[0], hi[0] + pad[0], 200)
     ys = np.linspace(lo[1] - pad[1], hi[1] + pad[1], 200)
-    grid = np.array([[problem.f_grad(np.float64(x), np.float64(y))[0] for x in xs] for y in ys])
+    with np.errstate(over="ignore", invalid="ignore"):
+        grid = np.array([[problem.value(np.array([x, y])) for x in xs] for y in ys])
     fig = Figure(figsize=(6, 5), layout="tight")
     ax = fig.subplots()
     ax.contour(xs, ys, np.log1p(grid - grid.min()), levels=30, cmap="viridis", linewidths=0.6)
-    full = np.vstack([[problem.x0, problem.y0], path])
     ax.plot(full[:, 0], full[:, 1], "-", color="tab:red", lw=1.0, label="path")
     ax.plot(full[0, 0], full[0, 1], "o", color="black", label="start")
-    minima = np.array(problem.minima)
     ax.plot(minima[:, 0], minima[:, 1], "*", color="gold", ms=12, mec="black", label="minima")
     ax.set_title(title)
     ax.legend(loc="best")

@@ -54,6 +54,7 @@ def build(conf: dict):
     check_settings(conf)
     problem = _component("problem", problems.get, conf["problem"])
     trainer_conf = conf["trainer"]
+    apply_budget(trainer_conf, problem)
     schedule = None
     schedule_conf = dict(conf.get("schedule") or {})
     if schedule_conf.get("name"):
@@ -186,10 +187,23 @@ def check_settings(conf: dict) -> None:
     try:  # the trainer's own declarations: the same checks as Trainer(...), made before it exists
         Trainer.seed.validate(conf.get("seed"))
         for name in ("epochs", "batch_size"):  # batch_size too where the problem ignores it: a typo is a typo
-            getattr(Trainer, name).validate(trainer[name], "trainer")
+            if trainer[name] != "auto":
+                getattr(Trainer, name).validate(trainer[name], "trainer")
         Trainer.parse_dtype(trainer["dtype"])
     except ValueError as error:
-        raise ConfigError(str(error).removeprefix(": ")) from None
+        raise ConfigError(str(error).removeprefix(": ") + ' (or "auto": the problem\'s budget)') from None
+    target = trainer["target"]
+    if target != "auto":
+        try:
+            Trainer.parse_target(target, None)
+        except ValueError as error:
+            raise ConfigError(f"trainer.target: {str(error).removeprefix('Trainer: `target`: ')}") from None
+    check(
+        "trainer.stop_at_target",
+        isinstance(trainer["stop_at_target"], bool),
+        "true or false",
+        trainer["stop_at_target"],
+    )
     check("trainer.progress_bar", isinstance(trainer["progress_bar"], bool), "true or false", trainer["progress_bar"])
     enabled = tracking.get("enabled", False)
     check("tracking.enabled", isinstance(enabled, bool), "true or false (or tracking=none)", enabled)
@@ -377,6 +391,15 @@ def fit(trainer):
     return trainer.fit()
 
 
+def apply_budget(trainer_conf: dict, problem) -> None:
+    """``trainer.epochs`` and ``trainer.batch_size`` of ``auto`` become the problem's budget, in place
+    (so that the logged config and a backup's settings hold the numbers the run used)."""
+    if trainer_conf.get("epochs") == "auto":
+        trainer_conf["epochs"] = problem.budget.epochs
+    if trainer_conf.get("batch_size") == "auto":
+        trainer_conf["batch_size"] = problem.budget.batch_size
+
+
 def make_trainer(conf: dict, problem, optimizer, cbs, extra=()):
     t = conf["trainer"]
     try:
@@ -388,6 +411,8 @@ def make_trainer(conf: dict, problem, optimizer, cbs, extra=()):
             batch_size=t["batch_size"] if problem.num_examples is not None else None,
             seed=conf["seed"],
             dtype=t["dtype"],
+            target=None if t["target"] == "auto" else t["target"],
+            stop_at_target=t["stop_at_target"],
         )
     except (ValueError, TypeError) as error:
         raise ConfigError(str(error)) from None
@@ -584,6 +609,17 @@ def _interrupt_line(reason: str, tracker) -> str:
     return f"{reason}{_status_line(tracker)}{kept}"
 
 
+def target_line(trainer) -> str:
+    """``target val_accuracy >= 0.97: reached at epoch 12 (step 540, 1.31 s)``, or not reached."""
+    reached = trainer.target_reached
+    if reached is None:
+        return f"target {trainer.target}: not reached in {trainer.step} steps"
+    return (
+        f"target {trainer.target}: reached at epoch {reached['epoch']} "
+        f"(step {reached['step']}, {reached['seconds']:.2f} s)"
+    )
+
+
 def summary(conf, trainer, history, seconds, tracker) -> None:
     out = sys.stdout
     h = history.history
@@ -602,6 +638,8 @@ def summary(conf, trainer, history, seconds, tracker) -> None:
         if found is not None:
             best = f"   best {found[0]:.6g} (epoch {found[1] + 1})"
         print(f"  {key:<{width}}  final {values[-1]:.6g}{best}", file=out)
+    if trainer.target is not None:
+        print(f"  {target_line(trainer)}", file=out)
     losses = h.get("loss") or []
     epochs = history.epoch if len(history.epoch) == len(losses) else range(len(losses))
     diverged = next(((e, v) for e, v in zip(epochs, losses) if not math.isfinite(v)), None)

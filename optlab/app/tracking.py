@@ -618,7 +618,8 @@ class MlflowTracker(Callback):
             images["curves.png"] = png(curves_figure(series, self.run_name))
         trainer = self.trainer
         if trainer is not None and trainer.problem.record_path and trainer.history.path:
-            images["path.png"] = png(path_figure(trainer.problem, np.array(trainer.history.path), self.run_name))
+            history = trainer.history
+            images["path.png"] = png(path_figure(trainer.problem, np.array(history.path), self.run_name, history.start))
         return images
 
     def _log_images(self) -> None:

@@ -333,6 +333,14 @@ def _check_backup_fields(path, meta: dict, backup_dir) -> None:
         np.random.PCG64().state = position.get("noise_rng")
     except (TypeError, ValueError, KeyError, OverflowError):
         raise bad("position.noise_rng", position.get("noise_rng"), "a PCG64 generator's state") from None
+    reached = position.get("target_reached")
+    if reached is not None and not (
+        isinstance(reached, dict)
+        and is_count(reached.get("epoch"))
+        and is_count(reached.get("step"))
+        and is_number(reached.get("seconds"))
+    ):
+        raise bad("position.target_reached", reached, "null or {epoch, step, seconds}")
     for key in ("epoch_done", "stopped"):
         if not isinstance(meta.get(key), bool):
             raise bad(key, meta.get(key), "true or false")

@@ -49,6 +49,10 @@ class History(Callback):
             self.epoch: list[int] = []
             self.history: dict[str, list] = {}
             self.path: list[np.ndarray] = []
+            #: the parameters before the first step, for problems that record the path
+            self.start = None
+            if self.trainer is not None and self.trainer.problem.record_path and self.trainer.params is not None:
+                self.start = self.trainer.params.flat.astype(np.float64)
             self.stride = 1  # epochs are recorded when epoch % stride == 0
             self.path_stride = 1  # path points after steps s with (s - 1) % path_stride == 0
             self.path_recorded = 0

@@ -9,9 +9,20 @@
 from __future__ import annotations
 
 from ..plugins import REGISTRIES
-from .base import Problem
-from .data import LinearRegression, LogisticRegression, MLPDigits, SeedLinear
-from .functions import Beale, Himmelblau, NoisyQuadratic, Quadratic, Rastrigin, Rosenbrock
+from .base import SIZE_CLASSES, Budget, Problem, Target
+from .data import LinearRegression, LogisticRegression, MLPDigits, SeedLinear, SoftmaxRegression
+from .factorization import MatrixFactorization
+from .functions import (
+    AnalyticFunction,
+    Beale,
+    Himmelblau,
+    NoisyQuadratic,
+    Quadratic,
+    Rastrigin,
+    Rosenbrock,
+    StyblinskiTang,
+)
+from .nets import AutoencoderDigits, CNNDigits
 
 BUILTIN = (
     SeedLinear,
@@ -20,10 +31,15 @@ BUILTIN = (
     Beale,
     Himmelblau,
     Rastrigin,
+    StyblinskiTang,
     Quadratic,
     NoisyQuadratic,
     LogisticRegression,
+    SoftmaxRegression,
     MLPDigits,
+    CNNDigits,
+    AutoencoderDigits,
+    MatrixFactorization,
 )
 
 #: problem names (filled by the plugin hooks on first use: the built-ins and installed plugins)
@@ -37,4 +53,13 @@ def get(identifier, **overrides) -> Problem | None:
     return registry.create(identifier, **overrides)
 
 
-__all__ = ["Problem", "get", "registry", *(c.__name__ for c in BUILTIN)]
+__all__ = [
+    "SIZE_CLASSES",
+    "AnalyticFunction",
+    "Budget",
+    "Problem",
+    "Target",
+    "get",
+    "registry",
+    *(c.__name__ for c in BUILTIN),
+]

@@ -7,16 +7,30 @@ A problem owns its data and its parameters' layout. The trainer asks it for:
 - ``batches(rng, batch_size)``: the batches of one epoch (index arrays, shuffled with ``rng``;
   full-batch problems yield ``None`` once), ``steps_per_epoch(batch_size)`` of them;
 - ``loss_and_grad(params, grads, batch, rng)``: the loss on a batch, with the gradient written
-  into ``grads`` (same layout as ``params``); ``rng`` is for problems with gradient noise;
+  into ``grads`` (same layout as ``params``); ``rng`` is for problems with gradient noise. A
+  problem with ``sparse_gradients = True`` gets ``grads`` as a list and may replace an entry by
+  an :class:`~optlab.sparse.IndexedSlices` (the rows a batch touched), which the optimizer
+  steps row by row where its rule allows;
 - ``evaluate(params)``: metrics after an epoch (``val_loss``, ``val_accuracy``,
   ``distance_to_optimum``, ...), a dict of floats;
 - ``metric_directions`` (class attribute): which way each of its metrics improves, for the
   callbacks' ``mode="auto"`` and the reports (Keras asks the metric's ``_direction``).
+
+And it declares, for comparisons (the trainer, ``python -m optlab.problems``, studies and
+plugins read them; checked when the class is defined):
+
+- ``target``: a :class:`Target`, the level a run "solves" it at (``val_accuracy >= 0.97``), for
+  time-to-target; chosen from measured tuned runs, and ``Target.measured`` says how;
+- ``budget``: a :class:`Budget`, the default epochs and batch size (``trainer.epochs=auto``);
+- ``size_class``: ``"tiny"`` (a run under 1 s), ``"small"`` (10 s) or ``"medium"`` (1 min on 2 cores).
 """
 
 from __future__ import annotations
 
+import operator
+import re
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -24,19 +38,93 @@ import numpy as np
 from ..flat import FlatArrays, flat_parameters
 from ..hparams import Configurable
 
+#: how a built-in target was chosen (``python -m optlab.baselines``; docs/problems.md has the figures)
+MEASURED = "the worst seed's best of tuned {opt} (lr={lr}), seeds 0-4 at the budget: python -m optlab.baselines {name}"
+#: a run's upper bound in seconds, on 2 cores, at the problem's default budget
+SIZE_CLASSES = {"tiny": 1.0, "small": 10.0, "medium": 60.0}
+_COMPARE = {">=": operator.ge, "<=": operator.le}
+
+
+@dataclass(frozen=True)
+class Target:
+    """The level at which a run has solved a problem: ``metric op value``, e.g. ``val_accuracy >= 0.97``.
+
+    ``measured`` says how the level was chosen (the tuned runs it came from), for the docs and
+    the reports. ``Target.parse("val_loss <= 0.1")`` reads the printed form back.
+    """
+
+    metric: str
+    op: str
+    value: float
+    measured: str = ""
+
+    def __post_init__(self):
+        if not isinstance(self.metric, str) or not self.metric:
+            raise ValueError(f"Target: `metric` must be a logged name; received {self.metric!r}")
+        if self.op not in _COMPARE:
+            raise ValueError(f"Target: `op` must be '>=' or '<='; received {self.op!r}")
+        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or self.value != self.value:
+            raise ValueError(f"Target: `value` must be a number; received {self.value!r}")
+
+    @property
+    def direction(self) -> str:
+        """``"max"`` for ``>=`` (higher is better), ``"min"`` for ``<=``."""
+        return "max" if self.op == ">=" else "min"
+
+    def reached(self, value) -> bool:
+        """Whether a logged ``value`` of the metric is at the target (NaN never is)."""
+        return bool(_COMPARE[self.op](float(value), self.value))
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.value:g}"
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        """``"val_accuracy >= 0.97"`` as a Target (``ValueError`` naming the expected form)."""
+        found = re.fullmatch(r"\s*(\S+?)\s*(>=|<=)\s*(\S+)\s*", str(text))
+        try:
+            return cls(found[1], found[2], float(found[3]))
+        except (TypeError, ValueError):
+            raise ValueError(f"a target reads 'METRIC >= VALUE' or 'METRIC <= VALUE'; received {text!r}") from None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A problem's default budget: ``epochs``, and ``batch_size`` (None: full batch)."""
+
+    epochs: int
+    batch_size: int | None = None
+
+    def __post_init__(self):
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"Budget: `epochs` must be an integer >= 1; received {self.epochs!r}")
+        if self.batch_size is not None and (
+            isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1
+        ):
+            raise ValueError(f"Budget: `batch_size` must be an integer >= 1 or None; received {self.batch_size!r}")
+
 
 class Problem(Configurable):
     """Base class of the problems; subclasses declare ``Hyper`` arguments and implement the protocol."""
 
     #: the 2-D test functions set this: the trainer records the parameters after every step
     record_path: bool = False
+    #: ``loss_and_grad`` may put ``IndexedSlices`` in its ``grads`` list (embedding-like parameters)
+    sparse_gradients: bool = False
     #: which way each metric improves, ``{"accuracy": "max", "excess": "min"}`` (a ``val_`` prefix
     #: is matched without it): read by ``EarlyStopping``/``ReduceLROnPlateau``/``ModelCheckpoint`` in
     #: ``mode="auto"`` and by the reports; metrics not listed fall back to Keras's metric names
     metric_directions: ClassVar[dict[str, str]] = {}
+    #: the level a run solves the problem at (its default arguments), or None
+    target: ClassVar[Target | None] = None
+    #: default epochs and batch size
+    budget: ClassVar[Budget] = Budget(epochs=20, batch_size=32)
+    #: ``"tiny"``, ``"small"`` or ``"medium"`` (``SIZE_CLASSES``: a run's seconds at the default budget)
+    size_class: ClassVar[str] = "tiny"
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        cls._check_metadata()
         directions = cls.__dict__.get("metric_directions")
         if directions is None:
             return
@@ -51,6 +139,47 @@ class Problem(Configurable):
                     f"{cls.__name__}.metric_directions[{key!r}] must be 'min' or 'max' (keyed by a metric "
                     f"name); received {way!r}"
                 )
+
+    @classmethod
+    def _check_metadata(cls) -> None:
+        name = cls.__name__
+        if cls.target is not None and not isinstance(cls.target, Target):
+            raise TypeError(f"{name}.target must be an optlab.problems.Target or None; received {cls.target!r}")
+        if not isinstance(cls.budget, Budget):
+            raise TypeError(f"{name}.budget must be an optlab.problems.Budget; received {cls.budget!r}")
+        if cls.size_class not in SIZE_CLASSES:
+            raise ValueError(f"{name}.size_class must be one of {', '.join(SIZE_CLASSES)}; received {cls.size_class!r}")
+        target = cls.target
+        if target is not None:
+            from ..callbacks.base import direction
+
+            declared = direction(target.metric, cls.metric_directions)
+            if declared is not None and declared != target.direction:
+                raise ValueError(
+                    f"{name}.target {target} asks for {target.metric} to be "
+                    f"{'high' if target.op == '>=' else 'low'}, but it is {declared}imized "
+                    f"(metric_directions or its name says so)"
+                )
+
+    @classmethod
+    def metadata(cls) -> dict:
+        """What the problem declares, as plain data: ``metric_directions``, ``target`` (with its
+        printed form and how it was measured), ``budget`` and ``size_class``."""
+        target = cls.target
+        return {
+            "metric_directions": dict(cls.metric_directions),
+            "target": None if target is None else {**asdict(target), "text": str(target)},
+            "budget": asdict(cls.budget),
+            "size_class": cls.size_class,
+        }
+
+    def metrics(self) -> dict[str, str | None]:
+        """The names an epoch's logs hold for this problem (its ``loss`` and ``evaluate``'s metrics),
+        each with its direction (``"min"``, ``"max"``, or None: a position, say)."""
+        from ..callbacks.base import direction
+
+        names = ["loss", *self.evaluate(self.init(0, np.float64))]
+        return {name: direction(name, self.metric_directions) for name in names}
 
     # -- the protocol -------------------------------------------------------------------------
     def shapes(self) -> list[tuple[int, ...]]:

@@ -7,7 +7,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..hparams import Hyper
-from .base import Problem, distance
+from .base import MEASURED, Budget, Problem, Target, distance
 
 
 class SeedLinear(Problem):
@@ -19,6 +19,8 @@ class SeedLinear(Problem):
     """
 
     registry_name = "seed_linear"
+    budget = Budget(epochs=100)
+    target = Target("excess", "<=", 0.1, measured="the tutorial's own stopping rule: a and b within 0.1 of 1")
     metric_directions: ClassVar[dict[str, str]] = {"excess": "min", "distance_to_optimum": "min"}
     a = Hyper(2.0, doc="initial slope")
     b = Hyper(2.0, doc="initial intercept")
@@ -90,6 +92,7 @@ class LinearRegression(_Supervised):
     """
 
     registry_name = "linear_regression"
+    target = Target("val_loss", "<=", 0.005, measured=MEASURED.format(opt="SGD", lr=0.03, name="linear_regression"))
     n_samples = Hyper(1000, kind=int, low=2, doc="examples in the data set")
     n_features = Hyper(10, kind=int, low=1, doc="input dimension")
     noise = Hyper(0.1, low=0.0, doc="standard deviation of the label noise")
@@ -146,6 +149,16 @@ def _digits():
     return data.data / 16.0, data.target.astype(np.int64)
 
 
+def _tabular(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """One of scikit-learn's bundled data sets (no download): features (float64) and labels (0..K-1)."""
+    if name == "digits":
+        return _digits()
+    from sklearn import datasets
+
+    data = getattr(datasets, f"load_{name}")()
+    return data.data.astype(np.float64), data.target.astype(np.int64)
+
+
 def _softmax_xent(logits, labels):
     """Mean cross-entropy and its gradient with respect to the logits."""
     shifted = logits - logits.max(axis=1, keepdims=True)
@@ -157,34 +170,43 @@ def _softmax_xent(logits, labels):
     return loss, probs / n
 
 
-class LogisticRegression(_Supervised):
-    r"""Multinomial logistic regression on scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes).
+class _Linear(_Supervised):
+    """A linear classifier on one of scikit-learn's bundled data sets, with an L2 penalty.
 
-    Pixels scaled to [0, 1]; softmax cross-entropy averaged over the batch, plus
-    :math:`\tfrac{\lambda}{2}\|W\|^2` with ``l2``. Metrics: ``accuracy`` (training set),
-    ``val_loss``, ``val_accuracy``.
+    Features are standardised with the training split's mean and standard deviation (the
+    digits' pixels are scaled to [0, 1] instead, as they are). Weights start at 0.
     """
 
-    registry_name = "logistic_regression"
-    l2 = Hyper(0.0, low=0.0, doc="L2 penalty on the weights")
+    metric_directions: ClassVar[dict[str, str]] = {"loss": "min", "accuracy": "max"}
+    l2 = Hyper(0.0, low=0.0, doc="L2 penalty on the weights, (l2 / 2) ||W||^2")
+    budget = Budget(epochs=30, batch_size=32)
+    #: the data sets the problem takes
+    datasets: tuple[str, ...] = ()
 
     def load_data(self, rng):
-        return _digits()
+        return _tabular(self.dataset)
 
-    def shapes(self):
-        return [(64, 10), (10,)]
+    def check(self):
+        super().check()
+        if self.dataset != "digits":
+            mean, std = self.x_train.mean(axis=0), self.x_train.std(axis=0)
+            std[std == 0] = 1.0
+            self.x_train = (self.x_train - mean) / std
+            self.x_val = (self.x_val - mean) / std
+        self.n_features = self.x_train.shape[1]
 
     def parameter_names(self):
         return ["dense/kernel", "dense/bias"]
 
     def initial_values(self, rng):
-        return [np.zeros((64, 10)), np.zeros(10)]
+        return [np.zeros(shape) for shape in self.shapes()]
 
     def _forward(self, params, x, y):
-        w, b = params[0].astype(np.float64), params[1].astype(np.float64)
-        loss, dlogits = _softmax_xent(x @ w + b, y)
-        loss += 0.5 * self.l2 * float(np.sum(w * w))
-        return loss, x.T @ dlogits + self.l2 * w, dlogits.sum(axis=0)
+        """Loss, the weights' and the bias's gradients on (x, y), in float64."""
+        raise NotImplementedError
+
+    def _predict(self, params, x):
+        raise NotImplementedError
 
     def loss_and_grad(self, params, grads, batch=None, rng=None):
         x, y = self._batch(batch)
@@ -193,26 +215,82 @@ class LogisticRegression(_Supervised):
         grads[1][...] = gb
         return loss
 
-    def _accuracy(self, params, x, y):
-        w, b = params[0].astype(np.float64), params[1].astype(np.float64)
-        return float(np.mean(np.argmax(x @ w + b, axis=1) == y))
-
     def evaluate(self, params):
-        out = {"accuracy": self._accuracy(params, self.x_train, self.y_train)}
+        out = {"accuracy": float(np.mean(self._predict(params, self.x_train) == self.y_train))}
         if len(self.y_val):
             out["val_loss"] = self._forward(params, self.x_val, self.y_val)[0]
-            out["val_accuracy"] = self._accuracy(params, self.x_val, self.y_val)
+            out["val_accuracy"] = float(np.mean(self._predict(params, self.x_val) == self.y_val))
         return out
+
+
+class LogisticRegression(_Linear):
+    r"""Binary logistic regression on scikit-learn's Wisconsin breast cancer data (569 tumours,
+    30 features, malignant or benign).
+
+    :math:`p = \sigma(x^T w + b)`; the loss is the mean binary cross-entropy
+    :math:`-\tfrac1n \sum y \log p + (1 - y) \log(1 - p)` plus :math:`\tfrac{\lambda}{2}\|w\|^2`
+    with ``l2``. Convex; with ``l2`` > 0 strongly convex. Metrics: ``accuracy`` (training set),
+    ``val_loss``, ``val_accuracy``.
+    """
+
+    registry_name = "logistic_regression"
+    target = Target("val_accuracy", ">=", 0.95, measured=MEASURED.format(opt="SGD", lr=0.1, name="logistic_regression"))
+    dataset = Hyper("breast_cancer", kind=str, choices=("breast_cancer",), doc="the data set (two classes)")
+
+    def shapes(self):
+        return [(self.n_features,), ()]
+
+    def _forward(self, params, x, y):
+        w, b = params[0].astype(np.float64), float(params[1])
+        z = x @ w + b
+        # log(1 + e^z) - y z, computed without overflow for large |z|
+        loss = float(np.mean(np.logaddexp(0.0, z) - y * z)) + 0.5 * self.l2 * float(w @ w)
+        residual = (0.5 * (1.0 + np.tanh(0.5 * z)) - y) / len(y)  # sigmoid(z) - y, stable
+        return loss, x.T @ residual + self.l2 * w, float(residual.sum())
+
+    def _predict(self, params, x):
+        return (x @ params[0].astype(np.float64) + float(params[1]) > 0).astype(np.int64)
+
+
+class SoftmaxRegression(_Linear):
+    r"""Multinomial logistic (softmax) regression on one of scikit-learn's bundled data sets:
+    ``digits`` (1,797 8x8 images, 10 classes, pixels scaled to [0, 1]), ``wine`` (178 wines, 13
+    features, 3 cultivars) or ``breast_cancer`` (569 tumours, 30 features, 2 classes).
+
+    The loss is the mean softmax cross-entropy plus :math:`\tfrac{\lambda}{2}\|W\|^2` with
+    ``l2``; convex. Metrics: ``accuracy`` (training set), ``val_loss``, ``val_accuracy``.
+    """
+
+    registry_name = "softmax_regression"
+    target = Target("val_accuracy", ">=", 0.97, measured=MEASURED.format(opt="Adam", lr=0.1, name="softmax_regression"))
+    dataset = Hyper("digits", kind=str, choices=("digits", "wine", "breast_cancer"), doc="the data set")
+
+    def check(self):
+        super().check()
+        self.n_classes = int(max(self.y_train.max(), self.y_val.max(initial=0))) + 1
+
+    def shapes(self):
+        return [(self.n_features, self.n_classes), (self.n_classes,)]
+
+    def _forward(self, params, x, y):
+        w, b = params[0].astype(np.float64), params[1].astype(np.float64)
+        loss, dlogits = _softmax_xent(x @ w + b, y)
+        loss += 0.5 * self.l2 * float(np.sum(w * w))
+        return loss, x.T @ dlogits + self.l2 * w, dlogits.sum(axis=0)
+
+    def _predict(self, params, x):
+        return np.argmax(x @ params[0].astype(np.float64) + params[1].astype(np.float64), axis=1)
 
 
 class MLPDigits(_Supervised):
     r"""A multilayer perceptron on scikit-learn's handwritten digits.
 
     64 inputs, ``hidden`` layers (tanh or relu), 10 softmax outputs, mean cross-entropy.
-    Weights start Glorot-uniform (seeded), biases at 0. Metrics as ``logistic_regression``.
+    Weights start Glorot-uniform (seeded), biases at 0. Metrics as ``softmax_regression``.
     """
 
     registry_name = "mlp_digits"
+    target = Target("val_accuracy", ">=", 0.96, measured=MEASURED.format(opt="Adam", lr=0.01, name="mlp_digits"))
     hidden = Hyper([64], kind=list, item=Hyper(kind=int, low=1), doc="sizes of the hidden layers")
     activation = Hyper("tanh", kind=str, choices=("tanh", "relu"), doc="hidden activation")
 
