@@ -6,19 +6,9 @@ import json
 import types
 
 import pytest
+from references import tutorial_first_epoch_within
 
 from optlab import baselines
-
-
-def _tutorial_first_epoch_within(threshold, learning_rate, epochs):
-    a = b = 2.0
-    for epoch in range(1, epochs + 1):
-        ga = sum(x * (a * x + b - y) for x, y in ((0, 1), (1, 2), (2, 3)))
-        gb = sum(a * x + b - y for x, y in ((0, 1), (1, 2), (2, 3)))
-        a, b = a - learning_rate * ga, b - learning_rate * gb
-        if max(a - 1, b - 1) <= threshold:
-            return epoch
-    return None
 
 
 def test_a_baseline_tunes_on_its_own_seed_then_reports_every_seed():
@@ -32,9 +22,9 @@ def test_a_baseline_tunes_on_its_own_seed_then_reports_every_seed():
     assert rows["sgd", "tuned"]["learning_rate"] == 0.1 and rows["adam", "tuned"]["learning_rate"] == 0.1
     # the tutorial's problem has no randomness: every seed is the same run, reached at the same step
     tuned = rows["sgd", "tuned"]
-    assert tuned["reached"] == 2 and tuned["median_steps_to_target"] == _tutorial_first_epoch_within(0.1, 0.1, 100)
+    assert tuned["reached"] == 2 and tuned["median_steps_to_target"] == tutorial_first_epoch_within(0.1, 0.1, 100)
     assert tuned["final_std"] == 0.0 and tuned["steps"] == 100  # the budget: 100 full-batch epochs
-    assert rows["sgd", "default"]["median_steps_to_target"] == _tutorial_first_epoch_within(0.1, 0.01, 100)
+    assert rows["sgd", "default"]["median_steps_to_target"] == tutorial_first_epoch_within(0.1, 0.01, 100)
     assert set(data["tuning"]) == {"sgd", "adam"} and data["tuning_seed"] not in data["seeds"]
 
 

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from references import finite_difference
 
 import optlab
 from optlab.optimizers import SGD, Adagrad, Adam
@@ -69,17 +70,7 @@ def test_gradient_matches_central_finite_differences(full_batch):
     params = started(problem)
     batch = None if full_batch else next(iter(problem.batches(np.random.default_rng(1), batch_size=9)))
     _, got = gradient(problem, params, batch)
-    h = 1e-6
-    for k, p in enumerate(params):
-        want = np.zeros(p.shape)
-        for idx in np.ndindex(p.shape):
-            old = p[idx]
-            p[idx] = old + h
-            up = problem.loss(params, batch)
-            p[idx] = old - h
-            down = problem.loss(params, batch)
-            p[idx] = old
-            want[idx] = (up - down) / (2 * h)
+    for k, want in enumerate(finite_difference(problem, params, batch)):
         np.testing.assert_allclose(got[k], want, rtol=1e-6, atol=1e-8)
         assert np.count_nonzero(want) > 0
 

@@ -8,6 +8,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from references import finite_difference
 
 import optlab
 from optlab.optimizers import Adam
@@ -16,23 +17,6 @@ from optlab.trainer import Trainer
 
 #: Adam's tuned learning rates, as the targets' ``measured`` strings record them
 TUNED_ADAM = {CNNDigits: 3e-2, AutoencoderDigits: 1e-2}
-
-
-def finite_difference(problem, params, batch, h=1e-6):
-    """Central differences of ``problem.loss``, one coordinate at a time (as tests/test_problems.py)."""
-    grads = []
-    for p in params:
-        g = np.zeros(p.shape)
-        for idx in np.ndindex(p.shape):
-            old = p[idx]
-            p[idx] = old + h
-            up = problem.loss(params, batch)
-            p[idx] = old - h
-            down = problem.loss(params, batch)
-            p[idx] = old
-            g[idx] = (up - down) / (2 * h)
-        grads.append(g)
-    return grads
 
 
 def moved(problem, seed=3):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from references import finite_difference, tutorial_first_epoch_within
 
 import optlab
 from optlab import problems
@@ -22,22 +23,6 @@ SMALL = {
 
 def make(cls):
     return cls(**SMALL.get(cls.__name__, {}))
-
-
-def finite_difference(problem, params, batch, h=1e-6):
-    grads = []
-    for _k, p in enumerate(params):
-        g = np.zeros(p.shape)
-        for idx in np.ndindex(p.shape):
-            old = p[idx]
-            p[idx] = old + h
-            up = problem.loss(params, batch)
-            p[idx] = old - h
-            down = problem.loss(params, batch)
-            p[idx] = old
-            g[idx] = (up - down) / (2 * h)
-        grads.append(g)
-    return grads
 
 
 @pytest.mark.parametrize("cls", BUILTIN, ids=lambda c: c.__name__)
@@ -294,21 +279,8 @@ def test_a_target_reads_its_printed_form_and_checks_its_direction():
         problems.Budget(epochs=0)
 
 
-def _tutorial_first_epoch_within(threshold, learning_rate, epochs):
-    """Plain gradient descent on the tutorial's three points, written out: the first epoch (1-based)
-    after which max(a - 1, b - 1) <= threshold."""
-    a = b = 2.0
-    for epoch in range(1, epochs + 1):
-        ga = sum(x * (a * x + b - y) for x, y in ((0, 1), (1, 2), (2, 3)))
-        gb = sum(a * x + b - y for x, y in ((0, 1), (1, 2), (2, 3)))
-        a, b = a - learning_rate * ga, b - learning_rate * gb
-        if max(a - 1, b - 1) <= threshold:
-            return epoch
-    return None
-
-
 def test_the_trainer_records_when_the_target_is_reached_and_can_stop_there():
-    expected = _tutorial_first_epoch_within(0.1, 0.1, 100)
+    expected = tutorial_first_epoch_within(0.1, 0.1, 100)
     assert expected == 7  # the tutorial prints seven rows
     trainer = optlab.trainer.Trainer("seed_linear", optlab.optimizers.SGD(0.1), epochs=20, dtype="float64")
     trainer.fit()
@@ -323,7 +295,7 @@ def test_the_trainer_records_when_the_target_is_reached_and_can_stop_there():
     assert stopping.step == expected
 
     # another target, as text; a slower rate reaches it later
-    later = _tutorial_first_epoch_within(0.01, 0.05, 500)
+    later = tutorial_first_epoch_within(0.01, 0.05, 500)
     other = optlab.trainer.Trainer(
         "seed_linear", optlab.optimizers.SGD(0.05), epochs=500, dtype="float64", target="excess <= 0.01"
     )

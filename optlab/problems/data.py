@@ -282,7 +282,36 @@ class SoftmaxRegression(_Linear):
         return np.argmax(x @ params[0].astype(np.float64) + params[1].astype(np.float64), axis=1)
 
 
-class MLPDigits(_Supervised):
+def glorot_uniform(rng, shape, fan_in: int, fan_out: int) -> np.ndarray:
+    r"""Keras's default kernel initializer: uniform in :math:`\pm\sqrt{6 / (fan_{in} + fan_{out})}`."""
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, shape)
+
+
+class DenseStack:
+    """The parameters of dense layers of sizes ``self._sizes`` (inputs first), named as Keras's
+    ``dense``, ``dense_1``, ...: kernels Glorot-uniform from the seeded generator, biases 0."""
+
+    _sizes: list[int]
+
+    def shapes(self):
+        out = []
+        for fan_in, fan_out in zip(self._sizes[:-1], self._sizes[1:]):
+            out += [(fan_in, fan_out), (fan_out,)]
+        return out
+
+    def parameter_names(self):
+        layers = [f"dense_{i}" if i else "dense" for i in range(len(self._sizes) - 1)]
+        return [f"{layer}/{part}" for layer in layers for part in ("kernel", "bias")]
+
+    def initial_values(self, rng):
+        values = []
+        for fan_in, fan_out in zip(self._sizes[:-1], self._sizes[1:]):
+            values += [glorot_uniform(rng, (fan_in, fan_out), fan_in, fan_out), np.zeros(fan_out)]
+        return values
+
+
+class MLPDigits(DenseStack, _Supervised):
     r"""A multilayer perceptron on scikit-learn's handwritten digits.
 
     64 inputs, ``hidden`` layers (tanh or relu), 10 softmax outputs, mean cross-entropy.
@@ -302,23 +331,6 @@ class MLPDigits(_Supervised):
 
     def load_data(self, rng):
         return _digits()
-
-    def shapes(self):
-        out = []
-        for fan_in, fan_out in zip(self._sizes[:-1], self._sizes[1:]):
-            out += [(fan_in, fan_out), (fan_out,)]
-        return out
-
-    def parameter_names(self):
-        layers = [f"dense_{i}" if i else "dense" for i in range(len(self._sizes) - 1)]  # Keras's layer names
-        return [f"{layer}/{part}" for layer in layers for part in ("kernel", "bias")]
-
-    def initial_values(self, rng):
-        values = []
-        for fan_in, fan_out in zip(self._sizes[:-1], self._sizes[1:]):
-            limit = np.sqrt(6.0 / (fan_in + fan_out))
-            values += [rng.uniform(-limit, limit, (fan_in, fan_out)), np.zeros(fan_out)]
-        return values
 
     def _act(self, z):
         return np.tanh(z) if self.activation == "tanh" else np.maximum(z, 0.0)

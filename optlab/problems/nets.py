@@ -11,7 +11,7 @@ import numpy as np
 from ..hparams import Hyper
 from ..kernels import kernel
 from .base import Budget, Target
-from .data import _digits, _Supervised
+from .data import DenseStack, _digits, _Supervised, glorot_uniform
 
 
 def _cnn_work_size(n_filters, n_cls):
@@ -174,11 +174,6 @@ def _cnn_batch(xpad, labels, index, kern, cbias, w, b, g_kern, g_cbias, g_w, g_b
     return total, correct
 
 
-def _glorot(rng, shape, fan_in, fan_out):
-    limit = np.sqrt(6.0 / (fan_in + fan_out))
-    return rng.uniform(-limit, limit, shape)
-
-
 class CNNDigits(_Supervised):
     r"""A small convolutional network on scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes).
 
@@ -233,7 +228,12 @@ class CNNDigits(_Supervised):
     def initial_values(self, rng):
         f = self.filters
         # Keras's fans for a conv kernel: receptive field (9) times the input / output channels
-        return [_glorot(rng, (3, 3, 1, f), 9, 9 * f), np.zeros(f), _glorot(rng, (16 * f, 10), 16 * f, 10), np.zeros(10)]
+        return [
+            glorot_uniform(rng, (3, 3, 1, f), 9, 9 * f),
+            np.zeros(f),
+            glorot_uniform(rng, (16 * f, 10), 16 * f, 10),
+            np.zeros(10),
+        ]
 
     def _run(self, params, grads, x, y, index, backward):
         n_filters = params[1].shape[0]
@@ -260,7 +260,7 @@ class CNNDigits(_Supervised):
         return out
 
 
-class AutoencoderDigits(_Supervised):
+class AutoencoderDigits(DenseStack, _Supervised):
     r"""A dense autoencoder on scikit-learn's 8x8 handwritten digits (1,797 images, 64 pixels in [0, 1]).
 
     64 inputs, ``hidden`` layers (default 32-8-32: an 8-unit code), ``activation`` (tanh or
@@ -303,22 +303,6 @@ class AutoencoderDigits(_Supervised):
 
     def load_data(self, rng):
         return _digits()
-
-    def shapes(self):
-        out = []
-        for fan_in, fan_out in pairwise(self._sizes):
-            out += [(fan_in, fan_out), (fan_out,)]
-        return out
-
-    def parameter_names(self):
-        layers = [f"dense_{i}" if i else "dense" for i in range(len(self._sizes) - 1)]  # Keras's layer names
-        return [f"{layer}/{part}" for layer in layers for part in ("kernel", "bias")]
-
-    def initial_values(self, rng):
-        values = []
-        for fan_in, fan_out in pairwise(self._sizes):
-            values += [_glorot(rng, (fan_in, fan_out), fan_in, fan_out), np.zeros(fan_out)]
-        return values
 
     def _scratch(self, n):
         """float64 buffers for a batch of ``n``: activations, deltas and a temporary per layer.
