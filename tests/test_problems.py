@@ -437,12 +437,12 @@ TUNED = {
     "styblinski_tang": ("sgd", 0.03),
     "quadratic": ("adam", 0.3),
     "noisy_quadratic": ("adam", 0.03),
-    "logistic_regression": ("sgd", 0.1),
+    "logistic_regression": ("adam", 0.003),
     "softmax_regression": ("adam", 0.1),
     "mlp_digits": ("adam", 0.01),
     "cnn_digits": ("adam", 0.03),
     "autoencoder_digits": ("adam", 0.01),
-    "matrix_factorization": ("adagrad", 5.0),
+    "matrix_factorization": ("sgd", 10.0),
 }
 
 
