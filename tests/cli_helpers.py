@@ -25,11 +25,13 @@ def client(cwd, db="mlflow.db"):
     return MlflowClient(tracking_uri=f"sqlite:///{cwd / db}")
 
 
-def runs(cwd, experiment="optlab", db="mlflow.db"):
-    """The client of the store ``db`` in ``cwd`` and the runs of ``experiment`` (none if it does not exist)."""
+def runs(cwd, experiment="optlab", db="mlflow.db", parents=False):
+    """The client of the store ``db`` in ``cwd`` and the runs of ``experiment`` (none if it does not
+    exist): the training runs, and with ``parents`` the sweeps' parent runs too."""
     c = client(cwd, db)
     exp = c.get_experiment_by_name(experiment)
-    return c, c.search_runs([exp.experiment_id], max_results=1000) if exp else []
+    found = c.search_runs([exp.experiment_id], max_results=1000) if exp else []
+    return c, [r for r in found if parents or r.data.tags.get("optlab.kind") != "sweep"]
 
 
 #: a run whose loss becomes NaN within a few steps, with a callback that raises when it does

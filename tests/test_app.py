@@ -93,11 +93,11 @@ def test_a_run_logs_config_tags_every_metric_and_plots(tmp_path):
     assert tags["optimizer_distribution"] == "optlab" and tags["optlab_version"]
     assert tags["metric"] == "loss"  # metric=auto: a test function holds out no validation data
     assert "warning" not in result.stderr and "INFO" not in result.stderr  # nor MLflow's store creation
-    # every step's loss and learning rate, every epoch's metrics, all at consistent steps
-    loss = c.get_metric_history(run.info.run_id, "loss")
+    # every epoch's loss and metrics (one step each here), all at consistent steps; a constant rate once
+    loss = c.get_metric_history(run.info.run_id, "train/loss")
     assert sorted(m.step for m in loss) == list(range(1, 251))
-    assert len(c.get_metric_history(run.info.run_id, "learning_rate")) == 250
-    distance = c.get_metric_history(run.info.run_id, "distance_to_optimum")
+    assert len(c.get_metric_history(run.info.run_id, "train/learning_rate")) == 1
+    distance = c.get_metric_history(run.info.run_id, "train/distance_to_optimum")
     assert sorted(m.step for m in distance) == list(range(1, 251))  # one step per epoch here
     artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "curves.png", "path.png"} <= artifacts
@@ -109,7 +109,7 @@ def test_no_metric_is_lost_on_a_long_run(tmp_path):
     result = optlab(tmp_path, *args, "tracking.log_every=1", "tracking.flush_timeout=600")
     assert result.returncode == 0, result.stderr
     c, (run,) = runs(tmp_path)
-    for key in ("loss", "learning_rate", "epoch_loss", "distance_to_optimum"):
+    for key in ("train/loss", "train/distance_to_optimum", "train/suboptimality"):
         assert len(c.get_metric_history(run.info.run_id, key)) == steps, key
 
 
@@ -117,7 +117,7 @@ def test_auto_interval_caps_the_per_step_curves(tmp_path):
     result = optlab(tmp_path, "problem=quadratic", "problem.dim=10", "trainer.epochs=3000", "optimizer=sgd", *FAST)
     assert result.returncode == 0, result.stderr
     c, (run,) = runs(tmp_path)
-    for key in ("loss", "distance_to_optimum"):  # per step and per epoch alike
+    for key in ("train/loss", "train/distance_to_optimum"):
         steps = sorted(m.step for m in c.get_metric_history(run.info.run_id, key))
         # every 7th step from the first (ceil(3000 / 498)), then the last; the best is the last here
         assert steps == [*range(1, 3001, 7), 3000], key
@@ -182,7 +182,7 @@ def test_sigterm_marks_the_run_killed_and_keeps_every_metric(tmp_path, spawn):
     c, (run,) = runs(tmp_path)
     assert f"terminated (SIGTERM); the MLflow run {run.info.run_id} is marked KILLED" in err
     assert run.info.status == "KILLED" and run.data.tags["error"] == "terminated (SIGTERM)"
-    steps = sorted(m.step for m in c.get_metric_history(run.info.run_id, "epoch_loss"))
+    steps = sorted(m.step for m in c.get_metric_history(run.info.run_id, "train/loss"))
     assert len(steps) > 10 and steps == list(range(1, len(steps) + 1))  # one step per epoch, none missing
 
 

@@ -175,7 +175,7 @@ def test_a_callback_that_raises_is_one_line_and_the_run_keeps_its_metrics(tmp_pa
     assert log.is_file() and "Traceback" in log.read_text() and "raise RuntimeError" in log.read_text()
     client, (run,) = runs(tmp_path)
     assert run.info.status == "FAILED" and "TerminateOnNaN" in run.data.tags["error"]
-    assert len(client.get_metric_history(run.info.run_id, "loss")) >= 2  # what was recorded is kept
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) >= 2  # what was recorded is kept
 
     full = optlab(tmp_path, *args, env={"HYDRA_FULL_ERROR": "1"})
     assert "Traceback" in full.stderr and "raise RuntimeError" in full.stderr
@@ -301,7 +301,7 @@ def test_a_signal_to_a_joblib_sweep_ends_its_workers_and_marks_their_runs(tmp_pa
     client, found = runs(tmp_path)
     assert sorted(r.info.status for r in found) == ["KILLED", "KILLED"]  # the two that had started
     for run in found:  # each kept its metrics, its last epochs included (max_points bounds them)
-        assert len(client.get_metric_history(run.info.run_id, "loss")) >= 2
+        assert len(client.get_metric_history(run.info.run_id, "train/loss")) >= 2
 
 
 def test_a_stopped_sweep_repeated_in_its_folder_skips_the_finished_jobs(tmp_path, run_optlab):

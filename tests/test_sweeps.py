@@ -27,7 +27,7 @@ def test_parallel_joblib_sweep_loses_no_run_and_no_metric(tmp_path):
     assert sorted(r.data.tags["optimizer"] for r in found) == sorted(choices)
     for run in found:
         assert run.info.status == "FINISHED"
-        for key in ("loss", "learning_rate", "epoch_loss", "distance_to_optimum", "x", "y"):
+        for key in ("train/loss", "train/distance_to_optimum", "position/x", "position/y"):
             assert len(client.get_metric_history(run.info.run_id, key)) == 400, (run.data.tags["optimizer"], key)
 
 
@@ -83,7 +83,8 @@ def test_compare_prints_the_table_and_writes_the_png(tmp_path):
     assert "4 runs, sorted by distance_to_optimum" in lines[0]
     header = lines[1].split()
     assert header[:2] == ["run", "optimizer"] and "seed" in header and "final" in header and "best" in header
-    finals = [float(line.split()[header.index("final")]) for line in lines[3:7]]
+    at = lines[1].index("final ")  # fixed-width columns (run names hold spaces: "adam seed=1")
+    finals = [float(line[at:].split()[0]) for line in lines[3:7]]
     assert finals == sorted(finals)
     assert "over 2 seeds" in result.stdout
     assert (tmp_path / "cmp.png").stat().st_size > 1000

@@ -19,7 +19,8 @@ import warnings
 from pathlib import Path
 
 from ..callbacks import direction
-from .tracking import default_uri
+from .keys import metric_key
+from .store import default_uri
 
 IGNORED_PARAMS = {"tracking.uri", "tracking.experiment", "trainer.progress_bar"}
 
@@ -29,14 +30,30 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _runs(client, experiment: str, sweep: str):
+def _runs(client, experiment: str, sweep: str, parent: str | None = None, where: str = ""):
+    """The runs to compare (never a sweep's parent run itself) and the sweep they are: the latest
+    sweep, ``all``, a sweep by its id (``sweep`` tag) or folder, the children of a ``parent``
+    run, any of them narrowed by an MLflow filter string ``where``."""
+    from .sweep import KIND_TAG
+
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = [e.name for e in client.search_experiments()]
         raise LookupError(f"no experiment {experiment!r} in this store; experiments: {', '.join(names) or '(none)'}")
-    runs = client.search_runs([exp.experiment_id], max_results=5000, order_by=["attributes.start_time DESC"])
+    try:
+        found = client.search_runs(
+            [exp.experiment_id], filter_string=where, max_results=5000, order_by=["attributes.start_time DESC"]
+        )
+    except Exception as error:  # MLflow's message says what in the filter it could not read
+        raise LookupError(f"--filter {where!r}: {str(error).splitlines()[0]}") from None
+    runs = [r for r in found if r.data.tags.get(KIND_TAG) != "sweep"]
     if not runs:
-        raise LookupError(f"experiment {experiment!r} has no runs")
+        raise LookupError(f"experiment {experiment!r} has no runs" + (f" matching {where!r}" if where else ""))
+    if parent is not None:
+        runs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
+        if not runs:
+            raise LookupError(f"run {parent!r} has no child runs in experiment {experiment!r}")
+        return runs, runs[0].data.tags.get("sweep", parent)
     if sweep == "latest":
         swept = [r for r in runs if "sweep" in r.data.tags]
         if swept:
@@ -45,9 +62,12 @@ def _runs(client, experiment: str, sweep: str):
         else:
             sweep = "all"
     elif sweep != "all":
-        runs = [r for r in runs if r.data.tags.get("sweep") == sweep]
+        runs = [r for r in runs if sweep in (r.data.tags.get("sweep"), r.data.tags.get("sweep_dir"))]
         if not runs:
-            raise LookupError(f"no runs of sweep {sweep!r} in experiment {experiment!r}")
+            known = sorted({r.data.tags["sweep"] for r in found if "sweep" in r.data.tags})
+            raise LookupError(
+                f"no runs of sweep {sweep!r} in experiment {experiment!r}; sweeps: {', '.join(known[-10:]) or '(none)'}"
+            )
     return runs, sweep
 
 
@@ -58,23 +78,34 @@ def _differing(runs, exclude=()) -> list[str]:
     return [k for k in keys if len({r.data.params.get(k) for r in runs}) > 1]
 
 
-def compare(experiment="optlab", sweep="latest", metric=None, uri=None, output="compare.png") -> dict:
-    """The comparison as data (and the PNG written to ``output``); raises LookupError when nothing matches."""
+def compare(
+    experiment="optlab", sweep="latest", metric=None, uri=None, output="compare.png", parent=None, where=""
+) -> dict:
+    """The comparison as data (and the PNG written to ``output``); raises LookupError when nothing matches.
+
+    ``metric`` is a logged name (``val_loss``) or its MLflow key (``val/loss``); runs logged
+    before the keys were grouped are read under their old names."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri or default_uri())
-    runs, sweep = _runs(client, experiment, sweep)
+    runs, sweep = _runs(client, experiment, sweep, parent, where)
     metric = metric or runs[0].data.tags.get("metric") or "loss"
-    pick = max if direction(metric) == "max" else min
+    pick = max if direction(metric.replace("/", "_").removeprefix("train_")) == "max" else min
     rows = []
     curves = {}
     for run in runs:
-        history = sorted(client.get_metric_history(run.info.run_id, metric), key=lambda m: m.step)
+        logged = run.data.metrics
+        key = next((k for k in (metric, metric_key(metric)) if k in logged), metric)
+        history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
         values = [m.value for m in history]
         finite = [v for v in values if math.isfinite(v)]
-        loss_steps = client.get_metric_history(run.info.run_id, "epoch_loss")
-        steps = max((m.step for m in loss_steps), default=max((m.step for m in history), default=0))
-        wall = (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else math.nan
+        steps = logged.get("summary/steps")
+        if steps is None:
+            loss_steps = client.get_metric_history(run.info.run_id, "epoch_loss")
+            steps = max((m.step for m in loss_steps), default=max((m.step for m in history), default=0))
+        wall = logged.get("summary/train_seconds")
+        if wall is None:
+            wall = (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else math.nan
         rows.append(
             {
                 "run": run.info.run_name,
@@ -84,7 +115,7 @@ def compare(experiment="optlab", sweep="latest", metric=None, uri=None, output="
                 "status": run.info.status,
                 "final": values[-1] if values else math.nan,
                 "best": pick(finite) if finite else math.nan,
-                "steps": steps,
+                "steps": int(steps),
                 "seconds": wall,
                 "params": run.data.params,
             }
@@ -109,9 +140,11 @@ def compare(experiment="optlab", sweep="latest", metric=None, uri=None, output="
             config = {"optimizer": members[0]["optimizer"], **{k: members[0]["params"].get(k) for k in shown}}
             seeds.append({"config": config, **seed_summary([r["final"] for r in members])})
     _plot(curves, metric, output, f"{experiment} / {sweep}")
+    parents = {r.data.tags.get("mlflow.parentRunId") for r in runs}
     return {
         "experiment": experiment,
         "sweep": sweep,
+        "parent": parents.pop() if len(parents) == 1 else None,
         "metric": metric,
         "columns": differing,
         "rows": rows,
@@ -210,7 +243,11 @@ def format_table(result: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m optlab.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment", nargs="?", default="optlab", help="MLflow experiment (default: optlab)")
-    parser.add_argument("--sweep", default="latest", help='a sweep (its output dir, as tagged), "latest" or "all"')
+    parser.add_argument(
+        "--sweep", default="latest", help='a sweep: its id (the runs\' "sweep" tag), its folder, "latest" or "all"'
+    )
+    parser.add_argument("--parent", help="the children of this run (a sweep's parent run id)")
+    parser.add_argument("--filter", default="", help="an MLflow filter string, e.g. \"tags.problem = 'rosenbrock'\"")
     parser.add_argument("--metric", help="metric to sort by and plot (default: the runs' configured metric)")
     parser.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db here)")
     parser.add_argument("--output", default="compare.png", help="the PNG of the curves (default: compare.png)")
@@ -223,11 +260,34 @@ def main(argv=None) -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
-        result = compare(args.experiment, args.sweep, args.metric, uri, args.output)
+        result = compare(args.experiment, args.sweep, args.metric, uri, args.output, args.parent, args.filter)
     except LookupError as error:
         return _fail(str(error))
-    print(format_table(result))
+    table = format_table(result)
+    print(table)
+    if result["parent"] is not None:  # the runs of one sweep: the comparison goes to its parent run too
+        try:
+            log_to_parent(result, table, uri)
+        except Exception as error:  # the table is printed and the PNG written whatever the store does
+            print(f"optlab.compare: warning: not logged to the parent run {result['parent']}: {error}", file=sys.stderr)
+        else:
+            print(f"logged to the sweep's parent run {result['parent']}: compare.txt, {Path(result['output']).name}")
     return 0
+
+
+def log_to_parent(result: dict, table: str, uri: str) -> None:
+    """The comparison's table (``compare.txt``) and curves (its PNG) as artifacts of the sweep's parent run."""
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    with tempfile.TemporaryDirectory() as folder:
+        text = Path(folder) / "compare.txt"
+        text.write_text(table + "\n")
+        client.log_artifact(result["parent"], str(text))
+    if Path(result["output"]).exists():
+        client.log_artifact(result["parent"], str(result["output"]))
 
 
 if __name__ == "__main__":

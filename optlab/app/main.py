@@ -45,12 +45,19 @@ def _task(cfg):
     sweep = {}
     hydra_conf = HydraConfig.get()
     if str(hydra_conf.mode) == "RunMode.MULTIRUN":
+        from .sweep import sweep_of
+
         sweep = {
             "sweep": hydra_conf.sweep.dir,
+            "sweep_dir": hydra_conf.sweep.dir,
             "sweep_job": hydra_conf.job.num,
             "sweep_job_id": hydra_conf.job.id,
             "sweep_overrides": " ".join(hydra_conf.overrides.task),
         }
+        parent = sweep_of(hydra_conf.sweep.dir)
+        if parent is not None:  # the sweep's parent run (tracked sweeps): this run is one of its children
+            sweep.update({"sweep": parent["sweep_id"], "swept": parent["swept"]})
+            sweep["mlflow.parentRunId"] = parent["parent_run_id"]
         done = finished_job(hydra_conf.runtime.output_dir, sweep["sweep_overrides"])
         if done is not None:  # a repeated sweep (same hydra.sweep.dir) runs only what did not finish
             print(f"optlab: job {hydra_conf.job.num} ({sweep['sweep_overrides']}) finished before; skipped")
@@ -222,17 +229,24 @@ def main(argv: list[str] | None = None) -> None:
         entry()
         return
     os.environ[SWEEP_PARENT] = str(os.getpid())
+    from .sweep import end_open
+
     try:
         with sweep_signals():
             entry()
     except KeyboardInterrupt as interrupt:  # the parent of joblib's workers
         from .run import Terminated
 
+        end_open("KILLED")
         _sweep_stopped(str(interrupt) or "interrupted")
         sys.exit(143 if isinstance(interrupt, Terminated) else 130)
     except SystemExit as stop:  # a job that ran in this process (basic launcher) was stopped by a signal
+        end_open("KILLED" if stop.code in (130, 143) else "FAILED" if stop.code else "FINISHED")
         if stop.code in (130, 143):
             _sweep_stopped("stopped")
+        raise
+    except BaseException:
+        end_open("FAILED")
         raise
 
 

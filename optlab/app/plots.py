@@ -19,19 +19,24 @@ def png(figure) -> bytes:
 def curves_figure(series: dict[str, list[tuple[int, float]]], title: str):
     """Loss (per step, epoch mean, validation) above the learning rate, against the step.
 
-    ``series``: each metric's logged points as (step, value), sorted by step.
+    ``series``: each MLflow key's logged points as (step, value), sorted by step.
     """
     from matplotlib.figure import Figure  # no pyplot: no global state, safe off the main thread
 
     fig = Figure(figsize=(7, 6))
     fig.subplots_adjust(left=0.12, right=0.97, top=0.93, bottom=0.08, hspace=0.08)
     ax_loss, ax_lr = fig.subplots(2, 1, sharex=True)
-    steps, losses = zip(*series["loss"])
-    ax_loss.plot(steps, losses, lw=0.8, label="loss (per step)")
-    for key, style, label in (("epoch_loss", "o-", "loss (epoch mean)"), ("val_loss", "s-", "val_loss")):
+    curves = [("train/loss_step", "-", "train/loss_step (each step)"), ("train/loss", "o-", "train/loss (epoch mean)")]
+    curves.append(("val/loss", "s-", "val/loss"))
+    losses = []
+    for key, style, label in curves:
         if series.get(key):
             at, values = zip(*series[key])
-            ax_loss.plot(at, values, style, ms=3, label=label)
+            losses += values
+            if key == "train/loss_step":
+                ax_loss.plot(at, values, lw=0.8, label=label)
+            else:  # a dot per epoch, unless the epochs are too many to see them
+                ax_loss.plot(at, values, style if len(at) <= 200 else "-", ms=3, label=label)
     if np.all(np.asarray(losses) > 0):
         from matplotlib.ticker import FuncFormatter, NullFormatter
 
@@ -40,9 +45,10 @@ def curves_figure(series: dict[str, list[tuple[int, float]]], title: str):
         ax_loss.yaxis.set_minor_formatter(NullFormatter())
     ax_loss.set_ylabel("loss")
     ax_loss.legend()
-    if series.get("learning_rate"):
-        at, rates = zip(*series["learning_rate"])
-        ax_lr.plot(at, rates, lw=1.0, color="tab:green")
+    if series.get("train/learning_rate"):
+        at, rates = zip(*series["train/learning_rate"])
+        last = max(at for points in series.values() for at, _ in points)
+        ax_lr.step([*at, last], [*rates, rates[-1]], where="post", lw=1.0, color="tab:green")  # held between points
     ax_lr.set_ylabel("learning rate")
     ax_lr.set_xlabel("step")
     fig.suptitle(title)

@@ -435,9 +435,57 @@ def tags_for(conf: dict, problem, optimizer, sweep: dict) -> dict:
         "optimizer_distribution": source,
         "optimizer_distribution_version": source_version,
         "metric": conf.get("metric", ""),
+        **source_tags(),
     }
-    tags.update({k: str(v) for k, v in sweep.items() if v is not None})
+    if problem.target is not None:
+        tags["target"] = str(problem.target)
+    for key, value in sweep.items():
+        if value is not None and key != "swept":
+            tags[key] = str(value)
     return tags
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's own source tags, which its client leaves to the caller: who ran what, from which
+    git commit (when the working directory is inside a git checkout)."""
+    import getpass
+    import subprocess
+
+    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": "python -m optlab"}
+    with contextlib.suppress(Exception):
+        tags["mlflow.user"] = getpass.getuser()
+    try:
+        found = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, stdin=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.SubprocessError):
+        return tags
+    if found.returncode == 0 and found.stdout.strip():
+        tags["mlflow.source.git.commit"] = found.stdout.strip()
+    return tags
+
+
+#: short names of swept settings in run names (the rest: their last part, ``trainer.epochs`` -> ``epochs``)
+SHORT_KEYS = {"optimizer.learning_rate": "lr", "optimizer.weight_decay": "wd"}
+
+
+def run_name_for(conf: dict, optimizer, problem, sweep: dict) -> str:
+    """A run's name, short and saying what differs: ``adam mlp_digits seed=0`` for a single run;
+    in a sweep the optimizer, then each swept setting (``sweep["swept"]``, the keys given several
+    values), then the seed: ``lion lr=0.01 seed=0``."""
+    swept = sweep.get("swept")
+    if swept is None:
+        return f"{optimizer.registry_name} {problem.registry_name} seed={conf['seed']}"
+    values = dict(o.split("=", 1) for o in (sweep.get("sweep_overrides") or "").split() if "=" in o)
+    parts = [optimizer.registry_name]
+    for key in swept:
+        bare = key.lstrip("+~")
+        if bare in ("optimizer", "seed") or bare not in {k.lstrip("+~") for k in values}:
+            continue
+        value = next(v for k, v in values.items() if k.lstrip("+~") == bare)
+        parts.append(value if bare == "problem" else f"{SHORT_KEYS.get(bare, bare.rsplit('.', 1)[-1])}={value}")
+    parts.append(f"seed={conf['seed']}")
+    return " ".join(parts)
 
 
 def total_steps(problem, trainer_conf) -> int:
@@ -476,19 +524,18 @@ def run(conf: dict, sweep: dict | None = None, output_dir=None, worker: bool = F
     if tracking.get("enabled"):
         from .tracking import MlflowTracker, hydra_output_dir
 
-        run_name = f"{optimizer.registry_name}-{problem.registry_name}-seed{conf['seed']}"
-        if sweep.get("sweep_job") is not None:
-            run_name += f"-job{sweep['sweep_job']}"
         tracker = MlflowTracker(
             tracking.get("uri"),
             tracking.get("experiment", "optlab"),
             conf,
             tags_for(conf, problem, optimizer, sweep),
-            run_name,
+            run_name_for(conf, optimizer, problem, sweep),
             tracking.get("log_every", "auto"),
             max_points=tracking.get("max_points", 500),
             flush_timeout=tracking.get("flush_timeout", 10.0),
             output_dir=output_dir or hydra_output_dir(),
+            objective=conf["metric"],
+            datasets=problem.datasets(),
         )
         extra.append(tracker)
     trainer = make_trainer(conf, problem, optimizer, cbs, extra)
@@ -628,7 +675,10 @@ def summary(conf, trainer, history, seconds, tracker) -> None:
         f"{trainer.epoch + 1 if trainer.step else 0} epochs, {seconds:.2f} s",
         file=out,
     )
-    width = max((len(k) for k in h), default=0)
+    from .keys import metric_key
+
+    shown_as = {key: "train/learning_rate" if key == "learning_rate" else metric_key(key) for key in h}
+    width = max((len(k) for k in shown_as.values()), default=0)
     for key, values in h.items():
         if not values:
             continue
@@ -637,7 +687,7 @@ def summary(conf, trainer, history, seconds, tracker) -> None:
         found = history.best(key, way) if way is not None else None
         if found is not None:
             best = f"   best {found[0]:.6g} (epoch {found[1] + 1})"
-        print(f"  {key:<{width}}  final {values[-1]:.6g}{best}", file=out)
+        print(f"  {shown_as[key]:<{width}}  final {values[-1]:.6g}{best}", file=out)
     if trainer.target is not None:
         print(f"  {target_line(trainer)}", file=out)
     losses = h.get("loss") or []

@@ -38,6 +38,7 @@ import numpy as np
 
 from ..callbacks import Callback
 from ..files import _write_atomic, write_text_atomic
+from .keys import RATE, STEP_LOSS, metric_key, params_of
 from .plots import curves_figure, path_figure, png
 from .store import (
     ADVICE,
@@ -76,16 +77,6 @@ def hydra_output_dir() -> Path | None:
     except Exception:  # no Hydra job: the default folder serves
         pass
     return None
-
-
-def flatten(config, prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
-    if isinstance(config, dict):
-        for key, value in config.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-    else:
-        out[prefix[:-1]] = str(config)[:6000]
-    return out
 
 
 # -- thinning ------------------------------------------------------------------------------------
@@ -167,6 +158,8 @@ class MlflowTracker(Callback):
         max_points: int = 500,
         flush_timeout: float = 10.0,
         output_dir=None,
+        objective: str | None = None,
+        datasets: list[dict] | None = None,
     ):
         super().__init__()
         if log_every != "auto" and (not isinstance(log_every, int) or isinstance(log_every, bool) or log_every < 1):
@@ -192,6 +185,8 @@ class MlflowTracker(Callback):
         self.config = config
         self.tags = tags
         self.run_name = run_name
+        self.objective = objective
+        self.datasets = datasets or []
         self.log_every = log_every
         self.max_points = max_points
         self.flush_timeout = float(flush_timeout)
@@ -221,6 +216,10 @@ class MlflowTracker(Callback):
         self._extras_added = False
         self._kept_end: dict | None = None
         self._keep_lock = threading.Lock()
+        self._step_losses = True
+        self._last_rate = None
+        self._scheduled = False
+        self._clock = time.perf_counter()
 
     # -- set-up ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -252,6 +251,26 @@ class MlflowTracker(Callback):
         except BaseException:  # Ctrl-C, SIGTERM: no run left RUNNING
             self._abort_start("KILLED", "interrupted while the run was being opened")
             raise
+
+    def reopen(self, run_id: str) -> None:
+        """Continue the run ``run_id`` (a repeated sweep's parent): marked RUNNING again, its
+        tags updated; raises TrackingError (one line) if the store cannot be used."""
+        self._http = http_limits(self.uri)
+        self._http.__enter__()
+        try:
+            self.client = check_store(self.uri)
+            self.experiment_id = self._experiment_id()
+            self.client.update_run(run_id, status="RUNNING")
+            self.run_id = run_id
+            for key, value in self.tags.items():
+                self.client.set_tag(run_id, key, value)
+            self._log_start()
+        except TrackingError:
+            self._abort_start("FAILED")
+            raise
+        except Exception as exc:
+            self._abort_start("FAILED", _short(exc))
+            raise TrackingError(f"tracking store {shown(self.uri)}: {_root_cause(exc)}; {ADVICE}") from None
 
     def _abort_start(self, status: str, error: str | None = None) -> None:
         self._closed = True
@@ -318,26 +337,30 @@ class MlflowTracker(Callback):
         import yaml
         from mlflow.entities import Param
 
-        items = [Param(k, v) for k, v in flatten(self.config).items()]
+        items = [Param(k, v) for k, v in params_of(self.config).items()]
         for start in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[start : start + 100])
-        self.client.log_text(self.run_id, yaml.safe_dump(self.config, sort_keys=False), "config.yaml")
+        if self.datasets:
+            self.client.log_inputs(self.run_id, datasets=dataset_inputs(self.datasets))
+        if self.config:  # (a sweep's parent has none of its own)
+            self.client.log_text(self.run_id, yaml.safe_dump(self.config, sort_keys=False), "config.yaml")
         self._last_flush = time.time()
         self._writer = Writer(self.client, self.run_id, self._keep)
         self._writer.start()
 
     # -- gathering --------------------------------------------------------------------------
-    def _series_for(self, name: str, stride: int) -> Series:
-        series = self._series.get(name)
+    def _series_for(self, key: str, stride: int, name: str) -> Series:
+        """The series of MLflow key ``key``, of the logged name ``name`` (which says its direction)."""
+        series = self._series.get(key)
         if series is None:
             from ..callbacks import direction
 
             problem = getattr(self.trainer, "problem", None)
-            series = self._series[name] = Series(stride, direction(name, getattr(problem, "metric_directions", None)))
+            series = self._series[key] = Series(stride, direction(name, getattr(problem, "metric_directions", None)))
         return series
 
-    def _add(self, key: str, value: float, timestamp: int, step: int, stride: int):
-        series = self._series.get(key) or self._series_for(key, stride)
+    def _add(self, key: str, value: float, timestamp: int, step: int, stride: int, name: str | None = None):
+        series = self._series.get(key) or self._series_for(key, stride, name or key)
         if series.add(value, timestamp, step):
             self._pending.append((key, value, timestamp, step))
             self.metrics_logged += 1
@@ -354,10 +377,15 @@ class MlflowTracker(Callback):
 
     # -- callback hooks ---------------------------------------------------------------------
     def on_train_begin(self, logs=None):
+        trainer = self.trainer
         if self.log_every == "auto":  # planned totals: an early stop or a resumed run sends fewer points
-            trainer = self.trainer
             self._step_stride = stride_for(trainer.epochs * trainer.steps_per_epoch, self.max_points)
             self._epoch_stride = stride_for(trainer.epochs, self.max_points)
+        # one step per epoch: the epoch's mean loss is that step's loss, sent once
+        self._step_losses = trainer.steps_per_epoch > 1
+        self._last_rate = None
+        self._scheduled = getattr(trainer.optimizer, "learning_rate_schedule", None) is not None
+        self._clock = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
         if not logs:
@@ -365,10 +393,14 @@ class MlflowTracker(Callback):
         now = time.time()
         timestamp, step = int(now * 1000), self.trainer.step
         loss, lr = logs.get("loss"), logs.get("learning_rate")
-        if loss is not None:
-            self._add("loss", float(loss), timestamp, step, self._step_stride)
+        if loss is not None and self._step_losses:
+            self._add(STEP_LOSS, float(loss), timestamp, step, self._step_stride, "loss")
         if lr is not None:
-            self._add("learning_rate", float(lr), timestamp, step, self._step_stride)
+            lr = float(lr)
+            # a schedule's rate is a curve; a constant rate one point (and one more where a callback changes it)
+            if lr != self._last_rate or self._scheduled:
+                self._add(RATE, lr, timestamp, step, self._step_stride if self._last_rate is not None else 1)
+                self._last_rate = lr
         self._maybe_hand_over(now)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -377,13 +409,52 @@ class MlflowTracker(Callback):
         for key, value in (logs or {}).items():
             if key == "learning_rate":
                 continue  # the per-step curve has it
-            name = "epoch_loss" if key == "loss" else key
             try:
                 value = float(value)
             except (TypeError, ValueError):
                 continue
-            self._add(name, value, timestamp, step, self._epoch_stride)
+            self._add(metric_key(key), value, timestamp, step, self._epoch_stride, key)
         self._maybe_hand_over(now)
+
+    def on_train_end(self, logs=None):
+        self._seconds = time.perf_counter() - self._clock
+
+    def _add_summary(self) -> None:
+        """The run in a few numbers, at its last step, for the runs table: the best of every metric
+        with a direction (``best/<name>``, ``best_epoch/<name>``), ``objective`` (the run's metric
+        at the end, negated where higher is better, so that lower is better in every run),
+        ``summary/steps``, ``summary/epochs``, ``summary/train_seconds`` and, where the problem has
+        a target, ``target/reached`` (0 or 1) and the ``target/steps``, ``target/epochs`` and
+        ``target/seconds`` it took."""
+        from ..callbacks import direction
+
+        trainer = self.trainer
+        if trainer is None or not trainer.step:
+            return
+        history = trainer.history
+        timestamp, step = int(time.time() * 1000), trainer.step
+        points = {
+            "summary/steps": trainer.step,
+            "summary/epochs": len(history.epoch) and history.epoch[-1] + 1,
+            "summary/train_seconds": getattr(self, "_seconds", time.perf_counter() - self._clock),
+        }
+        directions = trainer.problem.metric_directions
+        for name in history.history:
+            way = direction(name, directions)
+            found = history.best(name, way) if way is not None else None
+            if found is not None:
+                points[f"best/{name}"], points[f"best_epoch/{name}"] = found[0], found[1] + 1
+        values = history.history.get(self.objective or "")
+        way = direction(self.objective or "", directions)
+        if values and way is not None:
+            points["objective"] = values[-1] if way == "min" else -values[-1]
+        if trainer.target is not None:
+            reached = trainer.target_reached
+            points["target/reached"] = float(reached is not None)
+            if reached is not None:
+                points.update({f"target/{k}": v for k, v in reached.items()})
+        self._pending.extend((key, float(value), timestamp, step) for key, value in points.items())
+        self.metrics_logged += len(points)
 
     # -- the end ----------------------------------------------------------------------------
     def close(self, status: str, error: str | None = None) -> None:
@@ -407,6 +478,7 @@ class MlflowTracker(Callback):
         plot_error = None
         try:
             self._add_extras()
+            self._add_summary()
             self._hand_over()
             self._writer.finish(deadline)
             try:  # drawn while the writer stores the last metrics
@@ -614,7 +686,7 @@ class MlflowTracker(Callback):
         """The run's plots as PNG bytes: loss and learning-rate curves, and the path on 2-D problems."""
         images = {}
         series = {name: sorted(s.points + [(p[2], p[0]) for p in s.extras()]) for name, s in self._series.items()}
-        if series.get("loss"):
+        if series.get("train/loss"):
             images["curves.png"] = png(curves_figure(series, self.run_name))
         trainer = self.trainer
         if trainer is not None and trainer.problem.record_path and trainer.history.path:
@@ -631,6 +703,25 @@ class MlflowTracker(Callback):
                 self.client.log_artifact(self.run_id, str(file))
                 with self._keep_lock:
                     self._images.pop(name, None)
+
+
+def dataset_inputs(datasets: list[dict]):
+    """A problem's data sets (``Problem.datasets()``: name, split, size, seed, source) as MLflow
+    dataset inputs: one per split, its context the split, its digest the description's hash."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    inputs = []
+    for data in datasets:
+        described = json.dumps(data, sort_keys=True)
+        dataset = Dataset(
+            name=str(data["name"]),
+            digest=hashlib.sha256(described.encode()).hexdigest()[:8],
+            source_type="code" if data.get("generated") else "scikit-learn",
+            source=json.dumps({"source": data.get("source", "")}),
+            profile=json.dumps({"num_rows": data.get("size"), "seed": data.get("seed")}),
+        )
+        inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", str(data["split"]))]))
+    return inputs
 
 
 class Writer(threading.Thread):

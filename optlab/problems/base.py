@@ -241,6 +241,12 @@ class Problem(Configurable):
         """Metrics of the current parameters (after each epoch)."""
         return {}
 
+    def datasets(self) -> list[dict]:
+        """The data the problem trains and validates on, described for the records (MLflow's
+        dataset inputs): ``[{"name", "split", "size", "seed", "source", "generated"}]``; none
+        for a problem without data (a test function)."""
+        return []
+
     def optimum(self) -> list[np.ndarray] | None:
         """The known minimiser, if there is one (for ``distance_to_optimum``)."""
         return None

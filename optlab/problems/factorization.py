@@ -113,6 +113,7 @@ class MatrixFactorization(_Supervised):
     """
 
     registry_name = "matrix_factorization"
+    data_name, data_source = "ratings", None
     sparse_gradients = True
     metric_directions: ClassVar[dict[str, str]] = {"loss": "min", "rmse": "min"}
     target: ClassVar[Target | None] = Target(

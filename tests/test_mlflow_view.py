@@ -1,0 +1,155 @@
+"""What a user sees in MLflow, counted back from the store: names, params, metric keys, summary
+metrics, datasets, tags, and a sweep's parent run (basic and joblib launchers)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cli_helpers import optlab, runs
+
+pytestmark = pytest.mark.slow
+
+FAST = ["trainer.progress_bar=false"]
+
+
+def _only(found):
+    assert len(found) == 1, [r.info.run_name for r in found]
+    return found[0]
+
+
+def test_a_plain_run_is_named_grouped_summarised_and_without_clutter(tmp_path):
+    result = optlab(tmp_path, "problem=rosenbrock", "optimizer.learning_rate=0.05", "trainer.epochs=300", *FAST)
+    assert result.returncode == 0, result.stderr
+    c, found = runs(tmp_path)
+    run = _only(found)
+    assert run.info.run_name == "adam rosenbrock seed=0"
+    params = run.data.params
+    assert "None" not in params.values() and "[]" not in params.values()
+    assert not [k for k in params if k.startswith("tracking.") or k in ("trainer.progress_bar", "print_every_epoch")]
+    assert params["optimizer.learning_rate"] == "0.05" and params["trainer.epochs"] == "300"
+    metrics = run.data.metrics
+    # one step per epoch: the epoch's loss is the step's, logged once, as the command line prints it
+    assert {"train/loss", "position/x", "position/y", "train/suboptimality", "train/distance_to_optimum"} <= set(
+        metrics
+    )
+    assert "train/loss_step" not in metrics and "loss" not in metrics and "epoch_loss" not in metrics
+    assert "train/loss" in result.stdout and "position/x" in result.stdout
+    # a constant learning rate is one point, not a flat line of 300
+    assert [m.value for m in c.get_metric_history(run.info.run_id, "train/learning_rate")] == [0.05]
+    # the summary: steps, seconds, the best of each metric with a direction and its epoch, the objective
+    losses = [m.value for m in sorted(c.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)]
+    assert len(losses) == 300 and metrics["summary/steps"] == 300 and metrics["summary/epochs"] == 300
+    assert metrics["best/loss"] == min(losses) and metrics["best_epoch/loss"] == losses.index(min(losses)) + 1
+    assert metrics["objective"] == losses[-1]  # metric=auto is the loss here, lower is better as it is
+    assert 0 < metrics["summary/train_seconds"] < 60
+    assert metrics["target/reached"] in (0.0, 1.0)
+    tags = run.data.tags
+    assert tags["mlflow.source.name"] == "python -m optlab" and tags["mlflow.user"] and tags["optlab_version"]
+    assert tags["target"] == "suboptimality <= 4e-06"
+
+
+def test_a_run_with_data_logs_its_datasets_per_step_losses_and_an_inverted_objective(tmp_path):
+    args = ("problem=mlp_digits", "trainer.epochs=2", "metric=val_accuracy", "schedule=cosine_decay", *FAST)
+    result = optlab(tmp_path, *args)
+    assert result.returncode == 0, result.stderr
+    c, found = runs(tmp_path)
+    run = _only(found)
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "validation"}
+    assert inputs["train"].name == "digits" and json.loads(inputs["train"].profile)["num_rows"] == 1438
+    assert json.loads(inputs["validation"].profile)["num_rows"] == 359  # 20% of 1,797 held out
+    steps = 2 * 45  # ceil(1,438 / 32) batches per epoch
+    assert len(c.get_metric_history(run.info.run_id, "train/loss_step")) == steps
+    assert len(c.get_metric_history(run.info.run_id, "train/learning_rate")) == steps  # a schedule: a curve
+    accuracy = sorted(c.get_metric_history(run.info.run_id, "val/accuracy"), key=lambda m: m.step)
+    assert run.data.metrics["objective"] == -accuracy[-1].value  # higher is better: negated
+    assert run.data.metrics["best/val_accuracy"] == max(m.value for m in accuracy)
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_sweep_is_one_parent_run_holding_runs_named_after_what_differs(tmp_path, launcher):
+    sweep_dir = tmp_path / "sweep"
+    args = [
+        "-m",
+        "optimizer=sgd,adam",
+        "optimizer.learning_rate=0.01,0.05",
+        "problem=rosenbrock",
+        "trainer.epochs=50",
+        f"hydra.sweep.dir={sweep_dir}",
+        *FAST,
+    ]
+    if launcher == "joblib":
+        args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    result = optlab(tmp_path, *args)
+    assert result.returncode == 0, result.stderr
+    c, found = runs(tmp_path, parents=True)
+    parents = [r for r in found if r.data.tags.get("optlab.kind") == "sweep"]
+    children = [r for r in found if r not in parents]
+    parent = _only(parents)
+    assert parent.info.status == "FINISHED" and len(children) == 4
+    sweep_id = parent.data.tags["sweep"]
+    assert parent.info.run_name == f"sweep {sweep_id}: optimizer=sgd,adam lr=0.01,0.05"
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert {r.data.tags["sweep"] for r in children} == {sweep_id}
+    assert sorted(r.info.run_name for r in children) == [
+        "adam lr=0.01 seed=0",
+        "adam lr=0.05 seed=0",
+        "sgd lr=0.01 seed=0",
+        "sgd lr=0.05 seed=0",
+    ]
+    assert sorted(r.data.tags["sweep_job"] for r in children) == ["0", "1", "2", "3"]
+    note = parent.data.tags["mlflow.note.content"]
+    assert "python -m optlab -m optimizer=sgd,adam" in note and "swept: optimizer, optimizer.learning_rate" in note
+    assert "best: " in note and "4 runs (4 FINISHED)" in note
+    assert {a.path for a in c.list_artifacts(parent.info.run_id)} == {"compare.txt", "compare.png"}
+    table = c.download_artifacts(parent.info.run_id, "compare.txt", str(tmp_path))
+    assert all(r.info.run_name in open(table).read() for r in children)
+    assert json.loads((sweep_dir / "optlab-sweep.json").read_text())["parent_run_id"] == parent.info.run_id
+
+    # the same sweep again in its folder: every job was done, the parent is the same run
+    again = optlab(tmp_path, *args)
+    assert again.returncode == 0, again.stderr
+    _, found = runs(tmp_path, parents=True)
+    assert len(found) == 5 and _only([r for r in found if r.data.tags.get("optlab.kind") == "sweep"]).info.run_id == (
+        parent.info.run_id
+    )
+
+
+def test_compare_takes_a_sweep_by_parent_id_or_filter_and_logs_to_the_parent(tmp_path):
+    import sys
+
+    result = optlab(tmp_path, "-m", "seed=0,1", "problem=quadratic", "trainer.epochs=20", *FAST)
+    assert result.returncode == 0, result.stderr
+    c, found = runs(tmp_path, parents=True)
+    parent = _only([r for r in found if r.data.tags.get("optlab.kind") == "sweep"])
+    import subprocess
+
+    by_parent = subprocess.run(
+        [sys.executable, "-m", "optlab.compare", "--parent", parent.info.run_id, "--output", "mine.png"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert by_parent.returncode == 0, by_parent.stderr
+    assert "seed=0" in by_parent.stdout and "seed=1" in by_parent.stdout
+    assert f"logged to the sweep's parent run {parent.info.run_id}" in by_parent.stdout
+    assert "mine.png" in {a.path for a in c.list_artifacts(parent.info.run_id)}
+    filtered = subprocess.run(
+        [sys.executable, "-m", "optlab.compare", "--sweep", "all", "--filter", "tags.seed = '1'"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert filtered.returncode == 0, filtered.stderr
+    assert "seed=1" in filtered.stdout and "seed=0" not in filtered.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "optlab.compare", "--filter", "tags.seed ==== 1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "--filter" in bad.stderr and "Traceback" not in bad.stderr
