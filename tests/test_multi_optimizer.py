@@ -168,7 +168,7 @@ def test_optimizer_groups_from_the_command_line_step_each_group_with_its_optimiz
         (line,) = [text for text in result.stdout.splitlines() if text.split()[:1] == [key]]
         return float(line.split("final")[1].split()[0])
 
-    assert final(grouped, "b") == final(still, "b")  # untouched, as with rate 0
-    assert final(grouped, "a") != final(still, "a")
+    assert final(grouped, "position/b") == final(still, "position/b")  # untouched, as with rate 0
+    assert final(grouped, "position/a") != final(still, "position/a")
     # each optimizer's rate is logged under its name (Keras's default names: sgd, then sgd_1)
-    assert final(grouped, "learning_rate_sgd") == 0.0 and final(grouped, "learning_rate_sgd_1") == 0.1
+    assert final(grouped, "train/learning_rate_sgd") == 0.0 and final(grouped, "train/learning_rate_sgd_1") == 0.1

@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 
 from ..callbacks import direction
-from .keys import metric_key
+from .keys import KIND_TAG, metric_key
 from .store import default_uri
 
 IGNORED_PARAMS = {"tracking.uri", "tracking.experiment", "trainer.progress_bar"}
@@ -34,8 +34,6 @@ def _runs(client, experiment: str, sweep: str, parent: str | None = None, where:
     """The runs to compare (never a sweep's parent run itself) and the sweep they are: the latest
     sweep, ``all``, a sweep by its id (``sweep`` tag) or folder, the children of a ``parent``
     run, any of them narrowed by an MLflow filter string ``where``."""
-    from .sweep import KIND_TAG
-
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = [e.name for e in client.search_experiments()]

@@ -45,3 +45,7 @@ def metric_key(name: str) -> str:
 
 #: the per-step keys: each batch's loss (where an epoch has several) and the learning rate
 STEP_LOSS, RATE = "train/loss_step", "train/learning_rate"
+
+
+#: the tag that marks a sweep's parent run (``optlab.kind = sweep``)
+KIND_TAG = "optlab.kind"

@@ -27,12 +27,11 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 from ..files import write_text_atomic
+from .keys import KIND_TAG
 
 #: the environment variable and the file (in the sweep's folder) that tell the jobs about their sweep
 ENVIRONMENT = "OPTLAB_SWEEP"
 SWEEP_FILE = "optlab-sweep.json"
-#: the tag that marks a parent run
-KIND_TAG = "optlab.kind"
 
 #: the parent run this process opened and has not ended yet (the ``SweepParent`` holding it)
 _OPEN: list = []
@@ -170,10 +169,12 @@ class SweepParent(Callback):
             found = json.loads((self.sweep_dir / SWEEP_FILE).read_text())
         except (OSError, ValueError):
             return None
-        experiment = tracking.get("experiment", "optlab")
-        if not isinstance(found, dict) or found.get("experiment") != experiment or "parent_run_id" not in found:
+        from .store import default_uri
+
+        same = {"experiment": tracking.get("experiment", "optlab"), "uri": tracking.get("uri") or default_uri()}
+        if not isinstance(found, dict) or "parent_run_id" not in found:
             return None
-        return found
+        return found if all(found.get(k) == v for k, v in same.items()) else None
 
     def on_multirun_end(self, config, **kwargs) -> None:
         self.end("FINISHED")
