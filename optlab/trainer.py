@@ -25,6 +25,15 @@ from .flat import flat_like
 from .hparams import Hyper
 
 
+def logged_name(name: str) -> str:
+    """The logged name behind an MLflow key as the summary prints it: ``val/accuracy`` ->
+    ``val_accuracy``, ``train/loss`` -> ``loss``, ``position/x`` -> ``x``; other names as they are."""
+    group, _, rest = name.partition("/")
+    if not rest:
+        return name
+    return {"val": f"val_{rest}", "train": rest, "position": rest}.get(group, name)
+
+
 class Trainer:
     """Fit ``problem`` with ``optimizer`` for ``epochs`` epochs, calling ``callbacks`` at Keras's points.
 
@@ -111,21 +120,48 @@ class Trainer:
         return parsed
 
     @staticmethod
-    def parse_target(target, problem):
-        """``target`` as a Target: None gives the problem's declared one, text is parsed."""
+    def parse_target(target, problem=None):
+        """``target`` as a Target, or None for no target: None gives the problem's declared one
+        (where it applies: :meth:`Problem.declared_target`), ``"none"`` none, text is parsed
+        (``"val_accuracy >= 0.97"``; MLflow's grouped names, ``val/accuracy``, are read as the
+        logged names). With a ``problem``, the metric must be one it logs, and the comparison
+        must point the way the metric improves."""
         from .problems import Target
 
         if target is None:
-            return problem.target
+            return None if problem is None else problem.declared_target()
         if isinstance(target, str):
+            if target.strip().lower() == "none":
+                return None
             try:
-                return Target.parse(target)
+                target = Target.parse(target)
             except ValueError as error:
                 raise ValueError(f"Trainer: `target`: {error}") from None
         if not isinstance(target, Target):
             raise ValueError(
-                f"Trainer: `target` must be a Target, its text ('val_loss <= 0.1') or None; received {target!r}"
+                f"Trainer: `target` must be a Target, its text ('val_loss <= 0.1'), 'none' or None; received {target!r}"
             )
+        metric = logged_name(target.metric)
+        if metric != target.metric:
+            target = Target(metric, target.op, target.value, target.measured)
+        if problem is not None:
+            logged = {**problem.metrics(), "learning_rate": None}
+            if metric not in logged:
+                from .names import closest
+
+                near = closest(metric, list(logged))
+                hint = f" (did you mean {near!r}?)" if near else ""
+                raise ValueError(
+                    f"Trainer: `target` {target}: problem {problem.registry_name!r} does not log {metric!r}{hint}; "
+                    f"it logs {', '.join(logged)}"
+                )
+            way = logged[metric]
+            if way is not None and way != target.direction:
+                better = "lower" if way == "min" else "higher"
+                raise ValueError(
+                    f"Trainer: `target` {target} is reached by getting worse: {metric} is better {better} "
+                    f"(write {metric} {'<=' if way == 'min' else '>='} VALUE)"
+                )
         return target
 
     # -- what callbacks see ---------------------------------------------------------------------

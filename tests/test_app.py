@@ -30,6 +30,8 @@ ERRORS = [
     (["callbacks=[threshold_stop]"], "callbacks.threshold_stop.threshold is required"),
     (["problem=mlp_digits", "problem.activation=sigmoid"], "`activation` must be one of 'tanh', 'relu'"),
     (["problem=rosenbrock", "metric=val_acc"], "metric 'val_acc' is not logged by problem 'rosenbrock'. Logged:"),
+    (["problem=rosenbrock", "trainer.target='val_loss <= 0.1'"], "problem 'rosenbrock' does not log 'val_loss'"),
+    (["trainer.target='val_accuracy <= 0.1'"], "is reached by getting worse: val_accuracy is better higher"),
     (
         ["problem=rosenbrock", "callbacks=[early_stopping]", "callbacks.early_stopping.monitor=val_accuracy"],
         "callbacks.early_stopping: EarlyStopping: monitor 'val_accuracy' is not logged by this run",

@@ -7,6 +7,7 @@ import json
 
 import pytest
 from cli_helpers import optlab, runs
+from references import tutorial_first_epoch_within
 
 pytestmark = pytest.mark.slow
 
@@ -43,10 +44,22 @@ def test_a_plain_run_is_named_grouped_summarised_and_without_clutter(tmp_path):
     assert metrics["best/loss"] == min(losses) and metrics["best_epoch/loss"] == losses.index(min(losses)) + 1
     assert metrics["objective"] == losses[-1]  # metric=auto is the loss here, lower is better as it is
     assert 0 < metrics["summary/train_seconds"] < 60
-    assert metrics["target/reached"] in (0.0, 1.0)
+    assert metrics["target/reached"] == 0.0 and "target/steps" not in metrics  # 300 steps of Adam at 0.05
     tags = run.data.tags
     assert tags["mlflow.source.name"] == "python -m optlab" and tags["mlflow.user"] and tags["optlab_version"]
     assert tags["target"] == "suboptimality <= 4e-06"
+
+
+def test_a_run_that_reaches_its_target_logs_what_it_took(tmp_path):
+    args = ("problem=seed_linear", "optimizer=sgd", "optimizer.learning_rate=0.1", "trainer.epochs=20", *FAST)
+    result = optlab(tmp_path, *args)
+    assert result.returncode == 0, result.stderr
+    _, found = runs(tmp_path)
+    metrics = _only(found).data.metrics
+    expected = tutorial_first_epoch_within(0.1, 0.1, 20)  # 7: the tutorial's seven rows
+    assert metrics["target/reached"] == 1.0
+    assert metrics["target/steps"] == metrics["target/epochs"] == expected and metrics["target/seconds"] >= 0
+    assert f"target excess <= 0.1: reached at epoch {expected} (step {expected}," in result.stdout
 
 
 def test_a_run_with_data_logs_its_datasets_per_step_losses_and_an_inverted_objective(tmp_path):
@@ -134,8 +147,20 @@ def test_compare_takes_a_sweep_by_parent_id_or_filter_and_logs_to_the_parent(tmp
     )
     assert by_parent.returncode == 0, by_parent.stderr
     assert "seed=0" in by_parent.stdout and "seed=1" in by_parent.stdout
-    assert f"logged to the sweep's parent run {parent.info.run_id}" in by_parent.stdout
-    assert "mine.png" in {a.path for a in c.list_artifacts(parent.info.run_id)}
+    assert f"logged to the sweep's parent run {parent.info.run_id}: compare.txt, compare.png" in by_parent.stdout
+    assert (tmp_path / "mine.png").exists()  # written where asked, logged to the parent under its own name
+    assert {a.path for a in c.list_artifacts(parent.info.run_id)} == {"compare.txt", "compare.png"}
+    # another metric is another comparison beside the sweep's own, not in its place
+    other = subprocess.run(
+        [sys.executable, "-m", "optlab.compare", "--parent", parent.info.run_id, "--metric", "distance_to_optimum"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert other.returncode == 0, other.stderr
+    names = {a.path for a in c.list_artifacts(parent.info.run_id)}
+    assert names == {"compare.txt", "compare.png", "compare-distance_to_optimum.txt", "compare-distance_to_optimum.png"}
     filtered = subprocess.run(
         [sys.executable, "-m", "optlab.compare", "--sweep", "all", "--filter", "tags.seed = '1'"],
         cwd=tmp_path,
@@ -145,6 +170,8 @@ def test_compare_takes_a_sweep_by_parent_id_or_filter_and_logs_to_the_parent(tmp
     )
     assert filtered.returncode == 0, filtered.stderr
     assert "seed=1" in filtered.stdout and "seed=0" not in filtered.stdout
+    assert "parent run" not in filtered.stdout  # a part of the sweep is not the sweep's comparison
+    assert len(c.list_artifacts(parent.info.run_id)) == 4
     bad = subprocess.run(
         [sys.executable, "-m", "optlab.compare", "--filter", "tags.seed ==== 1"],
         cwd=tmp_path,

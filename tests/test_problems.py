@@ -315,6 +315,34 @@ def test_the_trainer_records_when_the_target_is_reached_and_can_stop_there():
         optlab.trainer.Trainer("seed_linear", "sgd", target="excess < 0.1")
 
 
+def test_a_given_target_names_a_logged_metric_pointing_the_way_it_improves():
+    Trainer = optlab.trainer.Trainer
+    # the summary's (and MLflow's) grouped names read as the logged ones
+    assert Trainer("mlp_digits", "sgd", target="val/accuracy >= 0.5").target == problems.Target(
+        "val_accuracy", ">=", 0.5
+    )
+    assert Trainer("mlp_digits", "sgd", target="train/loss <= 1").target == problems.Target("loss", "<=", 1.0)
+    assert Trainer("mlp_digits", "sgd", target="none").target is None  # no target at all
+    with pytest.raises(ValueError, match="does not log 'val_los' \\(did you mean 'val_loss'\\?\\)"):
+        Trainer("mlp_digits", "sgd", target="val_los <= 0.1")
+    with pytest.raises(ValueError, match="does not log 'val_loss'"):  # a test function holds out no data
+        Trainer("rosenbrock", "sgd", target="val_loss <= 0.1")
+    with pytest.raises(ValueError, match="reached by getting worse: val_accuracy is better higher"):
+        Trainer("mlp_digits", "sgd", target="val_accuracy <= 0.9")
+
+
+def test_a_declared_target_applies_at_the_arguments_it_was_measured_at():
+    assert problems.Rosenbrock().declared_target() == problems.Rosenbrock.target
+    # another dimension, instance or data set is another problem: no target unless one is given
+    for other in (
+        problems.Rosenbrock(dim=10),
+        problems.Rosenbrock(instance=3),
+        problems.SoftmaxRegression(dataset="wine"),
+    ):
+        assert other.declared_target() is None
+        assert optlab.trainer.Trainer(other, "sgd").target is None
+
+
 def test_auto_epochs_and_batch_size_are_the_problems_budget():
     trainer = optlab.trainer.Trainer("noisy_quadratic", "sgd", epochs="auto", batch_size="auto")
     assert (trainer.epochs, trainer.batch_size) == (100, 128)

@@ -139,10 +139,18 @@ def compare(
             seeds.append({"config": config, **seed_summary([r["final"] for r in members])})
     _plot(curves, metric, output, f"{experiment} / {sweep}")
     parents = {r.data.tags.get("mlflow.parentRunId") for r in runs}
+    parent = parents.pop() if len(parents) == 1 else None
+    if parent is not None and not where:  # the sweep's own comparison covers all of its runs, not a subset
+        siblings = client.search_runs(
+            [runs[0].info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'", max_results=5000
+        )
+        whole = len(siblings) == len(runs)
+    else:
+        whole = False
     return {
         "experiment": experiment,
         "sweep": sweep,
-        "parent": parents.pop() if len(parents) == 1 else None,
+        "parent": parent if whole else None,
         "metric": metric,
         "columns": differing,
         "rows": rows,
@@ -210,13 +218,14 @@ def format_table(result: dict) -> str:
                 f"{row['final']:.6g}",
                 f"{row['best']:.6g}",
                 str(row["steps"]),
-                f"{row['seconds']:.1f}",
+                f"{row['seconds']:.2f}",
                 row["status"],
             ]
         )
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     text = [
-        f"{result['experiment']} / sweep {result['sweep']}: {len(result['rows'])} runs, sorted by {result['metric']}"
+        f"{result['experiment']} / sweep {result['sweep']}: {len(result['rows'])} "
+        f"run{'s' if len(result['rows']) != 1 else ''}, sorted by {result['metric']}"
     ]
     for k, line in enumerate(lines):
         text.append("  ".join(str(cell).ljust(w) for cell, w in zip(line, widths)))
@@ -265,27 +274,42 @@ def main(argv=None) -> int:
     print(table)
     if result["parent"] is not None:  # the runs of one sweep: the comparison goes to its parent run too
         try:
-            log_to_parent(result, table, uri)
+            stem = log_to_parent(result, table, uri)
         except Exception as error:  # the table is printed and the PNG written whatever the store does
             print(f"optlab.compare: warning: not logged to the parent run {result['parent']}: {error}", file=sys.stderr)
         else:
-            print(f"logged to the sweep's parent run {result['parent']}: compare.txt, {Path(result['output']).name}")
+            print(f"logged to the sweep's parent run {result['parent']}: {stem}.txt, {stem}.png")
     return 0
 
 
-def log_to_parent(result: dict, table: str, uri: str) -> None:
-    """The comparison's table (``compare.txt``) and curves (its PNG) as artifacts of the sweep's parent run."""
+def artifact_stem(result: dict, default_metric: str | None) -> str:
+    """``compare`` for the sweep's own metric, ``compare-<metric>`` for another: one comparison
+    per metric on the parent run, each replaced by a newer one of the same metric."""
+    metric = result["metric"]
+    if metric == default_metric:
+        return "compare"
+    return "compare-" + "".join(c if c.isalnum() or c in "._-" else "_" for c in metric)
+
+
+def log_to_parent(result: dict, table: str, uri: str) -> str:
+    """The comparison of a whole sweep, its table and curves, as artifacts of the sweep's parent
+    run (``compare.txt`` and ``compare.png`` for the sweep's metric); returns the file stem."""
+    import shutil
     import tempfile
 
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
+    stem = artifact_stem(result, client.get_run(result["rows"][0]["run_id"]).data.tags.get("metric"))
     with tempfile.TemporaryDirectory() as folder:
-        text = Path(folder) / "compare.txt"
-        text.write_text(table + "\n")
+        text = Path(folder) / f"{stem}.txt"
+        text.write_text(table.replace(f"curves: {result['output']}", f"curves: {stem}.png") + "\n")
         client.log_artifact(result["parent"], str(text))
-    if Path(result["output"]).exists():
-        client.log_artifact(result["parent"], str(result["output"]))
+        if Path(result["output"]).exists():
+            picture = Path(folder) / f"{stem}.png"
+            shutil.copyfile(result["output"], picture)
+            client.log_artifact(result["parent"], str(picture))
+    return stem
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import sys
 import time
@@ -299,9 +300,12 @@ def _check_output_folder(overrides: list[str], multirun: bool) -> None:
 
 
 def _sweep_stopped(what: str) -> None:
+    from .sweep import STARTED
+
+    folder = shlex.quote(str(STARTED[0])) if STARTED else "<the sweep's folder>"
     print(
         f"\noptlab: sweep {what}: runs that had started are marked KILLED, with their metrics; jobs that "
-        "had not started did not run. To run the rest, repeat the command with hydra.sweep.dir=<the sweep's "
-        "folder, printed above>: jobs that finished are skipped.",
+        f"had not started did not run. To run the rest, repeat the command with hydra.sweep.dir={folder}: "
+        "jobs that finished are skipped.",
         file=sys.stderr,
     )

@@ -193,9 +193,9 @@ def check_settings(conf: dict) -> None:
     except ValueError as error:
         raise ConfigError(str(error).removeprefix(": ") + ' (or "auto": the problem\'s budget)') from None
     target = trainer["target"]
-    if target != "auto":
+    if target is not None and target != "auto":
         try:
-            Trainer.parse_target(target, None)
+            Trainer.parse_target(target)
         except ValueError as error:
             raise ConfigError(f"trainer.target: {str(error).removeprefix('Trainer: `target`: ')}") from None
     check(
@@ -411,11 +411,11 @@ def make_trainer(conf: dict, problem, optimizer, cbs, extra=()):
             batch_size=t["batch_size"] if problem.num_examples is not None else None,
             seed=conf["seed"],
             dtype=t["dtype"],
-            target=None if t["target"] == "auto" else t["target"],
+            target=None if t["target"] == "auto" else "none" if t["target"] is None else t["target"],
             stop_at_target=t["stop_at_target"],
         )
-    except (ValueError, TypeError) as error:
-        raise ConfigError(str(error)) from None
+    except (ValueError, TypeError) as error:  # (the command line's names for the trainer's arguments)
+        raise ConfigError(str(error).replace("Trainer: `target`", "trainer.target", 1)) from None
 
 
 def tags_for(conf: dict, problem, optimizer, sweep: dict) -> dict:
@@ -437,8 +437,9 @@ def tags_for(conf: dict, problem, optimizer, sweep: dict) -> dict:
         "metric": conf.get("metric", ""),
         **source_tags(),
     }
-    if problem.target is not None:
-        tags["target"] = str(problem.target)
+    target = problem.declared_target() if conf["trainer"].get("target") == "auto" else conf["trainer"].get("target")
+    if target is not None and str(target).lower() != "none":
+        tags["target"] = str(target)
     for key, value in sweep.items():
         if value is not None and key != "swept":
             tags[key] = str(value)

@@ -35,6 +35,8 @@ SWEEP_FILE = "optlab-sweep.json"
 
 #: the parent run this process opened and has not ended yet (the ``SweepParent`` holding it)
 _OPEN: list = []
+#: the folder of the sweep this process started last (for the message of a stopped sweep)
+STARTED: list[Path] = []
 
 
 def swept_keys(config) -> list[str]:
@@ -105,10 +107,11 @@ class SweepParent(Callback):
 
         from .run import source_tags
 
+        self.sweep_dir = Path(str(config.hydra.sweep.dir))
+        STARTED[:] = [self.sweep_dir]
         tracking = OmegaConf.to_container(config.tracking, resolve=True) if "tracking" in config else {}
         if not (tracking or {}).get("enabled"):
             return
-        self.sweep_dir = Path(str(config.hydra.sweep.dir))
         swept = swept_keys(config)
         earlier = self._earlier(tracking)
         sweep_id = earlier["sweep_id"] if earlier else f"{time.strftime('%m%d-%H%M')}-{secrets.token_hex(2)}"

@@ -451,8 +451,9 @@ class MlflowTracker(Callback):
         if trainer.target is not None:
             reached = trainer.target_reached
             points["target/reached"] = float(reached is not None)
-            if reached is not None:
-                points.update({f"target/{k}": v for k, v in reached.items()})
+            if reached is not None:  # (what it took: only when it was reached)
+                points.update({f"target/{k}s": v for k, v in reached.items() if k in ("epoch", "step")})
+                points["target/seconds"] = reached["seconds"]
         self._pending.extend((key, float(value), timestamp, step) for key, value in points.items())
         self.metrics_logged += len(points)
 

@@ -18,7 +18,9 @@ def report() -> dict:
     out = {}
     for name in registry.names():
         problem = registry.create(name)
-        out[name] = {"distribution": registry.source(name), "metrics": problem.metrics(), **problem.metadata()}
+        meta = problem.metadata()
+        del meta["metric_directions"]  # (the class's, inherited ones included): what it logs says it better
+        out[name] = {"distribution": registry.source(name), "metrics": problem.metrics(), **meta}
     return out
 
 

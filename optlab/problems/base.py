@@ -20,7 +20,8 @@ And it declares, for comparisons (the trainer, ``python -m optlab.problems``, st
 plugins read them; checked when the class is defined):
 
 - ``target``: a :class:`Target`, the level a run "solves" it at (``val_accuracy >= 0.97``), for
-  time-to-target; chosen from measured tuned runs, and ``Target.measured`` says how;
+  time-to-target; chosen from measured tuned runs at the default arguments (and applied only
+  there: :meth:`Problem.declared_target`), and ``Target.measured`` says how;
 - ``budget``: a :class:`Budget`, the default epochs and batch size (``trainer.epochs=auto``);
 - ``size_class``: ``"tiny"`` (a run under 1 s), ``"small"`` (10 s) or ``"medium"`` (1 min on 2 cores).
 """
@@ -172,6 +173,18 @@ class Problem(Configurable):
             "budget": asdict(cls.budget),
             "size_class": cls.size_class,
         }
+
+    def declared_target(self) -> Target | None:
+        """The class's ``target`` where it applies: the problem built with the arguments the
+        target was measured at (every argument at its default); None otherwise (a 10-D instance
+        of a function is another problem)."""
+        target = type(self).target
+        if target is None:
+            return None
+        for name, hyper in self.hyperparameters().items():
+            if getattr(self, name) != hyper.default:
+                return None
+        return target
 
     def metrics(self) -> dict[str, str | None]:
         """The names an epoch's logs hold for this problem (its ``loss`` and ``evaluate``'s metrics),
