@@ -4,6 +4,7 @@ metrics, datasets, tags, and a sweep's parent run (basic and joblib launchers)."
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from cli_helpers import optlab, runs
@@ -112,6 +113,10 @@ def test_a_sweep_is_one_parent_run_holding_runs_named_after_what_differs(tmp_pat
         "sgd lr=0.05 seed=0",
     ]
     assert sorted(r.data.tags["sweep_job"] for r in children) == ["0", "1", "2", "3"]
+    # two workers share the cores; one after another, a run has them all
+    cores = len(os.sched_getaffinity(0))
+    threads = max(1, cores // 2) if launcher == "joblib" else cores
+    assert {r.data.tags["threads"] for r in children} == {str(threads)}
     note = parent.data.tags["mlflow.note.content"]
     assert "python -m optlab -m optimizer=sgd,adam" in note and "swept: optimizer, optimizer.learning_rate" in note
     assert "best: " in note and "4 runs (4 FINISHED)" in note
@@ -180,3 +185,25 @@ def test_compare_takes_a_sweep_by_parent_id_or_filter_and_logs_to_the_parent(tmp
         timeout=300,
     )
     assert bad.returncode == 2 and "--filter" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_sweeps_workers_share_the_cores(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from optlab.app import cores
+
+    monkeypatch.setattr(cores, "usable_cores", lambda: 8)
+    joblib = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    for n_jobs, workers in ((2, 2), (-1, 8), (-2, 7), (16, 16)):
+        conf = OmegaConf.create({"launcher": {"_target_": joblib, "n_jobs": n_jobs}})
+        assert cores.sweep_workers(conf) == workers
+    basic = OmegaConf.create({"launcher": {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}})
+    assert cores.sweep_workers(basic) == 1
+    import threadpoolctl
+
+    limits = []
+    monkeypatch.setattr(threadpoolctl, "threadpool_limits", lambda limits_=None, **kw: limits.append(kw["limits"]))
+    monkeypatch.delitem(__import__("sys").modules, "numba", raising=False)  # as in a fresh worker
+    monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    assert cores.share_cores(3) == 2 and os.environ["NUMBA_NUM_THREADS"] == "2"  # 8 cores // 3 workers
+    assert cores.share_cores(16) == 1 and limits == [2, 1]  # never fewer than one; BLAS limited alike

@@ -63,8 +63,11 @@ def _task(cfg):
         if done is not None:  # a repeated sweep (same hydra.sweep.dir) runs only what did not finish
             print(f"optlab: job {hydra_conf.job.num} ({sweep['sweep_overrides']}) finished before; skipped")
             return done["value"]
+    from .cores import share_cores, sweep_workers
+
+    threads = share_cores(sweep_workers(hydra_conf) if sweep else 1)
     try:
-        return run(conf, sweep, hydra_conf.runtime.output_dir, worker=worker)
+        return run(conf, sweep, hydra_conf.runtime.output_dir, worker=worker, threads=threads)
     except ConfigError as error:
         _fail(str(error))
     except RunStopped as stopped:

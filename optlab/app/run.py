@@ -506,13 +506,14 @@ def log_interval(tracking: dict, problem, trainer_conf) -> int:
     return every
 
 
-def run(conf: dict, sweep: dict | None = None, output_dir=None, worker: bool = False) -> float:
+def run(conf: dict, sweep: dict | None = None, output_dir=None, worker: bool = False, threads=None) -> float:
     """Train once as configured; returns the final value of ``conf["metric"]`` (the sweep objective).
 
     User mistakes raise ``ConfigError`` before anything is recorded; a failure or a signal
     during the run ends its MLflow run with a true status and raises :class:`RunStopped`
     (one line for the user; a failure's full traceback goes to the run's log in ``output_dir``).
     ``worker``: this process is a sweep's worker, stopped by its parent (see :func:`stop_signals`).
+    ``threads``: the threads its kernels may use (:func:`~.cores.share_cores`), recorded as a tag.
     """
     sweep = sweep or {}
     conf = dict(conf)
@@ -529,7 +530,7 @@ def run(conf: dict, sweep: dict | None = None, output_dir=None, worker: bool = F
             tracking.get("uri"),
             tracking.get("experiment", "optlab"),
             conf,
-            tags_for(conf, problem, optimizer, sweep),
+            {**tags_for(conf, problem, optimizer, sweep), **({"threads": str(threads)} if threads else {})},
             run_name_for(conf, optimizer, problem, sweep),
             tracking.get("log_every", "auto"),
             max_points=tracking.get("max_points", 500),
