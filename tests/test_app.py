@@ -350,3 +350,19 @@ def test_fill_names_only_what_an_experiment_can_fill():
     allowed = "'learning_rate', 'run_steps', 'metric' or None"
     with pytest.raises(ValueError, match=f"fill must be one of {allowed}; received 'epochs'"):
         Hyper(1.0, fill="epochs")
+
+
+def test_the_sweep_benchmark_times_a_sweep_sequential_and_in_parallel(capsys):
+    from optlab.app import bench
+
+    overrides = ["optimizer=sgd,adam", "problem=seed_linear", "trainer.epochs=20"]
+    assert bench.main(["--sweep", "--repeats", "1", *overrides]) == 0
+    out = capsys.readouterr().out
+    assert "sweep: optimizer=sgd,adam problem=seed_linear trainer.epochs=20 (untracked)" in out
+    sequential = float(out.split("sequential: ")[1].split(" s")[0])
+    parallel = float(out.split("2 joblib workers: ")[1].split(" s")[0])
+    assert sequential > 0 and parallel > 0
+    speedup = float(out.split("speed-up ")[1].split()[0])  # (the figures are for reading, not asserting)
+    assert speedup == pytest.approx(sequential / parallel, abs=0.02) and "(ideal " in out
+    with pytest.raises(SystemExit):
+        bench.main(["--sweep", "--workers", "0"])

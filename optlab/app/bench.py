@@ -1,10 +1,15 @@
-"""How much MLflow logging costs: the same run with tracking on and off.
+"""How much MLflow logging costs (the same run with tracking on and off), and what a parallel
+sweep gains (the same sweep one job after another and with joblib's workers).
 
     python -m optlab.app.bench                          # mlp_digits, 230 epochs of 45 steps (10,350 steps)
     python -m optlab.app.bench problem=seed_linear trainer.epochs=10000
+    python -m optlab.app.bench --sweep                  # 4 jobs, sequential against 2 joblib workers
 
-Times ``Trainer.fit`` plus the final flush of every metric (the run's own wall time), median
-of ``--repeats`` runs each, into a temporary store; prints the ratio.
+Tracking: times ``Trainer.fit`` plus the final flush of every metric (the run's own wall time),
+median of ``--repeats`` runs each, into a temporary store; prints the ratio. ``--sweep``: times
+``python -m optlab -m`` (untracked) as a whole, the basic launcher against
+``hydra/launcher=joblib`` with ``--workers`` workers (each on its share of the cores); prints
+the speed-up, whose ideal is the number of workers the cores can hold.
 """
 
 from __future__ import annotations
@@ -52,11 +57,64 @@ def timed_run(conf) -> tuple[float, int]:
     return time.perf_counter() - start, trainer.step
 
 
+#: the sweep ``--sweep`` times by default: 4 jobs of a few seconds, whose kernels are large enough to run parallel
+SWEEP = ["optimizer=sgd,adam,rmsprop,lion", "problem=quadratic", "problem.dim=4000000", "trainer.epochs=40"]
+
+
+def timed_sweep(overrides, workers: int | None, cwd) -> float:
+    """Seconds of ``python -m optlab -m OVERRIDES`` untracked: the basic launcher, or joblib with ``workers``."""
+    import subprocess
+
+    launcher = [] if workers is None else ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={workers}"]
+    command = [
+        sys.executable,
+        "-m",
+        "optlab",
+        "-m",
+        *overrides,
+        *launcher,
+        "tracking=none",
+        "trainer.progress_bar=false",
+    ]
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise SystemExit(f"python -m optlab.app.bench: the sweep failed: {done.stderr.strip().splitlines()[-1:]}")
+    return seconds
+
+
+def bench_sweep(overrides, workers: int, repeats: int) -> dict:
+    """Median seconds of the sweep sequential and with ``workers`` joblib workers (alternating)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        timed_sweep(overrides, None, tmp)  # warm-up: numba's cache, the data
+        sequential, parallel = [], []
+        for _ in range(repeats):
+            sequential.append(timed_sweep(overrides, None, tmp))
+            parallel.append(timed_sweep(overrides, workers, tmp))
+    return {"sequential": statistics.median(sequential), "parallel": statistics.median(parallel), "workers": workers}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m optlab.app.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the run")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the run (of the sweep, with --sweep)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sweep", action="store_true", help="time a sweep sequential against joblib's workers")
+    parser.add_argument("--workers", type=int, default=2, help="joblib's workers for --sweep (default 2)")
     args = parser.parse_args(argv)
+    if args.repeats < 1 or args.workers < 1:
+        parser.error("--repeats and --workers must be >= 1")
+    if args.sweep:
+        from .cores import usable_cores
+
+        result = bench_sweep(args.overrides or SWEEP, args.workers, args.repeats)
+        ideal = min(args.workers, usable_cores())
+        print(f"sweep: {' '.join(args.overrides or SWEEP)} (untracked), {usable_cores()} usable cores")
+        print(
+            f"sequential: {result['sequential']:.2f} s   {args.workers} joblib workers: {result['parallel']:.2f} s   "
+            f"speed-up {result['sequential'] / result['parallel']:.2f} (ideal {ideal})"
+        )
+        return 0
     overrides = args.overrides or ["problem=mlp_digits", "trainer.epochs=230", "trainer.batch_size=32"]
     overrides = [*overrides, "trainer.progress_bar=false"]
     with tempfile.TemporaryDirectory() as tmp:
