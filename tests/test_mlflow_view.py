@@ -134,56 +134,38 @@ def test_a_sweep_is_one_parent_run_holding_runs_named_after_what_differs(tmp_pat
     )
 
 
-def test_compare_takes_a_sweep_by_parent_id_or_filter_and_logs_to_the_parent(tmp_path):
+def compare(cwd, *args):
+    """``python -m optlab.compare ARGS`` in ``cwd``, its output captured."""
+    import subprocess
     import sys
 
+    return subprocess.run(
+        [sys.executable, "-m", "optlab.compare", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_compare_takes_a_sweep_by_parent_id_or_filter_and_logs_to_the_parent(tmp_path):
     result = optlab(tmp_path, "-m", "seed=0,1", "problem=quadratic", "trainer.epochs=20", *FAST)
     assert result.returncode == 0, result.stderr
     c, found = runs(tmp_path, parents=True)
     parent = _only([r for r in found if r.data.tags.get("optlab.kind") == "sweep"])
-    import subprocess
-
-    by_parent = subprocess.run(
-        [sys.executable, "-m", "optlab.compare", "--parent", parent.info.run_id, "--output", "mine.png"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    by_parent = compare(tmp_path, "--parent", parent.info.run_id, "--output", "mine.png")
     assert by_parent.returncode == 0, by_parent.stderr
     assert "seed=0" in by_parent.stdout and "seed=1" in by_parent.stdout
     assert f"logged to the sweep's parent run {parent.info.run_id}: compare.txt, compare.png" in by_parent.stdout
     assert (tmp_path / "mine.png").exists()  # written where asked, logged to the parent under its own name
     assert {a.path for a in c.list_artifacts(parent.info.run_id)} == {"compare.txt", "compare.png"}
     # another metric is another comparison beside the sweep's own, not in its place
-    other = subprocess.run(
-        [sys.executable, "-m", "optlab.compare", "--parent", parent.info.run_id, "--metric", "distance_to_optimum"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    other = compare(tmp_path, "--parent", parent.info.run_id, "--metric", "distance_to_optimum")
     assert other.returncode == 0, other.stderr
     names = {a.path for a in c.list_artifacts(parent.info.run_id)}
     assert names == {"compare.txt", "compare.png", "compare-distance_to_optimum.txt", "compare-distance_to_optimum.png"}
-    filtered = subprocess.run(
-        [sys.executable, "-m", "optlab.compare", "--sweep", "all", "--filter", "tags.seed = '1'"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    filtered = compare(tmp_path, "--sweep", "all", "--filter", "tags.seed = '1'")
     assert filtered.returncode == 0, filtered.stderr
     assert "seed=1" in filtered.stdout and "seed=0" not in filtered.stdout
     assert "parent run" not in filtered.stdout  # a part of the sweep is not the sweep's comparison
     assert len(c.list_artifacts(parent.info.run_id)) == 4
-    bad = subprocess.run(
-        [sys.executable, "-m", "optlab.compare", "--filter", "tags.seed ==== 1"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    bad = compare(tmp_path, "--filter", "tags.seed ==== 1")
     assert bad.returncode == 2 and "--filter" in bad.stderr and "Traceback" not in bad.stderr
 
 
