@@ -4,6 +4,7 @@ import math
 
 from ..hparams import Hyper
 from ..kernels import kernel, prange
+from ..spaces import LogUniform, tuned
 from .base import Optimizer
 from .layout import Slot
 
@@ -31,6 +32,7 @@ class Adadelta(Optimizer):
     """
 
     registry_name = "adadelta"
+    search_space = tuned(learning_rate=LogUniform(1e-2, 100.0))  # what a study tunes (optlab.spaces)
     rho = Hyper(0.95, low=0.0, high=1.0, high_open=True, doc="decay of the running averages")
     epsilon = Hyper(1e-7, low=0.0, low_open=True, doc="added inside the square roots")
 

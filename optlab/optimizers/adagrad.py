@@ -4,6 +4,7 @@ import math
 
 from ..hparams import Hyper
 from ..kernels import kernel, prange
+from ..spaces import LogUniform, tuned
 from .base import Optimizer
 from .layout import Slot
 
@@ -27,6 +28,7 @@ class Adagrad(Optimizer):
     """
 
     registry_name = "adagrad"
+    search_space = tuned(learning_rate=LogUniform(1e-3, 10.0))  # what a study tunes (optlab.spaces)
     initial_accumulator_value = Hyper(0.1, low=0.0, doc="starting value of the accumulator")
     epsilon = Hyper(1e-7, low=0.0, low_open=True, doc="added inside the square root")
 

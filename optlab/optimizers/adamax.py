@@ -2,6 +2,7 @@
 
 from ..hparams import Hyper
 from ..kernels import kernel, prange
+from ..spaces import LogUniform, tuned
 from .base import Optimizer
 from .layout import Slot
 
@@ -25,6 +26,7 @@ class Adamax(Optimizer):
     """
 
     registry_name = "adamax"
+    search_space = tuned(learning_rate=LogUniform(1e-4, 1.0))  # what a study tunes (optlab.spaces)
     beta_1 = Hyper(0.9, low=0.0, high=1.0, high_open=True, doc="decay of the first moment")
     beta_2 = Hyper(0.999, low=0.0, high=1.0, high_open=True, doc="decay of the infinity norm")
     epsilon = Hyper(1e-7, low=0.0, low_open=True, doc="added to the norm")

@@ -1,6 +1,7 @@
 """AdamW (Loshchilov and Hutter, 2017): Adam with decoupled weight decay."""
 
 from ..hparams import Hyper
+from ..spaces import LogUniform, tuned
 from .adam import Adam
 
 
@@ -13,4 +14,5 @@ class AdamW(Adam):
     """
 
     registry_name = "adamw"
+    search_space = tuned(learning_rate=LogUniform(1e-4, 1.0))  # what a study tunes (optlab.spaces)
     weight_decay = Hyper(0.004, low=0.0, doc="decoupled weight decay rate")

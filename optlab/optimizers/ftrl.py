@@ -4,6 +4,7 @@ import math
 
 from ..hparams import Hyper
 from ..kernels import kernel, prange
+from ..spaces import LogUniform, tuned
 from .base import Optimizer
 from .layout import Slot
 
@@ -42,6 +43,7 @@ class Ftrl(Optimizer):
     """
 
     registry_name = "ftrl"
+    search_space = tuned(learning_rate=LogUniform(1e-3, 10.0))  # what a study tunes (optlab.spaces)
     learning_rate_power = Hyper(-0.5, high=0.0, doc="power of the step-size decay (<= 0)")
     initial_accumulator_value = Hyper(0.1, low=0.0, doc="starting value of the accumulator")
     l1_regularization_strength = Hyper(0.0, low=0.0, doc="L1 regularization strength")

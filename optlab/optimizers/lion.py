@@ -2,6 +2,7 @@
 
 from ..hparams import Hyper
 from ..kernels import kernel, prange
+from ..spaces import LogUniform, tuned
 from .base import Optimizer
 
 #: compile-time switch of ``_lion``, fixed per variant (``Kernel.specialize``)
@@ -39,6 +40,7 @@ class Lion(Optimizer):
     """
 
     registry_name = "lion"
+    search_space = tuned(learning_rate=LogUniform(1e-5, 0.1))  # what a study tunes (optlab.spaces)
     beta_1 = Hyper(0.9, low=0.0, high=1.0, low_open=True, doc="interpolation for the step's sign (0 gives SignSGD)")
     beta_2 = Hyper(0.99, low=0.0, high=1.0, high_open=True, doc="decay of the momentum")
 

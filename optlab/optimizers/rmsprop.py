@@ -4,6 +4,7 @@ import math
 
 from ..hparams import Hyper
 from ..kernels import kernel, prange
+from ..spaces import LogUniform, tuned
 from .base import Optimizer
 from .layout import Slot
 
@@ -47,6 +48,7 @@ class RMSprop(Optimizer):
     """
 
     registry_name = "rmsprop"
+    search_space = tuned(learning_rate=LogUniform(1e-4, 1.0))  # what a study tunes (optlab.spaces)
     rho = Hyper(0.9, low=0.0, high=1.0, high_open=True, doc="decay of the squared-gradient average")
     momentum = Hyper(0.0, low=0.0, high=1.0, high_open=True, doc="momentum factor")
     epsilon = Hyper(1e-7, low=0.0, low_open=True, doc="added to the mean square inside the root")

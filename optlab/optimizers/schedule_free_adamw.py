@@ -4,6 +4,7 @@ import math
 
 from ..hparams import Hyper
 from ..kernels import kernel, prange
+from ..spaces import LogUniform, tuned
 from .base import LearningRate, Optimizer
 from .layout import Slot
 
@@ -37,6 +38,7 @@ class ScheduleFreeAdamW(Optimizer):
     """
 
     registry_name = "schedule_free_adamw"
+    search_space = tuned(learning_rate=LogUniform(1e-4, 1.0))  # what a study tunes (optlab.spaces)
     learning_rate = LearningRate(0.0025)
     beta_1 = Hyper(0.9, low=0.0, high=1.0, low_open=True, high_open=True, doc="interpolation between z and x")
     beta_2 = Hyper(0.999, low=0.0, high=1.0, high_open=True, doc="decay of the second moment")

@@ -2,6 +2,7 @@
 
 from ..hparams import Hyper
 from ..kernels import kernel, prange
+from ..spaces import LogUniform, tuned
 from .base import LearningRate, Optimizer
 
 
@@ -35,6 +36,7 @@ class SGD(Optimizer):
     """
 
     registry_name = "sgd"
+    search_space = tuned(learning_rate=LogUniform(1e-3, 10.0))  # what a study tunes (optlab.spaces)
     learning_rate = LearningRate(0.01)
     momentum = Hyper(0.0, low=0.0, high=1.0, doc="momentum factor")
     nesterov = Hyper(False, kind=bool, doc="use Nesterov momentum")

@@ -8,6 +8,7 @@ import optlab
 from optlab.hparams import Hyper
 from optlab.kernels import kernel, prange
 from optlab.optimizers import Optimizer, Slot
+from optlab.spaces import LogUniform, tuned
 
 __version__ = "0.1.0"
 
@@ -47,6 +48,7 @@ class AdaBelief(Optimizer):
     """
 
     registry_name = "adabelief"
+    search_space = tuned(learning_rate=LogUniform(1e-4, 1.0))  # what a study tunes (optlab.spaces)
     beta_1 = Hyper(0.9, low=0.0, high=1.0, high_open=True, doc="decay of the first moment")
     beta_2 = Hyper(0.999, low=0.0, high=1.0, high_open=True, doc="decay of the belief (second central moment)")
     epsilon = Hyper(1e-16, low=0.0, low_open=True, doc="added to s each step and to its root")

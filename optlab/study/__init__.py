@@ -1,0 +1,1 @@
+"""Studies: fair optimizer comparisons over ordinary runs."""

@@ -1,0 +1,198 @@
+"""From a study's run records to its results: tuned settings, seed statistics, time to target, profiles.
+
+Plain data in, plain data out (no plotting, no tracking), following
+``reference/comparison-methods.md``:
+
+- a setting's **score** is the mean over its tuning seeds of the metric's final (or best)
+  value; a seed that diverged makes the score NaN, which ranks last;
+- the **tuned setting** is the best score; it is flagged when it lies on the edge of the space;
+- the tuned setting and the defaults, rerun on the final seeds: mean, standard deviation and
+  a Student-t 95% interval; the leader on each problem against each other optimizer by a
+  rank-sum test, Holm-corrected over the whole study;
+- **time to target** for each level of the ladder, per final seed (steps, examples and training
+  seconds; a miss is infinite, never dropped), and its median over seeds;
+- the **performance profile** of the tuned optimizers over the problems, with the median
+  time to the declared target as the cost, and AlgoPerf's score (its area up to tau = 4).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+
+from . import measures
+from .spec import EDGE, Spec
+
+UNITS = ("steps", "examples", "seconds")
+
+
+def _value(record: dict, score: str) -> float:
+    value = record.get(score, math.nan)
+    return value if isinstance(value, (int, float)) else math.nan
+
+
+def _rank(score: float, direction: str) -> float:
+    """Smaller is better; NaN last."""
+    if not math.isfinite(score):
+        return math.inf
+    return score if direction == "min" else -score
+
+
+def _points(record: dict) -> list[dict]:
+    return [{"step": p[0], "examples": p[1], "seconds": p[2], "value": p[3]} for p in record["points"]]
+
+
+def tuning_table(spec: Spec, records: list[dict]) -> dict:
+    """``{(problem, optimizer): [{"hparams", "values" (per seed), "score"}, ...]}`` in design order."""
+    grouped: dict = defaultdict(dict)
+    for r in records:
+        key = (r["problem"], r["optimizer"])
+        setting = tuple(sorted(r["hparams"].items()))
+        grouped[key].setdefault(setting, []).append(r)
+    table = {}
+    for key, settings in grouped.items():
+        rows = []
+        for setting, runs in settings.items():
+            values = [_value(r, spec.score) for r in sorted(runs, key=lambda r: r["seed"])]
+            score = float(np.mean(values)) if all(math.isfinite(v) for v in values) else math.nan
+            rows.append({"hparams": dict(setting), "values": values, "score": score})
+        table[key] = rows
+    return table
+
+
+def choose(spec: Spec, table: dict) -> dict:
+    """The tuned setting of each (problem, optimizer): its hparams, score, and edge warnings."""
+    directions = {p.label: p.direction for p in spec.problems}
+    chosen = {}
+    for (problem, optimizer), rows in table.items():
+        best = min(rows, key=lambda row: _rank(row["score"], directions[problem]))
+        spaces = spec.spaces(optimizer)
+        edges = [n for n, v in best["hparams"].items() if n in spaces and spaces[n].on_edge(v, EDGE)]
+        chosen[(problem, optimizer)] = {
+            "hparams": best["hparams"],
+            "score": best["score"],
+            "edge": edges,
+            "all_failed": not math.isfinite(best["score"]),
+        }
+    return chosen
+
+
+def final_runs(spec: Spec, chosen: dict) -> list[dict]:
+    """The reruns: each tuned setting, and each optimizer's defaults, on every final seed."""
+    runs = []
+    problems = {p.label: p for p in spec.problems}
+    for (problem, optimizer), best in chosen.items():
+        arms = [("final", best["hparams"])] + ([("defaults", {})] if spec.defaults else [])
+        for arm, hparams in arms:
+            runs += [spec.run(arm, optimizer, problems[problem], hparams, s) for s in spec.final_seed_list()]
+    return runs
+
+
+def arm_summary(spec: Spec, problem, runs: list[dict]) -> dict:
+    """Seed statistics and times to target of one optimizer's runs in one arm on one problem."""
+    runs = sorted(runs, key=lambda r: r["seed"])
+    values = [_value(r, spec.score) for r in runs]
+    levels = measures.target_ladder(problem.target, problem.direction, spec.ladder)
+    ttt = []
+    for level in levels:
+        times = [measures.time_to_target(_points(r), level, problem.direction) for r in runs]
+        ttt.append(
+            {
+                "level": level,
+                "factor": spec.ladder[levels.index(level)],
+                "reached": sum(math.isfinite(t["step"]) for t in times),
+                **{f"median_{u}": measures.censored_median([t[_unit(u)] for t in times]) for u in UNITS},
+                **{u: [t[_unit(u)] for t in times] for u in UNITS},
+            }
+        )
+    return {
+        "values": values,
+        "seeds": [r["seed"] for r in runs],
+        "stats": measures.mean_ci(values),
+        "diverged": sum(bool(r.get("diverged")) for r in runs),
+        "ttt": ttt,
+        "budget_steps": runs[0]["budget_steps"] if runs else 0,
+        "train_seconds": float(sum(r["train_seconds"] for r in runs)),
+    }
+
+
+def _unit(unit: str) -> str:
+    """measures.time_to_target's keys: step, examples, seconds."""
+    return "step" if unit == "steps" else unit
+
+
+def declared(summary: dict) -> dict:
+    """The ladder's entry for the declared target (factor 1)."""
+    return next(t for t in summary["ttt"] if t["factor"] == 1.0)
+
+
+def reduce(spec: Spec, tuning: list[dict], finals: list[dict], chosen: dict) -> dict:
+    """The study's results as plain data (see the module's docs)."""
+    problems = {p.label: p for p in spec.problems}
+    by_arm: dict = defaultdict(list)
+    for r in finals:
+        by_arm[(r["problem"], r["optimizer"], r["arm"])].append(r)
+    summaries = {key: arm_summary(spec, problems[key[0]], runs) for key, runs in by_arm.items()}
+    # the leader on each problem (best final mean) against every other optimizer, Holm over the study
+    tests = []
+    for label, problem in problems.items():
+        tuned = {opt: summaries[(label, opt, "final")] for opt in spec.optimizers if (label, opt, "final") in summaries}
+        if not tuned:
+            continue
+        leader = min(tuned, key=lambda o: _rank(tuned[o]["stats"]["mean"], problem.direction))
+        for opt, s in tuned.items():
+            if opt != leader:
+                p = measures.rank_sum_p(tuned[leader]["values"], s["values"], problem.direction)
+                tests.append({"problem": label, "leader": leader, "other": opt, "p": p})
+    for test, adjusted in zip(tests, measures.holm([t["p"] for t in tests])):
+        test["p_holm"] = adjusted
+    costs = {
+        label: {
+            opt: declared(summaries[(label, opt, "final")])[f"median_{spec.profile}"]
+            for opt in spec.optimizers
+            if (label, opt, "final") in summaries
+        }
+        for label in problems
+    }
+    taus = np.concatenate([np.linspace(1, 4, 61), np.geomspace(4, 64, 41)[1:]])
+    profile = measures.performance_profile(costs, taus)
+    return {
+        "study": spec.study_id,
+        "tuning": {f"{p}|{o}": rows for (p, o), rows in tuning_table(spec, tuning).items()},
+        "chosen": {f"{p}|{o}": c for (p, o), c in chosen.items()},
+        "summaries": {"|".join(k): s for k, s in summaries.items()},
+        "tests": tests,
+        "costs": costs,
+        "ratios": measures.performance_ratios(costs),
+        "profile": {"taus": taus.tolist(), **{s: v.tolist() for s, v in profile.items()}},
+        "algoperf": measures.algoperf_score(costs),
+        "ecdf": ecdf_data(spec, finals),
+    }
+
+
+def ecdf_data(spec: Spec, finals: list[dict]) -> dict:
+    """Each optimizer's runtimes (steps as a fraction of the problem's budget; inf = missed) over
+    problems x ladder levels x final seeds of its tuned setting, with the ECDF and a bootstrap band."""
+    problems = {p.label: p for p in spec.problems}
+    budgets = np.geomspace(1e-3, 1.0, 61)
+    out = {"budgets": budgets.tolist()}
+    for opt in spec.optimizers:
+        runtimes = []
+        for r in finals:
+            if r["optimizer"] != opt or r["arm"] != "final":
+                continue
+            p = problems[r["problem"]]
+            for level in measures.target_ladder(p.target, p.direction, spec.ladder):
+                t = measures.time_to_target(_points(r), level, p.direction)["step"]
+                runtimes.append(t / max(r["budget_steps"], 1))
+        if runtimes:
+            low, high = measures.ecdf_band(np.array(runtimes), budgets)
+            out[opt] = {
+                "ecdf": measures.ecdf(np.array(runtimes), budgets).tolist(),
+                "low": low.tolist(),
+                "high": high.tolist(),
+                "n": len(runtimes),
+            }
+    return out

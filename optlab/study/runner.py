@@ -1,0 +1,127 @@
+"""A study from start to report, over any way of running jobs.
+
+:class:`Study` plans the runs (:mod:`.spec`), skips those its store already holds, groups the
+rest into jobs and hands them to ``launch`` — a function from a list of job payloads to their
+results, which the Hydra sweeper (:mod:`.sweeper`) implements with whatever launcher the
+command chose (basic, joblib, submitit) and tests implement in-process. Two rounds: tuning,
+then the final reruns (the tuned settings and the defaults on the final seeds), which depend on
+the tuning's outcome. Then the reduction (:mod:`.reduce`) and the report (:mod:`.report`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+from . import reduce as reducing
+from .spec import Spec
+from .store import Store, run_job
+
+
+class StudyFailed(RuntimeError):
+    """Some jobs failed: the runs that finished are stored, and repeating the command runs the rest."""
+
+
+def jobs_of(runs: list[dict], store: Store, size: int) -> list[dict]:
+    """Runs grouped into job payloads: one optimizer on one problem per job (its kernels warm up
+    once), at most ``size`` runs each."""
+    groups: dict = {}
+    for run in runs:
+        groups.setdefault((run["problem"], run["optimizer"]), []).append(run)
+    payloads = []
+    for group in groups.values():
+        for start in range(0, len(group), size):
+            payloads.append({"store": str(store.folder.resolve()), "runs": group[start : start + size]})
+    return payloads
+
+
+def in_process(payloads: list[dict]) -> list:
+    """Run the jobs one after another in this process (what the basic launcher does, without Hydra)."""
+    return [run_job(p) for p in payloads]
+
+
+class Study:
+    """One study: ``spec``, its ``store`` folder, ``launch`` (payloads -> results, each a list of
+    records or an exception), ``log`` (a :class:`~.tracking.StudyLog` or None), ``say`` (progress lines)."""
+
+    def __init__(self, spec: Spec, store: Store, launch: Callable = in_process, log=None, say=print):
+        self.spec = spec
+        self.store = store
+        self.launch = launch
+        self.log = log
+        self.say = say
+        self.counts = {"runs": 0, "reused": 0, "jobs": 0}
+
+    def execute(self, runs: list[dict], phase: str) -> list[dict]:
+        """Every run's record: from the store, else run through ``launch``."""
+        records, missing = {}, []
+        for run in runs:
+            found = self.store.get(run["key"])
+            if found is not None:
+                records[run["key"]] = found
+            else:
+                missing.append(run)
+        self.counts["reused"] += len(records)
+        unique = list({r["key"]: r for r in missing}.values())
+        if unique:
+            payloads = jobs_of(unique, self.store, self.spec.runs_per_job)
+            self.counts["jobs"] += len(payloads)
+            self.say(
+                f"optlab: study {self.spec.study_id}: {phase}: {len(unique)} runs in {len(payloads)} jobs"
+                + (f" ({len(records)} found done)" if records else "")
+            )
+            failures = []
+            for payload, result in zip(payloads, self.launch(payloads)):
+                if isinstance(result, BaseException):
+                    failures.append((payload, result))
+                    continue
+                for record in result:
+                    records[record["key"]] = record
+            self.counts["runs"] += sum(1 for r in unique if r["key"] in records)
+            if failures:
+                payload, error = failures[0]
+                first = payload["runs"][0]
+                raise StudyFailed(
+                    f"{len(failures)} of {len(payloads)} {phase} jobs failed; the first ({first['optimizer']} on "
+                    f"{first['problem']}): {type(error).__name__}: {error}. The runs that finished are kept in "
+                    f"{self.store.folder}; repeat the command to run the rest"
+                )
+        elif runs:
+            self.say(f"optlab: study {self.spec.study_id}: {phase}: all {len(runs)} runs found done")
+        out = [{**records[run["key"]], **run} for run in runs]
+        if self.log is not None:
+            self.log.add(out, phase)
+        return out
+
+    def run(self) -> dict:
+        spec = self.spec
+        start = time.perf_counter()
+        self.store.write("spec.json", json.dumps(spec.protocol(), indent=1, sort_keys=True, default=str) + "\n")
+        tuning = self.execute(spec.tuning_runs(), "tuning")
+        table = reducing.tuning_table(spec, tuning)
+        chosen = reducing.choose(spec, table)
+        for (problem, optimizer), best in chosen.items():
+            if best["edge"]:
+                values = ", ".join(f"{k}={best['hparams'][k]:g}" for k in best["edge"])
+                self.say(
+                    f"optlab: warning: {optimizer} on {problem}: the tuned {values} lies on the edge of its "
+                    "search space: widen it (space.<optimizer>.<name>=...) or the comparison is about the space"
+                )
+        finals = self.execute(reducing.final_runs(spec, chosen), "final")
+        results = reducing.reduce(spec, tuning, finals, chosen)
+        every = tuning + finals
+        train = sum(r["train_seconds"] for r in every)
+        wall = time.perf_counter() - start
+        results["timing"] = {
+            "wall_seconds": wall,
+            "train_seconds": train,
+            "warmup_seconds": sum(r.get("warmup_seconds", 0.0) for r in every),
+            "runs": len(every),
+            "runs_run": self.counts["runs"],
+            "runs_reused": self.counts["reused"],
+            "jobs": self.counts["jobs"],
+        }
+        results["spec"] = spec.protocol()
+        self.store.write("results.json", json.dumps(results, indent=1, sort_keys=True, default=str) + "\n")
+        return results
