@@ -84,7 +84,7 @@ def final_runs(spec: Spec, chosen: dict) -> list[dict]:
     runs = []
     problems = {p.label: p for p in spec.problems}
     for (problem, optimizer), best in chosen.items():
-        arms = [("final", best["hparams"])] + ([("defaults", {})] if spec.defaults else [])
+        arms = [("final", best["hparams"])] + ([("defaults", {})] if spec.one_shot else [])
         for arm, hparams in arms:
             runs += [spec.run(arm, optimizer, problems[problem], hparams, s) for s in spec.final_seed_list()]
     return runs

@@ -52,6 +52,7 @@ class Study:
         self.log = log
         self.say = say
         self.counts = {"runs": 0, "reused": 0, "jobs": 0}
+        self.finals: list[dict] = []
 
     def execute(self, runs: list[dict], phase: str) -> list[dict]:
         """Every run's record: from the store, else run through ``launch``."""
@@ -109,6 +110,7 @@ class Study:
                     "search space: widen it (space.<optimizer>.<name>=...) or the comparison is about the space"
                 )
         finals = self.execute(reducing.final_runs(spec, chosen), "final")
+        self.finals = finals
         results = reducing.reduce(spec, tuning, finals, chosen)
         every = tuning + finals
         train = sum(r["train_seconds"] for r in every)

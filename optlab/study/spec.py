@@ -35,7 +35,7 @@ DEFAULTS = {
     "seeds": 2,
     "final_seeds": 10,
     "score": "final",
-    "defaults": True,
+    "one_shot": True,
     "ladder": [10.0, 3.0, 1.0, 0.5],
     "space": {},
     "seed": 0,
@@ -87,7 +87,7 @@ class Spec:
     seeds: int
     final_seeds: int
     score: str
-    defaults: bool
+    one_shot: bool
     ladder: list[float]
     space: dict[str, dict[str, str]] = field(default_factory=dict)
     seed: int = 0
@@ -127,8 +127,8 @@ class Spec:
         search = _choice("search", c["search"], SEARCHES)
         score = _choice("score", c["score"], SCORES)
         profile = _choice("profile", c["profile"], PROFILE_COSTS)
-        if not isinstance(c["defaults"], bool):
-            raise SpecError(f"study: `defaults` must be true or false; received {c['defaults']!r}")
+        if not isinstance(c["one_shot"], bool):
+            raise SpecError(f"study: `one_shot` (the defaults arm) must be true or false; got {c['one_shot']!r}")
         ladder = _list("ladder", c["ladder"])
         if not ladder or not all(_number(f) and 0 < f < math.inf for f in ladder):
             raise SpecError(f"study: `ladder` must list factors > 0 (1 is the declared target); received {ladder!r}")
@@ -156,7 +156,7 @@ class Spec:
             seeds=seeds,
             final_seeds=final_seeds,
             score=score,
-            defaults=c["defaults"],
+            one_shot=c["one_shot"],
             ladder=ladder,
             space={k: {h: str(v) for h, v in o.items()} for k, o in space.items()},
             seed=_int("seed", c["seed"], 0),

@@ -1,0 +1,338 @@
+"""A study's report: a Markdown page with its tables, and four figures.
+
+- ``report.md``: per problem, each optimizer's tuned setting, its score over the final seeds
+  (mean ± std and the 95% interval), the defaults' score, how many seeds reached the target and
+  the median steps and seconds they took, and the rank-sum test against the problem's leader;
+  then the AlgoPerf scores, the edge warnings and the timing.
+- ``profile.png``: the performance profiles (one line per optimizer).
+- ``ecdf.png``: runtime ECDFs over problems x targets x seeds, with bootstrap bands.
+- ``sensitivity.png``: score against learning rate per problem, one line per optimizer, seed range as a band.
+- ``curves.png``: the metric along training per problem, the mean of the final seeds and their
+  interquartile band, one line per optimizer.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .spec import Spec
+
+
+def _fmt(value: float, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "nan"
+    if isinstance(value, float) and math.isinf(value):
+        return "∞"
+    return f"{value:.{digits}g}"
+
+
+def _setting(hparams: dict) -> str:
+    return ", ".join(f"{k}={_fmt(v, 3) if isinstance(v, float) else v}" for k, v in hparams.items()) or "defaults"
+
+
+def _colors(optimizers: list[str]) -> dict:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    return {opt: cmap(i % 10) for i, opt in enumerate(optimizers)}
+
+
+def _grid(n: int):
+    import matplotlib.pyplot as plt
+
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat)
+
+
+def plot_profile(spec: Spec, results: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    colors = _colors(spec.optimizers)
+    taus = results["profile"]["taus"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for opt in spec.optimizers:
+        if opt in results["profile"]:
+            score = results["algoperf"].get(opt, math.nan)
+            ax.step(
+                taus, results["profile"][opt], where="post", color=colors[opt], lw=2, label=f"{opt} (score {score:.2f})"
+            )
+    ax.set_xscale("log")
+    ax.set_xlim(1, taus[-1])
+    ax.set_ylim(-0.02, 1.02)
+    ax.axvline(4, color="0.6", ls=":", lw=1)
+    ax.set_xlabel(f"τ: within a factor τ of the fastest ({spec.profile} to the declared target)")
+    ax.set_ylabel("share of problems")
+    ax.set_title("Performance profiles (AlgoPerf score: area up to τ = 4)")
+    ax.legend(loc="lower right", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path, 110)
+
+
+def plot_ecdf(spec: Spec, results: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    colors = _colors(spec.optimizers)
+    data = results["ecdf"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for opt in spec.optimizers:
+        if opt in data:
+            ax.fill_between(
+                data["budgets"], data[opt]["low"], data[opt]["high"], color=colors[opt], alpha=0.15, step="post"
+            )
+            ax.step(data["budgets"], data[opt]["ecdf"], where="post", color=colors[opt], lw=2, label=opt)
+    ax.set_xscale("log")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("steps, as a fraction of the problem's budget")
+    ax.set_ylabel("share of (problem, target, seed) reached")
+    ladder = ", ".join(f"{f:g}" for f in spec.ladder)
+    ax.set_title(f"Runtime ECDF, tuned settings (targets x{ladder}; 95% bootstrap band)", fontsize=10)
+    ax.legend(loc="upper left", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path, 110)
+
+
+def plot_sensitivity(spec: Spec, results: dict, path: Path) -> None:
+
+    colors = _colors(spec.optimizers)
+    fig, axes = _grid(len(spec.problems))
+    for ax, problem in zip(axes, spec.problems):
+        for opt in spec.optimizers:
+            rows = results["tuning"].get(f"{problem.label}|{opt}")
+            if not rows or "learning_rate" not in rows[0]["hparams"]:
+                continue
+            rows = sorted(rows, key=lambda r: r["hparams"]["learning_rate"])
+            lrs = [r["hparams"]["learning_rate"] for r in rows]
+            values = np.array([r["values"] for r in rows], dtype=float)
+            with np.errstate(all="ignore"), _quiet():
+                mean = np.array([r["score"] for r in rows], dtype=float)
+                low, high = np.nanmin(values, axis=1), np.nanmax(values, axis=1)
+            ax.fill_between(lrs, low, high, color=colors[opt], alpha=0.15)
+            ax.plot(lrs, mean, "o-", color=colors[opt], ms=3, lw=1.5, label=opt)
+            best = results["chosen"][f"{problem.label}|{opt}"]
+            if "learning_rate" in best["hparams"] and math.isfinite(best["score"]):
+                ax.plot([best["hparams"]["learning_rate"]], [best["score"]], "*", color=colors[opt], ms=12, mec="k")
+        ax.axhline(problem.target, color="0.4", ls="--", lw=1)
+        ax.set_xscale("log")
+        if problem.direction == "min" and _positive(results, problem.label):
+            ax.set_yscale("log")
+        ax.set_title(f"{problem.label}: {spec.score} {problem.metric}", fontsize=10)
+        ax.set_xlabel("learning rate")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(
+        "Sensitivity: score against learning rate (mean of the tuning seeds, their range as a band; "
+        "★ tuned; -- target)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    _save(fig, path, 100)
+
+
+def _save(fig, path: Path, dpi: int) -> None:
+    """Save atomically: a temporary name in the same folder, then moved into place."""
+    import os
+
+    import matplotlib.pyplot as plt
+
+    temp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(temp, dpi=dpi, format="png")
+    plt.close(fig)
+    os.replace(temp, path)
+
+
+def _positive(results: dict, label: str) -> bool:
+    for key, rows in results["tuning"].items():
+        if key.startswith(label + "|"):
+            for row in rows:
+                if any(v <= 0 for v in row["values"] if math.isfinite(v)):
+                    return False
+    return True
+
+
+def plot_curves(spec: Spec, results: dict, finals: list[dict], path: Path) -> None:
+
+    colors = _colors(spec.optimizers)
+    fig, axes = _grid(len(spec.problems))
+    for ax, problem in zip(axes, spec.problems):
+        positive = True
+        for opt in spec.optimizers:
+            runs = [
+                r for r in finals if r["problem"] == problem.label and r["optimizer"] == opt and r["arm"] == "final"
+            ]
+            if not runs:
+                continue
+            steps = sorted({p[0] for r in runs for p in r["points"]})
+            table = np.full((len(runs), len(steps)), np.nan)
+            index = {s: i for i, s in enumerate(steps)}
+            for row, r in enumerate(runs):
+                for p in r["points"]:
+                    table[row, index[p[0]]] = p[3]
+            with np.errstate(all="ignore"), _quiet():
+                mean = np.nanmean(table, axis=0)
+                low, high = np.nanpercentile(table, 25, axis=0), np.nanpercentile(table, 75, axis=0)
+            positive = positive and bool(np.all(table[np.isfinite(table)] > 0))
+            ax.fill_between(steps, low, high, color=colors[opt], alpha=0.2)
+            ax.plot(steps, mean, color=colors[opt], lw=1.8, label=opt)
+        ax.axhline(problem.target, color="0.4", ls="--", lw=1)
+        ax.set_xscale("log")
+        if problem.direction == "min" and positive:
+            ax.set_yscale("log")
+        ax.set_title(f"{problem.label}: {problem.metric}", fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(
+        f"Training curves of the tuned settings: mean of {spec.final_seeds} seeds, interquartile band; -- target",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    _save(fig, path, 100)
+
+
+class _quiet:
+    def __enter__(self):
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        self._w.__exit__(*exc)
+
+
+def _stats(summary: dict, ci: str) -> str:
+    st = summary["stats"]
+    if summary["diverged"]:
+        return f"diverged on {summary['diverged']}/{len(summary['values'])} seeds"
+    return f"{_fmt(st['mean'])} ± {_fmt(st['std'], 2)} {ci}".strip()
+
+
+def markdown(spec: Spec, results: dict, command: str) -> str:
+    s = results["summaries"]
+    timing = results["timing"]
+    lines = [
+        f"# Study {spec.study_id}",
+        "",
+        f"`{command}`",
+        "",
+        f"{len(spec.optimizers)} optimizers x {len(spec.problems)} problems. Each optimizer is tuned with the same "
+        "budget: "
+        f"{spec.budget} settings ({spec.search} over its search space) x {spec.seeds} seeds, scored by the mean "
+        f"{spec.score} value of the problem's metric; the best setting, and the optimizer's defaults, rerun on "
+        f"{spec.final_seeds} other seeds. Seeds are shared by every optimizer (common random numbers). "
+        "Time to target counts the optimizer's steps only (evaluation and compilation off the clock); a run that "
+        "misses a target is censored (∞), never dropped. Definitions: docs/studies.md.",
+        "",
+    ]
+    tests = {(t["problem"], t["other"]): t for t in results["tests"]}
+    for problem in spec.problems:
+        way = "lower" if problem.direction == "min" else "higher"
+        lines += [
+            f"## {problem.label}",
+            "",
+            f"Target: {problem.metric} {'<=' if problem.direction == 'min' else '>='} {problem.target:g} "
+            f"({way} is better). Reached: seeds of {spec.final_seeds} at the target; steps and seconds: medians over "
+            "the final seeds (∞: half or more missed).",
+            "",
+            "| optimizer | tuned setting | tuned: mean ± std [95% CI] | defaults: mean ± std | reached | steps "
+            "| seconds | vs leader (Holm p) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for opt in spec.optimizers:
+            final = s.get(f"{problem.label}|{opt}|final")
+            if final is None:
+                continue
+            chosen = results["chosen"][f"{problem.label}|{opt}"]
+            st = final["stats"]
+            ci = f"[{_fmt(st['low'])}, {_fmt(st['high'])}]"
+            tuned = _stats(final, ci)
+            defaults = s.get(f"{problem.label}|{opt}|defaults")
+            dtext = _stats(defaults, "") if defaults else "-"
+            d = next(t for t in final["ttt"] if t["factor"] == 1.0)
+            test = tests.get((problem.label, opt))
+            vs = "leader" if test is None else f"{_fmt(test['p_holm'], 2)}"
+            edge = " (edge)" if chosen["edge"] else ""
+            lines.append(
+                f"| {opt} | {_setting(chosen['hparams'])}{edge} | {tuned} | "
+                f"{dtext} | {d['reached']}/{len(final['values'])} | {_fmt(d['median_steps'])} | "
+                f"{_fmt(d['median_seconds'], 3)} | {vs} |"
+            )
+        lines.append("")
+    lines += [
+        "## Across problems",
+        "",
+        f"Performance profile over the {len(spec.problems)} problems, the cost being the median {spec.profile} to "
+        "the declared target of the tuned setting; the AlgoPerf score is the profile's area from τ = 1 to 4, "
+        "divided by 3 (1: fastest on every problem; a problem missed counts as never within τ).",
+        "",
+        "| optimizer | AlgoPerf score | fastest on | " + " | ".join(p.label for p in spec.problems) + " |",
+        "|---|---|---|" + "---|" * len(spec.problems),
+    ]
+    ratios = results["ratios"]
+    for opt in spec.optimizers:
+        cells = [_fmt(ratios.get(p.label, {}).get(opt, math.inf), 3) for p in spec.problems]
+        fastest = sum(1 for p in spec.problems if ratios.get(p.label, {}).get(opt, math.inf) == 1.0)
+        lines.append(
+            f"| {opt} | {results['algoperf'].get(opt, math.nan):.3f} | {fastest} | " + " | ".join(cells) + " |"
+        )
+    lines += [
+        "",
+        "(the cells: each optimizer's cost as a multiple of the fastest one's on that problem)",
+        "",
+        "![performance profiles](profile.png)",
+        "",
+        "![runtime ECDF](ecdf.png)",
+        "",
+        "![learning-rate sensitivity](sensitivity.png)",
+        "",
+        "![training curves](curves.png)",
+        "",
+    ]
+    edges = [(k, c) for k, c in results["chosen"].items() if c["edge"]]
+    if edges:
+        lines += ["## Warnings", ""]
+        for key, c in edges:
+            problem, opt = key.split("|")
+            lines.append(
+                f"- {opt} on {problem}: the tuned {', '.join(c['edge'])} lies on the edge of its search space; "
+                "a wider space may change this comparison."
+            )
+        lines.append("")
+    overhead = (timing["wall_seconds"] - timing["train_seconds"]) / max(timing["runs_run"], 1)
+    lines += [
+        "## Timing",
+        "",
+        f"{timing['runs']} runs ({timing['runs_run']} run now in {timing['jobs']} jobs, {timing['runs_reused']} "
+        f"reused from the store); wall {timing['wall_seconds']:.1f} s, of which the optimizers' steps "
+        f"{timing['train_seconds']:.1f} s and the warm-ups {timing['warmup_seconds']:.1f} s: "
+        f"{overhead * 1000:.0f} ms per run beyond its steps (evaluations, set-up, launching, the store).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(spec: Spec, results: dict, folder, command: str = "", finals: list[dict] | None = None) -> Path:
+    """Write ``report.md`` and the figures into ``folder``; returns it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from ..files import write_text_atomic
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    plot_profile(spec, results, folder / "profile.png")
+    plot_ecdf(spec, results, folder / "ecdf.png")
+    plot_sensitivity(spec, results, folder / "sensitivity.png")
+    plot_curves(spec, results, finals or [], folder / "curves.png")
+    write_text_atomic(folder / "report.md", markdown(spec, results, command) + "\n")
+    return folder

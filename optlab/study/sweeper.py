@@ -1,0 +1,117 @@
+"""The study, run by Hydra's sweeper interface: jobs go through ``sweeper.launcher``, whatever it is.
+
+Each job is one call of the study app's task function with the override ``job=<payload>`` (a
+group of runs, :func:`.store.encode`); the launcher runs it in this process (basic), in
+joblib's workers, or as a SLURM job (submitit), and hands back its records. The process that
+called the sweeper plans, reduces, reports and writes MLflow.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from .runner import Study, StudyFailed
+from .spec import Spec, SpecError
+from .store import ROOT, Store, encode
+
+
+def _fail(message: str, code: int = 2):
+    print(f"optlab: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def spec_of(config) -> Spec:
+    from omegaconf import OmegaConf
+
+    keys = [k for k in config if k not in ("hydra", "tracking", "job")]
+    conf = OmegaConf.to_container(OmegaConf.masked_copy(config, keys), resolve=True)
+    return Spec.from_config(conf)
+
+
+def sweep(sweeper, arguments: list[str]) -> dict:
+    from hydra.core.utils import JobStatus
+    from omegaconf import OmegaConf
+
+    config = sweeper.config
+    try:
+        spec = spec_of(config)
+    except SpecError as error:
+        _fail(str(error))
+    if any(a.split("=", 1)[0].lstrip("+~") == "job" for a in arguments):
+        _fail("`job` is set by the study for its own jobs; leave it out")
+    store = Store(ROOT / spec.study_id)
+    command = shlex.join(["python", "-m", "optlab.study", *sys.argv[1:]])
+    tracking = OmegaConf.to_container(config.tracking, resolve=True) if "tracking" in config else {}
+    log = None
+    if (tracking or {}).get("enabled"):
+        from ..app.store import TrackingError
+        from .tracking import StudyLog
+
+        log = StudyLog(tracking, spec, command)
+        try:
+            log.open()
+        except TrackingError as error:
+            _fail(str(error))
+    next_index = [0]
+
+    def launch(payloads: list[dict]) -> list:
+        batch = [[*arguments, f"job={encode(p)}"] for p in payloads]
+        returns = sweeper.launcher.launch(batch, initial_job_idx=next_index[0])
+        next_index[0] += len(batch)
+        out = []
+        for job in returns:
+            if job.status == JobStatus.COMPLETED:
+                out.append(job.return_value)
+            else:
+                out.append(
+                    job._return_value if isinstance(job._return_value, BaseException) else RuntimeError("failed")
+                )
+        return out
+
+    print(
+        f"optlab: study {spec.study_id}: {len(spec.optimizers)} optimizers x {len(spec.problems)} problems, "
+        f"{spec.budget} trials x {spec.seeds} seeds each, best rerun on {spec.final_seeds} seeds; folder {store.folder}"
+    )
+    study = Study(spec, store, launch, log)
+    status = "FAILED"
+    try:
+        results = study.run()
+        from .report import write_report
+
+        report = write_report(spec, results, store.folder / "report", command=command, finals=study.finals)
+        status = "FINISHED"
+    except StudyFailed as error:
+        if log is not None:
+            log.close("FAILED")
+        _fail(str(error), 1)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        if log is not None:
+            log.close("KILLED", timeout=10)
+        print(
+            f"\noptlab: study stopped: the runs that finished are kept in {store.folder}; "
+            "repeat the command to run the rest",
+            file=sys.stderr,
+        )
+        sys.exit(130)
+    finally:
+        if status == "FAILED" and log is not None and log.tracker.status is None:
+            log.close("FAILED", timeout=10)
+    if log is not None:
+        waiting = log.pending()
+        if waiting:
+            print(f"optlab: writing {waiting} runs to MLflow ...", flush=True)
+        log.close("FINISHED", results, report)
+        if log.error:
+            print(f"optlab: warning: MLflow: {log.error}", file=sys.stderr)
+    timing = results["timing"]
+    print(
+        f"optlab: study {spec.study_id} done in {timing['wall_seconds']:.1f} s "
+        f"({timing['runs_run']} runs, {timing['runs_reused']} reused; training {timing['train_seconds']:.1f} s)"
+    )
+    print(f"optlab: report: {Path(report) / 'report.md'}")
+    if log is not None:
+        print(f"optlab: MLflow: parent run {log.run_id} ({log.written} child runs written)")
+    return results

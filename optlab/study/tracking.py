@@ -1,0 +1,210 @@
+"""A study in MLflow: one parent run, a nested child run per tuning trial and per final run.
+
+The parent (tags ``optlab.kind=study``, ``optlab.study=<name>-<hash>``) holds the protocol as
+params, the versions and the core count as tags, the report as artifacts and each optimizer's
+AlgoPerf score as a metric. Its children (``mlflow.parentRunId``) are:
+
+- a **tuning trial**: one setting on its tuning seeds (tags ``optlab.arm=tuning``,
+  ``optlab.seeds``), with the setting as params and ``score`` plus each seed's value as metrics;
+- a **final** or **defaults** run: one seed (tag ``optlab.seed``), with the metric at every
+  evaluation step, its final and best values, and the steps to each level of the ladder.
+
+Children are written by a background thread while the study goes on (MLflow's sqlite store
+takes ~40 ms per run); a repeated study finds its parent by its tag and writes only the
+children it does not have (tag ``optlab.trial``: the trial's run keys). Only the process that
+runs the study writes: jobs on a cluster need no access to the tracking server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import platform
+import queue
+import threading
+import time
+
+from ..app.keys import KIND_TAG, metric_key
+
+STUDY_TAG = "optlab.study"
+TRIAL_TAG = "optlab.trial"
+
+
+def _trials(records: list[dict], phase: str) -> list[tuple[str, list[dict]]]:
+    """Records as MLflow children: tuning runs grouped by setting (one trial), final runs one each."""
+    if phase != "tuning":
+        return [(r["key"], [r]) for r in records]
+    groups: dict = {}
+    for r in records:
+        groups.setdefault((r["problem"], r["optimizer"], repr(sorted(r["hparams"].items()))), []).append(r)
+    out = []
+    for runs in groups.values():
+        key = hashlib.sha256(",".join(sorted(r["key"] for r in runs)).encode()).hexdigest()[:16]
+        out.append((key, runs))
+    return out
+
+
+class StudyLog:
+    """The study's parent run and the writer of its children (see the module's docs)."""
+
+    def __init__(self, tracking: dict, spec, command: str):
+        from ..app.run import source_tags
+        from ..app.tracking import MlflowTracker
+
+        self.spec = spec
+        self.tracker = MlflowTracker(
+            tracking.get("uri"),
+            tracking.get("experiment", "optlab"),
+            {**spec.protocol(), "problems": [p.label for p in spec.problems]},
+            {
+                KIND_TAG: "study",
+                STUDY_TAG: spec.study_id,
+                "mlflow.note.content": f"`{command}`",
+                "optlab.cores": str(os.cpu_count()),
+                "optlab.machine": platform.machine(),
+                **_versions(),
+                **source_tags(),
+            },
+            f"study {spec.study_id}",
+        )
+        self.logged: set[str] = set()
+        self.written = 0
+        self.error: str | None = None
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def run_id(self) -> str:
+        return self.tracker.run_id
+
+    def open(self) -> None:
+        """Open the parent, or reopen the one an earlier run of this study left; TrackingError if the store fails."""
+        from ..app.store import check_store
+
+        client = check_store(self.tracker.uri)
+        earlier = None
+        experiment = client.get_experiment_by_name(self.tracker.experiment)
+        if experiment is not None:
+            found = client.search_runs(
+                [experiment.experiment_id],
+                f"tags.`{STUDY_TAG}` = '{self.spec.study_id}' and tags.`{KIND_TAG}` = 'study'",
+                max_results=1,
+            )
+            earlier = found[0].info.run_id if found else None
+        if earlier:
+            self.tracker.reopen(earlier)
+            children = client.search_runs(
+                [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{earlier}'", max_results=50000
+            )
+            self.logged = {r.data.tags.get(TRIAL_TAG) for r in children}
+        else:
+            self.tracker.start()
+        self._thread = threading.Thread(target=self._write_all, name="optlab-study-log", daemon=True)
+        self._thread.start()
+
+    def add(self, records: list[dict], phase: str) -> None:
+        """Queue ``records``' children (those not logged before) for the writer."""
+        for key, runs in _trials(records, phase):
+            if key not in self.logged:
+                self.logged.add(key)
+                self._queue.put((key, runs, phase))
+
+    def _write_all(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                self._write(*item)
+                self.written += 1
+            except Exception as exc:  # the study goes on; the count of what was not logged is reported
+                self.error = f"{type(exc).__name__}: {exc}"[:300]
+
+    def _write(self, key: str, runs: list[dict], phase: str) -> None:
+        from mlflow.entities import Metric, Param
+
+        client, first = self.tracker.client, runs[0]
+        now = int(time.time() * 1000)
+        tags = {
+            "mlflow.parentRunId": self.run_id,
+            STUDY_TAG: self.spec.study_id,
+            TRIAL_TAG: key,
+            KIND_TAG: "study-run",
+            "optlab.arm": first["arm"],
+            "optlab.optimizer": first["optimizer"],
+            "optlab.problem": first["problem"],
+        }
+        setting = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in first["hparams"].items())
+        params = [Param(k, str(v)) for k, v in first["hparams"].items()]
+        params += [Param("optimizer", first["optimizer"]), Param("problem", first["problem"])]
+        metric = metric_key(first["metric"])
+        metrics = []
+        if phase == "tuning":
+            tags["optlab.seeds"] = ",".join(str(r["seed"]) for r in runs)
+            values = [r[self.spec.score] for r in runs]
+            finite = all(v == v and abs(v) != float("inf") for v in values)
+            metrics.append(Metric("score", sum(values) / len(values) if finite else float("nan"), now, 0))
+            metrics += [Metric(f"seed/{j}", v, now, 0) for j, v in enumerate(values)]
+            name = f"{first['optimizer']} {setting or 'defaults'} on {first['problem']} (tuning)"
+        else:
+            r = first
+            tags["optlab.seed"] = str(r["seed"])
+            params.append(Param("seed", str(r["seed"])))
+            metrics += [Metric(metric, p[3], now, int(p[0])) for p in r["points"]]
+            metrics += [Metric(f"final/{first['metric']}", r["final"], now, 0)]
+            metrics += [Metric(f"best/{first['metric']}", r["best"], now, 0)]
+            metrics += [Metric("summary/train_seconds", r["train_seconds"], now, 0)]
+            metrics += [Metric("summary/steps", r["steps"], now, 0)]
+            for level, step in _reached(self.spec, r):
+                metrics.append(Metric(f"target/steps_to_{level:g}", step, now, 0))
+            what = "defaults" if r["arm"] == "defaults" else setting
+            name = f"{r['optimizer']} {what} on {r['problem']} seed={r['seed']}"
+        run = client.create_run(self.tracker.experiment_id, tags=tags, run_name=name[:250])
+        client.log_batch(run.info.run_id, metrics=metrics, params=params)
+        client.set_terminated(run.info.run_id, "FINISHED")
+
+    def close(self, status: str, results: dict | None = None, report=None, timeout: float = 600.0) -> None:
+        """Wait for the children (up to ``timeout`` s), log the results and the report to the parent, end it."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout)
+        client, run_id = self.tracker.client, self.run_id
+        with contextlib.suppress(Exception):
+            if results is not None:
+                from mlflow.entities import Metric
+
+                now = int(time.time() * 1000)
+                metrics = [Metric(f"algoperf/{k}", v, now, 0) for k, v in results["algoperf"].items()]
+                timing = results.get("timing", {})
+                metrics += [Metric(f"summary/{k}", float(v), now, 0) for k, v in timing.items()]
+                client.log_batch(run_id, metrics=metrics)
+        if report is not None:
+            try:
+                client.log_artifacts(run_id, str(report), "report")
+            except Exception as exc:
+                self.error = self.error or f"report not logged: {exc}"[:300]
+        self.tracker.close(status)
+
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+
+def _reached(spec, record: dict):
+    from . import measures
+    from .reduce import _points
+
+    problem = next(p for p in spec.problems if p.label == record["problem"])
+    for level in measures.target_ladder(problem.target, problem.direction, spec.ladder):
+        step = measures.time_to_target(_points(record), level, problem.direction)["step"]
+        if step != float("inf"):
+            yield level, step
+
+
+def _versions() -> dict:
+    import numba
+    import numpy
+
+    from .. import __version__
+
+    return {"optlab.version": __version__, "numpy.version": numpy.__version__, "numba.version": numba.__version__}

@@ -1,0 +1,281 @@
+"""Studies: the spec, the protocol end to end on tiny problems, resume, launchers, MLflow's structure."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from optlab.spaces import LogUniform, parse, search_space
+from optlab.study import measures
+from optlab.study.reduce import tuning_table
+from optlab.study.runner import Study
+from optlab.study.spec import Spec, SpecError
+from optlab.study.store import Store, decode, encode
+from optlab.study.trial import geometric_steps, run_one
+
+TINY = {"optimizers": ["sgd", "adam"], "problems": ["seed_linear", "beale"], "budget": 3, "seeds": 2, "final_seeds": 3}
+
+
+# -- the spec --------------------------------------------------------------------------------------
+def test_bad_settings_name_the_field_and_what_it_allows():
+    with pytest.raises(SpecError, match=r"adamm.*adam"):
+        Spec.from_config({**TINY, "optimizers": ["adamm"]})
+    with pytest.raises(SpecError, match=r"`budget` must be an integer >= 1; received budget=0"):
+        Spec.from_config({**TINY, "budget": 0})
+    with pytest.raises(SpecError, match=r"`search` must be one of grid, random"):
+        Spec.from_config({**TINY, "search": "tpe"})
+    with pytest.raises(SpecError, match=r"unknown setting 'budgets'"):
+        Spec.from_config({**TINY, "budgets": 3})
+    with pytest.raises(SpecError, match=r"quadratic.*has its target only at its default arguments.*target:"):
+        Spec.from_config({**TINY, "problems": [{"name": "quadratic", "dim": 5}]})
+    with pytest.raises(SpecError, match=r"beta_3.*not one of its hyperparameters"):
+        Spec.from_config({**TINY, "space": {"adam": {"beta_3": "uniform(0.8, 0.9)"}}})
+    with pytest.raises(SpecError, match=r"log\(LOW, HIGH\)"):
+        Spec.from_config({**TINY, "space": {"adam": {"learning_rate": "logg(1, 2)"}}})
+    with pytest.raises(SpecError, match=r"learning_rate"):  # a rate below 0 is outside what the optimizer accepts
+        Spec.from_config({**TINY, "space": {"sgd": {"learning_rate": "uniform(-1, 1)"}}})
+    # a problem given its own target is accepted
+    spec = Spec.from_config({**TINY, "problems": [{"name": "quadratic", "dim": 5, "target": "suboptimality <= 1e-6"}]})
+    assert spec.problems[0].label == "quadratic(dim=5)" and spec.problems[0].target == 1e-6
+
+
+def test_search_spaces_are_declared_by_optimizers_and_checked():
+    from optlab import optimizers
+
+    assert search_space(optimizers.registry.get("sgd")) == {"learning_rate": LogUniform(1e-3, 10)}
+    assert search_space(optimizers.registry.get("lion")) == {"learning_rate": LogUniform(1e-5, 0.1)}
+    # an optimizer that declares none: two decades either side of its default rate (Adafactor: 1e-3)
+    space = search_space(optimizers.registry.get("adafactor"))["learning_rate"]
+    assert (space.low, space.high) == pytest.approx((1e-5, 1e-1))
+    assert parse("log(1e-4, 1)").grid(5) == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1, 1.0])
+    assert parse("uniform(0.8, 0.9)").grid(3) == pytest.approx([0.8, 0.85, 0.9])
+    assert parse("choice(true, false)").grid(3) == [True, False, True]
+
+
+def test_every_optimizer_gets_the_same_budget_and_the_same_seeds():
+    spec = Spec.from_config({**TINY, "optimizers": ["sgd", "adam", "lion"], "budget": 5})
+    runs = spec.tuning_runs()
+    per = {}
+    for r in runs:
+        per.setdefault((r["optimizer"], r["problem"]), set()).add(repr(sorted(r["hparams"].items())))
+    assert {len(v) for v in per.values()} == {5}  # equal budgets
+    # the 1-D grid spans the declared space, both ends included, log-spaced
+    sgd = sorted(h["learning_rate"] for h in (s for s in spec.settings("sgd", spec.problems[0])) for h in [h])
+    assert sgd[0] == pytest.approx(1e-3) and sgd[-1] == pytest.approx(10)
+    assert np.allclose(np.diff(np.log10(sgd)), 1.0, atol=1e-3)
+    # common random numbers: every optimizer and setting sees the same tuning seeds; final seeds are others
+    seeds = {(r["optimizer"], repr(r["hparams"])): set() for r in runs}
+    for r in runs:
+        seeds[(r["optimizer"], repr(r["hparams"]))].add(r["seed"])
+    assert all(s == set(spec.tuning_seeds()) for s in seeds.values())
+    assert not set(spec.tuning_seeds()) & set(spec.final_seed_list())
+    # random search: seeded per optimizer and problem, reproducible, within the space
+    random = Spec.from_config({**TINY, "search": "random", "budget": 6})
+    draws = [s["learning_rate"] for s in random.settings("adam", random.problems[0])]
+    assert draws == [s["learning_rate"] for s in random.settings("adam", random.problems[0])]
+    assert all(1e-4 <= d <= 1.0 for d in draws) and len(set(draws)) == 6
+    # a two-dimensional space: a quasi-random design of exactly `budget` points
+    two = Spec.from_config(
+        {**TINY, "space": {"adam": {"learning_rate": "log(1e-4, 1)", "beta_1": "uniform(0.8, 0.99)"}}}
+    )
+    design = two.settings("adam", two.problems[0])
+    assert len(design) == 3 and all(0.8 <= s["beta_1"] <= 0.99 for s in design)
+
+
+def test_the_hash_names_the_protocol_not_the_grouping():
+    a = Spec.from_config(TINY)
+    assert a.study_id == Spec.from_config({**TINY, "runs_per_job": 2}).study_id
+    assert a.study_id != Spec.from_config({**TINY, "seeds": 3}).study_id
+    assert a.study_id.startswith("study-") and len(a.digest) == 8
+
+
+def test_a_payload_survives_hydras_override_grammar():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    payload = {"store": "/tmp/x y", "runs": [{"key": "k", "hparams": {"learning_rate": 1e-3}, "name": "a=b,c"}]}
+    word = encode(payload)
+    parsed = OverridesParser.create().parse_overrides([f"job={word}"])[0]
+    assert decode(parsed.value()) == payload
+
+
+# -- one run ---------------------------------------------------------------------------------------
+def test_geometric_schedule():
+    assert geometric_steps(40) == [1, 2, 3, 4, 6, 8, 11, 16, 23, 32, 40]
+
+
+def test_time_to_target_against_a_hand_computed_descent():
+    """SGD at 0.1 on the tutorial's line, by hand: the first step whose excess is <= 0.1."""
+    x, y = np.array([0.0, 1.0, 2.0]), np.array([1.0, 2.0, 3.0])
+    a = b = 2.0
+    hand = None
+    for step in range(1, 101):
+        r = a * x + b - y
+        a, b = a - 0.1 * np.sum(x * r), b - 0.1 * np.sum(r)
+        if hand is None and max(abs(a - 1), abs(b - 1)) <= 0.1:
+            hand = step
+    spec = Spec.from_config({**TINY, "problems": ["seed_linear"]})
+    run = spec.run("final", "sgd", spec.problems[0], {"learning_rate": 0.1}, 0)
+    record = run_one(run)
+    assert [p[0] for p in record["points"]] == list(range(1, 101))  # full batch: every step is an epoch end
+    points = [{"step": p[0], "examples": p[1], "seconds": p[2], "value": p[3]} for p in record["points"]]
+    reached = measures.time_to_target(points, 0.1, "min")
+    assert reached["step"] == hand and reached["examples"] == hand
+    assert 0 < reached["seconds"] < record["train_seconds"]
+    assert measures.time_to_target(points, 1e-30, "min")["step"] == math.inf  # censored, not dropped
+
+
+def test_a_minibatch_run_is_evaluated_between_epoch_ends():
+    spec = Spec.from_config({**TINY, "problems": ["logistic_regression"]})
+    record = run_one(spec.run("final", "adam", spec.problems[0], {"learning_rate": 0.01}, 0))
+    steps = [p[0] for p in record["points"]]
+    per_epoch = record["budget_steps"] // 30  # logistic_regression: 30 epochs of batch 32 over 455 examples
+    assert steps[:4] == [1, 2, 3, 4] and per_epoch in steps and steps[-1] == record["budget_steps"]
+    examples = dict((p[0], p[1]) for p in record["points"])
+    assert examples[1] == 32 and examples[per_epoch] == 455  # the last batch of an epoch is partial
+
+
+def test_a_diverging_run_stops_and_scores_nan():
+    spec = Spec.from_config({**TINY, "problems": ["beale"]})
+    record = run_one(spec.run("tuning", "sgd", spec.problems[0], {"learning_rate": 10.0}, 0))
+    assert record["diverged"] and math.isnan(record["final"]) and record["steps"] < record["budget_steps"]
+
+
+# -- the protocol end to end -----------------------------------------------------------------------
+def _study(tmp_path, **settings):
+    spec = Spec.from_config({**TINY, **settings})
+    lines = []
+    return Study(spec, Store(tmp_path / spec.study_id), say=lines.append), lines
+
+
+def test_protocol_end_to_end_and_resume(tmp_path):
+    study, _ = _study(tmp_path)
+    results = study.run()
+    spec = study.spec
+    timing = results["timing"]
+    n_tuning = 2 * 2 * 3 * 2  # optimizers x problems x budget x seeds
+    n_final = 2 * 2 * 2 * 3  # optimizers x problems x (tuned, defaults) x final seeds
+    assert timing["runs"] == timing["runs_run"] == n_tuning + n_final and timing["runs_reused"] == 0
+    # a trial's score is the mean of its seeds' final values, read back from the stored runs
+    stored = [json.loads(p.read_text()) for p in (study.store.folder / "runs").glob("*.json")]
+    assert len(stored) == n_tuning + n_final
+    tuning = [r for r in stored if r["seed"] in spec.tuning_seeds()]
+    table = tuning_table(spec, tuning)
+    for (problem, opt), rows in table.items():
+        assert len(rows) == 3
+        for row in rows:
+            same = [
+                r["final"]
+                for r in tuning
+                if (r["problem"], r["optimizer"]) == (problem, opt) and r["hparams"] == row["hparams"]
+            ]
+            assert sorted(row["values"]) == sorted(same) and row["score"] == pytest.approx(np.mean(same), nan_ok=True)
+        best = results["chosen"][f"{problem}|{opt}"]
+        finite = [r for r in rows if math.isfinite(r["score"])]
+        assert best["score"] == min(r["score"] for r in finite)  # both problems minimise
+    # the rerun: the tuned setting on every final seed, with a Student-t interval
+    summary = results["summaries"]["beale|adam|final"]
+    assert summary["seeds"] == sorted(spec.final_seed_list())
+    stats = measures.mean_ci(summary["values"])
+    assert summary["stats"]["mean"] == pytest.approx(stats["mean"])
+    # the tutorial's line is deterministic: every seed takes the same steps, which the profile compares
+    sgd = results["summaries"]["seed_linear|sgd|final"]["ttt"]
+    assert [t["factor"] for t in sgd] == [10.0, 3.0, 1.0, 0.5]
+    assert (study.store.folder / "results.json").exists()
+
+    # repeated: nothing runs again
+    again, _ = _study(tmp_path)
+    repeat = again.run()
+    assert repeat["timing"]["runs_run"] == 0 and repeat["timing"]["runs_reused"] == n_tuning + n_final
+    assert repeat["chosen"] == results["chosen"]
+    # interrupted: the runs that had not finished (files missing) run, the rest is reused
+    files = sorted((study.store.folder / "runs").glob("*.json"))
+    for path in files[:5]:
+        path.unlink()
+    resumed, _ = _study(tmp_path)
+    assert resumed.run()["timing"]["runs_run"] == 5
+
+
+def test_an_edge_setting_is_warned_about(tmp_path):
+    study, lines = _study(
+        tmp_path, problems=["seed_linear"], optimizers=["adam"], space={"adam": {"learning_rate": "log(1e-4, 1e-2)"}}
+    )
+    results = study.run()
+    assert results["chosen"]["seed_linear|adam"]["edge"] == ["learning_rate"]
+    assert any("edge of its search space" in line for line in lines)
+
+
+# -- the command line ------------------------------------------------------------------------------
+def _cli(cwd, *args, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "optlab.study", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OPTLAB_NO_PROGRESS": "1"},
+    )
+
+
+ARGS = ("optimizers=[sgd,adam]", "problems=[seed_linear,beale]", "budget=2", "seeds=2", "final_seeds=3", "name=tiny")
+
+
+@pytest.mark.slow
+def test_cli_study_records_a_parent_and_its_children_in_mlflow(tmp_path):
+    from cli_helpers import client
+
+    result = _cli(tmp_path, *ARGS)
+    assert result.returncode == 0, result.stderr
+    assert "report:" in result.stdout
+    c = client(tmp_path)
+    exp = c.get_experiment_by_name("optlab")
+    found = c.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in found if r.data.tags.get("optlab.kind") == "study"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    children = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    arms = {}
+    for r in children:
+        arms[r.data.tags["optlab.arm"]] = arms.get(r.data.tags["optlab.arm"], 0) + 1
+    assert arms == {"tuning": 2 * 2 * 2, "final": 2 * 2 * 3, "defaults": 2 * 2 * 3}
+    assert all(r.info.status == "FINISHED" for r in children)
+    final = next(
+        r for r in children if r.data.tags["optlab.arm"] == "final" and r.data.tags["optlab.problem"] == "beale"
+    )
+    assert {"optlab.optimizer", "optlab.seed"} <= set(final.data.tags) and "learning_rate" in final.data.params
+    assert len(c.get_metric_history(final.info.run_id, "train/suboptimality")) > 5  # the curve, on the schedule
+    assert set(parent.data.tags) >= {"optlab.study", "optlab.version", "numba.version", "optlab.cores"}
+    assert {f"algoperf/{o}" for o in ("sgd", "adam")} <= set(parent.data.metrics)
+    artifacts = {a.path for a in c.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.md", "report/profile.png", "report/curves.png"} <= artifacts
+    folder = next((tmp_path / ".optlab" / "studies").glob("tiny-*"))
+    assert (folder / "report" / "report.md").read_text().count("| sgd |") == 3  # two problems and the profile
+
+    # the same command again: everything reused, no child written twice, the parent reused
+    again = _cli(tmp_path, *ARGS)
+    assert again.returncode == 0, again.stderr
+    assert "all 24 runs found done" in again.stdout or "found done" in again.stdout
+    found = c.search_runs([exp.experiment_id], max_results=1000)
+    assert len(found) == len(children) + 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_cli_study_runs_on_other_launchers(tmp_path, launcher):
+    result = _cli(tmp_path, *ARGS, f"hydra/launcher={launcher}", "runs_per_job=100", "tracking=none")
+    assert result.returncode == 0, result.stderr
+    folder = next((tmp_path / ".optlab" / "studies").glob("tiny-*"))
+    results = json.loads((folder / "results.json").read_text())
+    assert results["timing"]["runs_run"] == 2 * 2 * 2 * 2 + 2 * 2 * 2 * 3
+    assert results["timing"]["jobs"] == 8  # one per optimizer and problem, per round
+
+
+def test_cli_bad_input_is_one_line(tmp_path):
+    result = _cli(tmp_path, "optimizers=[sgd,adamm]", "tracking=none")
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("optlab: error: study: optimizers:") and "Traceback" not in result.stderr
