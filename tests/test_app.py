@@ -366,3 +366,14 @@ def test_the_sweep_benchmark_times_a_sweep_sequential_and_in_parallel(capsys):
     assert speedup == pytest.approx(sequential / parallel, abs=0.02) and "(ideal " in out
     with pytest.raises(SystemExit):
         bench.main(["--sweep", "--workers", "0"])
+
+
+def test_a_preset_in_the_working_directorys_conf_folder_is_found(tmp_path):
+    (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "conf" / "experiment" / "mine.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /problem: beale\n  - override /optimizer: sgd\n"
+        "trainer:\n  epochs: 3\n  progress_bar: false\n"
+    )
+    result = optlab(tmp_path, "+experiment=mine", "tracking=none")
+    assert result.returncode == 0, result.stderr
+    assert "position/x" in result.stdout and "in 3 steps" in result.stdout  # beale (2-D), three epochs

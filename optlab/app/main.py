@@ -218,6 +218,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides = [a for a in argv if not a.startswith("-") and ("=" in a or a.startswith("~"))]
     own_configs = not (set(argv) & CONFIG_OPTIONS) and not any(o.startswith("hydra.searchpath") for o in overrides)
+    if own_configs and os.path.isdir("conf"):  # your own presets: ./conf/experiment/NAME.yaml
+        own_configs = False
+        argv.append(f"hydra.searchpath=[file://{os.path.abspath('conf')}]")
     try:
         _check_bare_words(argv)
         check_overrides(overrides, own_configs, multirun=bool({"-m", "--multirun"} & set(argv)))
