@@ -45,3 +45,11 @@ def test_format_table_reports_groups_without_values():
     text = format_table(result)
     assert "optimizer=adam: no finite value over 2 seeds" in text
     assert "optimizer=sgd: 2 ± 1.4 over 2 seeds (1 of 3 without a finite value)" in text
+
+
+def test_seeds_of_one_configuration_are_one_line_with_a_band():
+    from optlab.app.compare import band
+
+    steps, mean, low, high = band([([1, 2], [1.0, 3.0]), ([1, 2, 3], [3.0, 5.0, 7.0]), ([1], [float("nan")])])
+    assert steps == [1, 2, 3]
+    assert list(mean) == [2.0, 4.0, 7.0] and list(low) == [1.0, 3.0, 7.0] and list(high) == [3.0, 5.0, 7.0]

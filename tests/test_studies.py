@@ -256,6 +256,19 @@ def test_cli_study_records_a_parent_and_its_children_in_mlflow(tmp_path):
     folder = next((tmp_path / ".optlab" / "studies").glob("tiny-*"))
     assert (folder / "report" / "report.md").read_text().count("| sgd |") == 3  # two problems and the profile
 
+    # python -m optlab.compare --study: per problem and optimizer, the seeds' values and steps to target
+    shown = subprocess.run(
+        [sys.executable, "-m", "optlab.compare", "--study", "tiny", "--output", "study.png"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 0, shown.stderr
+    body = [line for line in shown.stdout.splitlines() if line.startswith(("beale ", "seed_linear "))]
+    assert len(body) == 2 * 2 * 2  # problems x optimizers x (final, defaults)
+    assert all(" 3 " in line for line in body) and (tmp_path / "study.png").stat().st_size > 10_000
+    assert "seed_linear: excess <= 0.1" in shown.stdout
+
     # the same command again: everything reused, no child written twice, the parent reused
     again = _cli(tmp_path, *ARGS)
     assert again.returncode == 0, again.stderr

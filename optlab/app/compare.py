@@ -133,11 +133,16 @@ def compare(
         groups.setdefault(identity, []).append(row)
     shown = _differing(runs, exclude=("seed",))
     seeds = []
+    lines = {}  # one line per configuration: its seeds' mean, their range as a band
     for members in groups.values():
+        config = {"optimizer": members[0]["optimizer"], **{k: members[0]["params"].get(k) for k in shown}}
         if len(members) > 1:
-            config = {"optimizer": members[0]["optimizer"], **{k: members[0]["params"].get(k) for k in shown}}
             seeds.append({"config": config, **seed_summary([r["final"] for r in members])})
-    _plot(curves, metric, output, f"{experiment} / {sweep}")
+            label = " ".join(f"{v}" if k == "optimizer" else f"{k.rsplit('.', 1)[-1]}={v}" for k, v in config.items())
+            lines[f"{label} ({len(members)} seeds)"] = [curves[r["run"]] for r in members]
+        else:
+            lines[members[0]["run"]] = [curves[members[0]["run"]]]
+    _plot(lines, metric, output, f"{experiment} / {sweep}")
     parents = {r.data.tags.get("mlflow.parentRunId") for r in runs}
     parent = parents.pop() if len(parents) == 1 else None
     if parent is not None and not where:  # the sweep's own comparison covers all of its runs, not a subset
@@ -157,6 +162,116 @@ def compare(
         "seeds": seeds,
         "output": output,
     }
+
+
+def compare_study(experiment="optlab", study="latest", uri=None, output="compare.png") -> dict:
+    """A study's final and defaults runs, per problem and optimizer: the final values over seeds and
+    the steps to the problem's target; the tuned runs' curves, one line per optimizer with a seed band.
+
+    ``study``: its id (``quick-1a2b3c4d``), its name (the latest study of that name) or ``latest``."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri or default_uri())
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise LookupError(f"no experiment {experiment!r} in this store")
+    parents = client.search_runs(
+        [exp.experiment_id], f"tags.`{KIND_TAG}` = 'study'", max_results=1000, order_by=["attributes.start_time DESC"]
+    )
+    ids = [r.data.tags.get("optlab.study", "") for r in parents]
+    chosen = [r for r, i in zip(parents, ids) if study in ("latest", i) or i.rsplit("-", 1)[0] == study]
+    if not chosen:
+        raise LookupError(f"no study {study!r} in experiment {experiment!r}; studies: {', '.join(ids) or '(none)'}")
+    parent = chosen[0]
+    children = client.search_runs(
+        [exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=50000
+    )
+    groups: dict = {}
+    for run in children:
+        tags = run.data.tags
+        if tags.get("optlab.arm") in ("final", "defaults"):
+            groups.setdefault((tags["optlab.problem"], tags["optlab.optimizer"], tags["optlab.arm"]), []).append(run)
+    if not groups:
+        raise LookupError(f"study {ids[parents.index(parent)]} has no final runs yet")
+    rows, curves = [], {}
+    for (problem, optimizer, arm), runs in sorted(groups.items()):
+        tags = runs[0].data.tags
+        metric = tags.get("optlab.curve", "")
+        target = tags.get("optlab.target", "")
+        level = target.split()[-1] if target else ""
+        finals = [next((v for k, v in r.data.metrics.items() if k.startswith("final/")), math.nan) for r in runs]
+        steps = sorted(r.data.metrics.get(f"target/steps_to_{level}", math.inf) for r in runs)
+        reached = [s for s in steps if math.isfinite(s)]
+        median = statistics.median(steps) if len(reached) * 2 > len(steps) else math.inf
+        rows.append(
+            {
+                "problem": problem,
+                "optimizer": optimizer,
+                "arm": arm,
+                "target": target,
+                **seed_summary(finals),
+                "reached": len(reached),
+                "median_steps": median,
+            }
+        )
+        if arm == "final" and metric:
+            members = []
+            for r in runs:
+                history = sorted(client.get_metric_history(r.info.run_id, metric), key=lambda m: m.step)
+                members.append(([m.step for m in history], [m.value for m in history]))
+            curves.setdefault(problem, {})[f"{optimizer} ({len(runs)} seeds)"] = members
+    _plot_study(curves, output, parent.data.tags.get("optlab.study", ""))
+    return {"study": parent.data.tags.get("optlab.study"), "parent": parent.info.run_id, "rows": rows, "output": output}
+
+
+def _plot_study(curves: dict, output, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(len(curves), 1)
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.6 * rows), squeeze=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for ax, (problem, lines) in zip(axes.flat, sorted(curves.items())):
+            values = _draw_lines(ax, lines)
+            if values and min(values) > 0 and max(values) / min(values) > 100:
+                ax.set_yscale("log")
+            ax.set_xscale("log")
+            ax.set_title(problem, fontsize=10)
+            ax.set_xlabel("step")
+            ax.legend(fontsize=7)
+    for ax in axes.flat[len(curves) :]:
+        ax.set_visible(False)
+    fig.suptitle(f"study {title}: tuned settings, mean of the seeds with their range", fontsize=10)
+    fig.tight_layout()
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=110)
+    plt.close(fig)
+
+
+def format_study(result: dict) -> str:
+    lines = [f"study {result['study']} (parent run {result['parent']}): final values over seeds, steps to target"]
+    header = ["problem", "optimizer", "arm", "final (mean ± std)", "seeds", "reached", "median steps"]
+    table = [header]
+    for r in result["rows"]:
+        value = "no finite value" if r["n"] == 0 else f"{r['mean']:.5g} ± {r['std']:.2g}"
+        steps = "∞" if math.isinf(r["median_steps"]) else f"{r['median_steps']:g}"
+        table.append(
+            [r["problem"], r["optimizer"], r["arm"], value, str(r["runs"]), f"{r['reached']}/{r['runs']}", steps]
+        )
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for k, line in enumerate(table):
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(line, widths)))
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    targets = sorted({(r["problem"], r["target"]) for r in result["rows"]})
+    lines.append("targets: " + "; ".join(f"{p}: {t}" for p, t in targets))
+    lines.append(f"curves: {result['output']}")
+    return "\n".join(lines)
 
 
 def seed_summary(finals: list[float]) -> dict:
@@ -181,23 +296,56 @@ def _plot(curves, metric, output, title):
         _draw(curves, metric, output, title)
 
 
-def _draw(curves, metric, output, title):
+def band(members: list[tuple[list, list]]):
+    """Curves of several seeds on the union of their steps: the steps, the mean, the lowest and
+    the highest value at each (a step a seed did not log, or where it diverged, is left out)."""
+    import numpy as np
+
+    steps = sorted({s for xs, _ in members for s in xs})
+    index = {s: i for i, s in enumerate(steps)}
+    table = np.full((len(members), len(steps)), np.nan)
+    for row, (xs, ys) in enumerate(members):
+        for x, y in zip(xs, ys):
+            table[row, index[x]] = y if math.isfinite(y) else np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a step no seed has a value at
+        return steps, np.nanmean(table, axis=0), np.nanmin(table, axis=0), np.nanmax(table, axis=0)
+
+
+def _draw_lines(ax, lines: dict) -> list[float]:
+    """``lines``: label -> the (steps, values) of its runs; one run is drawn as it is, several as
+    their mean with their range as a band. Returns the finite values drawn."""
+    drawn = []
+    for name, members in lines.items():
+        members = [m for m in members if m[0]]
+        if not members:
+            continue
+        if len(members) == 1:
+            steps, values = members[0]
+            shown = [v if math.isfinite(v) else math.nan for v in values]  # a diverged run stops its line
+            ax.plot(steps, shown, lw=1.2, label=name)
+        else:
+            steps, mean, low, high = band(members)
+            (line,) = ax.plot(steps, mean, lw=1.6, label=name)
+            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.18, lw=0)
+            shown = [*low, *high]
+        drawn += [v for v in shown if math.isfinite(v)]
+    return drawn
+
+
+def _draw(lines, metric, output, title):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for name, (steps, values) in curves.items():
-        if steps:
-            shown = [v if math.isfinite(v) else math.nan for v in values]  # a diverged run stops its line
-            ax.plot(steps, shown, lw=1.2, label=name)
-    values = [v for _, vs in curves.values() for v in vs if math.isfinite(v)]
+    values = _draw_lines(ax, lines)
     if values and min(values) > 0 and max(values) / min(values) > 100:
         ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel(metric)
-    ax.set_title(title)
+    ax.set_title(title + ("  (seeds: mean, range as a band)" if any(len(m) > 1 for m in lines.values()) else ""))
     ax.legend(fontsize=8)
     fig.tight_layout()
     Path(output).parent.mkdir(parents=True, exist_ok=True)
@@ -254,6 +402,7 @@ def main(argv=None) -> int:
         "--sweep", default="latest", help='a sweep: its id (the runs\' "sweep" tag), its folder, "latest" or "all"'
     )
     parser.add_argument("--parent", help="the children of this run (a sweep's parent run id)")
+    parser.add_argument("--study", help='a study (python -m optlab.study): its id, its name, or "latest"')
     parser.add_argument("--filter", default="", help="an MLflow filter string, e.g. \"tags.problem = 'rosenbrock'\"")
     parser.add_argument("--metric", help="metric to sort by and plot (default: the runs' configured metric)")
     parser.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db here)")
@@ -266,6 +415,13 @@ def main(argv=None) -> int:
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    if args.study:
+        try:
+            result = compare_study(args.experiment, args.study, uri, args.output)
+        except LookupError as error:
+            return _fail(str(error))
+        print(format_study(result))
+        return 0
     try:
         result = compare(args.experiment, args.sweep, args.metric, uri, args.output, args.parent, args.filter)
     except LookupError as error:

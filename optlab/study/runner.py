@@ -45,7 +45,7 @@ class Study:
     """One study: ``spec``, its ``store`` folder, ``launch`` (payloads -> results, each a list of
     records or an exception), ``log`` (a :class:`~.tracking.StudyLog` or None), ``say`` (progress lines)."""
 
-    def __init__(self, spec: Spec, store: Store, launch: Callable = in_process, log=None, say=print):
+    def __init__(self, spec: Spec, store: Store, launch: Callable = in_process, log=None, say=print, workers=1):
         self.spec = spec
         self.store = store
         self.launch = launch
@@ -53,6 +53,8 @@ class Study:
         self.say = say
         self.counts = {"runs": 0, "reused": 0, "jobs": 0}
         self.finals: list[dict] = []
+        self.workers = workers  # jobs at once (for the time per run beyond the runs)
+        self.ran: set[str] = set()  # the keys of the runs run now (not found in the store)
 
     def execute(self, runs: list[dict], phase: str) -> list[dict]:
         """Every run's record: from the store, else run through ``launch``."""
@@ -79,6 +81,7 @@ class Study:
                     continue
                 for record in result:
                     records[record["key"]] = record
+                    self.ran.add(record["key"])
             self.counts["runs"] += sum(1 for r in unique if r["key"] in records)
             if failures:
                 payload, error = failures[0]
@@ -113,12 +116,18 @@ class Study:
         self.finals = finals
         results = reducing.reduce(spec, tuning, finals, chosen)
         every = tuning + finals
-        train = sum(r["train_seconds"] for r in every)
         wall = time.perf_counter() - start
+        ran = [r for r in every if r["key"] in self.ran]
+        run_seconds = sum(r["wall_seconds"] for r in ran)
+        warmup = sum(r.get("warmup_seconds", 0.0) for r in ran)
         results["timing"] = {
             "wall_seconds": wall,
-            "train_seconds": train,
-            "warmup_seconds": sum(r.get("warmup_seconds", 0.0) for r in every),
+            "workers": self.workers,
+            "train_seconds": sum(r["train_seconds"] for r in ran),
+            "run_seconds": run_seconds,
+            "warmup_seconds": warmup,
+            # the study's own time beyond its runs, counted as if on one worker
+            "outside_seconds": max(wall * self.workers - run_seconds - warmup, 0.0),
             "runs": len(every),
             "runs_run": self.counts["runs"],
             "runs_reused": self.counts["reused"],

@@ -74,7 +74,9 @@ def sweep(sweeper, arguments: list[str]) -> dict:
         f"optlab: study {spec.study_id}: {len(spec.optimizers)} optimizers x {len(spec.problems)} problems, "
         f"{spec.budget} trials x {spec.seeds} seeds each, best rerun on {spec.final_seeds} seeds; folder {store.folder}"
     )
-    study = Study(spec, store, launch, log)
+    from ..app.cores import sweep_workers
+
+    study = Study(spec, store, launch, log, workers=sweep_workers(config.hydra))
     status = "FAILED"
     try:
         results = study.run()

@@ -150,6 +150,11 @@ class StudyLog:
         else:
             r = first
             tags["optlab.seed"] = str(r["seed"])
+            problem = next(p for p in self.spec.problems if p.label == r["problem"])
+            tags["optlab.target"] = (
+                f"{problem.metric} {'<=' if problem.direction == 'min' else '>='} {problem.target:g}"
+            )
+            tags["optlab.curve"] = metric
             params.append(Param("seed", str(r["seed"])))
             metrics += [Metric(metric, p[3], now, int(p[0])) for p in r["points"]]
             metrics += [Metric(f"final/{first['metric']}", r["final"], now, 0)]
