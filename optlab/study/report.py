@@ -9,6 +9,7 @@
 - ``sensitivity.png``: score against learning rate per problem, one line per optimizer, seed range as a band.
 - ``curves.png``: the metric along training per problem, the mean of the final seeds and their
   interquartile band, one line per optimizer.
+- ``tunability.png``: the expected best score after k of the tuning's settings (Sivaprasad et al., 2020).
 """
 
 from __future__ import annotations
@@ -132,6 +133,38 @@ def plot_sensitivity(spec: Spec, results: dict, path: Path) -> None:
         "Sensitivity: score against learning rate (mean of the tuning seeds, their range as a band; "
         "★ tuned; -- target)",
         fontsize=10,
+    )
+    fig.tight_layout()
+    _save(fig, path, 100)
+
+
+def plot_tunability(spec: Spec, results: dict, path: Path) -> None:
+    """Sivaprasad et al. (2020): the expected best score among k of the tuning settings drawn at
+    random, k = 1 .. budget, per optimizer and problem (exact, from the scores of all settings)."""
+
+    from . import measures
+
+    colors = _colors(spec.optimizers)
+    fig, axes = _grid(len(spec.problems))
+    ks = list(range(1, spec.budget + 1))
+    for ax, problem in zip(axes, spec.problems):
+        for opt in spec.optimizers:
+            rows = results["tuning"].get(f"{problem.label}|{opt}")
+            if not rows:
+                continue
+            scores = [r["score"] for r in rows]
+            with np.errstate(all="ignore"), _quiet():
+                curve = [measures.expected_best_of_k(scores, k, problem.direction) for k in ks]
+            ax.plot(ks, [v if math.isfinite(v) else np.nan for v in curve], "o-", ms=3, color=colors[opt], label=opt)
+        ax.axhline(problem.target, color="0.4", ls="--", lw=1)
+        if problem.direction == "min" and _positive(results, problem.label):
+            ax.set_yscale("log")
+        ax.set_title(f"{problem.label}: {spec.score} {problem.metric}", fontsize=10)
+        ax.set_xlabel("settings tried (k)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(
+        "Tunability: expected best score after k settings drawn at random from the tuning (-- target)", fontsize=10
     )
     fig.tight_layout()
     _save(fig, path, 100)
@@ -297,6 +330,8 @@ def markdown(spec: Spec, results: dict, command: str) -> str:
         "",
         "![training curves](curves.png)",
         "",
+        "![tunability](tunability.png)",
+        "",
     ]
     edges = [(k, c) for k, c in results["chosen"].items() if c["edge"]]
     if edges:
@@ -337,5 +372,6 @@ def write_report(spec: Spec, results: dict, folder, command: str = "", finals: l
     plot_ecdf(spec, results, folder / "ecdf.png")
     plot_sensitivity(spec, results, folder / "sensitivity.png")
     plot_curves(spec, results, finals or [], folder / "curves.png")
+    plot_tunability(spec, results, folder / "tunability.png")
     write_text_atomic(folder / "report.md", markdown(spec, results, command) + "\n")
     return folder
