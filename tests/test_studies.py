@@ -292,3 +292,43 @@ def test_cli_bad_input_is_one_line(tmp_path):
     result = _cli(tmp_path, "optimizers=[sgd,adamm]", "tracking=none")
     assert result.returncode == 2
     assert result.stderr.strip().startswith("optlab: error: study: optimizers:") and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_cli_study_stopped_by_a_signal_resumes_where_it_was(tmp_path):
+    import signal
+    import time
+
+    from cli_helpers import client
+
+    args = ("optimizers=[sgd,adam]", "problems=[noisy_quadratic]", "budget=4", "seeds=2", "final_seeds=3", "name=stop")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "optlab.study", *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    runs = tmp_path / ".optlab" / "studies"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(list(runs.glob("stop-*/runs/*.json"))) < 3:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert "terminated (SIGTERM)" in err and "repeat the command" in err and "Traceback" not in err
+    kept = len(list(runs.glob("stop-*/runs/*.json")))
+    assert 3 <= kept < 16 + 12
+    c = client(tmp_path)
+    exp = c.get_experiment_by_name("optlab")
+    parent = [r for r in c.search_runs([exp.experiment_id]) if r.data.tags.get("optlab.kind") == "study"]
+    assert [p.info.status for p in parent] == ["KILLED"]
+
+    again = _cli(tmp_path, *args)
+    assert again.returncode == 0, again.stderr
+    assert f"({kept} found done)" in again.stdout
+    found = c.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in found if r.data.tags.get("optlab.kind") == "study"]
+    assert [p.info.status for p in parents] == ["FINISHED"] and parents[0].info.run_id == parent[0].info.run_id
+    trials = [r.data.tags["optlab.trial"] for r in found if "optlab.trial" in r.data.tags]
+    assert len(trials) == len(set(trials)) == 2 * 4 + 2 * 3 * 2  # every trial and rerun once, none twice

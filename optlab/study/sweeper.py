@@ -9,9 +9,11 @@ called the sweeper plans, reduces, reports and writes MLflow.
 from __future__ import annotations
 
 import shlex
+import signal
 import sys
 from pathlib import Path
 
+from ..app.run import Terminated, handling
 from .runner import Study, StudyFailed
 from .spec import Spec, SpecError
 from .store import ROOT, Store, encode
@@ -20,6 +22,14 @@ from .store import ROOT, Store, encode
 def _fail(message: str, code: int = 2):
     print(f"optlab: error: {message}", file=sys.stderr)
     sys.exit(code)
+
+
+def _stop(signum, frame):
+    """Ctrl-C or SIGTERM (a cluster's time limit): stop the study where it is; the runs that
+    finished are stored, the parent run is marked KILLED."""
+    if signum == signal.SIGTERM:
+        raise Terminated("terminated (SIGTERM)")
+    raise KeyboardInterrupt("interrupted (Ctrl-C)")
 
 
 def spec_of(config) -> Spec:
@@ -79,7 +89,8 @@ def sweep(sweeper, arguments: list[str]) -> dict:
     study = Study(spec, store, launch, log, workers=sweep_workers(config.hydra))
     status = "FAILED"
     try:
-        results = study.run()
+        with handling(_stop):
+            results = study.run()
         from .report import write_report
 
         report = write_report(spec, results, store.folder / "report", command=command, finals=study.finals)
@@ -88,16 +99,16 @@ def sweep(sweeper, arguments: list[str]) -> dict:
         if log is not None:
             log.close("FAILED")
         _fail(str(error), 1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         status = "KILLED"
         if log is not None:
             log.close("KILLED", timeout=10)
         print(
-            f"\noptlab: study stopped: the runs that finished are kept in {store.folder}; "
+            f"\noptlab: study stopped ({stop or 'interrupted'}): the runs that finished are kept in {store.folder}; "
             "repeat the command to run the rest",
             file=sys.stderr,
         )
-        sys.exit(130)
+        sys.exit(143 if isinstance(stop, Terminated) else 130)
     finally:
         if status == "FAILED" and log is not None and log.tracker.status is None:
             log.close("FAILED", timeout=10)
