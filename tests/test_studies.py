@@ -199,6 +199,12 @@ def test_protocol_end_to_end_and_resume(tmp_path):
         path.unlink()
     resumed, _ = _study(tmp_path)
     assert resumed.run()["timing"]["runs_run"] == 5
+    # a run file that cannot be read (cut short by a full disk, edited by hand) is run again
+    files[0].write_text('{"key": ')
+    files[1].write_text("[]")
+    repaired, _ = _study(tmp_path)
+    assert repaired.run()["timing"]["runs_run"] == 2
+    assert json.loads(files[0].read_text())["key"] == files[0].stem
 
 
 def test_an_edge_setting_is_warned_about(tmp_path):
