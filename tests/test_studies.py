@@ -11,13 +11,13 @@ import sys
 import numpy as np
 import pytest
 
+from optlab.app.study import measures
+from optlab.app.study.reduce import tuning_table
+from optlab.app.study.runner import Study
+from optlab.app.study.spec import Spec, SpecError
+from optlab.app.study.store import Store, decode, encode
+from optlab.app.study.trial import geometric_steps, run_one
 from optlab.spaces import LogUniform, parse, search_space
-from optlab.study import measures
-from optlab.study.reduce import tuning_table
-from optlab.study.runner import Study
-from optlab.study.spec import Spec, SpecError
-from optlab.study.store import Store, decode, encode
-from optlab.study.trial import geometric_steps, run_one
 
 TINY = {"optimizers": ["sgd", "adam"], "problems": ["seed_linear", "beale"], "budget": 3, "seeds": 2, "final_seeds": 3}
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optlab.study.measures import (
+from optlab.app.study.measures import (
     algoperf_score,
     average_runtime,
     bootstrap_ci,

@@ -1,7 +1,7 @@
 """Hydra's side of ``python -m optlab.study``: a sweeper that runs a study through the chosen launcher.
 
 Kept to the interface Hydra needs (it imports every module here at start-up); the study itself
-is :mod:`optlab.study.sweeper`.
+is :mod:`optlab.app.study.sweeper`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,6 @@ class StudySweeper(Sweeper):
         )
 
     def sweep(self, arguments):
-        from optlab.study.sweeper import sweep
+        from optlab.app.study.sweeper import sweep
 
         return sweep(self, list(arguments))

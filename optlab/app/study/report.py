@@ -364,7 +364,7 @@ def write_report(spec: Spec, results: dict, folder, command: str = "", finals: l
     import matplotlib
 
     matplotlib.use("Agg")
-    from ..files import write_text_atomic
+    from ...files import write_text_atomic
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ def _task(cfg):
     """One job: the runs in its payload (``job=...``), stored and returned."""
     from hydra.core.hydra_config import HydraConfig
 
-    from ..app.cores import share_cores, sweep_workers
+    from ..cores import share_cores, sweep_workers
     from .store import decode, run_job
 
     if cfg.get("job") is None:

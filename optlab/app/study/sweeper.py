@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-from ..app.run import Terminated, handling
+from ..run import Terminated, handling
 from .runner import Study, StudyFailed
 from .spec import Spec, SpecError
 from .store import ROOT, Store, encode
@@ -56,7 +56,7 @@ def sweep(sweeper, arguments: list[str]) -> dict:
     tracking = OmegaConf.to_container(config.tracking, resolve=True) if "tracking" in config else {}
     log = None
     if (tracking or {}).get("enabled"):
-        from ..app.store import TrackingError
+        from ..store import TrackingError
         from .tracking import StudyLog
 
         log = StudyLog(tracking, spec, command)
@@ -84,7 +84,7 @@ def sweep(sweeper, arguments: list[str]) -> dict:
         f"optlab: study {spec.study_id}: {len(spec.optimizers)} optimizers x {len(spec.problems)} problems, "
         f"{spec.budget} trials x {spec.seeds} seeds each, best rerun on {spec.final_seeds} seeds; folder {store.folder}"
     )
-    from ..app.cores import sweep_workers
+    from ..cores import sweep_workers
 
     study = Study(spec, store, launch, log, workers=sweep_workers(config.hydra))
     status = "FAILED"

@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from ..callbacks.base import Callback
+from ...callbacks.base import Callback
 
 #: (optimizer, problem, dtype) already warmed up in this process
 _WARM: set = set()
@@ -99,8 +99,8 @@ class _StopAfter(Callback):
 
 
 def _trainer(run: dict, callbacks, epochs="auto"):
-    from .. import optimizers, problems
-    from ..trainer import Trainer
+    from ... import optimizers, problems
+    from ...trainer import Trainer
 
     return Trainer(
         problems.get(dict(run["problem_config"])),

@@ -12,7 +12,7 @@ import math
 import zlib
 from pathlib import Path
 
-from ..files import write_text_atomic
+from ...files import write_text_atomic
 
 #: where studies live, under the working directory
 ROOT = Path(".optlab") / "studies"

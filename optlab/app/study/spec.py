@@ -99,8 +99,8 @@ class Spec:
     @classmethod
     def from_config(cls, conf: dict) -> Spec:
         """Validate a study's config (a plain dict); :class:`SpecError` names the first bad field."""
-        from .. import optimizers
-        from ..spaces import search_space
+        from ... import optimizers
+        from ...spaces import search_space
 
         unknown = sorted(set(conf) - set(DEFAULTS))
         if unknown:
@@ -184,8 +184,8 @@ class Spec:
 
     # -- the design ------------------------------------------------------------------------
     def spaces(self, optimizer: str) -> dict:
-        from .. import optimizers
-        from ..spaces import search_space
+        from ... import optimizers
+        from ...spaces import search_space
 
         return search_space(optimizers.registry.get(optimizer), self.space.get(optimizer))
 
@@ -300,8 +300,8 @@ def _choice(name: str, value, allowed: tuple) -> str:
 
 def _problem(entry) -> ProblemSpec:
     """A problem entry: its name, or ``{name: ..., <argument>: ..., target: "metric <= value"}``."""
-    from .. import problems
-    from ..trainer import Trainer
+    from ... import problems
+    from ...trainer import Trainer
 
     if isinstance(entry, str):
         entry = {"name": entry}

@@ -25,7 +25,7 @@ import queue
 import threading
 import time
 
-from ..app.keys import KIND_TAG, metric_key
+from ..keys import KIND_TAG, metric_key
 
 STUDY_TAG = "optlab.study"
 TRIAL_TAG = "optlab.trial"
@@ -49,8 +49,8 @@ class StudyLog:
     """The study's parent run and the writer of its children (see the module's docs)."""
 
     def __init__(self, tracking: dict, spec, command: str):
-        from ..app.run import source_tags
-        from ..app.tracking import MlflowTracker
+        from ..run import source_tags
+        from ..tracking import MlflowTracker
 
         self.spec = spec
         self.tracker = MlflowTracker(
@@ -80,7 +80,7 @@ class StudyLog:
 
     def open(self) -> None:
         """Open the parent, or reopen the one an earlier run of this study left; TrackingError if the store fails."""
-        from ..app.store import check_store
+        from ..store import check_store
 
         client = check_store(self.tracker.uri)
         earlier = None
@@ -210,6 +210,6 @@ def _versions() -> dict:
     import numba
     import numpy
 
-    from .. import __version__
+    from ... import __version__
 
     return {"optlab.version": __version__, "numpy.version": numpy.__version__, "numba.version": numba.__version__}
