@@ -65,6 +65,22 @@ def memory_bandwidth(n: int = 30_000_000, rounds: int = 3) -> float:
     return 3 * 4 * n / seconds
 
 
+#: the reference product of ``matmul_rate``: (MATMUL_ROWS x MATMUL_INNER) @ (MATMUL_INNER x MATMUL_INNER)
+MATMUL_ROWS, MATMUL_INNER = 4096, 256
+
+
+def matmul_rate(rounds: int = 3) -> float:
+    """Flop/s of numpy's float32 matmul (its BLAS) on a (4096 x 256) @ (256 x 256) product, the shape
+    of Muon's work on the benchmark's (n / 256, 256) matrices; the best of ``rounds`` medians."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((MATMUL_ROWS, MATMUL_INNER), dtype=np.float32)
+    b = rng.standard_normal((MATMUL_INNER, MATMUL_INNER), dtype=np.float32)
+    out = np.empty_like(a)
+    np.matmul(a, b, out=out)  # warm up BLAS's threads
+    seconds = min(median_time(lambda: np.matmul(a, b, out=out), min_repeats=10) for _ in range(rounds))
+    return 2 * MATMUL_ROWS * MATMUL_INNER**2 / seconds
+
+
 def _problem(n: int, columns: int | None, seed: int = 0):
     import optlab
 
@@ -110,8 +126,23 @@ def bench_optimizer(name: str, n: int) -> dict:
         opt.apply(grads, params)
     seconds = median_time(lambda: opt.apply(grads, params))
     size = params.flat.size
-    nbytes = traffic(opt) * 4 * size
-    return {"optimizer": name, "n": size, "seconds": seconds, "bytes": nbytes, "gbps": nbytes / seconds / 1e9}
+    state = opt.get_state()[1]
+    nbytes = traffic(opt) * 4 * size + 2 * sized_slot_bytes(opt, state)
+    row = {"optimizer": name, "n": size, "seconds": seconds, "bytes": nbytes, "gbps": nbytes / seconds / 1e9}
+    row["state_bytes"] = sum(a.nbytes for a in state.values())  # slots, EMA, accumulator
+    if hasattr(opt, "step_flops"):  # matrix-product work (Muon's Newton-Schulz)
+        row["flops"] = opt.step_flops([p.shape for p in params])
+        row["gflops"] = row["flops"] / seconds / 1e9
+    return row
+
+
+def sized_slot_bytes(optimizer, state: dict) -> int:
+    """Bytes of the slots not shaped like the parameters (Adafactor's row and column factors) in
+    ``state`` (``get_state()[1]``): a step reads and writes each once, on top of ``traffic``."""
+    from .optimizers import Slot
+
+    sized = [k for k, s in optimizer.slots().items() if isinstance(s, Slot) and s.size is not None]
+    return sum(state[f"slot/{k}"].nbytes for k in sized if f"slot/{k}" in state)
 
 
 def bench_many(name: str = "adam") -> dict:
@@ -182,11 +213,11 @@ def bench_loop(problem, optimizer, steps: int) -> dict:
             opt.apply(grads, params)
 
     class Clock(optlab.callbacks.Callback):
-        """Times the epochs only: building the parameters and the optimizer's state is set-up, not loop."""
+        """Times the epochs only: making the parameters is set-up, not loop. No per-epoch hook of
+        its own, so that the loop timed is the one a run without callbacks gets."""
 
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 0:
-                self.start = time.perf_counter()
+        def on_train_begin(self, logs=None):
+            self.start = time.perf_counter()
 
         def on_train_end(self, logs=None):
             self.seconds = time.perf_counter() - self.start
@@ -198,9 +229,126 @@ def bench_loop(problem, optimizer, steps: int) -> dict:
 
     bare()
     trained()  # compile, warm up
-    bare_s = median_time(bare, min_repeats=3, min_seconds=0.5) / steps
-    trainer_s = statistics.median(trained() for _ in range(3)) / steps
+    bare_times, trainer_times = [], []
+    for _ in range(3):  # in turns: a shared machine's load falls on both alike
+        bare_times.append(median_time(bare, min_repeats=3, min_seconds=0.2) / steps)
+        trainer_times.append(statistics.median(trained() for _ in range(3)) / steps)
+    bare_s, trainer_s = statistics.median(bare_times), statistics.median(trainer_times)
     return {"problem": problem.registry_name, "steps": steps, "bare": bare_s, "trainer": trainer_s}
+
+
+def _alternate(cases: dict, rounds: int = 3, **timing) -> dict:
+    """The median over ``rounds`` of each case's ``median_time``, the cases taking turns in each
+    round, so that a shared machine's load falls on all of them alike (their ratios are the point)."""
+    times: dict = {label: [] for label in cases}
+    for _ in range(rounds):
+        for label, fn in cases.items():
+            times[label].append(median_time(fn, **timing))
+    return {label: statistics.median(t) for label, t in times.items()}
+
+
+def bench_fresh_grads(name: str = "adam", arrays: int = MANY_ARRAYS, size: int = MANY_SIZE) -> dict:
+    """One step with the parameters in one flat buffer (``optlab.flat_parameters``) and the gradients
+    as separate arrays, new ones at every step (what a user gets who computes gradients the ordinary
+    way), against the same step with flat gradients (``flat_like``): ``arrays`` arrays of ``size``."""
+    import optlab
+
+    rng = np.random.default_rng(0)
+    shapes = [(size,)] * arrays
+    values = rng.standard_normal(arrays * size, dtype=np.float32)
+    flat_grads = optlab.flat_parameters(shapes, np.float32)
+    flat_grads.flat[:] = rng.standard_normal(arrays * size, dtype=np.float32) * np.float32(1e-2)
+    fresh = [[g.copy() for g in flat_grads] for _ in range(3)]  # other arrays at each call, in turn
+    cases, turn = {}, [0]
+    for label, grads in (("flat", flat_grads), ("fresh", None)):
+        params = optlab.flat_parameters(shapes, np.float32)
+        params.flat[:] = values
+        opt = optlab.optimizers.get(name)
+        if grads is None:
+
+            def step(opt=opt, params=params):
+                turn[0] += 1
+                opt.apply(fresh[turn[0] % 3], params)
+        else:
+
+            def step(opt=opt, params=params, grads=grads):
+                opt.apply(grads, params)
+
+        for _ in range(2):
+            step()
+        cases[label] = step
+    return {"optimizer": name, "arrays": arrays, "size": size, **_alternate(cases)}
+
+
+def bench_tiny(names=("adam", "sgd"), calls: int = 1000) -> dict:
+    """The fixed cost of one ``apply_gradients`` on tiny parameters (2 arrays of 2 float32, as views
+    of one flat buffer, the gradients too), per optimizer; torch's fused Adam and optax's jitted Adam
+    on the same where installed (never required)."""
+    import optlab
+
+    cases = {}
+    for name in names:
+        params = optlab.flat_parameters([(2,), (2,)], np.float32, fill=1.0)
+        grads = optlab.flat_like(params)
+        grads.flat[:] = 0.01
+        opt = optlab.optimizers.get(name)
+        opt.apply_gradients(zip(grads, params))
+
+        def run(opt=opt, grads=grads, params=params):
+            for _ in range(calls):
+                opt.apply_gradients(zip(grads, params))
+
+        cases[name] = run
+    for label, make in (("torch-adam-fused", _tiny_torch), ("optax-adam-jit", _tiny_optax)):
+        run = make(calls)
+        if run is not None:
+            cases[label] = run
+    return {label: seconds / calls for label, seconds in _alternate(cases, min_seconds=0.2).items()}
+
+
+def _tiny_torch(calls: int):
+    try:
+        import torch
+    except ImportError:
+        return None
+    params = [torch.nn.Parameter(torch.ones(2)) for _ in range(2)]
+    for p in params:
+        p.grad = torch.full((2,), 0.01)
+    opt = torch.optim.Adam(params, lr=1e-3, eps=1e-7, fused=True)
+    opt.step()
+
+    def run():
+        for _ in range(calls):
+            opt.step()
+
+    return run
+
+
+def _tiny_optax(calls: int):
+    try:
+        import jax
+        import jax.numpy as jnp
+        import optax
+    except ImportError:
+        return None
+    tx = optax.adam(1e-3, eps=1e-7)
+    params = [jnp.ones(2, jnp.float32) for _ in range(2)]
+    grads = [jnp.full(2, 0.01, jnp.float32) for _ in range(2)]
+
+    @jax.jit
+    def step(params, state):
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    box = [params, tx.init(params)]
+    jax.block_until_ready(step(*box))
+
+    def run():
+        for _ in range(calls):
+            box[:] = step(*box)
+        jax.block_until_ready(box[0])
+
+    return run
 
 
 def bench_problem(name: str) -> dict:
@@ -276,6 +424,10 @@ def _fmt_time(seconds: float) -> str:
     return f"{seconds * 1e3:9.3f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:9.1f} us"
 
 
+#: what ``--only`` can choose (each a part of the run, in its order)
+SECTIONS = ("steps", "many", "fresh", "tiny", "sparse", "loop", "problems", "torch")
+
+
 def main(argv=None) -> int:
     import optlab
 
@@ -285,7 +437,20 @@ def main(argv=None) -> int:
     parser.add_argument("--problems", help="comma-separated problem names (default: every registered problem)")
     parser.add_argument("--no-torch", action="store_true", help="skip the torch peers even if torch is installed")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    parser.add_argument(
+        "--only",
+        metavar="SECTIONS",
+        help=f"comma-separated sections to run, of {','.join(SECTIONS)} (default: all)",
+    )
     args = parser.parse_args(argv)
+    only = None
+    if args.only:
+        only = {s.strip() for s in args.only.split(",") if s.strip()}
+        if only - set(SECTIONS):
+            parser.error(f"--only: unknown section {sorted(only - set(SECTIONS))[0]!r}; known: {', '.join(SECTIONS)}")
+
+    def want(section: str) -> bool:
+        return only is None or section in only
 
     registry = optlab.optimizers.registry
     if args.optimizers:
@@ -315,69 +480,107 @@ def main(argv=None) -> int:
         f"{numba.config.NUMBA_NUM_THREADS} threads, float32"
     )
     bandwidth = memory_bandwidth()
-    print(f"memory bandwidth (parallel a[i] += s*b[i] on 3e7 float32): {bandwidth / 1e9:.1f} GB/s\n")
+    print(f"memory bandwidth (parallel a[i] += s*b[i] on 3e7 float32): {bandwidth / 1e9:.1f} GB/s")
     results: dict = {"bandwidth_gbps": bandwidth / 1e9, "steps": [], "many": [], "torch": []}
+    flop_rate = None
+    if want("steps") and any(hasattr(registry.get(name), "step_flops") for name in names):
+        flop_rate = matmul_rate()
+        results["matmul_gflops"] = flop_rate / 1e9
+        print(
+            f"numpy float32 matmul ({MATMUL_ROWS} x {MATMUL_INNER} @ {MATMUL_INNER} x {MATMUL_INNER}): "
+            f"{flop_rate / 1e9:.1f} GFLOP/s"
+        )
+    print()
 
-    print(f"{'optimizer':<22}{'n':>12}{'time/step':>14}{'GB/s':>9}{'of bw':>8}   bytes/elem")
-    for name in names:
+    if want("steps"):
+        print(f"{'optimizer':<22}{'n':>12}{'time/step':>14}{'GB/s':>9}{'of bw':>8}   bytes/elem  state B/param")
+    for name in names if want("steps") else ():
         for n in sizes:
             row = bench_optimizer(name, n)
             row["fraction"] = row["gbps"] * 1e9 / bandwidth
+            note = f"  ({MATRIX_SHAPED[name]}-column matrix)" if name in MATRIX_SHAPED else ""
+            if "gflops" in row:
+                row["matmul_fraction"] = row["gflops"] * 1e9 / flop_rate
+                note += f"  {row['gflops']:.1f} GFLOP/s, {row['matmul_fraction']:.2f} of matmul"
             results["steps"].append(row)
-            note = "  (matrix-shaped)" if name in MATRIX_SHAPED else ""
             print(
                 f"{name:<22}{row['n']:>12.0e}{_fmt_time(row['seconds']):>14}{row['gbps']:>9.1f}"
-                f"{row['fraction']:>8.2f}   {row['bytes'] // row['n']}{note}"
+                f"{row['fraction']:>8.2f}   {row['bytes'] / row['n']:>10.1f}"
+                f"{row['state_bytes'] / row['n']:>15.2f}{note}"
             )
         sys.stdout.flush()
 
-    print(f"\n{MANY_ARRAYS} arrays of {MANY_SIZE} elements vs one array of {MANY_ARRAYS * MANY_SIZE}:")
-    for name in [n for n in ("adam", "sgd") if n in names] or names[:1]:
-        many = bench_many(name)
-        results["many"].append(many)
-        print(
-            f"  {name:<10} separate {_fmt_time(many['separate'])}  flat {_fmt_time(many['flat'])}  "
-            f"one array {_fmt_time(many['one'])}  flat/one = {many['flat'] / many['one']:.2f}  "
-            f"separate/one = {many['separate'] / many['one']:.2f}"
-        )
+    if want("many"):
+        print(f"\n{MANY_ARRAYS} arrays of {MANY_SIZE} elements vs one array of {MANY_ARRAYS * MANY_SIZE}:")
+        for name in [n for n in ("adam", "sgd") if n in names] or names[:1]:
+            many = bench_many(name)
+            results["many"].append(many)
+            print(
+                f"  {name:<10} separate {_fmt_time(many['separate'])}  flat {_fmt_time(many['flat'])}  "
+                f"one array {_fmt_time(many['one'])}  flat/one = {many['flat'] / many['one']:.2f}  "
+                f"separate/one = {many['separate'] / many['one']:.2f}"
+            )
 
-    print(
-        f"\nSparse gradient: {SPARSE_TOUCHED} of {SPARSE_ROWS:,} rows of a {SPARSE_ROWS:,} x {SPARSE_WIDTH} table "
-        "(IndexedSlices), against the same gradient dense:"
-    )
-    for name in [n for n in ("sgd", "adagrad", "adam") if n in names] or names[:1]:
-        sparse = bench_sparse(name)
-        results.setdefault("sparse", []).append(sparse)
-        how = "its rows alone" if sparse["rows_alone"] else "dense (rows without a gradient move too)"
-        print(
-            f"  {name:<10} sparse {_fmt_time(sparse['sparse'])}  dense {_fmt_time(sparse['dense'])}  "
-            f"dense/sparse = {sparse['dense'] / sparse['sparse']:.1f}   updates {how}"
-        )
+    if want("fresh"):
+        print("\nFlat parameters with separate gradient arrays, new ones at every step, against flat gradients:")
+        for arrays, size in ((1, MANY_ARRAYS * MANY_SIZE), (MANY_ARRAYS, MANY_SIZE)):
+            row = bench_fresh_grads("adam", arrays, size)
+            results.setdefault("fresh_grads", []).append(row)
+            print(
+                f"  adam  {arrays:>4} x {size:<8} flat {_fmt_time(row['flat'])}  separate fresh "
+                f"{_fmt_time(row['fresh'])}  fresh/flat = {row['fresh'] / row['flat']:.2f}"
+            )
 
-    print("\nTraining loop (Trainer.fit, one step per epoch) against the bare gradient + step loop:")
-    for problem, optimizer, steps in (
-        ("seed_linear", "sgd", 2000),
-        ({"name": "quadratic", "dim": 1_000_000}, "adam", 50),
-    ):
-        row = bench_loop(problem, optimizer, steps)
-        results.setdefault("loop", []).append(row)
-        print(
-            f"  {row['problem']:<12} {optimizer:<5} trainer {1 / row['trainer']:>10,.0f} steps/s   "
-            f"bare {1 / row['bare']:>10,.0f} steps/s   overhead {(row['trainer'] - row['bare']) * 1e6:8.1f} us/step"
-        )
+    if want("tiny"):
+        print("\nFixed cost of one apply_gradients on 2 arrays of 2 float32 (views of one flat buffer):")
+        tiny = bench_tiny([n for n in ("adam", "sgd") if n in names] or names[:1])
+        results["tiny"] = tiny
+        for label, seconds in tiny.items():
+            peers = [p for p in ("torch-adam-fused", "optax-adam-jit") if p in tiny and label == "adam"]
+            versus = "".join(f"   {seconds / tiny[p]:.2f} of {p}" for p in peers)
+            print(f"  {label:<20}{_fmt_time(seconds)}{versus}")
 
-    print("\nProblems, one run at the budget with SGD (after a warm-up epoch); the gradient's share of a step:")
-    for name in problem_names:
-        row = bench_problem(name)
-        results.setdefault("problems", []).append(row)
-        rate = row["steps"] / row["seconds"]
+    if want("sparse"):
         print(
-            f"  {name:<22}{row['size_class']:<7}{row['seconds']:>7.2f} s (bound {row['bound']:g} s)"
-            f"{rate:>12,.0f} steps/s   gradient {row['gradient'] * rate:.2f} of a step"
+            f"\nSparse gradient: {SPARSE_TOUCHED} of {SPARSE_ROWS:,} rows of a {SPARSE_ROWS:,} x {SPARSE_WIDTH} table "
+            "(IndexedSlices), against the same gradient dense:"
         )
-        sys.stdout.flush()
+        for name in [n for n in ("sgd", "adagrad", "adam") if n in names] or names[:1]:
+            sparse = bench_sparse(name)
+            results.setdefault("sparse", []).append(sparse)
+            how = "its rows alone" if sparse["rows_alone"] else "dense (rows without a gradient move too)"
+            print(
+                f"  {name:<10} sparse {_fmt_time(sparse['sparse'])}  dense {_fmt_time(sparse['dense'])}  "
+                f"dense/sparse = {sparse['dense'] / sparse['sparse']:.1f}   updates {how}"
+            )
 
-    if not args.no_torch:
+    if want("loop"):
+        print("\nTraining loop (Trainer.fit, one step per epoch) against the bare gradient + step loop:")
+        for problem, optimizer, steps in (
+            ("seed_linear", "sgd", 2000),
+            ({"name": "quadratic", "dim": 1_000_000}, "adam", 50),
+        ):
+            row = bench_loop(problem, optimizer, steps)
+            results.setdefault("loop", []).append(row)
+            print(
+                f"  {row['problem']:<12} {optimizer:<5} trainer {1 / row['trainer']:>10,.0f} steps/s   "
+                f"bare {1 / row['bare']:>10,.0f} steps/s   trainer/bare {row['bare'] / row['trainer']:.2f}   "
+                f"overhead {(row['trainer'] - row['bare']) * 1e6:8.1f} us/step"
+            )
+
+    if want("problems"):
+        print("\nProblems, one run at the budget with SGD (after a warm-up epoch); the gradient's share of a step:")
+        for name in problem_names:
+            row = bench_problem(name)
+            results.setdefault("problems", []).append(row)
+            rate = row["steps"] / row["seconds"]
+            print(
+                f"  {name:<22}{row['size_class']:<7}{row['seconds']:>7.2f} s (bound {row['bound']:g} s)"
+                f"{rate:>12,.0f} steps/s   gradient {row['gradient'] * rate:.2f} of a step"
+            )
+            sys.stdout.flush()
+
+    if not args.no_torch and want("torch"):
         peers = torch_peers(sizes)
         if peers:
             print("\ntorch peers (CPU, same run):")

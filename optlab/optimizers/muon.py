@@ -23,17 +23,52 @@ def _muon_momentum(m, g, look, mu, mu_minus_one, nesterov):
             look[i] = m[i]
 
 
-def newton_schulz5(x: np.ndarray, steps: int, a: float, b: float, c: float) -> np.ndarray:
-    """Approximate the orthogonal factor U V^T of ``x = U S V^T`` by a quintic Newton-Schulz iteration."""
-    transpose = x.shape[0] > x.shape[1]
-    if transpose:
-        x = x.T
-    x = x / (np.linalg.norm(x) + x.dtype.type(1e-7))
+@kernel
+def _muon_step(p, x, lr, scale, rms_rate):
+    """p <- p - ((lr x) scale) rms_rate, rounded step by step as Keras's ``lr_adjust(lr * x)``."""
+    for i in prange(p.shape[0]):
+        p[i] -= ((x[i] * lr) * scale) * rms_rate
+
+
+def newton_schulz5(x: np.ndarray, steps: int, a: float, b: float, c: float, work: np.ndarray | None = None):
+    r"""Approximate the orthogonal factor U V^T of ``x = U S V^T`` by a quintic Newton-Schulz iteration.
+
+    From :math:`X = x / (\|x\|_F + 10^{-7})`, each step is Keras's :math:`X \leftarrow aX + (bA + cA^2)X`
+    with :math:`A = XX^T`, written as one BLAS product :math:`X \leftarrow MX`, :math:`M = aI + bA + (cA)A`
+    (two passes over ``x`` fewer). A tall ``x`` (Keras transposes it) is worked on as it lies:
+    :math:`A = X^TX` and :math:`X \leftarrow XM^T`, so the Gram matrix is always of the smaller side.
+    ``work``, a C-contiguous float array of shape ``(2, *x.shape)`` in ``x``'s dtype, holds the iterates
+    (``x`` may be ``work[0]``); the result is one of them. Without it, a new one is made.
+    """
+    dt = x.dtype.type
+    work = np.empty((2, *x.shape), x.dtype) if work is None else work
+    cur, nxt = work[0], work[1]
+    np.divide(x, np.linalg.norm(x) + dt(1e-7), out=cur)
+    tall = x.shape[0] > x.shape[1]
+    m = min(x.shape)
+    gram, poly, diagonal = np.empty((m, m), x.dtype), np.empty((m, m), x.dtype), np.arange(m)
     for _ in range(steps):
-        gram = x @ x.T
-        poly = b * gram + c * (gram @ gram)
-        x = a * x + poly @ x
-    return x.T if transpose else x
+        if tall:
+            np.matmul(cur.T, cur, out=gram)
+        else:
+            np.matmul(cur, cur.T, out=gram)
+        np.matmul(dt(c) * gram, gram, out=poly)
+        poly += dt(b) * gram
+        poly[diagonal, diagonal] += dt(a)
+        if tall:
+            np.matmul(cur, poly.T, out=nxt)
+        else:
+            np.matmul(poly, cur, out=nxt)
+        cur, nxt = nxt, cur
+    return cur
+
+
+def newton_schulz_flops(shape: tuple, steps: int) -> int:
+    r"""Floating-point operations of the matrix products of ``newton_schulz5`` on a matrix of ``shape``:
+    per step, with :math:`m \le n` its sides, :math:`2m^2n` (the Gram matrix) + :math:`2m^3` (its square)
+    + :math:`2m^2n` (the product with :math:`X`), so ``steps * (4 m^2 n + 2 m^3)``."""
+    m, n = sorted(shape)
+    return steps * (4 * m * m * n + 2 * m**3)
 
 
 class Muon(Optimizer):
@@ -46,7 +81,9 @@ class Muon(Optimizer):
         p &\leftarrow p - \eta\, \operatorname{NS}_5(o)\, \sqrt{\max(r, c)}\ \text{rms\_rate}
 
     where :math:`\operatorname{NS}_5` runs ``ns_steps`` iterations of
-    :math:`X \leftarrow aX + (bA + cA^2)X`, :math:`A = XX^T`, from :math:`X = o/(\|o\|_F + 10^{-7})`.
+    :math:`X \leftarrow aX + (bA + cA^2)X`, :math:`A = XX^T`, from :math:`X = o/(\|o\|_F + 10^{-7})`,
+    as BLAS matrix products on the Gram matrix of the smaller side (``newton_schulz5``), in two
+    buffers the size of the largest matrix kept across steps.
     Parameters of any other rank take an Adam step with ``adam_beta_1``, ``adam_beta_2``,
     ``epsilon`` and learning rate ``learning_rate * adam_lr_ratio``, and decay with
     ``adam_weight_decay`` instead of ``weight_decay``.
@@ -128,11 +165,27 @@ class Muon(Optimizer):
                     adam = adam_scalars(dt, lr * dt(self.adam_lr_ratio), self.adam_beta_1, self.adam_beta_2, step)
                 _ADAM[False, False](p.reshape(-1), g.reshape(-1), m.reshape(-1), v, v, *adam, dt(self.epsilon), 0.0)
                 continue
-            look = np.empty_like(p)
+            work = self._work(p)
+            look = work[0]
             _muon_momentum(m.reshape(-1), g.reshape(-1), look.reshape(-1), mu, dt(self.momentum - 1), self.nesterov)
-            direction = newton_schulz5(look, self.ns_steps, self.muon_a, self.muon_b, self.muon_c)
-            direction *= lr
-            if self.rms_rate is not None:
-                direction *= dt(math.sqrt(max(shape)))
-                direction *= dt(self.rms_rate)
-            p -= direction
+            direction = newton_schulz5(look, self.ns_steps, self.muon_a, self.muon_b, self.muon_c, work)
+            scale = (dt(math.sqrt(max(shape))), dt(self.rms_rate)) if self.rms_rate is not None else (dt(1), dt(1))
+            _muon_step(p.reshape(-1), direction.reshape(-1), lr, *scale)
+
+    def _work(self, p: np.ndarray) -> np.ndarray:
+        """Two C-contiguous arrays shaped like ``p`` for the Newton-Schulz iterates: views of one buffer
+        kept across steps (and parameters), grown to the largest matrix."""
+        buf = self.__dict__.get("_ns_work")
+        if buf is None or buf.size < 2 * p.size or buf.dtype != p.dtype:
+            buf = self._ns_work = np.empty(2 * max(p.size, 0 if buf is None else buf.size // 2), p.dtype)
+        return buf[: 2 * p.size].reshape(2, *p.shape)
+
+    def step_flops(self, shapes, names=None) -> int:
+        """Matrix-product flops of one step on parameters of ``shapes`` (``newton_schulz_flops`` of each
+        parameter that takes the Newton-Schulz step; the AdamW ones count none)."""
+        names = [None] * len(shapes) if names is None else names
+        return sum(
+            newton_schulz_flops(tuple(s), self.ns_steps)
+            for s, n in zip(shapes, names)
+            if not self.uses_adam(tuple(s), n)
+        )
