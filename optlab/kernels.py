@@ -83,7 +83,16 @@ class Kernel:
         return self._parallel_impl
 
     def __call__(self, x, *args):
-        impl = self.parallel if x.shape[0] >= PARALLEL_MIN_SIZE else self.serial
+        # the compiled variants straight from the instance: a property's call is a fair share of a
+        # small step's fixed cost
+        if x.shape[0] >= PARALLEL_MIN_SIZE:
+            impl = self._parallel_impl
+            if impl is None:
+                impl = self.parallel
+        else:
+            impl = self._serial_impl
+            if impl is None:
+                impl = self.serial
         return impl(x, *args)
 
 

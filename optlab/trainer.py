@@ -24,6 +24,9 @@ from .callbacks.core import History
 from .flat import flat_like
 from .hparams import Hyper
 
+#: the batches of a full-batch epoch: one, the whole data set
+_FULL_BATCH = (None,)
+
 
 def logged_name(name: str) -> str:
     """The logged name behind an MLflow key as the summary prints it: ``val/accuracy`` ->
@@ -212,20 +215,27 @@ class Trainer:
         history = self.history if problem.record_path else None
         sparse = problem.sparse_gradients
         target = self.target
+        # hooks run at every step of a full-batch problem: called (their logs built) only if a callback uses them
+        epoch_begin = bool(callbacks.listeners("on_epoch_begin"))
+        batch_begin = bool(callbacks.listeners("on_train_batch_begin"))
+        batch_end = bool(callbacks.listeners("on_train_batch_end"))
+        full_batch = problem.num_examples is None
         logs: dict = {}
         for epoch in range(self.initial_epoch, self.epochs):
             self.epoch = epoch
             first_batch = self.initial_batch if epoch == self.initial_epoch else 0
             if first_batch == 0:
                 self._loss_sum, self._count = 0.0, 0
-            callbacks.on_epoch_begin(epoch, {})
-            if problem.num_examples is None:
-                batches = [None]  # full batch: no shuffling, no generator to seed
+            if epoch_begin:
+                callbacks.on_epoch_begin(epoch, {})
+            if full_batch:
+                batches = _FULL_BATCH  # no shuffling, no generator to seed
             else:
                 batches = list(problem.batches(np.random.default_rng([self.seed, 0, epoch]), self.batch_size))
             for index in range(first_batch, len(batches)):
                 batch = batches[index]
-                callbacks.on_train_batch_begin(index, {})
+                if batch_begin:
+                    callbacks.on_train_batch_begin(index, {})
                 step_grads = list(grads) if sparse else grads  # a sparse problem may put IndexedSlices in
                 loss = problem.loss_and_grad(params, step_grads, batch, self.noise_rng)
                 scale = optimizer.scale_loss(1.0)
@@ -244,7 +254,8 @@ class Trainer:
                 self._count += size
                 if history is not None:
                     history.record_step(self.step, params.flat)
-                callbacks.on_train_batch_end(index, {"loss": loss, **optimizer.rate_logs(applied=True)})
+                if batch_end:
+                    callbacks.on_train_batch_end(index, {"loss": loss, **optimizer.rate_logs(applied=True)})
                 if self.stop_training:
                     self._stop()
                     break

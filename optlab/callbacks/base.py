@@ -125,22 +125,52 @@ def numbers(value) -> bool:
     return isinstance(value, (list, tuple)) and all(is_number(v) for v in value)
 
 
+#: a hook whose default forwards to Keras's older name: a callback overriding either one listens
+_FORWARDED = {"on_train_batch_begin": "on_batch_begin", "on_train_batch_end": "on_batch_end"}
+
+
+def listens(cb, hook: str) -> bool:
+    """Whether ``cb``'s ``hook`` does anything: overridden by its class (or set on the instance),
+    or, for the batch hooks, their older Keras names overridden; not a ``Callback``: assumed so."""
+    if not isinstance(cb, Callback):
+        return True
+    for name in (hook, _FORWARDED.get(hook)):
+        if name is not None and (name in cb.__dict__ or getattr(type(cb), name) is not getattr(Callback, name)):
+            return True
+    return False
+
+
 class CallbackList:
-    """Calls every callback's hook in order."""
+    """Calls every callback's hook in order, skipping the callbacks that leave a hook as
+    ``Callback``'s no-op (a full-batch loop calls its hooks at every step: the hooks nobody
+    uses should cost nothing). Who listens to what is worked out again by ``set_trainer``, at
+    the start of every ``fit``."""
 
     def __init__(self, callbacks):
         callbacks = list(callbacks)
         self.callbacks = [c for c in callbacks if not c.runs_last] + [c for c in callbacks if c.runs_last]
+        self._listeners: dict[str, list] = {}
 
     def set_trainer(self, trainer):
+        self._listeners = {}
         for cb in self.callbacks:
             cb.set_trainer(trainer)
 
     def __iter__(self):
         return iter(self.callbacks)
 
+    def listeners(self, hook: str) -> list:
+        """The callbacks whose ``hook`` does something, in calling order."""
+        found = self._listeners.get(hook)
+        if found is None:
+            found = self._listeners[hook] = [cb for cb in self.callbacks if listens(cb, hook)]
+        return found
+
     def _call(self, name, *args):
-        for cb in self.callbacks:
+        listeners = self._listeners.get(name)
+        if listeners is None:
+            listeners = self.listeners(name)
+        for cb in listeners:
             try:
                 getattr(cb, name)(*args)
             except Exception as error:

@@ -67,9 +67,13 @@ class History(Callback):
             return
         self._last = None
         self.epoch.append(epoch)
+        history = self.history
         for key, value in logs.items():
-            self.history.setdefault(key, []).append(value)
-        if len(self.epoch) > self.max_points:
+            values = history.get(key)
+            if values is None:
+                values = history[key] = []
+            values.append(value)
+        if len(self.epoch) > self.__dict__["max_points"]:  # (the Hyper's value, without its descriptor)
             self._thin()
 
     def _track(self, epoch: int, logs: dict) -> None:

@@ -32,13 +32,32 @@ def _adam(p, g, m, v, vhat, alpha, one_minus_b1, one_minus_b2, eps, c):
 _ADAM = {(a, d): _adam.specialize(AMSGRAD=a, DECAY=d) for a in (False, True) for d in (False, True)}
 
 
+#: (dt, beta_1, beta_2) -> the betas' constants in dt: a numpy scalar costs ~0.4 us to make, a
+#: fair share of a small step's fixed cost (the arithmetic below is unchanged, bit for bit)
+_BETAS: dict = {}
+#: (lr, (dt, beta_1, beta_2, step), scalars) of the latest call: a step over many separate arrays
+#: calls the rule once per array with the same rate object and step (one tuple: read at once)
+_LATEST: tuple = (None, None, None)
+
+
 def adam_scalars(dt, lr, beta_1, beta_2, step):
     """Per-step scalars of Adam: alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t), 1 - beta_1, 1 - beta_2."""
+    global _LATEST
+    key = (dt, beta_1, beta_2, step)
+    latest = _LATEST
+    if latest[0] is lr and latest[1] == key:
+        return latest[2]
+    betas = _BETAS.get(key[:3])
+    if betas is None:
+        if len(_BETAS) > 64:  # (a sweep over the betas)
+            _BETAS.clear()
+        betas = _BETAS[key[:3]] = (dt(beta_1), dt(beta_2), dt(1), dt(1.0 - beta_1), dt(1.0 - beta_2))
+    b1, b2, one, one_minus_b1, one_minus_b2 = betas
     t = dt(step)
-    b1_power = dt(beta_1) ** t
-    b2_power = dt(beta_2) ** t
-    alpha = lr * dt(math.sqrt(dt(1) - b2_power)) / (dt(1) - b1_power)
-    return dt(alpha), dt(1.0 - beta_1), dt(1.0 - beta_2)
+    alpha = lr * dt(math.sqrt(one - b2**t)) / (one - b1**t)
+    scalars = (alpha if type(alpha) is dt else dt(alpha)), one_minus_b1, one_minus_b2
+    _LATEST = (lr, key, scalars)
+    return scalars
 
 
 class Adam(Optimizer):

@@ -185,6 +185,7 @@ class Optimizer(Configurable):
         self._densified: dict = {}  # per parameter, the buffer a sparse gradient is made dense in
         self._by_row: tuple | None = None  # (what decided it, [parameter i steps a sparse gradient by row])
         self._row_views: tuple | None = None  # (plan, slots, {i: (parameter, its slots) as row tables})
+        self._typed_lr: tuple | None = None  # (rate, dtype, the rate in that dtype): see _typed_rate
         #: the learning rate the latest call of ``apply`` evaluated and its update used (None before)
         self.applied_learning_rate: float | None = None
         if kwargs.pop("decay", None) is not None:
@@ -384,15 +385,21 @@ class Optimizer(Configurable):
     def apply_gradients(self, grads_and_vars: Iterable) -> int:
         """Apply one step from ``(gradient, parameter)`` pairs; returns ``iterations``."""
         pairs = list(grads_and_vars)
-        for i, item in enumerate(pairs):
+        for item in pairs:
             if type(item) is not tuple or len(item) != 2:
-                if not (isinstance(item, (tuple, list)) and len(item) == 2):
-                    raise TypeError(
-                        f"{type(self).__name__}.apply_gradients expects (gradient, parameter) pairs, "
-                        f"e.g. zip(grads, params); item {i} is {_describe(item)}"
-                    )
+                self._check_pairs(pairs)
+                break
         self.apply([g for g, _ in pairs], [p for _, p in pairs])
-        return self.iterations
+        n = self.__dict__["gradient_accumulation_steps"]
+        return self._iterations // n if n else self._iterations
+
+    def _check_pairs(self, pairs: list) -> None:
+        for i, item in enumerate(pairs):
+            if not (isinstance(item, (tuple, list)) and len(item) == 2):
+                raise TypeError(
+                    f"{type(self).__name__}.apply_gradients expects (gradient, parameter) pairs, "
+                    f"e.g. zip(grads, params); item {i} is {_describe(item)}"
+                )
 
     def apply(self, grads, params=None) -> None:
         """Apply one step. ``params`` defaults to those the optimizer was built with.
@@ -401,7 +408,9 @@ class Optimizer(Configurable):
         an error otherwise: an empty list is almost always an iterator consumed by an earlier call.
         """
         names = None
-        if params is None:
+        if isinstance(params, list):  # the per-step case first (a FlatArrays is a list)
+            pass
+        elif params is None:
             if self._plan is None:
                 raise ValueError(
                     f"{type(self).__name__}.apply(grads) without parameters needs an optimizer built on them "
@@ -418,25 +427,30 @@ class Optimizer(Configurable):
                 grads = in_order(grads, names, type(self).__name__, "gradients")
         else:
             params = list(params)
-        if is_mapping(grads):
-            raise TypeError(
-                f"{type(self).__name__}.apply: gradients given as a dict need the parameters' names: pass the "
-                "parameters as a dict too, or build(params) with a dict first"
-            )
-        grads = list(grads)
+        if not isinstance(grads, list):
+            if is_mapping(grads):
+                raise TypeError(
+                    f"{type(self).__name__}.apply: gradients given as a dict need the parameters' names: pass the "
+                    "parameters as a dict too, or build(params) with a dict first"
+                )
+            grads = list(grads)
         if (not grads or not params) and self._nothing_to_apply(grads, params):
             return
         if self._layout is None:
             self.build(params if names is None else dict(zip(names, params)))
-        if self._plan is None or not self._plan.covers(params):
-            self._plan = self._new_plan(self._layout, params, names)
+        plan = self._plan
+        if plan is None or not plan.covers(params):
+            plan = self._plan = self._new_plan(self._layout, params, names)
+        # the signature check of every step; what fails it (sparse or missing gradients,
+        # array-likes, misfits) takes the full path, which handles or reports it
+        checked = plan.conforms(grads)
         given, rows = grads, ()
-        if any(type(g) is IndexedSlices for g in grads):
+        if not checked and any(type(g) is IndexedSlices for g in grads):
             grads, rows = self._sparse(grads)
         held = None
         if self._overwrite:
-            grads, held = self._hold_overwritten(grads)
-        self._step(self._plan.work(grads, sparse={i for i, _, _ in rows}), rows)
+            grads, held = self._hold_overwritten(grads)  # (the zeros it puts in conform)
+        self._step(plan.work(grads, {i for i, _, _ in rows} if rows else (), checked), rows)
         if held:
             self._put_overwritten(held)
         if self._constraints:
@@ -512,19 +526,31 @@ class Optimizer(Configurable):
         sparse gradients updated row by row: ``(index, rows, values)``), in Keras's order."""
         lr = self.applied_learning_rate = self._rate()
         dt = self._layout.dtype.type
-        if self.loss_scale_factor is not None:
+        options = self.__dict__  # the generic options' values (where each Hyper keeps it), read once a step
+        if options["loss_scale_factor"] is not None:
             inv = dt(1.0) / dt(self.loss_scale_factor)
             work = [(c, self._into_scratch(K.scale_into, c, g, inv)) for c, g in work]
             rows = [(i, r, v * inv) for i, r, v in rows]
-        if self.gradient_accumulation_steps:  # (rows are made dense with accumulation)
+        if options["gradient_accumulation_steps"]:  # (rows are made dense with accumulation)
             work = self._accumulate(work, dt)
         if work is not None:
-            work, rows = self._clip(work, dt, rows)
-            decays = self._apply_weight_decay(work, lr, dt)
-            self._update(work, decays, dt(lr), rows)
-        if self.use_ema:
+            clip = options["clipnorm"], options["global_clipnorm"], options["clipvalue"]
+            if clip != (None, None, None):
+                work, rows = self._clip(work, dt, rows)
+            decays = None
+            if options["weight_decay"] is not None or type(self).weight_decay_rate is not Optimizer.weight_decay_rate:
+                decays = self._apply_weight_decay(work, lr, dt)
+            self._update(work, decays, self._typed_rate(lr, dt), rows)
+        if options["use_ema"]:
             self._update_ema(dt)
         self._iterations += 1
+
+    def _typed_rate(self, lr, dt):
+        """``dt(lr)``, made once while the rate stays the same object (a constant rate: every step)."""
+        typed = self.__dict__.get("_typed_lr")  # (absent from an optimizer unpickled from an older optlab)
+        if typed is None or typed[0] is not lr or typed[1] is not dt:
+            typed = self._typed_lr = (lr, dt, dt(lr))
+        return typed[2]
 
     def _hold_overwritten(self, grads: list) -> tuple[list, list]:
         """Take the ``overwrite_with_gradient`` parameters out of this step: their new values (the
@@ -633,13 +659,13 @@ class Optimizer(Configurable):
             return [(chunk, self._into_scratch(K.clip_into, chunk, g, c)) for chunk, g in work], rows
         return work, rows
 
-    def _apply_weight_decay(self, work, lr, dt) -> list:
+    def _apply_weight_decay(self, work, lr, dt) -> list | None:
         """Decay the parameters of each work item; returns, per item, the decay left to an update
-        rule that fuses it (one rate for the whole chunk), else None."""
-        fused = [None] * len(work)
+        rule that fuses it (one rate for the whole chunk), else None (None alone: no decay at all)."""
         rates = self._decay_rates()
         if rates is None:
-            return fused
+            return None
+        fused = [None] * len(work)
         for n, (chunk, _) in enumerate(work):
             seg = chunk.seg
             chunk_rates = [rates[i] for i in seg.indices]
@@ -665,13 +691,20 @@ class Optimizer(Configurable):
         return None if not any(rates) else rates
 
     def _update(self, work, decays, lr, rows=()) -> None:
-        step = self.iterations + 1
-        self.begin_step(step, self._layout.dtype)
-        for (chunk, g), decay in zip(work, decays):
-            if decay is None:
-                self.update(chunk.param, g, chunk.state, lr, step, chunk.seg)
-            else:
-                self.update(chunk.param, g, chunk.state, lr, step, chunk.seg, decay=decay)
+        n = self.__dict__["gradient_accumulation_steps"]
+        step = (self._iterations // n if n else self._iterations) + 1
+        if type(self).begin_step is not Optimizer.begin_step:
+            self.begin_step(step, self._layout.dtype)
+        update = self.update
+        if decays is None:
+            for chunk, g in work:
+                update(chunk.param, g, chunk.state, lr, step, chunk.seg)
+        else:
+            for (chunk, g), decay in zip(work, decays):
+                if decay is None:
+                    update(chunk.param, g, chunk.state, lr, step, chunk.seg)
+                else:
+                    update(chunk.param, g, chunk.state, lr, step, chunk.seg, decay=decay)
         for i, r, values in rows:
             self._update_rows(i, r, values, lr, step)
 

@@ -5,9 +5,11 @@ accumulator as one flat buffer over all its parameters, back to back: parameter 
 ``offsets[k]:offsets[k+1]`` (a slot with its own ``size`` has its own offsets). That is the
 ``Layout``. A ``Plan`` pairs the layout with the parameter arrays of a step: when they are
 views of one flat buffer (``optlab.flat_parameters``), a step is one ``Chunk`` and one kernel
-call over everything; otherwise one chunk per array. The plan also remembers the gradient
-arrays it last validated, so that a training loop passing the same arrays every step pays for
-the full checks once (shapes and dtypes, which can change in place, are re-checked each time).
+call over everything; otherwise one chunk per array. Gradients are checked at every step by
+their signature (ndarrays of the parameters' shapes and dtype), so fresh arrays cost no more
+than the same ones; with flat parameters, gradients that are not views of one flat buffer are
+gathered into a scratch buffer (one ``np.concatenate``), and the plan remembers whether the
+last step's arrays were flat, so that the same arrays are not looked at again.
 """
 
 from __future__ import annotations
@@ -197,7 +199,7 @@ class Layout:
 class Plan:
     """How steps walk ``params`` (the arrays a layout was built for): chunks, and the gradient cache."""
 
-    __slots__ = ("_grads", "chunks", "flat", "layout", "owner", "params")
+    __slots__ = ("_axis", "_grads", "chunks", "flat", "layout", "owner", "params")
 
     def __init__(self, layout: Layout, params: list, owner: str):
         if len(params) != len(layout.shapes):
@@ -218,51 +220,61 @@ class Plan:
             self.chunks = [layout.chunk(0, len(params), self.flat)]
         else:
             self.chunks = [layout.chunk(i, i + 1, p.reshape(-1)) for i, p in enumerate(params)]
-        self._grads: tuple[list, np.ndarray | None] | None = None  # (arrays last validated, their flat view)
+        self._grads: tuple[tuple, np.ndarray | None] | None = None  # (the last step's arrays, their flat view)
+        # how np.concatenate gathers gradients: along their axis when all are 1-D (no ravel each), else flattened
+        self._axis = 0 if all(len(s) == 1 for s in layout.shapes) else None
 
     def covers(self, params: list) -> bool:
         """Whether ``params`` are the very arrays this plan was made for."""
         return len(params) == len(self.params) and all(map(is_, params, self.params))
 
-    def work(self, grads: list, sparse=()) -> list[tuple[Chunk, np.ndarray]]:
-        """Each chunk with its flat gradient, the gradients checked against the parameters.
+    def conforms(self, grads: list) -> bool:
+        """Whether ``grads`` are ndarrays of exactly the parameters' shapes and dtype (the check of
+        every step, by signature: fresh arrays at each step pass it as cheaply as the same ones)."""
+        layout = self.layout
+        return len(grads) == len(layout.shapes) and _conforming(grads, layout.shapes, layout.dtype)
+
+    def work(self, grads: list, sparse=(), checked: bool = False) -> list[tuple[Chunk, np.ndarray]]:
+        """Each chunk with its flat gradient, the gradients checked against the parameters
+        (``checked``: ``conforms(grads)`` is already known to be true).
 
         A ``None`` gradient leaves its parameter out of the step (with a warning, as in Keras,
         except for the parameters in ``sparse``, which the step updates row by row).
         """
-        layout, cached = self.layout, self._grads
-        if (
-            cached is not None
-            and len(grads) == len(cached[0])
-            and all(map(is_, grads, cached[0]))
-            and _same_layout(grads, layout.shapes, layout.dtype)
-        ):
-            gflat = cached[1]
-        else:
-            if len(grads) != len(self.params):
-                raise ValueError(f"{self.owner}: received {len(grads)} gradients for {len(self.params)} parameters")
-            if any(g is None for g in grads):
-                self._grads = None
+        layout = self.layout
+        if not checked and not self.conforms(grads):
+            if len(grads) == len(self.params) and any(g is None for g in grads):
                 return self._partial(grads, sparse)
-            grads = [np.asarray(g) for g in grads]
-            for i, (g, shape) in enumerate(zip(grads, layout.shapes)):
-                if g.shape != shape:
-                    raise ValueError(
-                        f"{self.owner}: gradient {i} has shape {g.shape} but its parameter has shape {shape}"
-                    )
-                if g.dtype != layout.dtype:
-                    raise ValueError(
-                        f"{self.owner}: gradient {i} has dtype {g.dtype} but its parameter has dtype {layout.dtype}"
-                    )
-            gflat = flat_view(grads) if self.flat is not None else None
-            self._grads = (grads, gflat)
+            grads = self._checked(grads)  # raises naming the first misfit, or converts array-likes
         if self.flat is None:
             return [(c, np.ascontiguousarray(g).reshape(-1)) for c, g in zip(self.chunks, grads)]
-        if gflat is None:  # parameters are flat but gradients are not: gather them once into the scratch buffer
-            gflat = layout.scratch(0, layout.size)
-            for k, g in enumerate(grads):
-                gflat[layout.offsets[k] : layout.offsets[k + 1]] = g.reshape(-1)
+        if len(grads) == 1:  # one parameter: its gradient is the flat gradient
+            return [(self.chunks[0], np.ascontiguousarray(grads[0]).reshape(-1))]
+        cached = self._grads
+        if cached is not None and len(cached[0]) == len(grads) and all(map(is_, grads, cached[0])):
+            gflat = cached[1]  # the arrays of the last step: their layout in memory is known
+        else:  # other arrays (fresh ones at each step): are they views of one flat buffer?
+            gflat = flat_view(grads)
+            self._grads = (tuple(grads), gflat)
+        if gflat is None:  # parameters are flat but gradients are not: gather them into the scratch buffer
+            gflat = np.concatenate(grads, axis=self._axis, out=layout.scratch(0, layout.size))
         return [(self.chunks[0], gflat)]
+
+    def _checked(self, grads: list) -> list:
+        """Gradients that are not all ndarrays of their parameters' shapes and dtype, as arrays, or
+        ``ValueError`` naming the first that does not fit."""
+        if len(grads) != len(self.params):
+            raise ValueError(f"{self.owner}: received {len(grads)} gradients for {len(self.params)} parameters")
+        layout = self.layout
+        grads = [np.asarray(g) for g in grads]
+        for i, (g, shape) in enumerate(zip(grads, layout.shapes)):
+            if g.shape != shape:
+                raise ValueError(f"{self.owner}: gradient {i} has shape {g.shape} but its parameter has shape {shape}")
+            if g.dtype != layout.dtype:
+                raise ValueError(
+                    f"{self.owner}: gradient {i} has dtype {g.dtype} but its parameter has dtype {layout.dtype}"
+                )
+        return grads
 
     def _partial(self, grads: list, sparse=()) -> list[tuple[Chunk, np.ndarray]]:
         missing = [i for i, g in enumerate(grads) if g is None and i not in sparse]
@@ -354,14 +366,14 @@ def _first_overlap(params) -> tuple[int, int] | None:
     return None
 
 
-def _same_layout(grads, shapes, dtype) -> bool:
-    """Whether cached gradient arrays still have the shapes and dtype they were validated with.
+def _conforming(grads, shapes, dtype) -> bool:
+    """Whether ``grads`` are ndarrays of exactly ``shapes`` and ``dtype``: the check of every step.
 
-    The same array objects can change in place (``g.shape = ...``, ``g.dtype = ...``), so the
-    identity cache is not enough; a mismatch (or a dtype that is equal but not the same object)
-    sends the caller to the full validation, which reports it.
+    By signature, not identity: fresh gradient arrays at each step pass it as cheaply as the same
+    ones (an array's shape and dtype can change in place, so identity would not spare it). A
+    dtype that is equal but not the same object fails here and passes the full check.
     """
     for g, shape in zip(grads, shapes):
-        if g.shape != shape or g.dtype is not dtype:
+        if type(g) is not np.ndarray or g.shape != shape or g.dtype is not dtype:
             return False
     return True

@@ -1,0 +1,332 @@
+"""The per-step fast paths (issue 13): gradients checked by signature, flat parameters with
+separate gradient arrays, the fixed cost's shortcuts, and the callback hooks nobody uses.
+
+Each fast path must give exactly what the general one gives: the references here are the same
+step taken the plain way (separate parameter arrays with separate gradients), compared bit for bit.
+"""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+import optlab
+from optlab.callbacks import Callback, CallbackList, History
+from optlab.trainer import Trainer
+
+SHAPES = [(3, 4), (5,), (), (2, 1, 3)]
+
+#: optimizers and generic options whose steps go through different parts of the base class
+CASES = [
+    ("adam", {}),
+    ("adam", {"weight_decay": 0.01, "amsgrad": True}),
+    ("adamw", {"clipnorm": 0.05}),
+    ("sgd", {"momentum": 0.9, "global_clipnorm": 0.1}),
+    ("sgd", {"clipvalue": 0.01, "use_ema": True}),
+    ("rmsprop", {"gradient_accumulation_steps": 2}),
+    ("nadam", {"loss_scale_factor": 4.0}),
+    ("lion", {"weight_decay": 0.1}),
+]
+
+
+def _gradients(rng, steps, dtype):
+    return [[rng.standard_normal(s).astype(dtype) for s in SHAPES] for _ in range(steps)]
+
+
+def _run(name, options, params, grads_per_step, make_grads):
+    opt = optlab.optimizers.get({"name": name, **options})
+    for k, grads in enumerate(grads_per_step):
+        opt.apply(make_grads(grads, k), params)
+    return [np.array(p) for p in params]
+
+
+def _start(rng, dtype):
+    return [rng.standard_normal(s).astype(dtype) for s in SHAPES]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("name", "options"), CASES, ids=[f"{n}-{'-'.join(o) or 'plain'}" for n, o in CASES])
+def test_flat_parameters_with_fresh_separate_gradients_match_the_other_layouts(name, options, dtype):
+    rng = np.random.default_rng(3)
+    start = _start(rng, dtype)
+    steps = _gradients(rng, 6, dtype)
+
+    separate = _run(name, options, [p.copy() for p in start], steps, lambda g, k: [a.copy() for a in g])
+
+    flat_params = optlab.flatten(start, dtype=dtype)
+    flat_grads = optlab.flat_like(flat_params)
+
+    def into_flat(g, k):
+        for view, a in zip(flat_grads, g):
+            view[...] = a
+        return flat_grads
+
+    all_flat = _run(name, options, flat_params, steps, into_flat)
+
+    fresh_params = optlab.flatten(start, dtype=dtype)
+    fresh = _run(name, options, fresh_params, steps, lambda g, k: [a.copy() for a in g])  # new arrays each step
+
+    for a, b, c in zip(separate, all_flat, fresh):
+        assert a.tobytes() == b.tobytes() == c.tobytes()
+
+
+def test_vectors_with_fresh_gradients_are_gathered_along_their_axis_and_match():
+    """All-1-D parameters: the gather concatenates along the axis (the other layouts flatten)."""
+    rng = np.random.default_rng(4)
+    shapes = [(7,), (1,), (300,), (5,)]
+    start = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    steps = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(4)]
+    plain = [p.copy() for p in start]
+    flat = optlab.flatten(start, dtype=np.float32)
+    a, b = optlab.optimizers.get("adam"), optlab.optimizers.get("adam")
+    for g in steps:
+        a.apply([x.copy() for x in g], plain)
+        b.apply([x.copy() for x in g], flat)
+    for p, q in zip(plain, flat):
+        assert p.tobytes() == q.tobytes()
+
+
+def test_one_flat_parameter_takes_its_gradient_without_a_copy_and_matches():
+    rng = np.random.default_rng(0)
+    start = rng.standard_normal(1000).astype(np.float32)
+    steps = [rng.standard_normal(1000).astype(np.float32) for _ in range(4)]
+    plain = start.copy()
+    flat = optlab.flat_parameters([(1000,)], np.float32)
+    flat.flat[:] = start
+    a, b = optlab.optimizers.get("adam"), optlab.optimizers.get("adam")
+    for g in steps:
+        a.apply([g.copy()], [plain])
+        b.apply([g.copy()], flat)
+    assert plain.tobytes() == flat[0].tobytes()
+
+
+def test_gradients_that_are_views_of_one_buffer_in_another_order_are_gathered():
+    """Views back to back, but not in the parameters' order: not the flat gradient."""
+    rng = np.random.default_rng(1)
+    start = _start(rng, np.float32)
+    steps = _gradients(rng, 3, np.float32)
+    reference = _run("adam", {}, [p.copy() for p in start], steps, lambda g, k: g)
+
+    def reordered(g, k):
+        buffer = optlab.flatten(g[::-1], dtype=np.float32)  # the last parameter's gradient first
+        return list(buffer)[::-1]
+
+    result = _run("adam", {}, optlab.flatten(start, dtype=np.float32), steps, reordered)
+    for a, b in zip(reference, result):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_strided_and_array_like_gradients_are_accepted_as_before():
+    rng = np.random.default_rng(2)
+    start = _start(rng, np.float64)
+    steps = _gradients(rng, 3, np.float64)
+    reference = _run("sgd", {"momentum": 0.5}, [p.copy() for p in start], steps, lambda g, k: g)
+
+    def strided(g, k):  # the same values, not contiguous
+        return [np.asfortranarray(a) if a.ndim > 1 else a for a in g]
+
+    def nested(g, k):  # plain Python lists and floats
+        return [a.tolist() for a in g]
+
+    for make in (strided, nested):
+        result = _run("sgd", {"momentum": 0.5}, optlab.flatten(start, dtype=np.float64), steps, make)
+        for a, b in zip(reference, result):
+            assert a.tobytes() == b.tobytes()
+
+
+def test_replacing_an_item_of_the_same_gradient_list_is_seen():
+    """The plan remembers the last step's arrays; a list changed in place between steps is not stale."""
+    params = optlab.flat_parameters([(2,), (2,)], np.float64, fill=1.0)
+    grads = list(optlab.flat_like(params))
+    opt = optlab.optimizers.get({"name": "sgd", "learning_rate": 1.0})
+    opt.apply(grads, params)
+    grads[1] = np.array([1.0, 2.0])  # the list object is the same; its second array is new
+    opt.apply(grads, params)
+    np.testing.assert_array_equal(params.flat, [1.0, 1.0, 0.0, -1.0])
+
+
+@pytest.mark.parametrize("flat", [True, False], ids=["flat-params", "separate-params"])
+def test_wrong_gradients_raise_the_same_errors(flat):
+    params = optlab.flat_parameters([(2,), (3,)], np.float32) if flat else [np.zeros(2, np.float32), np.zeros(3)]
+    if not flat:
+        params[1] = params[1].astype(np.float32)
+    opt = optlab.optimizers.get("adam")
+    opt.apply([np.ones(2, np.float32), np.ones(3, np.float32)], params)
+    before = [np.array(p) for p in params]
+    with pytest.raises(ValueError, match=r"Adam: gradient 1 has shape \(2,\) but its parameter has shape \(3,\)"):
+        opt.apply([np.ones(2, np.float32), np.ones(2, np.float32)], params)
+    with pytest.raises(ValueError, match=r"Adam: gradient 0 has dtype float64 but its parameter has dtype float32"):
+        opt.apply([np.ones(2), np.ones(3, np.float32)], params)
+    with pytest.raises(ValueError, match=r"Adam: received 1 gradients for 2 parameters"):
+        opt.apply([np.ones(2, np.float32)], params)
+    for p, b in zip(params, before):  # nothing moved
+        assert p.tobytes() == b.tobytes()
+    assert opt.iterations == 1
+
+
+def test_a_gradient_reshaped_in_place_is_refused_after_it_passed():
+    """Shapes are checked at every step: the same array object, reshaped in place, is caught."""
+    params = optlab.flat_parameters([(2, 2), (2,)], np.float32)
+    grads = optlab.flat_like(params)
+    opt = optlab.optimizers.get("sgd")
+    opt.apply(grads, params)
+    grads[0].shape = (4,)
+    with pytest.raises(ValueError, match=r"gradient 0 has shape \(4,\) but its parameter has shape \(2, 2\)"):
+        opt.apply(grads, params)
+
+
+def test_a_missing_gradient_still_warns_and_leaves_its_parameter():
+    params = optlab.flat_parameters([(2,), (2,)], np.float32, fill=1.0)
+    opt = optlab.optimizers.get({"name": "sgd", "learning_rate": 1.0})
+    with pytest.warns(UserWarning, match=r"Gradients do not exist for parameters \[0\]"):
+        opt.apply([None, np.ones(2, np.float32)], params)
+    np.testing.assert_array_equal(params.flat, [1.0, 1.0, 0.0, 0.0])
+
+
+def test_apply_gradients_returns_iterations_with_accumulation():
+    params = [np.zeros(2, np.float32)]
+    opt = optlab.optimizers.get({"name": "sgd", "gradient_accumulation_steps": 2})
+    counts = [opt.apply_gradients([(np.ones(2, np.float32), params[0])]) for _ in range(5)]
+    assert counts == [0, 1, 1, 2, 2]
+
+
+def test_a_rate_changed_between_steps_is_used():
+    """The rate in the parameters' dtype is remembered while it is the same object; a new one is taken."""
+    params = [np.zeros(1, np.float32)]
+    opt = optlab.optimizers.get({"name": "sgd", "learning_rate": 1.0})
+    opt.apply([np.ones(1, np.float32)], params)
+    opt.learning_rate = 0.5
+    opt.apply([np.ones(1, np.float32)], params)
+    assert params[0][0] == np.float32(-1.5)
+
+
+def test_adam_scalars_are_the_formula_in_the_parameters_dtype():
+    from optlab.optimizers.adam import adam_scalars
+
+    for dt in (np.float32, np.float64):
+        for step in (1, 2, 10, 1000, 10**6):
+            lr = dt(0.01)
+            t = dt(step)
+            expected = lr * dt(math.sqrt(dt(1) - dt(0.999) ** t)) / (dt(1) - dt(0.9) ** t)
+            alpha, omb1, omb2 = adam_scalars(dt, lr, 0.9, 0.999, step)
+            assert type(alpha) is dt and alpha.tobytes() == dt(expected).tobytes()
+            assert omb1 == dt(1.0 - 0.9) and omb2 == dt(1.0 - 0.999) and type(omb1) is dt
+
+
+# -- callbacks: hooks nobody uses are skipped, the others see what they saw --------------------
+
+
+class _Counts(Callback):
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+
+class _OldNames(_Counts):
+    """Keras's older batch hook names only."""
+
+    def on_batch_begin(self, batch, logs=None):
+        self.calls.append(("begin", batch, dict(logs)))
+
+    def on_batch_end(self, batch, logs=None):
+        self.calls.append(("end", batch, dict(logs)))
+
+
+class _EpochEnd(_Counts):
+    def on_epoch_end(self, epoch, logs=None):
+        self.calls.append(("epoch_end", epoch, sorted(logs)))
+
+
+def test_callback_list_calls_only_the_hooks_a_callback_defines():
+    old, epoch_end, history = _OldNames(), _EpochEnd(), History()
+    callbacks = CallbackList([old, epoch_end, history])
+    assert callbacks.listeners("on_train_batch_end") == [old]
+    assert callbacks.listeners("on_train_batch_begin") == [old]
+    assert callbacks.listeners("on_epoch_end") == [epoch_end, history]
+    assert callbacks.listeners("on_epoch_begin") == []
+    assert callbacks.listeners("resume") == []
+
+
+def test_a_hook_set_on_the_instance_is_called():
+    cb = _Counts()
+    cb.on_epoch_begin = lambda epoch, logs=None: cb.calls.append(("epoch_begin", epoch))
+    Trainer("seed_linear", "sgd", [cb], epochs=2).fit()
+    assert cb.calls == [("epoch_begin", 0), ("epoch_begin", 1)]
+
+
+def test_older_batch_hook_names_still_receive_the_logs():
+    old = _OldNames()
+    Trainer("seed_linear", {"name": "sgd", "learning_rate": 0.1}, [old], epochs=2).fit()
+    assert [c[:2] for c in old.calls] == [("begin", 0), ("end", 0), ("begin", 0), ("end", 0)]
+    assert old.calls[0][2] == {} and sorted(old.calls[1][2]) == ["learning_rate", "loss"]
+    assert old.calls[1][2]["learning_rate"] == 0.1
+
+
+def test_a_callback_added_between_fits_is_called():
+    trainer = Trainer("seed_linear", "sgd", epochs=2)
+    trainer.fit()
+    late = _EpochEnd()
+    trainer.callbacks.callbacks.append(late)
+    trainer.fit()
+    assert [c[1] for c in late.calls] == [0, 1]
+    assert late.calls[0][2] == sorted(trainer.history.history)
+
+
+def test_a_failing_hook_is_still_named():
+    class Broken(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise RuntimeError("broken")
+
+    with pytest.raises(RuntimeError, match="broken") as info:
+        Trainer("seed_linear", "sgd", [Broken()], epochs=1).fit()
+    assert info.value.optlab_callback == "Broken.on_epoch_end"
+
+
+def test_history_of_a_full_batch_run_is_unchanged_by_the_fast_loop():
+    """Independent reference: SGD on the tutorial's line by hand, in float32, epoch by epoch."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        history = Trainer("seed_linear", {"name": "sgd", "learning_rate": 0.1}, epochs=3).fit()
+    x, y = np.array([0.0, 1.0, 2.0]), np.array([1.0, 2.0, 3.0])
+    a, b = np.float32(2.0), np.float32(2.0)
+    losses = []
+    for _ in range(3):
+        r = float(a) * x + float(b) - y
+        losses.append(0.5 * float(np.sum(r * r)))
+        ga, gb = np.float32(np.sum(x * r)), np.float32(np.sum(r))
+        a, b = a - np.float32(0.1) * ga, b - np.float32(0.1) * gb
+    assert history.history["loss"] == losses
+    assert history.history["a"][-1] == float(a) and history.history["b"][-1] == float(b)
+    assert history.epoch == [0, 1, 2]
+
+
+# -- the benchmark's rows for them (figures are for reading, not for asserting) -------------------
+
+
+def test_bench_only_runs_the_sections_asked_for(tmp_path, capsys, monkeypatch):
+    import json
+
+    from optlab import bench
+
+    monkeypatch.setattr(bench, "memory_bandwidth", lambda n=0, rounds=1: 10e9)
+    monkeypatch.setattr(bench, "MANY_ARRAYS", 5)
+    monkeypatch.setattr(bench, "MANY_SIZE", 100)
+    out = tmp_path / "b.json"
+    assert bench.main(["--only", "fresh,tiny", "--optimizers", "sgd", "--no-torch", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["steps"] == [] and "loop" not in data and "sparse" not in data and "many" in data
+    assert [(r["arrays"], r["size"]) for r in data["fresh_grads"]] == [(1, 500), (5, 100)]
+    assert all(r["flat"] > 0 and r["fresh"] > 0 for r in data["fresh_grads"])
+    assert set(data["tiny"]) <= {"sgd", "torch-adam-fused", "optax-adam-jit"} and data["tiny"]["sgd"] > 0
+    assert "fresh/flat" in printed and "Fixed cost of one apply_gradients" in printed
+    assert "Training loop" not in printed and "500 arrays" not in printed
+
+
+def test_bench_only_refuses_an_unknown_section(capsys):
+    from optlab import bench
+
+    with pytest.raises(SystemExit):
+        bench.main(["--only", "tiny,loops"])
+    assert "unknown section 'loops'" in capsys.readouterr().err
