@@ -295,8 +295,18 @@ def section(cls) -> str:
         "```python\n" + signature + "\n```",
         md_math(body),
         argument_table(cls),
+        _search_space(cls),
     ]
     return "\n\n".join(p for p in parts if p)
+
+
+def _search_space(cls) -> str:
+    """What a study tunes (``optlab.spaces``): the declared space, or the default one."""
+    from optlab.spaces import search_space
+
+    space = ", ".join(f"`{name}` {item}" for name, item in search_space(cls).items())
+    how = "declared" if getattr(cls, "search_space", None) else "by default: two decades around its default rate"
+    return f"Tuned by a study ([studies.md](studies.md)) over: {space} ({how})."
 
 
 def render() -> str:
