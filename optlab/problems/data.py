@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import numpy as np
@@ -26,6 +27,7 @@ class SeedLinear(Problem):
     b = Hyper(2.0, doc="initial intercept")
     x = np.array([0.0, 1.0, 2.0])
     y = np.array([1.0, 2.0, 3.0])
+    _points = tuple(zip(x.tolist(), y.tolist()))
 
     def shapes(self):
         return [(), ()]
@@ -37,11 +39,13 @@ class SeedLinear(Problem):
         return [np.array(self.a), np.array(self.b)]
 
     def loss_and_grad(self, params, grads, batch=None, rng=None):
+        # three points: Python floats, in numpy's order of summation (numpy costs ~10 us a step here)
         a, b = float(params[0]), float(params[1])
-        r = a * self.x + b - self.y
-        grads[0][...] = np.sum(self.x * r)
-        grads[1][...] = np.sum(r)
-        return 0.5 * float(np.sum(r * r))
+        (x0, y0), (x1, y1), (x2, y2) = self._points
+        r = (a * x0 + b - y0, a * x1 + b - y1, a * x2 + b - y2)
+        grads[0][...] = x0 * r[0] + x1 * r[1] + x2 * r[2]
+        grads[1][...] = r[0] + r[1] + r[2]
+        return 0.5 * (r[0] * r[0] + r[1] * r[1] + r[2] * r[2])
 
     def optimum(self):
         return [np.array(1.0), np.array(1.0)]
@@ -52,7 +56,7 @@ class SeedLinear(Problem):
             "a": a,
             "b": b,
             "excess": max(abs(a - 1.0), abs(b - 1.0)),
-            "distance_to_optimum": distance(params, self.optimum()),
+            "distance_to_optimum": math.sqrt((a - 1.0) ** 2 + (b - 1.0) ** 2),
         }
 
 
