@@ -191,24 +191,25 @@ def format_baseline(name: str, data: dict) -> str:
 ONE_THREAD = ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
+def _one_thread() -> None:
+    """A worker's start: one thread for numba (read when the worker first imports it, which it has
+    not yet) and for numpy's BLAS (limited now: numpy is already imported)."""
+    os.environ.update(dict.fromkeys(ONE_THREAD, "1"))
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1)
+
+
 @contextlib.contextmanager
 def _pool(jobs: int):
     """Worker processes started afresh (spawn) with one thread each: a forked worker keeps the
-    parent's BLAS thread pool, and 2 workers x 2 threads on 2 cores ran 4-10x slower. The
-    executor starts workers as work comes, so the environment stays set while it runs."""
+    parent's BLAS thread pool, and 2 workers x 2 threads on 2 cores ran 4-10x slower. Only the
+    workers' environment changes: numba reads ``NUMBA_NUM_THREADS`` again whenever it compiles,
+    and refuses a value other than the one its threads started with, so the parent's must stay."""
     import multiprocessing
 
-    saved = {k: os.environ.get(k) for k in ONE_THREAD}
-    os.environ.update(dict.fromkeys(ONE_THREAD, "1"))
-    try:
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            yield pool
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread) as pool:
+        yield pool
 
 
 def main(argv=None) -> int:

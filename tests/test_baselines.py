@@ -53,3 +53,15 @@ def test_the_command_updates_its_json_keeping_other_problems(tmp_path, monkeypat
     with pytest.raises(SystemExit):
         baselines.main(["seed_linearr"])
     assert "unknown problem 'seed_linearr'" in capsys.readouterr().err
+
+
+def test_the_pool_gives_its_workers_one_thread_and_leaves_this_process_alone(monkeypatch):
+    # the CI found it: the pool once set NUMBA_NUM_THREADS=1 here for its lifetime, so a numba that
+    # started its threads then refused any later compile ("Cannot set NUMBA_NUM_THREADS ... currently 1")
+    import os
+
+    monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    with baselines._pool(1) as pool:
+        assert os.environ.get("NUMBA_NUM_THREADS") is None
+        assert list(pool.map(os.getenv, ["NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS"])) == ["1", "1"]
+    assert os.environ.get("NUMBA_NUM_THREADS") is None
