@@ -186,6 +186,9 @@ def test_a_sweeps_workers_share_the_cores(monkeypatch):
     limits = []
     monkeypatch.setattr(threadpoolctl, "threadpool_limits", lambda limits_=None, **kw: limits.append(kw["limits"]))
     monkeypatch.delitem(__import__("sys").modules, "numba", raising=False)  # as in a fresh worker
-    monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    # setenv first: delenv of an unset variable records nothing, and the "1" written below would
+    # outlive the test (numba then refuses every later compile in this process: the CI found it)
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "0")
+    monkeypatch.delenv("NUMBA_NUM_THREADS")
     assert cores.share_cores(3) == 2 and os.environ["NUMBA_NUM_THREADS"] == "2"  # 8 cores // 3 workers
     assert cores.share_cores(16) == 1 and limits == [2, 1]  # never fewer than one; BLAS limited alike

@@ -5,6 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+#: the command that started the study, as given
+COMMAND: list[str] = []
+
 
 def _task(cfg):
     """One job: the runs in its payload (``job=...``), stored and returned."""
@@ -37,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     import hydra
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    COMMAND[:] = ["python", "-m", "optlab.study", *argv]  # as the user gave it, for the report and MLflow
     if not ({"-m", "--multirun"} & set(argv)) and not (
         {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i"} & set(argv)
     ):

@@ -52,7 +52,9 @@ def sweep(sweeper, arguments: list[str]) -> dict:
     if any(a.split("=", 1)[0].lstrip("+~") == "job" for a in arguments):
         _fail("`job` is set by the study for its own jobs; leave it out")
     store = Store(ROOT / spec.study_id)
-    command = shlex.join(["python", "-m", "optlab.study", *sys.argv[1:]])
+    from .app import COMMAND
+
+    command = shlex.join(COMMAND or ["python", "-m", "optlab.study", *sys.argv[1:]])
     tracking = OmegaConf.to_container(config.tracking, resolve=True) if "tracking" in config else {}
     log = None
     if (tracking or {}).get("enabled"):
