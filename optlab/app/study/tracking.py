@@ -6,8 +6,9 @@ AlgoPerf score as a metric. Its children (``mlflow.parentRunId``) are:
 
 - a **tuning trial**: one setting on its tuning seeds (tags ``optlab.arm=tuning``,
   ``optlab.seeds``), with the setting as params and ``score`` plus each seed's value as metrics;
-- a **final** or **defaults** run: one seed (tag ``optlab.seed``), with the metric at every
-  evaluation step, its final and best values, and the steps to each level of the ladder.
+- a **final** or **defaults** run: one seed (tag ``optlab.seed``), with the metric along the
+  run (at the geometric schedule's steps, where a target was reached, and at the end), its final
+  and best values, and the steps to each level of the ladder.
 
 Children are written by a background thread while the study goes on (MLflow's sqlite store
 takes ~40 ms per run); a repeated study finds its parent by its tag and writes only the
@@ -156,12 +157,13 @@ class StudyLog:
             )
             tags["optlab.curve"] = metric
             params.append(Param("seed", str(r["seed"])))
-            metrics += [Metric(metric, p[3], now, int(p[0])) for p in r["points"]]
+            reached = dict(_reached(self.spec, r))
+            metrics += [Metric(metric, p[3], now, int(p[0])) for p in _curve(r["points"], set(reached.values()))]
             metrics += [Metric(f"final/{first['metric']}", r["final"], now, 0)]
             metrics += [Metric(f"best/{first['metric']}", r["best"], now, 0)]
             metrics += [Metric("summary/train_seconds", r["train_seconds"], now, 0)]
             metrics += [Metric("summary/steps", r["steps"], now, 0)]
-            for level, step in _reached(self.spec, r):
+            for level, step in reached.items():
                 metrics.append(Metric(f"target/steps_to_{level:g}", step, now, 0))
             what = "defaults" if r["arm"] == "defaults" else setting
             name = f"{r['optimizer']} {what} on {r['problem']} seed={r['seed']}"
@@ -193,6 +195,18 @@ class StudyLog:
 
     def pending(self) -> int:
         return self._queue.qsize()
+
+
+def _curve(points: list, keep: set) -> list:
+    """The points of a run's curve worth a row in MLflow's store (~0.1 ms each, and a full-batch
+    run evaluates at every step): the geometric schedule's steps, the steps where a target was
+    first reached, and the last; the run's file keeps them all."""
+    from .trial import geometric_steps
+
+    if not points:
+        return []
+    wanted = set(geometric_steps(int(points[-1][0]))) | keep
+    return [p for p in points if p[0] in wanted]
 
 
 def _reached(spec, record: dict):
