@@ -319,3 +319,23 @@ def test_cli_bad_input_is_one_line(tmp_path):
     result = _cli(tmp_path, "optimizers=[sgd,adamm]", "tracking=none")
     assert result.returncode == 2
     assert result.stderr.strip().startswith("optlab: error: study: optimizers:") and "Traceback" not in result.stderr
+
+
+def test_the_command_line_takes_a_space_as_written_and_refuses_a_misspelled_setting():
+    from optlab.app.study.app import _override
+
+    assert _override("space.sgd.learning_rate=log(1e-3, 100)") == "+space.sgd.learning_rate='log(1e-3, 100)'"
+    assert _override("+space.adam.beta_1='uniform(0.8, 0.99)'") == "+space.adam.beta_1='uniform(0.8, 0.99)'"
+    assert _override("budget=3") == "budget=3" and _override("hydra/launcher=joblib") == "hydra/launcher=joblib"
+    with pytest.raises(ValueError, match=r"unknown setting 'budjet' \(did you mean 'budget'\?\)"):
+        _override("budjet=3")
+
+
+def test_the_hash_follows_the_spaces_optimizers_declare(monkeypatch):
+    from optlab.optimizers.sgd import SGD
+
+    before = Spec.from_config(TINY).study_id
+    monkeypatch.setattr(SGD, "search_space", {"learning_rate": LogUniform(1e-2, 1.0)})
+    after = Spec.from_config(TINY)
+    assert after.protocol()["spaces"]["sgd"] == {"learning_rate": "log(0.01, 1)"}
+    assert after.study_id != before  # another study: its runs are not mixed into the first's

@@ -183,6 +183,8 @@ def compare_study(experiment="optlab", study="latest", uri=None, output="compare
     if not chosen:
         raise LookupError(f"no study {study!r} in experiment {experiment!r}; studies: {', '.join(ids) or '(none)'}")
     parent = chosen[0]
+    same = sorted({i for r, i in zip(parents, ids) if r in chosen})
+    note = f"the latest of {len(same)} studies named {study!r} ({', '.join(same)})" if len(same) > 1 else ""
     children = client.search_runs(
         [exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=50000
     )
@@ -221,7 +223,13 @@ def compare_study(experiment="optlab", study="latest", uri=None, output="compare
                 members.append(([m.step for m in history], [m.value for m in history]))
             curves.setdefault(problem, {})[f"{optimizer} ({len(runs)} seeds)"] = members
     _plot_study(curves, output, parent.data.tags.get("optlab.study", ""))
-    return {"study": parent.data.tags.get("optlab.study"), "parent": parent.info.run_id, "rows": rows, "output": output}
+    return {
+        "study": parent.data.tags.get("optlab.study"),
+        "parent": parent.info.run_id,
+        "rows": rows,
+        "output": output,
+        "note": note,
+    }
 
 
 def _plot_study(curves: dict, output, title: str) -> None:
@@ -255,6 +263,8 @@ def _plot_study(curves: dict, output, title: str) -> None:
 
 def format_study(result: dict) -> str:
     lines = [f"study {result['study']} (parent run {result['parent']}): final values over seeds, steps to target"]
+    if result.get("note"):
+        lines.append(f"({result['note']}; name one by its id)")
     header = ["problem", "optimizer", "arm", "final (mean ± std)", "seeds", "reached", "median steps"]
     table = [header]
     for r in result["rows"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -25,6 +26,37 @@ def _task(cfg):
     return run_job(decode(str(cfg.job)))
 
 
+#: the top-level keys of a study's config besides its settings
+OWN_KEYS = ("hydra", "tracking", "study", "job")
+_SPACE = re.compile(r"^\s*(log|uniform|choice)\s*\(.*\)\s*$", re.IGNORECASE)
+
+
+def _override(word: str) -> str:
+    """A command-line word as Hydra must read it: ``space.sgd.learning_rate=log(1e-3, 100)``
+    becomes ``+space.sgd.learning_rate='log(1e-3, 100)'`` (a key the empty ``space`` does not have
+    yet, and text Hydra would otherwise take for a function of its own); a misspelled setting is
+    a one-line error here, where Hydra's would be a paragraph."""
+    from .spec import DEFAULTS
+
+    if word.startswith("-") or "=" not in word:
+        return word
+    key, _, value = word.partition("=")
+    bare = key.lstrip("+~")
+    root = bare.split(".", 1)[0].split("/", 1)[0]
+    if root not in DEFAULTS and root not in OWN_KEYS:
+        from ...names import closest
+
+        near = closest(root, list(DEFAULTS))
+        hint = f" (did you mean {near!r}?)" if near else ""
+        raise ValueError(f"unknown setting {root!r}{hint}; the settings are {', '.join(DEFAULTS)}")
+    if root == "space" and "." in bare:
+        if _SPACE.match(value):
+            value = "'" + value.strip().replace("'", "") + "'"
+        if not key.startswith(("+", "~")):
+            key = "+" + key
+    return f"{key}={value}"
+
+
 def register() -> None:
     from hydra.core.config_store import ConfigStore
 
@@ -41,6 +73,11 @@ def main(argv: list[str] | None = None) -> None:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     COMMAND[:] = ["python", "-m", "optlab.study", *argv]  # as the user gave it, for the report and MLflow
+    try:
+        argv = [_override(a) for a in argv]
+    except ValueError as error:
+        print(f"optlab: error: study: {error}", file=sys.stderr)
+        sys.exit(2)
     if not ({"-m", "--multirun"} & set(argv)) and not (
         {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i"} & set(argv)
     ):

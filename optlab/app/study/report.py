@@ -129,10 +129,10 @@ def plot_sensitivity(spec: Spec, results: dict, path: Path) -> None:
         ax.set_xlabel("learning rate")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(
+    _title(
+        fig,
         "Sensitivity: score against learning rate (mean of the tuning seeds, their range as a band; "
         "★ tuned; -- target)",
-        fontsize=10,
     )
     fig.tight_layout()
     _save(fig, path, 100)
@@ -141,6 +141,8 @@ def plot_sensitivity(spec: Spec, results: dict, path: Path) -> None:
 def plot_tunability(spec: Spec, results: dict, path: Path) -> None:
     """Sivaprasad et al. (2020): the expected best score among k of the tuning settings drawn at
     random, k = 1 .. budget, per optimizer and problem (exact, from the scores of all settings)."""
+
+    from matplotlib.ticker import MaxNLocator
 
     from . import measures
 
@@ -161,13 +163,19 @@ def plot_tunability(spec: Spec, results: dict, path: Path) -> None:
             ax.set_yscale("log")
         ax.set_title(f"{problem.label}: {spec.score} {problem.metric}", fontsize=10)
         ax.set_xlabel("settings tried (k)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(
-        "Tunability: expected best score after k settings drawn at random from the tuning (-- target)", fontsize=10
-    )
+    _title(fig, "Tunability: expected best score after k settings drawn at random from the tuning (-- target)")
     fig.tight_layout()
     _save(fig, path, 100)
+
+
+def _title(fig, text: str) -> None:
+    """A figure's title, wrapped to its width (a one-problem figure is narrow)."""
+    import textwrap
+
+    fig.suptitle("\n".join(textwrap.wrap(text, int(fig.get_figwidth() * 15))), fontsize=10)
 
 
 def _save(fig, path: Path, dpi: int) -> None:
@@ -195,12 +203,17 @@ def plot_curves(spec: Spec, results: dict, finals: list[dict], path: Path) -> No
 
     colors = _colors(spec.optimizers)
     fig, axes = _grid(len(spec.problems))
+    diverged = []
     for ax, problem in zip(axes, spec.problems):
         positive = True
         for opt in spec.optimizers:
             runs = [
                 r for r in finals if r["problem"] == problem.label and r["optimizer"] == opt and r["arm"] == "final"
             ]
+            lost = [r for r in runs if r.get("diverged")]
+            if lost:  # its last finite values can be 1e100: the mean would be that seed alone
+                diverged.append(f"{opt} on {problem.label} ({len(lost)}/{len(runs)})")
+                runs = [r for r in runs if not r.get("diverged")]
             if not runs:
                 continue
             steps = sorted({p[0] for r in runs for p in r["points"]})
@@ -223,10 +236,8 @@ def plot_curves(spec: Spec, results: dict, finals: list[dict], path: Path) -> No
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(
-        f"Training curves of the tuned settings: mean of {spec.final_seeds} seeds, interquartile band; -- target",
-        fontsize=10,
-    )
+    left_out = f"; seeds that diverged left out: {', '.join(diverged)}" if diverged else ""
+    _title(fig, f"Training curves of the tuned settings: mean of the seeds, interquartile band; -- target{left_out}")
     fig.tight_layout()
     _save(fig, path, 100)
 
@@ -241,6 +252,10 @@ class _quiet:
 
     def __exit__(self, *exc):
         self._w.__exit__(*exc)
+
+
+def counted(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _stats(summary: dict, ci: str) -> str:
@@ -258,8 +273,8 @@ def markdown(spec: Spec, results: dict, command: str) -> str:
         "",
         f"`{command}`",
         "",
-        f"{len(spec.optimizers)} optimizers x {len(spec.problems)} problems. Each optimizer is tuned with the same "
-        "budget: "
+        f"{counted(len(spec.optimizers), 'optimizer')} x {counted(len(spec.problems), 'problem')}. "
+        "Each optimizer is tuned with the same budget: "
         f"{spec.budget} settings ({spec.search} over its search space) x {spec.seeds} seeds, scored by the mean "
         f"{spec.score} value of the problem's metric; the best setting, and the optimizer's defaults, rerun on "
         f"{spec.final_seeds} other seeds. Seeds are shared by every optimizer (common random numbers). "
@@ -274,7 +289,8 @@ def markdown(spec: Spec, results: dict, command: str) -> str:
             f"## {problem.label}",
             "",
             f"Target: {problem.metric} {'<=' if problem.direction == 'min' else '>='} {problem.target:g} "
-            f"({way} is better). Reached: seeds of {spec.final_seeds} at the target; steps and seconds: medians over "
+            f"({way} is better). Reached: how many final seeds got to the target at some evaluation (the score is "
+            "their final value); steps and seconds: medians over "
             "the final seeds (∞: half or more missed).",
             "",
             "| optimizer | tuned setting | tuned: mean ± std [95% CI] | defaults: mean ± std | reached | steps "

@@ -170,6 +170,8 @@ class Spec:
         data = asdict(self)
         data.pop("runs_per_job")  # how runs are grouped into jobs changes no result
         data["record_version"] = RECORD_VERSION
+        # the spaces tuned over, as declared by the optimizers (a plugin's or optlab's may change) or replaced
+        data["spaces"] = {opt: {n: str(v) for n, v in self.spaces(opt).items()} for opt in self.optimizers}
         return data
 
     @property

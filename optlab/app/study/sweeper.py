@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from ..run import Terminated, handling
+from .report import counted
 from .runner import Study, StudyFailed
 from .spec import Spec, SpecError
 from .store import ROOT, Store, encode
@@ -83,8 +84,10 @@ def sweep(sweeper, arguments: list[str]) -> dict:
         return out
 
     print(
-        f"optlab: study {spec.study_id}: {len(spec.optimizers)} optimizers x {len(spec.problems)} problems, "
-        f"{spec.budget} trials x {spec.seeds} seeds each, best rerun on {spec.final_seeds} seeds; folder {store.folder}"
+        f"optlab: study {spec.study_id}: {counted(len(spec.optimizers), 'optimizer')} x "
+        f"{counted(len(spec.problems), 'problem')}, {counted(spec.budget, 'trial')} x "
+        f"{counted(spec.seeds, 'seed')} each, "
+        f"the best rerun on {counted(spec.final_seeds, 'seed')}; folder {store.folder}"
     )
     from ..cores import sweep_workers
 

@@ -66,6 +66,7 @@ class StudyLog:
                 "optlab.machine": platform.machine(),
                 **_versions(),
                 **source_tags(),
+                "mlflow.source.name": "python -m optlab.study",
             },
             f"study {spec.study_id}",
         )
