@@ -20,7 +20,7 @@ import math
 import re
 from types import MappingProxyType
 
-from .names import closest
+from .names import did_you_mean
 
 
 class Space:
@@ -194,10 +194,9 @@ def check_space(cls, space: dict) -> None:
     hypers = cls.hyperparameters()
     for name, item in space.items():
         if name not in hypers:
-            near = closest(name, list(hypers))
-            hint = f" (did you mean {near!r}?)" if near else ""
             raise ValueError(
-                f"{cls.registry_name}: search space names {name!r}, not one of its hyperparameters{hint}; "
+                f"{cls.registry_name}: search space names {name!r}, not one of its hyperparameters"
+                f"{did_you_mean(name, hypers)}; "
                 f"they are {', '.join(hypers)}"
             )
         if not isinstance(item, Space):

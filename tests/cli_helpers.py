@@ -7,10 +7,10 @@ import subprocess
 import sys
 
 
-def optlab(cwd, *args, env=None, timeout=300):
-    """``python -m optlab ARGS`` in ``cwd``, waited for; its output captured."""
+def optlab(cwd, *args, env=None, timeout=300, module="optlab"):
+    """``python -m optlab ARGS`` (or ``module``, e.g. ``optlab.study``) in ``cwd``, waited for; its output captured."""
     return subprocess.run(
-        [sys.executable, "-m", "optlab", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd,
         capture_output=True,
         text=True,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 
@@ -217,15 +216,10 @@ def test_an_edge_setting_is_warned_about(tmp_path):
 
 
 # -- the command line ------------------------------------------------------------------------------
-def _cli(cwd, *args, timeout=600):
-    return subprocess.run(
-        [sys.executable, "-m", "optlab.study", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "OPTLAB_NO_PROGRESS": "1"},
-    )
+def _cli(cwd, *args):
+    from cli_helpers import optlab
+
+    return optlab(cwd, *args, module="optlab.study", timeout=600)
 
 
 ARGS = ("optimizers=[sgd,adam]", "problems=[beale,logistic_regression]", "budget=2", "seeds=2", "final_seeds=3")

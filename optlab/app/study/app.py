@@ -44,10 +44,9 @@ def _override(word: str) -> str:
     bare = key.lstrip("+~")
     root = bare.split(".", 1)[0].split("/", 1)[0]
     if root not in DEFAULTS and root not in OWN_KEYS:
-        from ...names import closest
+        from ...names import did_you_mean
 
-        near = closest(root, list(DEFAULTS))
-        hint = f" (did you mean {near!r}?)" if near else ""
+        hint = did_you_mean(root, DEFAULTS)
         raise ValueError(f"unknown setting {root!r}{hint}; the settings are {', '.join(DEFAULTS)}")
     if root == "space" and "." in bare:
         if _SPACE.match(value):
