@@ -52,6 +52,14 @@ def _grid(n: int):
     return fig, list(axes.flat)
 
 
+def _finish(fig, ax, path: Path, legend: str) -> None:
+    """A one-axes figure's legend and grid, saved."""
+    ax.legend(loc=legend, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path, 110)
+
+
 def plot_profile(spec: Spec, results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -71,10 +79,7 @@ def plot_profile(spec: Spec, results: dict, path: Path) -> None:
     ax.set_xlabel(f"τ: within a factor τ of the fastest ({spec.profile} to the declared target)")
     ax.set_ylabel("share of problems")
     ax.set_title("Performance profiles (AlgoPerf score: area up to τ = 4)")
-    ax.legend(loc="lower right", fontsize=9)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    _save(fig, path, 110)
+    _finish(fig, ax, path, "lower right")
 
 
 def plot_ecdf(spec: Spec, results: dict, path: Path) -> None:
@@ -95,10 +100,7 @@ def plot_ecdf(spec: Spec, results: dict, path: Path) -> None:
     ax.set_ylabel("share of (problem, target, seed) reached")
     ladder = ", ".join(f"{f:g}" for f in spec.ladder)
     ax.set_title(f"Runtime ECDF, tuned settings (targets x{ladder}; 95% bootstrap band)", fontsize=10)
-    ax.legend(loc="upper left", fontsize=9)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    _save(fig, path, 110)
+    _finish(fig, ax, path, "upper left")
 
 
 def plot_sensitivity(spec: Spec, results: dict, path: Path) -> None:
