@@ -58,6 +58,19 @@ def test_lookup_config_and_metrics(cls):
     assert all(isinstance(v, float) for v in metrics.values())
 
 
+@pytest.mark.parametrize("cls", BUILTIN, ids=lambda c: c.__name__)
+def test_one_metric_alone_is_the_same_as_in_all_of_them(cls):
+    # a study's probes ask for one metric (a supervised problem then skips the training set)
+    problem = make(cls)
+    params = problem.init(seed=2, dtype=np.float64)
+    for p in params:
+        p += 0.2
+    every = problem.evaluate(params)
+    for name, value in every.items():
+        assert problem.metric(params, name) == value, name
+    assert problem.metric(params, "no_such_metric") is None
+
+
 def test_batches_cover_every_example_once_per_epoch():
     problem = problems.LinearRegression(n_samples=103, validation_split=0.0)
     batches = list(problem.batches(np.random.default_rng(0), batch_size=10))
@@ -222,6 +235,11 @@ def test_noisy_quadratic_is_deepobs_quadratic_deep():
     grads = optlab.flat_like(params)
     assert problem.loss_and_grad(params, grads, batch) == pytest.approx(by_hand, rel=1e-12)
     np.testing.assert_allclose(grads[0], h @ (theta - problem.x_train[batch].mean(axis=0)), rtol=1e-10)
+    # the validation loss: the same mean over the n_train validation draws, and the full batch's loss
+    val = np.mean([0.5 * (theta - x) @ h @ (theta - x) for x in problem.x_val])
+    assert problem.evaluate(params)["val_loss"] == pytest.approx(val, rel=1e-12)
+    full = np.mean([0.5 * (theta - x) @ h @ (theta - x) for x in problem.x_train])
+    assert problem.loss_and_grad(params, grads, None) == pytest.approx(full, rel=1e-12)
     # the problem is fixed by data_seed; the run's seed changes the batch order
     again = problems.NoisyQuadratic()
     np.testing.assert_array_equal(again.hessian, h)

@@ -12,7 +12,8 @@ A problem owns its data and its parameters' layout. The trainer asks it for:
   an :class:`~optlab.sparse.IndexedSlices` (the rows a batch touched), which the optimizer
   steps row by row where its rule allows;
 - ``evaluate(params)``: metrics after an epoch (``val_loss``, ``val_accuracy``,
-  ``distance_to_optimum``, ...), a dict of floats;
+  ``distance_to_optimum``, ...), a dict of floats; ``metric(params, name)`` one of them alone
+  (a study evaluates its metric between epochs too; by default it calls ``evaluate``);
 - ``metric_directions`` (class attribute): which way each of its metrics improves, for the
   callbacks' ``mode="auto"`` and the reports (Keras asks the metric's ``_direction``).
 
@@ -253,6 +254,11 @@ class Problem(Configurable):
     def evaluate(self, params) -> dict[str, float]:
         """Metrics of the current parameters (after each epoch)."""
         return {}
+
+    def metric(self, params, name: str) -> float | None:
+        """One of ``evaluate``'s metrics (None if it has no such metric). A study's probes ask for
+        one metric between epochs; a problem whose metrics cost apart answers without the others."""
+        return self.evaluate(params).get(name)
 
     def datasets(self) -> list[dict]:
         """The data the problem trains and validates on, described for the records (MLflow's

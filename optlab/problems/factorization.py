@@ -211,9 +211,9 @@ class MatrixFactorization(_Supervised):
     def _mse(self, params, users, items, ratings) -> float:
         return float(_squared_error(users, items, ratings, params[0], params[1])) / len(ratings)
 
-    def evaluate(self, params):
-        out = {"rmse": math.sqrt(self._mse(params, self._users, self._items, self._ratings))}
-        if len(self._val_ratings):
-            out["val_loss"] = self._mse(params, self._val_users, self._val_items, self._val_ratings)
-            out["val_rmse"] = math.sqrt(out["val_loss"])
-        return out
+    def train_metrics(self, params):
+        return {"rmse": math.sqrt(self._mse(params, self._users, self._items, self._ratings))}
+
+    def validation_metrics(self, params):
+        loss = self._mse(params, self._val_users, self._val_items, self._val_ratings)
+        return {"val_loss": loss, "val_rmse": math.sqrt(loss)}

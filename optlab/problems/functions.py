@@ -417,6 +417,10 @@ class NoisyQuadratic(Problem):
         self.hessian = q.T @ (self.eigenvalues[:, None] * q)
         self.x_train = rng.normal(0.0, self.noise_level, (self.n_train, self.dim))
         self.x_val = rng.normal(0.0, self.noise_level, (self.n_train, self.dim))
+        # each example's x_i^T H x_i, once: a batch's loss is then O(b d + d^2), not O(b d^2)
+        self._q_train = np.einsum("ij,ij->i", self.x_train @ self.hessian, self.x_train)
+        self._val_mean = self.x_val.mean(axis=0)
+        self._val_spread = self._spread(self._val_mean, np.einsum("ij,ij->i", self.x_val @ self.hessian, self.x_val))
 
     @property
     def num_examples(self):
@@ -428,15 +432,21 @@ class NoisyQuadratic(Problem):
     def initial_values(self, rng):
         return [np.ones(self.dim)]
 
-    def _loss_grad(self, theta, x):
-        diff = theta[None, :] - x  # (examples, dim)
-        hd = diff @ self.hessian
-        loss = 0.5 * float(np.einsum("ij,ij->", hd, diff)) / len(x)
-        return loss, hd.mean(axis=0)  # H symmetric: the mean of H (theta - x_i)
+    def _spread(self, mean, q):
+        """0.5 mean_i (x_i - m)^T H (x_i - m) = 0.5 (mean_i x_i^T H x_i - m^T H m): the loss's part
+        that no theta removes."""
+        return 0.5 * (float(q.mean()) - float(mean @ self.hessian @ mean))
+
+    def _loss_grad(self, theta, mean, spread):
+        """The mean of 0.5 (theta - x_i)^T H (theta - x_i) over examples of mean ``mean``:
+        0.5 (theta - m)^T H (theta - m) + spread, and its gradient H (theta - m)."""
+        hd = self.hessian @ (theta - mean)
+        return 0.5 * float((theta - mean) @ hd) + spread, hd
 
     def loss_and_grad(self, params, grads, batch=None, rng=None):
-        x = self.x_train if batch is None else self.x_train[batch]
-        loss, grad = self._loss_grad(params[0].astype(np.float64), x)
+        x, q = (self.x_train, self._q_train) if batch is None else (self.x_train[batch], self._q_train[batch])
+        mean = x.mean(axis=0)
+        loss, grad = self._loss_grad(params[0].astype(np.float64), mean, self._spread(mean, q))
         grads[0][...] = grad
         return loss
 
@@ -454,6 +464,6 @@ class NoisyQuadratic(Problem):
     def evaluate(self, params):
         theta = params[0].astype(np.float64)
         return {
-            "val_loss": self._loss_grad(theta, self.x_val)[0],
+            "val_loss": self._loss_grad(theta, self._val_mean, self._val_spread)[0],
             "distance_to_optimum": float(np.sqrt(theta @ theta)),
         }

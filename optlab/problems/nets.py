@@ -245,14 +245,13 @@ class CNNDigits(_Supervised):
         total, _ = self._run(params, grads, self._xpad_train, self.y_train, index, True)
         return total / len(index)
 
-    def evaluate(self, params):
+    def train_metrics(self, params):
         _, correct = self._run(params, None, self._xpad_train, self.y_train, self._all_train, False)
-        out = {"accuracy": correct / len(self._all_train)}
-        if len(self.y_val):
-            total, correct = self._run(params, None, self._xpad_val, self.y_val, self._all_val, False)
-            out["val_loss"] = total / len(self._all_val)
-            out["val_accuracy"] = correct / len(self._all_val)
-        return out
+        return {"accuracy": correct / len(self._all_train)}
+
+    def validation_metrics(self, params):
+        total, correct = self._run(params, None, self._xpad_val, self.y_val, self._all_val, False)
+        return {"val_loss": total / len(self._all_val), "val_accuracy": correct / len(self._all_val)}
 
 
 class AutoencoderDigits(DenseStack, _Supervised):
@@ -361,7 +360,5 @@ class AutoencoderDigits(DenseStack, _Supervised):
                 delta = below
         return loss
 
-    def evaluate(self, params):
-        if not len(self.y_val):
-            return {}
+    def validation_metrics(self, params):
         return {"val_loss": self._forward(params, self.x_val, np.arange(len(self.x_val)))}
