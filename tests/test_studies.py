@@ -12,7 +12,7 @@ import pytest
 
 from optlab.app.study import measures
 from optlab.app.study.reduce import tuning_table
-from optlab.app.study.runner import Study
+from optlab.app.study.runner import Study, jobs_of
 from optlab.app.study.spec import Spec, SpecError
 from optlab.app.study.store import Store, decode, encode
 from optlab.app.study.trial import geometric_steps, run_one
@@ -103,6 +103,34 @@ def test_a_payload_survives_hydras_override_grammar():
     assert decode(parsed.value()) == payload
 
 
+def test_jobs_are_few_and_a_pool_shares_every_group_evenly(tmp_path):
+    spec = Spec.from_config({**TINY, "budget": 5, "seeds": 3})  # 2 x 2 x 5 x 3 = 60 runs, 4 groups of 15
+    runs, store = spec.tuning_runs(), Store(tmp_path)
+    group = lambda r: (r["problem"], r["optimizer"])  # noqa: E731
+
+    def check(jobs, count):
+        assert len(jobs) == count
+        flat = [r["key"] for job in jobs for r in job["runs"]]
+        assert sorted(flat) == sorted(r["key"] for r in runs)  # every run once
+        for job in jobs:  # a job's runs ordered by group: each group's kernels load once
+            order = [group(r) for r in job["runs"]]
+            assert len(set(order)) == len([k for i, k in enumerate(order) if i == 0 or order[i - 1] != k])
+        return jobs
+
+    # one process (or a process per job): as few jobs as runs_per_job allows, stretches of equal length
+    jobs = check(jobs_of(runs, store, 64), 1)
+    jobs = check(jobs_of(runs, store, 25), 3)
+    assert [len(j["runs"]) for j in jobs] == [20, 20, 20]
+    # a pool of 2 workers: a multiple of 2 jobs, each with its share of every group (7 or 8 of 15)
+    for size, count in ((64, 2), (25, 4)):
+        jobs = check(jobs_of(runs, store, size, pool=2), count)
+        for job in jobs:
+            shares = {}
+            for r in job["runs"]:
+                shares[group(r)] = shares.get(group(r), 0) + 1
+            assert len(shares) == 4 and all(15 // count <= n <= -(-15 // count) for n in shares.values())
+
+
 # -- one run ---------------------------------------------------------------------------------------
 def test_geometric_schedule():
     assert geometric_steps(40) == [1, 2, 3, 4, 6, 8, 11, 16, 23, 32, 40]
@@ -163,6 +191,8 @@ def test_protocol_end_to_end_and_resume(tmp_path):
     # a trial's score is the mean of its seeds' final values, read back from the stored runs
     stored = [json.loads(p.read_text()) for p in (study.store.folder / "runs").glob("*.json")]
     assert len(stored) == n_tuning + n_final
+    for r in stored:  # the steps lie within the training, which with the probes lies within the run
+        assert 0 < r["train_seconds"] <= r["fit_seconds"] and r["fit_seconds"] + r["probe_seconds"] <= r["wall_seconds"]
     tuning = [r for r in stored if r["seed"] in spec.tuning_seeds()]
     table = tuning_table(spec, tuning)
     for (problem, opt), rows in table.items():
@@ -305,7 +335,8 @@ def test_cli_study_runs_on_other_launchers(tmp_path, launcher):
     folder = next((tmp_path / ".optlab" / "studies").glob("tiny-*"))
     results = json.loads((folder / "results.json").read_text())
     assert results["timing"]["runs_run"] == 2 * 2 * 2 + 2 * 2 * 3
-    assert results["timing"]["jobs"] == 4  # one per optimizer (and problem), per round
+    # as few jobs as runs_per_job allows: one a round, or one per joblib worker a round
+    assert results["timing"]["jobs"] == (4 if launcher == "joblib" else 2)
     assert results["timing"]["workers"] == (2 if launcher == "joblib" else 1)
 
 

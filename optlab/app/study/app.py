@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from pathlib import Path
 
-#: the command that started the study, as given
+#: the command that started the study, as given, and when (the whole command's time, for the timing)
 COMMAND: list[str] = []
+STARTED: list[float] = []
 
 
 def _task(cfg):
@@ -68,6 +70,7 @@ def register() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    STARTED[:] = [time.perf_counter()]
     import hydra
 
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -256,6 +256,15 @@ class _quiet:
         self._w.__exit__(*exc)
 
 
+def beyond_training(timing: dict, wall: float | None = None) -> float:
+    """Seconds per run beyond training: ``wall`` (the study's, by default) x workers, less the
+    runs' training and the warm-ups, over the runs run now."""
+    wall = timing["wall_seconds"] if wall is None else wall
+    fit = timing.get("fit_seconds", timing["train_seconds"])
+    spent = wall * timing["workers"] - fit - timing["warmup_seconds"]
+    return max(spent, 0.0) / max(timing["runs_run"], 1)
+
+
 def counted(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
@@ -361,17 +370,21 @@ def markdown(spec: Spec, results: dict, command: str) -> str:
                 "a wider space may change this comparison."
             )
         lines.append("")
-    runs = max(timing["runs_run"], 1)
-    beyond = (timing["run_seconds"] - timing["train_seconds"]) / runs
+    fit = timing.get("fit_seconds", timing["train_seconds"])
+    probes = timing.get("probe_seconds", 0.0)
+    setup = max(timing["run_seconds"] - fit - probes, 0.0)
+    beyond = beyond_training(timing)
     lines += [
         "## Timing",
         "",
         f"{timing['runs']} runs ({timing['runs_run']} run now in {timing['jobs']} jobs on {timing['workers']} "
-        f"worker(s), {timing['runs_reused']} reused from the store). Wall time {timing['wall_seconds']:.1f} s. In "
-        f"the jobs, the optimizers' steps took {timing['train_seconds']:.1f} s, the runs {timing['run_seconds']:.1f} s "
-        f"with their evaluations and set-up ({beyond * 1000:.0f} ms per run beyond its steps), the warm-ups "
-        f"{timing['warmup_seconds']:.1f} s; launching, the store and the reduction came to "
-        f"{timing['outside_seconds'] / runs * 1000:.0f} ms per run (wall time x workers, less the runs' time).",
+        f"worker(s), {timing['runs_reused']} reused from the store). Wall time {timing['wall_seconds']:.1f} s. "
+        f"The runs' training (the optimizers' steps, {timing['train_seconds']:.1f} s, and the trainer's "
+        f"evaluations at epoch ends: what the runs cost alone) took {fit:.1f} s. Beyond it, "
+        f"**{beyond * 1000:.0f} ms per run** (wall time x workers, less the training and the warm-ups): the "
+        f"study's evaluations between epochs {probes:.1f} s, the runs' set-up {setup:.1f} s, and launching, the "
+        f"store and the reduction {timing['outside_seconds']:.1f} s. Numba's warm-ups, apart: "
+        f"{timing['warmup_seconds']:.1f} s.",
         "",
     ]
     return "\n".join(lines)

@@ -23,17 +23,28 @@ class StudyFailed(RuntimeError):
     """Some jobs failed: the runs that finished are stored, and repeating the command runs the rest."""
 
 
-def jobs_of(runs: list[dict], store: Store, size: int) -> list[dict]:
-    """Runs grouped into job payloads: one optimizer on one problem per job (its kernels warm up
-    once), at most ``size`` runs each."""
+def jobs_of(runs: list[dict], store: Store, size: int, pool: int = 1) -> list[dict]:
+    """Runs as job payloads: as few jobs as ``size`` (runs a job at most) allows, since Hydra
+    spends ~0.2 s on each; a job's runs ordered by optimizer and problem, so that its kernels
+    load once in a fresh process.
+
+    ``pool``: the workers of a pool whose processes outlive a job (joblib's): the jobs are a
+    multiple of it and each takes an equal share of every optimizer's runs on every problem, so
+    that the workers finish a round together (no estimate of a run's cost is needed: the runs of
+    an optimizer on a problem cost about the same). Otherwise (in this process, or a process per
+    job as on a cluster) each job is a stretch of that order."""
     groups: dict = {}
     for run in runs:
         groups.setdefault((run["problem"], run["optimizer"]), []).append(run)
-    payloads = []
-    for group in groups.values():
-        for start in range(0, len(group), size):
-            payloads.append({"store": str(store.folder.resolve()), "runs": group[start : start + size]})
-    return payloads
+    ordered = [run for group in groups.values() for run in group]
+    count = -(-len(ordered) // size)
+    if pool > 1:
+        count = pool * -(-count // pool)
+        shares = [[run for group in groups.values() for run in group[j::count]] for j in range(count)]
+    else:
+        shares = [ordered[len(ordered) * j // count : len(ordered) * (j + 1) // count] for j in range(count)]
+    folder = str(store.folder.resolve())
+    return [{"store": folder, "runs": share} for share in shares if share]
 
 
 def in_process(payloads: list[dict]) -> list:
@@ -45,7 +56,7 @@ class Study:
     """One study: ``spec``, its ``store`` folder, ``launch`` (payloads -> results, each a list of
     records or an exception), ``log`` (a :class:`~.tracking.StudyLog` or None), ``say`` (progress lines)."""
 
-    def __init__(self, spec: Spec, store: Store, launch: Callable = in_process, log=None, say=print, workers=1):
+    def __init__(self, spec: Spec, store: Store, launch: Callable = in_process, log=None, say=print, workers=1, pool=1):
         self.spec = spec
         self.store = store
         self.launch = launch
@@ -54,6 +65,7 @@ class Study:
         self.counts = {"runs": 0, "reused": 0, "jobs": 0}
         self.finals: list[dict] = []
         self.workers = workers  # jobs at once (for the time per run beyond the runs)
+        self.pool = pool  # workers whose processes outlive a job (joblib's), for sharing out the runs
         self.ran: set[str] = set()  # the keys of the runs run now (not found in the store)
 
     def execute(self, runs: list[dict], phase: str) -> list[dict]:
@@ -68,7 +80,7 @@ class Study:
         self.counts["reused"] += len(records)
         unique = list({r["key"]: r for r in missing}.values())
         if unique:
-            payloads = jobs_of(unique, self.store, self.spec.runs_per_job)
+            payloads = jobs_of(unique, self.store, self.spec.runs_per_job, self.pool)
             self.counts["jobs"] += len(payloads)
             self.say(
                 f"optlab: study {self.spec.study_id}: {phase}: {len(unique)} runs in {len(payloads)} jobs"
@@ -124,6 +136,9 @@ class Study:
             "wall_seconds": wall,
             "workers": self.workers,
             "train_seconds": sum(r["train_seconds"] for r in ran),
+            # (a record stored before fit_seconds was kept counts its steps)
+            "fit_seconds": sum(r.get("fit_seconds", r["train_seconds"]) for r in ran),
+            "probe_seconds": sum(r.get("probe_seconds", 0.0) for r in ran),
             "run_seconds": run_seconds,
             "warmup_seconds": warmup,
             # the study's own time beyond its runs, counted as if on one worker

@@ -11,10 +11,11 @@ from __future__ import annotations
 import shlex
 import signal
 import sys
+import time
 from pathlib import Path
 
 from ..run import Terminated, handling
-from .report import counted
+from .report import beyond_training, counted
 from .runner import Study, StudyFailed
 from .spec import Spec, SpecError
 from .store import ROOT, Store, encode
@@ -91,7 +92,8 @@ def sweep(sweeper, arguments: list[str]) -> dict:
     )
     from ..cores import sweep_workers
 
-    study = Study(spec, store, launch, log, workers=sweep_workers(config.hydra))
+    workers = sweep_workers(config.hydra)
+    study = Study(spec, store, launch, log, workers=workers, pool=workers)
     status = "FAILED"
     try:
         with handling(_stop):
@@ -125,9 +127,13 @@ def sweep(sweeper, arguments: list[str]) -> dict:
         if log.error:
             print(f"optlab: warning: MLflow: {log.error}", file=sys.stderr)
     timing = results["timing"]
+    from .app import STARTED
+
+    whole = time.perf_counter() - STARTED[0] if STARTED else timing["wall_seconds"]
+    beyond = f"; beyond training, {beyond_training(timing, whole) * 1000:.0f} ms per run" if timing["runs_run"] else ""
     print(
-        f"optlab: study {spec.study_id} done in {timing['wall_seconds']:.1f} s "
-        f"({timing['runs_run']} runs, {timing['runs_reused']} reused; training {timing['train_seconds']:.1f} s)"
+        f"optlab: study {spec.study_id} done in {whole:.1f} s ({timing['runs_run']} runs, "
+        f"{timing['runs_reused']} reused; training {timing.get('fit_seconds', 0.0):.1f} s{beyond})"
     )
     print(f"optlab: report: {Path(report) / 'report.md'}")
     if log is not None:

@@ -55,6 +55,7 @@ class Probe(Callback):
         self.schedule: set[int] = set()
         self.points: list[list[float]] = []
         self.seconds = 0.0
+        self.probe_seconds = 0.0  # the evaluations between epochs (the trainer evaluates at epoch ends anyway)
         self.diverged = False
         self._t = 0.0
 
@@ -86,7 +87,9 @@ class Probe(Callback):
         trainer = self.trainer
         step = trainer.step
         if step in self.schedule and batch + 1 < trainer.steps_per_epoch:  # an epoch's end is evaluated anyway
+            start = time.perf_counter()
             self._record(step, trainer.problem.metric(trainer.params, self.metric))
+            self.probe_seconds += time.perf_counter() - start
         elif not math.isfinite(logs.get("loss", 0.0)):
             self._record(step, math.nan)
 
@@ -153,8 +156,10 @@ def run_one(run: dict) -> dict:
     """Train ``run`` (a :meth:`Spec.run` dict) at its problem's budget; its record as plain data.
 
     ``points``: ``[step, examples, train seconds, metric]`` at each evaluation; ``final`` and
-    ``best``: the metric's last and best values (NaN if the run diverged); ``steps``,
-    ``train_seconds`` (the steps alone) and ``wall_seconds`` (evaluations included).
+    ``best``: the metric's last and best values (NaN if the run diverged); ``steps``;
+    ``train_seconds`` (the steps alone), ``fit_seconds`` (the training as a run alone costs it:
+    the steps and the trainer's evaluations at epoch ends), ``probe_seconds`` (the study's
+    evaluations between epochs) and ``wall_seconds`` (the whole run, set-up included).
     """
     warmup = warm_up(run)
     start = time.perf_counter()
@@ -164,7 +169,9 @@ def run_one(run: dict) -> dict:
     probe.schedule = set(geometric_steps(total))
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
+        fit_start = time.perf_counter()
         trainer.fit()
+        fit_seconds = time.perf_counter() - fit_start - probe.probe_seconds
     values = [p[3] for p in probe.points]
     finite = [v for v in values if math.isfinite(v)]
     best = (min if run["direction"] == "min" else max)(finite) if finite else math.nan
@@ -178,6 +185,8 @@ def run_one(run: dict) -> dict:
         "steps": trainer.step,
         "budget_steps": total,
         "train_seconds": probe.seconds,
+        "fit_seconds": fit_seconds,
+        "probe_seconds": probe.probe_seconds,
         "wall_seconds": time.perf_counter() - start,
         "warmup_seconds": warmup,
     }
