@@ -364,3 +364,17 @@ def test_the_hash_follows_the_spaces_optimizers_declare(monkeypatch):
     after = Spec.from_config(TINY)
     assert after.protocol()["spaces"]["sgd"] == {"learning_rate": "log(0.01, 1)"}
     assert after.study_id != before  # another study: its runs are not mixed into the first's
+
+
+def test_column_quantiles_are_numpys_nanquantile():
+    from optlab.app.study.report import column_quantiles
+
+    rng = np.random.default_rng(3)
+    table = rng.standard_normal((7, 50))
+    table[rng.random(table.shape) < 0.3] = np.nan
+    table[:, 4] = np.nan  # a column with no value
+    table[1:, 5] = np.nan  # one value
+    for q in (0.0, 0.25, 0.5, 0.75, 1.0):
+        with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
+            expected = np.nanquantile(table, q, axis=0)
+        np.testing.assert_allclose(column_quantiles(table, q), expected, rtol=1e-12, equal_nan=True)

@@ -226,7 +226,7 @@ def plot_curves(spec: Spec, results: dict, finals: list[dict], path: Path) -> No
                     table[row, index[p[0]]] = p[3]
             with np.errstate(all="ignore"), _quiet():
                 mean = np.nanmean(table, axis=0)
-                low, high = np.nanpercentile(table, 25, axis=0), np.nanpercentile(table, 75, axis=0)
+                low, high = column_quantiles(table, 0.25), column_quantiles(table, 0.75)
             positive = positive and bool(np.all(table[np.isfinite(table)] > 0))
             ax.fill_between(steps, low, high, color=colors[opt], alpha=0.2)
             ax.plot(steps, mean, color=colors[opt], lw=1.8, label=opt)
@@ -242,6 +242,21 @@ def plot_curves(spec: Spec, results: dict, finals: list[dict], path: Path) -> No
     _title(fig, f"Training curves of the tuned settings: mean of the seeds, interquartile band; -- target{left_out}")
     fig.tight_layout()
     _save(fig, path, 100)
+
+
+def column_quantiles(table: np.ndarray, q: float) -> np.ndarray:
+    """``np.nanquantile(table, q, axis=0)`` (linear interpolation) in one vectorised pass: numpy's
+    goes column by column once a NaN is present (2 s for the quick study's curves)."""
+    ordered = np.sort(table, axis=0)  # NaN last
+    count = np.sum(~np.isnan(table), axis=0)
+    position = np.maximum(count - 1, 0) * q
+    below = np.floor(position).astype(int)
+    above = np.minimum(below + 1, np.maximum(count - 1, 0))
+    columns = np.arange(table.shape[1])
+    low, high = ordered[below, columns], ordered[above, columns]
+    out = low + (high - low) * (position - below)
+    out[count == 0] = np.nan
+    return out
 
 
 class _quiet:
