@@ -39,6 +39,19 @@ def test_bad_settings_name_the_field_and_what_it_allows():
         Spec.from_config({**TINY, "space": {"adam": {"learning_rate": "logg(1, 2)"}}})
     with pytest.raises(SpecError, match=r"learning_rate"):  # a rate below 0 is outside what the optimizer accepts
         Spec.from_config({**TINY, "space": {"sgd": {"learning_rate": "uniform(-1, 1)"}}})
+    # a target no run can reach: past an accuracy's 1, a distance's 0, a test function's minimum
+    # (Styblinski-Tang's is -39.16617 per dimension: between -78.3324 and -78.3323 in 2)
+    unreachable = [
+        ("logistic_regression", "val_accuracy >= 1.01", r"an accuracy's best is 1"),
+        ("rosenbrock", "distance_to_optimum <= -0.5", r"the distance's least is 0"),
+        ("rosenbrock", "loss <= -1e-3", r"its minimum loss is 0\b"),
+        ("styblinski_tang", "loss <= -78.34", r"its minimum loss is -78.332"),
+    ]
+    for name, target, why in unreachable:
+        with pytest.raises(SpecError, match=f"{name}: no run can reach the target.*{why}"):
+            Spec.from_config({**TINY, "problems": [{"name": name, "target": target}]})
+    for name, target in (("styblinski_tang", "loss <= -78.33"), ("rosenbrock", "loss <= 0")):
+        assert Spec.from_config({**TINY, "problems": [{"name": name, "target": target}]}).problems[0].target < 1
     # a problem given its own target is accepted
     spec = Spec.from_config({**TINY, "problems": [{"name": "quadratic", "dim": 5, "target": "suboptimality <= 1e-6"}]})
     assert spec.problems[0].label == "quadratic(dim=5)" and spec.problems[0].target == 1e-6
@@ -204,6 +217,7 @@ def test_protocol_end_to_end_and_resume(tmp_path):
                 if (r["problem"], r["optimizer"]) == (problem, opt) and r["hparams"] == row["hparams"]
             ]
             assert sorted(row["values"]) == sorted(same) and row["score"] == pytest.approx(np.mean(same), nan_ok=True)
+            assert row["seeds"] == sorted(spec.tuning_seeds())  # each value's seed, in order
         best = results["chosen"][f"{problem}|{opt}"]
         finite = [r for r in rows if math.isfinite(r["score"])]
         assert best["score"] == min(r["score"] for r in finite)  # both problems minimise

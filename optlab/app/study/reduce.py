@@ -45,7 +45,8 @@ def _points(record: dict) -> list[dict]:
 
 
 def tuning_table(spec: Spec, records: list[dict]) -> dict:
-    """``{(problem, optimizer): [{"hparams", "values" (per seed), "score"}, ...]}`` in design order."""
+    """``{(problem, optimizer): [{"hparams", "seeds", "values" (per seed, in that order), "score"}, ...]}``
+    in design order."""
     grouped: dict = defaultdict(dict)
     for r in records:
         key = (r["problem"], r["optimizer"])
@@ -55,9 +56,12 @@ def tuning_table(spec: Spec, records: list[dict]) -> dict:
     for key, settings in grouped.items():
         rows = []
         for setting, runs in settings.items():
-            values = [_value(r, spec.score) for r in sorted(runs, key=lambda r: r["seed"])]
+            runs = sorted(runs, key=lambda r: r["seed"])
+            values = [_value(r, spec.score) for r in runs]
             score = float(np.mean(values)) if all(math.isfinite(v) for v in values) else math.nan
-            rows.append({"hparams": dict(setting), "values": values, "score": score})
+            rows.append(
+                {"hparams": dict(setting), "seeds": [r["seed"] for r in runs], "values": values, "score": score}
+            )
         table[key] = rows
     return table
 
