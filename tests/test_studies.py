@@ -392,3 +392,41 @@ def test_column_quantiles_are_numpys_nanquantile():
         with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
             expected = np.nanquantile(table, q, axis=0)
         np.testing.assert_allclose(column_quantiles(table, q), expected, rtol=1e-12, equal_nan=True)
+
+
+def test_a_child_that_fails_to_write_is_retried_once_and_never_made_twice(tmp_path):
+    from mlflow import MlflowClient
+
+    from optlab.app.study.tracking import STUDY_TAG, TRIAL_TAG, StudyLog
+
+    spec = Spec.from_config({**TINY, "optimizers": ["sgd"], "problems": ["beale"], "budget": 2, "final_seeds": 2})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    log = StudyLog({"uri": uri, "experiment": "studies", "enabled": True}, spec, "python -m optlab.study")
+    log.open()
+    client = log.tracker.client
+    real_log_batch, calls = client.log_batch, []
+
+    always = f"sgd defaults on beale seed={spec.final_seed_list()[1]}"  # this child's writes always fail
+    once = f"sgd defaults on beale seed={spec.final_seed_list()[0]}"  # this one's first write fails
+
+    def flaky(run_id, **kwargs):  # after the child was created: a retry must not create it again
+        name = client.get_run(run_id).info.run_name
+        calls.append(name)
+        if name == always or (name == once and calls.count(once) == 1):
+            raise ConnectionError("store busy")
+        return real_log_batch(run_id, **kwargs)
+
+    client.log_batch = flaky
+    Study(spec, Store(tmp_path / spec.study_id), log=log, say=lambda line: None).run()
+    log.close("FINISHED")
+    children = MlflowClient(uri).search_runs(
+        [log.tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{log.run_id}'", max_results=100
+    )
+    keys = [c.data.tags[TRIAL_TAG] for c in children]
+    # 2 tuning trials + 2 final + 2 defaults children; the one that always fails stays unwritten (reported)
+    assert calls.count(once) == 2 and calls.count(always) == 2  # retried once, at the end
+    assert log.unwritten == 1 and log.written == 5 and "store busy" in log.error
+    assert len(keys) == 6 == len(set(keys))  # created once each, even the retried and the failed one
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    assert len(finished) == 5 and all(c.data.tags[STUDY_TAG] == spec.study_id for c in finished)
+    assert all(c.data.metrics for c in finished)  # the retried child has its metrics

@@ -124,7 +124,13 @@ def sweep(sweeper, arguments: list[str]) -> dict:
         if waiting:
             print(f"optlab: writing {waiting} runs to MLflow ...", flush=True)
         log.close("FINISHED", results, report)
-        if log.error:
+        if log.unwritten:
+            print(
+                f"optlab: warning: MLflow: {counted(log.unwritten, 'child run')} not written ({log.error}); their "
+                f"runs are kept in {store.folder}: repeat the command to write them",
+                file=sys.stderr,
+            )
+        elif log.error:
             print(f"optlab: warning: MLflow: {log.error}", file=sys.stderr)
     timing = results["timing"]
     from .app import STARTED

@@ -72,6 +72,7 @@ class StudyLog:
         )
         self.logged: set[str] = set()
         self.written = 0
+        self.unwritten = 0  # children that could not be written, twice
         self.error: str | None = None
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -110,21 +111,35 @@ class StudyLog:
         for key, runs in _trials(records, phase):
             if key not in self.logged:
                 self.logged.add(key)
-                self._queue.put((key, runs, phase))
+                self._queue.put([key, runs, phase, None, False])
 
     def _write_all(self) -> None:
+        failed = []
         while True:
             item = self._queue.get()
             if item is None:
-                return
-            try:
-                self._write(*item)
-                self.written += 1
-            except Exception as exc:  # the study goes on; the count of what was not logged is reported
-                self.error = f"{type(exc).__name__}: {exc}"[:300]
+                break
+            if not self._attempt(item):
+                failed.append(item)
+        # once more for those that failed (a store busy for a moment, a server restarting); a child
+        # created before the failure is completed, not made twice. What still fails is written by
+        # the next attempt of the study (its runs are in the study's folder), and reported.
+        self.unwritten = sum(not self._attempt(item) for item in failed)
 
-    def _write(self, key: str, runs: list[dict], phase: str) -> None:
+    def _attempt(self, item: list) -> bool:
+        try:
+            self._write(item)
+        except Exception as exc:  # the study goes on; what was not logged is reported
+            self.error = f"{type(exc).__name__}: {exc}"[:300]
+            return False
+        self.written += 1
+        return True
+
+    def _write(self, item: list) -> None:
+        """Write one child: ``item`` is ``[key, runs, phase, run id once created, logged yet]``."""
         from mlflow.entities import Metric, Param
+
+        key, runs, phase = item[:3]
 
         client, first = self.tracker.client, runs[0]
         now = int(time.time() * 1000)
@@ -168,9 +183,12 @@ class StudyLog:
                 metrics.append(Metric(f"target/steps_to_{level:g}", step, now, 0))
             what = "defaults" if r["arm"] == "defaults" else setting
             name = f"{r['optimizer']} {what} on {r['problem']} seed={r['seed']}"
-        run = client.create_run(self.tracker.experiment_id, tags=tags, run_name=name[:250])
-        client.log_batch(run.info.run_id, metrics=metrics, params=params)
-        client.set_terminated(run.info.run_id, "FINISHED")
+        if item[3] is None:
+            item[3] = client.create_run(self.tracker.experiment_id, tags=tags, run_name=name[:250]).info.run_id
+        if not item[4]:
+            client.log_batch(item[3], metrics=metrics, params=params)  # one transaction: all or nothing
+            item[4] = True
+        client.set_terminated(item[3], "FINISHED")
 
     def close(self, status: str, results: dict | None = None, report=None, timeout: float = 600.0) -> None:
         """Wait for the children (up to ``timeout`` s), log the results and the report to the parent, end it."""
