@@ -169,6 +169,23 @@ def sum_of_squares(x):
     return total
 
 
+#: (dtype, value) -> ``dtype(value)``: making a numpy scalar costs ~0.4 us, a fair share of a small step
+_TYPED: dict = {}
+
+
+def typed(dt, value):
+    """``dt(value)``, made once per value: a per-step hyperparameter in the parameters' dtype."""
+    key = (dt, value)
+    found = _TYPED.get(key)
+    if found is None:
+        found = dt(value)
+        if value:  # (0.0 == -0.0 as keys: zeros are made each time, keeping their sign)
+            if len(_TYPED) > 256:  # (a sweep over a hyperparameter)
+                _TYPED.clear()
+            _TYPED[key] = found
+    return found
+
+
 def sumsq(x: np.ndarray) -> float:
     """sum(x**2) of a flat array, as a Python float (BLAS dot, float64 for float64 input)."""
     return float(np.dot(x, x))

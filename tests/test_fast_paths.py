@@ -205,13 +205,87 @@ def test_adam_scalars_are_the_formula_in_the_parameters_dtype():
     from optlab.optimizers.adam import adam_scalars
 
     for dt in (np.float32, np.float64):
-        for step in (1, 2, 10, 1000, 10**6):
+        for step in (*range(1, 300), 1000, 10**6, 2**24 + 1, 10**7 + 3):
             lr = dt(0.01)
             t = dt(step)
             expected = lr * dt(math.sqrt(dt(1) - dt(0.999) ** t)) / (dt(1) - dt(0.9) ** t)
             alpha, omb1, omb2 = adam_scalars(dt, lr, 0.9, 0.999, step)
             assert type(alpha) is dt and alpha.tobytes() == dt(expected).tobytes()
             assert omb1 == dt(1.0 - 0.9) and omb2 == dt(1.0 - 0.999) and type(omb1) is dt
+
+
+def test_typed_scalars_are_the_dtype_conversion_and_keep_the_sign_of_zero():
+    from optlab.kernels import typed
+
+    for dt in (np.float32, np.float64):
+        for value in (0.1, 1e-7, 0.999, 3, 1e300 if dt is np.float64 else 1e30):
+            for _ in range(2):  # made, then remembered
+                got = typed(dt, value)
+                assert type(got) is dt and got.tobytes() == dt(value).tobytes()
+        assert np.signbit(typed(dt, -0.0)) and not np.signbit(typed(dt, 0.0))
+    assert type(typed(np.float64, 0.5)) is np.float64 and type(typed(np.float32, 0.5)) is np.float32
+
+
+def test_a_hyperparameter_changed_between_steps_is_used():
+    """Adam's epsilon and betas in the parameters' dtype are remembered by value: a new value is taken.
+    Reference: the second step by hand (numpy float32, Keras's order of operations)."""
+    f = np.float32
+    g1, g2 = np.array([1e-3, -2e-3], f), np.array([3e-3, 1e-3], f)
+    params = [np.array([0.5, -0.5], f)]
+    opt = optlab.optimizers.get({"name": "adam", "learning_rate": 0.1})
+    opt.apply([g1], params)
+    opt.epsilon, opt.beta_1 = 1e-3, 0.5
+    opt.apply([g2], params)
+    m = np.zeros(2, f) + (g1 - np.zeros(2, f)) * f(1 - 0.9)
+    v = np.zeros(2, f) + (g1 * g1 - np.zeros(2, f)) * f(1 - 0.999)
+    p = np.array([0.5, -0.5], f) - m * (f(0.1) * f(math.sqrt(f(1) - f(0.999))) / (f(1) - f(0.9))) / (
+        np.sqrt(v) + f(1e-7)
+    )
+    m = m + (g2 - m) * f(1 - 0.5)
+    v = v + (g2 * g2 - v) * f(1 - 0.999)
+    alpha = f(0.1) * f(math.sqrt(f(1) - f(0.999) ** f(2))) / (f(1) - f(0.5) ** f(2))
+    p = p - m * alpha / (np.sqrt(v) + f(1e-3))
+    np.testing.assert_allclose(params[0], p, rtol=1e-6)
+
+
+def test_gradients_that_change_kind_between_steps_take_the_right_path():
+    """The per-step fast path checks every step: fresh C arrays, then strided ones, then views of one
+    buffer, then some views and some not, all give the plain layout's parameters bit for bit; a gradient of
+    another dtype or shape is then refused, naming it, and nothing moves."""
+    rng = np.random.default_rng(5)
+    start = _start(rng, np.float32)
+    steps = _gradients(rng, 4, np.float32)
+    reference = _run("adam", {"weight_decay": 0.01}, [p.copy() for p in start], steps, lambda g, k: g)
+
+    def changing(g, k):
+        if k == 0:
+            return [a.copy() for a in g]
+        if k == 1:  # strided views (every other element)
+            return [np.stack([a, a], axis=-1)[..., 0] for a in g]
+        if k == 2:
+            return optlab.flatten(g, dtype=np.float32)
+        return [*optlab.flatten(g[:2], dtype=np.float32), *(a.copy() for a in g[2:])]  # some views, some not
+
+    params = optlab.flatten(start, dtype=np.float32)
+    opt = optlab.optimizers.get({"name": "adam", "weight_decay": 0.01})
+    for k, g in enumerate(steps):
+        opt.apply(changing(g, k), params)
+    for a, b in zip(reference, params):
+        assert a.tobytes() == b.tobytes()
+    before = params.flat.copy()
+    with pytest.raises(ValueError, match=r"gradient 1 has dtype float64 but its parameter has dtype float32"):
+        opt.apply([steps[0][0], steps[0][1].astype(np.float64), *steps[0][2:]], params)
+    with pytest.raises(ValueError, match=r"gradient 3 has shape \(3, 2\) but its parameter has shape \(2, 1, 3\)"):
+        opt.apply([*steps[0][:3], steps[0][3].reshape(3, 2)], params)
+    assert params.flat.tobytes() == before.tobytes() and opt.iterations == 4
+
+
+def test_an_empty_step_on_no_parameters_is_still_a_no_op():
+    opt = optlab.optimizers.get("adam")
+    opt.build([])
+    opt.apply([], [])
+    opt.apply_gradients([])
+    assert opt.iterations == 0
 
 
 # -- callbacks: hooks nobody uses are skipped, the others see what they saw --------------------
@@ -271,6 +345,15 @@ def test_a_callback_added_between_fits_is_called():
     trainer.fit()
     assert [c[1] for c in late.calls] == [0, 1]
     assert late.calls[0][2] == sorted(trainer.history.history)
+
+
+def test_a_hook_replaced_between_fits_is_the_one_called():
+    cb = _EpochEnd()
+    trainer = Trainer("seed_linear", "sgd", [cb], epochs=1)
+    trainer.fit()
+    cb.on_epoch_end = lambda epoch, logs=None: cb.calls.append(("replaced", epoch))
+    trainer.fit()
+    assert [c[0] for c in cb.calls] == ["epoch_end", "replaced"]
 
 
 def test_a_failing_hook_is_still_named():

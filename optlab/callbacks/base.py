@@ -150,9 +150,10 @@ class CallbackList:
         callbacks = list(callbacks)
         self.callbacks = [c for c in callbacks if not c.runs_last] + [c for c in callbacks if c.runs_last]
         self._listeners: dict[str, list] = {}
+        self._hooks: dict[str, list] = {}  # hook -> the listeners' bound methods, with their callbacks
 
     def set_trainer(self, trainer):
-        self._listeners = {}
+        self._listeners, self._hooks = {}, {}
         for cb in self.callbacks:
             cb.set_trainer(trainer)
 
@@ -167,12 +168,12 @@ class CallbackList:
         return found
 
     def _call(self, name, *args):
-        listeners = self._listeners.get(name)
-        if listeners is None:
-            listeners = self.listeners(name)
-        for cb in listeners:
+        hooks = self._hooks.get(name)
+        if hooks is None:
+            hooks = self._hooks[name] = [(getattr(cb, name), cb) for cb in self.listeners(name)]
+        for hook, cb in hooks:
             try:
-                getattr(cb, name)(*args)
+                hook(*args)
             except Exception as error:
                 # which callback and hook raised, for a front end's one-line message
                 if not hasattr(error, "optlab_callback"):

@@ -2,8 +2,10 @@
 
 import math
 
+import numpy as np
+
 from ..hparams import Hyper
-from ..kernels import kernel, prange
+from ..kernels import kernel, prange, typed
 from ..spaces import LogUniform, tuned
 from .base import Optimizer
 from .layout import Slot
@@ -53,8 +55,9 @@ def adam_scalars(dt, lr, beta_1, beta_2, step):
             _BETAS.clear()
         betas = _BETAS[key[:3]] = (dt(beta_1), dt(beta_2), dt(1), dt(1.0 - beta_1), dt(1.0 - beta_2))
     b1, b2, one, one_minus_b1, one_minus_b2 = betas
-    t = dt(step)
-    alpha = lr * dt(math.sqrt(one - b2**t)) / (one - b1**t)
+    # beta ** step: numpy takes the int as dt (as dt(step) would) and calls the same pow; np.sqrt of
+    # a dt scalar is the correctly rounded root, as dt(math.sqrt(...)) is; both skip making a scalar
+    alpha = lr * np.sqrt(one - b2**step) / (one - b1**step)
     scalars = (alpha if type(alpha) is dt else dt(alpha)), one_minus_b1, one_minus_b2
     _LATEST = (lr, key, scalars)
     return scalars
@@ -91,10 +94,10 @@ class Adam(Optimizer):
 
     def update(self, param, grad, state, lr, step, seg, decay=None):
         dt = param.dtype.type
-        alpha, omb1, omb2 = adam_scalars(dt, lr, self.beta_1, self.beta_2, step)
-        v = state["velocity"]
-        amsgrad = "velocity_hat" in state
-        kernel = _ADAM[amsgrad, decay is not None]
-        vhat = state["velocity_hat"] if amsgrad else v  # read only by the AMSGrad variants
+        hypers = self.__dict__  # (each Hyper's value, without its descriptor)
+        alpha, omb1, omb2 = adam_scalars(dt, lr, hypers["beta_1"], hypers["beta_2"], step)
+        v, vhat = state["velocity"], state.get("velocity_hat")
+        kernel = _ADAM[vhat is not None, decay is not None]
+        vhat = v if vhat is None else vhat  # read only by the AMSGrad variants
         c = 0.0 if decay is None else decay  # read only by the variants with DECAY
-        kernel(param, grad, state["momentum"], v, vhat, alpha, omb1, omb2, dt(self.epsilon), c)
+        kernel(param, grad, state["momentum"], v, vhat, alpha, omb1, omb2, typed(dt, hypers["epsilon"]), c)

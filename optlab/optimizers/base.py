@@ -140,6 +140,9 @@ class Optimizer(Configurable):
     #: applies to the whole call, and must compute ``p - p * c`` before its own step, bit for bit
     #: what the separate pass would; a subclass overriding ``update`` without ``decay`` does not fuse.
     fuses_weight_decay: ClassVar[bool] = False
+    #: derived too: the class overrides ``weight_decay_rate`` / ``begin_step`` (read at every step)
+    _decay_by_rule: ClassVar[bool] = False
+    _begins_steps: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         declared = cls.__dict__.get("learning_rate")
@@ -158,6 +161,8 @@ class Optimizer(Configurable):
             rate.__set_name__(cls, "learning_rate")
         super().__init_subclass__(**kwargs)
         cls.fuses_weight_decay = "decay" in inspect.signature(cls.update).parameters
+        cls._decay_by_rule = cls.weight_decay_rate is not Optimizer.weight_decay_rate
+        cls._begins_steps = cls.begin_step is not Optimizer.begin_step
 
     @classmethod
     def _order_hypers(cls, hypers):
@@ -385,11 +390,15 @@ class Optimizer(Configurable):
     def apply_gradients(self, grads_and_vars: Iterable) -> int:
         """Apply one step from ``(gradient, parameter)`` pairs; returns ``iterations``."""
         pairs = list(grads_and_vars)
+        grads, params = [], []
         for item in pairs:
             if type(item) is not tuple or len(item) != 2:
-                self._check_pairs(pairs)
+                self._check_pairs(pairs)  # raises, unless every item is a pair (lists too)
+                grads, params = [g for g, _ in pairs], [p for _, p in pairs]
                 break
-        self.apply([g for g, _ in pairs], [p for _, p in pairs])
+            grads.append(item[0])
+            params.append(item[1])
+        self.apply(grads, params)
         n = self.__dict__["gradient_accumulation_steps"]
         return self._iterations // n if n else self._iterations
 
@@ -407,8 +416,16 @@ class Optimizer(Configurable):
         An empty call does nothing on an optimizer built on no parameters (as in Keras) and is
         an error otherwise: an empty list is almost always an iterator consumed by an earlier call.
         """
+        plan = self._plan
+        if isinstance(params, list) and params and isinstance(grads, list) and plan is not None and not self._overwrite:
+            work = plan.fitting(grads, params)  # the case of every step: nothing to convert, nothing to decide
+            if work is not None:
+                self._step(work)
+                if self._constraints:
+                    self._constrain(grads)
+                return
         names = None
-        if isinstance(params, list):  # the per-step case first (a FlatArrays is a list)
+        if isinstance(params, list):
             pass
         elif params is None:
             if self._plan is None:
@@ -538,7 +555,7 @@ class Optimizer(Configurable):
             if clip != (None, None, None):
                 work, rows = self._clip(work, dt, rows)
             decays = None
-            if options["weight_decay"] is not None or type(self).weight_decay_rate is not Optimizer.weight_decay_rate:
+            if options["weight_decay"] is not None or self._decay_by_rule:
                 decays = self._apply_weight_decay(work, lr, dt)
             self._update(work, decays, self._typed_rate(lr, dt), rows)
         if options["use_ema"]:
@@ -693,7 +710,7 @@ class Optimizer(Configurable):
     def _update(self, work, decays, lr, rows=()) -> None:
         n = self.__dict__["gradient_accumulation_steps"]
         step = (self._iterations // n if n else self._iterations) + 1
-        if type(self).begin_step is not Optimizer.begin_step:
+        if self._begins_steps:
             self.begin_step(step, self._layout.dtype)
         update = self.update
         if decays is None:
@@ -748,7 +765,7 @@ class Optimizer(Configurable):
     def rate_logs(self, applied: bool = False) -> dict[str, float]:
         """What the training loop logs of the rate: ``{"learning_rate": ...}``, the rate the last
         step used (``applied``) or the next one's (a ``MultiOptimizer`` logs one per optimizer)."""
-        return {"learning_rate": self.applied_learning_rate if applied else float(self.learning_rate)}
+        return {"learning_rate": self.applied_learning_rate if applied else float(self._rate())}
 
     def scale_loss(self, loss):
         """``loss * loss_scale_factor`` (``loss`` itself without one), as Keras: differentiate

@@ -224,6 +224,16 @@ class Plan:
         # how np.concatenate gathers gradients: along their axis when all are 1-D (no ravel each), else flattened
         self._axis = 0 if all(len(s) == 1 for s in layout.shapes) else None
 
+    def fitting(self, grads: list, params: list) -> list[tuple[Chunk, np.ndarray]] | None:
+        """The step's work when ``params`` are this plan's very arrays and ``grads`` conform to them
+        (as ``covers`` and ``conforms`` check, in one pass: the case of every step), else None."""
+        mine, layout = self.params, self.layout
+        if len(params) != len(mine) or len(grads) != len(mine) or not all(map(is_, params, mine)):
+            return None
+        if not _conforming(grads, layout.shapes, layout.dtype):
+            return None
+        return self.work(grads, (), True)
+
     def covers(self, params: list) -> bool:
         """Whether ``params`` are the very arrays this plan was made for."""
         return len(params) == len(self.params) and all(map(is_, params, self.params))
