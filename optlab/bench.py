@@ -426,12 +426,47 @@ def torch_peers(sizes) -> list[dict]:
     return rows
 
 
+_FIRST_STEPS = """
+import json, sys, time
+import numpy as np
+import optlab
+out = {}
+for label, n in (("small", 8), ("large", 1 << 20)):  # the serial kernel, then the parallel one
+    opt = optlab.optimizers.get(sys.argv[1])
+    params = [np.ones((n // 8, 8), np.float32)]  # (matrix-shaped, for the optimizers that need it)
+    grads = [np.full_like(params[0], 0.01)]
+    start = time.perf_counter()
+    opt.apply(grads, params)
+    out[label] = time.perf_counter() - start
+print(json.dumps(out))
+"""
+
+
+def bench_cold(name: str, cache: str) -> dict:
+    """The first step of ``name`` in a new process, with numba's cache in the empty folder ``cache``
+    (the first run after installing: every kernel compiles) and again with it filled (every run
+    after: kernels load from the cache); on 8 parameters (the serial kernel) and on 2^20 (the
+    parallel one). The seconds of the first step alone, imports not counted."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+    row = {"optimizer": name}
+    for state in ("cold", "warm"):
+        done = subprocess.run(
+            [sys.executable, "-c", _FIRST_STEPS, name], env=env, capture_output=True, text=True, check=True
+        )
+        for label, seconds in json.loads(done.stdout.strip().splitlines()[-1]).items():
+            row[f"{state}_{label}"] = seconds
+    return row
+
+
 def _fmt_time(seconds: float) -> str:
     return f"{seconds * 1e3:9.3f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:9.1f} us"
 
 
 #: what ``--only`` can choose (each a part of the run, in its order)
-SECTIONS = ("steps", "many", "fresh", "tiny", "sparse", "loop", "problems", "torch")
+SECTIONS = ("steps", "many", "fresh", "tiny", "sparse", "loop", "problems", "torch", "cold")
 
 
 def main(argv=None) -> int:
@@ -599,6 +634,27 @@ def main(argv=None) -> int:
                     f"  {row['optimizer']:<20}{row['n']:>12.0e}{_fmt_time(row['seconds']):>14}"
                     f"{row['gbps']:>9.1f}{row['gbps'] * 1e9 / bandwidth:>8.2f}"
                 )
+
+    if want("cold"):
+        import tempfile
+
+        print(
+            "\nCold start: the first step in a new process with numba's cache empty (the first run after "
+            "installing) and filled (every run after), on 8 parameters (serial kernel) and 2^20 (parallel):"
+        )
+        print(f"  {'optimizer':<20}{'cold 8':>10}{'warm 8':>10}{'cold 2^20':>11}{'warm 2^20':>11}")
+        with tempfile.TemporaryDirectory(prefix="optlab-cold-") as folder:
+            for name in names:
+                row = bench_cold(name, f"{folder}/{name}")
+                results.setdefault("cold", []).append(row)
+                print(
+                    f"  {name:<20}{row['cold_small']:>9.2f}s{row['warm_small']:>9.2f}s"
+                    f"{row['cold_large']:>10.2f}s{row['warm_large']:>10.2f}s"
+                )
+                sys.stdout.flush()
+        cold = sum(r["cold_small"] + r["cold_large"] for r in results["cold"])
+        warm = sum(r["warm_small"] + r["warm_large"] for r in results["cold"])
+        print(f"  all of them: {cold:.1f} s cold, {warm:.2f} s warm ({cold / max(warm, 1e-9):.0f}x)")
 
     torch_fused = {
         r["n"]: r["seconds"] for r in results["torch"] if r.get("optimizer") == "torch-adam-fused" and "n" in r

@@ -11,6 +11,8 @@ def test_bench_runs_and_writes_json(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(bench, "memory_bandwidth", lambda n=0, rounds=1: 10e9)
     monkeypatch.setattr(bench, "SPARSE_ROWS", 2_000)
     monkeypatch.setattr(bench, "SPARSE_TOUCHED", 10)
+    cold = {"cold_small": 2.0, "warm_small": 0.5, "cold_large": 3.0, "warm_large": 0.5}
+    monkeypatch.setattr(bench, "bench_cold", lambda name, cache: {"optimizer": name, **cold})  # (its own test)
     out = tmp_path / "b.json"
     argv = ["--optimizers", "SGD,lamb", "--sizes", "1e3,2000", "--problems", "seed_linear", "--no-torch"]
     assert bench.main([*argv, "--json", str(out)]) == 0
@@ -28,6 +30,19 @@ def test_bench_runs_and_writes_json(tmp_path, capsys, monkeypatch):
     (problem,) = data["problems"]  # one run at the budget: seed_linear's 100 full-batch steps
     assert problem["problem"] == "seed_linear" and problem["steps"] == 100 and problem["size_class"] == "tiny"
     assert problem["seconds"] > 0 and 0 < problem["gradient"] < problem["seconds"]
+    assert [r["optimizer"] for r in data["cold"]] == ["sgd", "lamb"]
+    assert "all of them: 10.0 s cold, 2.00 s warm (5x)" in printed
+
+
+def test_cold_start_compiles_into_an_empty_cache_then_loads_from_it(tmp_path):
+    cache = tmp_path / "numba-cache"
+    row = bench.bench_cold("sgd", str(cache))
+    assert set(row) == {"optimizer", "cold_small", "warm_small", "cold_large", "warm_large"}
+    assert all(row[k] > 0 for k in row if k != "optimizer")
+    # the cold process compiled SGD's kernels into the folder given (serial and parallel variants)
+    index = [p.name for p in cache.rglob("*.nbi")]
+    assert any("sgd" in name and "serial" in name for name in index)
+    assert any("sgd" in name and "parallel" in name for name in index)
 
 
 def test_bench_rejects_unknown_optimizers_with_the_known_names(capsys):
