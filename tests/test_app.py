@@ -368,6 +368,28 @@ def test_the_sweep_benchmark_times_a_sweep_sequential_and_in_parallel(capsys):
         bench.main(["--sweep", "--workers", "0"])
 
 
+def test_the_tracking_benchmark_reports_the_ratio_the_fixed_cost_and_the_runs_from_the_shell(capsys, monkeypatch):
+    from optlab.app import bench
+
+    monkeypatch.setattr(bench, "SHELL", ["problem=seed_linear", "trainer.epochs=2"])  # (a shorter run: the same code)
+    assert bench.main(["--repeats", "1", "problem=seed_linear", "trainer.epochs=30"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("run: problem=seed_linear trainer.epochs=30 trainer.progress_bar=false (30 steps, ")
+    assert lines[1].startswith("training: tracking off ")
+    assert "(the whole run, with its opening and end: ratio" in lines[1]
+    off = float(lines[1].split("tracking off ")[1].split(" s")[0])
+    on = float(lines[1].split("tracking on ")[1].split(" s")[0])
+    assert 0 < off and 0 < on and float(lines[1].split("ratio ")[1].split()[0]) > 0  # (figures for reading)
+    assert lines[2].startswith("fixed cost per run (the same run of 1 epoch, tracked less untracked, ")
+    assert "opening the run " in lines[2] and "its end " in lines[2]
+    shell = lines[3]
+    assert shell.startswith("from the shell, python -m optlab problem=seed_linear trainer.epochs=2: tracked ")
+    tracked = float(shell.split("tracked ")[1].split(" s")[0])
+    untracked = float(shell.split("tracking=none ")[1].split(" s")[0])
+    added = float(shell.split("(+")[1].split(" s")[0])
+    assert added == pytest.approx(tracked - untracked, abs=0.011)  # one repeat: the one difference
+
+
 def test_a_preset_in_the_working_directorys_conf_folder_is_found(tmp_path):
     (tmp_path / "conf" / "experiment").mkdir(parents=True)
     (tmp_path / "conf" / "experiment" / "mine.yaml").write_text(

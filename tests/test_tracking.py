@@ -167,6 +167,21 @@ def test_auto_thins_every_metric_to_max_points_keeping_first_last_and_best(tmp_p
         assert min(points.values()) == pytest.approx(values[best], rel=1e-6)
 
 
+def test_a_schedules_learning_rate_is_thinned_like_the_loss(tmp_path):
+    # it was sent at every step (the series took the stride of its first point, 1): 300 points, not 20
+    epochs, max_points = 300, 20
+    schedule = optlab.schedules.get({"name": "cosine_decay", "initial_learning_rate": 0.01, "decay_steps": epochs})
+    tracker = make_tracker(tmp_path, "auto", max_points=max_points)
+    tracker.start()
+    train(tracker, problem="rosenbrock", epochs=epochs, optimizer=optlab.optimizers.SGD(learning_rate=schedule))
+    tracker.close("FINISHED")
+    history = client_for(tmp_path).get_metric_history(tracker.run_id, "train/learning_rate")
+    stride = -(-epochs // (max_points - 2))  # 17: room for the last point (a rate has no best)
+    assert sorted(m.step for m in history) == [*range(1, epochs + 1, stride), epochs]
+    rates = [m.value for m in sorted(history, key=lambda m: m.step)]
+    assert rates[0] == pytest.approx(0.01) and rates == sorted(rates, reverse=True) and rates[-1] < 1e-4
+
+
 def test_an_integer_log_every_logs_every_nth_step_and_every_epoch(tmp_path):
     tracker = make_tracker(tmp_path, 5)
     tracker.start()

@@ -1,13 +1,27 @@
-"""How much MLflow logging costs (the same run with tracking on and off), and what a parallel
+"""How much MLflow tracking costs (the same runs with tracking on and off), and what a parallel
 sweep gains (the same sweep one job after another and with joblib's workers).
 
     python -m optlab.app.bench                          # mlp_digits, 230 epochs of 45 steps (10,350 steps)
     python -m optlab.app.bench problem=seed_linear trainer.epochs=10000
+    python -m optlab.app.bench --no-shell               # without the tiny runs from the shell
     python -m optlab.app.bench --sweep                  # 4 jobs, sequential against 2 joblib workers
 
-Tracking: times ``Trainer.fit`` plus the final flush of every metric (the run's own wall time),
-median of ``--repeats`` runs each, into a temporary store; prints the ratio. ``--sweep``: times
-``python -m optlab -m`` (untracked) as a whole, the basic launcher against
+Tracking, three figures from one run, tracked and untracked runs alternating (``--repeats``
+of each), into a temporary store (created by a warm-up run, as is every import); each tracked
+run is compared with the untracked one just before it (the same load on a shared machine),
+and the median of those comparisons is printed:
+
+- the **ratio**: ``Trainer.fit`` tracked (the hooks that queue the points, the writer thread
+  storing them meanwhile) over ``Trainer.fit`` untracked, and the same for the whole run
+  (building the tracker, opening the MLflow run, the training, its end: the last metrics, the
+  plots, the status); the tracker is built as ``python -m optlab`` builds it (tags, params,
+  datasets, the default points);
+- the **fixed cost** per run: the same run of one epoch, tracked less untracked (opening the
+  run, its params, the final flush, the plots, the status), with how long opening and ending took;
+- a **tiny run from the shell**: ``python -m optlab problem=rosenbrock trainer.epochs=10``
+  tracked and with ``tracking=none``, whole processes (imports included).
+
+``--sweep``: times ``python -m optlab -m`` (untracked) as a whole, the basic launcher against
 ``hydra/launcher=joblib`` with ``--workers`` workers (each on its share of the cores); prints
 the speed-up, whose ideal is the number of workers the cores can hold.
 """
@@ -34,27 +48,100 @@ def compose(overrides):
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
 
 
-def timed_run(conf) -> tuple[float, int]:
-    from .run import build, fit, make_trainer
-    from .tracking import MlflowTracker
+def timed_run(conf) -> dict:
+    """One run as ``python -m optlab`` makes it, without Hydra: seconds (building the tracker and the
+    trainer, opening the MLflow run, training, its end), of which ``start`` (up to training) and
+    ``close``; the steps; the points logged."""
+    from .run import build, fit, make_trainer, tracker_for
 
+    conf = dict(conf)
     problem, optimizer, cbs = build(conf)
-    tracker = None
-    extra = []
-    if conf["tracking"]["enabled"]:
-        from .run import log_interval
-
-        every = log_interval(conf["tracking"], problem, conf["trainer"])
-        tracker = MlflowTracker(conf["tracking"]["uri"], "bench", conf, {}, "bench", every)
-        extra.append(tracker)
-    trainer = make_trainer(conf, problem, optimizer, cbs, extra)
+    begin = time.perf_counter()
+    tracker = tracker_for(conf, problem, optimizer, {})  # its tags: git's commit, the plugins' versions
+    trainer = make_trainer(conf, problem, optimizer, cbs, [tracker] if tracker is not None else [])
     if tracker is not None:
         tracker.start()
-    start = time.perf_counter()
+    started = time.perf_counter()
     fit(trainer)
+    trained = time.perf_counter()
     if tracker is not None:
         tracker.close("FINISHED")
-    return time.perf_counter() - start, trainer.step
+        if tracker.status != "FINISHED" or tracker.kept_count:
+            message = tracker.undelivered_message()
+            raise SystemExit(f"python -m optlab.app.bench: the tracked run was not stored whole: {message}")
+    end = time.perf_counter()
+    return {
+        "seconds": end - begin,
+        "train": trained - started,
+        "start": started - begin,
+        "close": end - trained,
+        "steps": trainer.step,
+        "points": tracker.metrics_logged if tracker is not None else 0,
+    }
+
+
+def bench_tracking(overrides, repeats: int, store: str) -> dict:
+    """Median seconds of the run untracked and tracked into ``store`` (alternating), and of the same
+    run of one epoch: the ratio and the fixed cost per run (see the module's docstring)."""
+    uri = f"sqlite:///{os.path.join(store, 'bench.db')}"
+    track = ["tracking=mlflow", f"tracking.uri={uri}", "tracking.experiment=bench"]
+    off, on = compose([*overrides, "tracking=none"]), compose([*overrides, *track])
+    short = [*overrides, "trainer.epochs=1"]
+    short_off, short_on = compose([*short, "tracking=none"]), compose([*short, *track])
+    for conf in (off, on, short_off, short_on):  # warm-up: kernels, data, imports, the store
+        timed_run(conf)
+    runs: dict[str, list[dict]] = {"off": [], "on": [], "short_off": [], "short_on": []}
+    for _ in range(repeats):
+        for name, conf in (("off", off), ("on", on), ("short_off", short_off), ("short_on", short_on)):
+            runs[name].append(timed_run(conf))
+
+    def median(name, key="seconds"):
+        return statistics.median(r[key] for r in runs[name])
+
+    def paired(on, off, compare, key="seconds"):  # each tracked run against the untracked one just before it
+        return statistics.median(compare(a[key], b[key]) for a, b in zip(runs[on], runs[off]))
+
+    return {
+        "off": median("off", "train"),
+        "on": median("on", "train"),
+        "ratio": paired("on", "off", lambda a, b: a / b, "train"),
+        "whole_ratio": paired("on", "off", lambda a, b: a / b),
+        "fixed": paired("short_on", "short_off", lambda a, b: a - b),
+        "steps": runs["on"][0]["steps"],
+        "points": runs["on"][0]["points"],
+        "fixed_start": median("short_on", "start"),
+        "fixed_close": median("short_on", "close"),
+        "fixed_points": runs["short_on"][0]["points"],
+    }
+
+
+#: the tiny run the shell section times, tracked and with tracking=none
+SHELL = ["problem=rosenbrock", "trainer.epochs=10"]
+
+
+def timed_command(arguments, cwd) -> float:
+    """Seconds of ``python -m optlab ARGUMENTS`` in ``cwd``, a whole process."""
+    import subprocess
+
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "optlab", *arguments], cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise SystemExit(f"python -m optlab.app.bench: {' '.join(arguments)} failed: {done.stderr.strip()[-500:]}")
+    return seconds
+
+
+def bench_shell(repeats: int, store: str) -> dict:
+    """Median seconds of :data:`SHELL` from the shell, tracked (into ``store``'s mlflow.db) and untracked."""
+    tracked, untracked = [*SHELL, "trainer.progress_bar=false"], [*SHELL, "trainer.progress_bar=false", "tracking=none"]
+    timed_command(tracked, store)  # warm-up: the store, numba's cache
+    timed_command(untracked, store)
+    on, off = [], []
+    for _ in range(repeats):
+        off.append(timed_command(untracked, store))
+        on.append(timed_command(tracked, store))
+    added = statistics.median(a - b for a, b in zip(on, off))
+    return {"on": statistics.median(on), "off": statistics.median(off), "added": added}
 
 
 #: the sweep ``--sweep`` times by default: 4 jobs of a few seconds, whose kernels are large enough to run parallel
@@ -100,6 +187,7 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the run (of the sweep, with --sweep)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sweep", action="store_true", help="time a sweep sequential against joblib's workers")
+    parser.add_argument("--no-shell", action="store_true", help="leave out the tiny runs from the shell")
     parser.add_argument("--workers", type=int, default=2, help="joblib's workers for --sweep (default 2)")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.workers < 1:
@@ -118,22 +206,24 @@ def main(argv=None) -> int:
     overrides = args.overrides or ["problem=mlp_digits", "trainer.epochs=230", "trainer.batch_size=32"]
     overrides = [*overrides, "trainer.progress_bar=false"]
     with tempfile.TemporaryDirectory() as tmp:
-        uri = f"sqlite:///{os.path.join(tmp, 'bench.db')}"
-        off = compose([*overrides, "tracking=none"])
-        on = compose([*overrides, "tracking=mlflow", f"tracking.uri={uri}"])
-        timed_run(off)  # warm-up: compile kernels, load data
-        timed_run(on)  # and create the store
-        times_off, times_on = [], []
-        for _ in range(args.repeats):
-            seconds, steps = timed_run(off)
-            times_off.append(seconds)
-            seconds, steps = timed_run(on)
-            times_on.append(seconds)
-    t_off, t_on = statistics.median(times_off), statistics.median(times_on)
-    print(f"run: {' '.join(overrides)} ({steps} steps)")
-    tracking = " ".join(o for o in overrides if "tracking" in o) or "default tracking settings"
-    print(f"tracking off: {t_off:.3f} s   tracking on ({tracking}): {t_on:.3f} s")
-    print(f"ratio: {t_on / t_off:.3f}")
+        result = bench_tracking(overrides, args.repeats, tmp)
+        shell = None if args.no_shell else bench_shell(args.repeats, tmp)
+    off, on = result["off"], result["on"]
+    print(f"run: {' '.join(overrides)} ({result['steps']} steps, {result['points']} points logged when tracked)")
+    print(
+        f"training: tracking off {off:.3f} s   tracking on {on:.3f} s   ratio {result['ratio']:.3f}   "
+        f"(the whole run, with its opening and end: ratio {result['whole_ratio']:.3f})"
+    )
+    print(
+        f"fixed cost per run (the same run of 1 epoch, tracked less untracked, {result['fixed_points']} points): "
+        f"{result['fixed']:.3f} s   (opening the run {result['fixed_start']:.3f} s, "
+        f"its end {result['fixed_close']:.3f} s)"
+    )
+    if shell is not None:
+        print(
+            f"from the shell, python -m optlab {' '.join(SHELL)}: tracked {shell['on']:.2f} s   "
+            f"tracking=none {shell['off']:.2f} s   (+{shell['added']:.2f} s)"
+        )
     return 0
 
 

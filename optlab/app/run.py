@@ -493,17 +493,30 @@ def total_steps(problem, trainer_conf) -> int:
     return max(1, problem.steps_per_epoch(trainer_conf.get("batch_size")) * int(trainer_conf["epochs"]))
 
 
-def log_interval(tracking: dict, problem, trainer_conf) -> int:
-    """``tracking.log_every``, or with ``auto`` the smallest interval giving <= ``max_points`` points per curve."""
-    every = tracking.get("log_every", "auto")
-    if every == "auto":
-        points = tracking.get("max_points", 2000)
-        if not isinstance(points, int) or isinstance(points, bool) or points < 1:
-            raise ConfigError(f"tracking.max_points must be an integer >= 1; received {points!r}")
-        return max(1, -(-total_steps(problem, trainer_conf) // points))
-    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-        raise ConfigError(f'tracking.log_every must be "auto" or an integer >= 1; received {every!r}')
-    return every
+def tracker_for(conf: dict, problem, optimizer, sweep: dict, output_dir=None, threads=None):
+    """The run's ``MlflowTracker`` as ``conf["tracking"]`` sets it (None with tracking off), not started.
+
+    ``python -m optlab`` and ``python -m optlab.app.bench`` build it here, so that the benchmark
+    times what a run records (tags, params, datasets, points, plots).
+    """
+    tracking = conf.get("tracking") or {}
+    if not tracking.get("enabled"):
+        return None
+    from .tracking import MlflowTracker, hydra_output_dir
+
+    return MlflowTracker(
+        tracking.get("uri"),
+        tracking.get("experiment", "optlab"),
+        conf,
+        {**tags_for(conf, problem, optimizer, sweep), **({"threads": str(threads)} if threads else {})},
+        run_name_for(conf, optimizer, problem, sweep),
+        tracking.get("log_every", "auto"),
+        max_points=tracking.get("max_points", 500),
+        flush_timeout=tracking.get("flush_timeout", 10.0),
+        output_dir=output_dir or hydra_output_dir(),
+        objective=conf["metric"],
+        datasets=problem.datasets(),
+    )
 
 
 def run(conf: dict, sweep: dict | None = None, output_dir=None, worker: bool = False, threads=None) -> float:
@@ -521,24 +534,8 @@ def run(conf: dict, sweep: dict | None = None, output_dir=None, worker: bool = F
     extra = []
     if conf.get("print_every_epoch"):
         extra.append(PrintRows(conf["print_every_epoch"]))
-    tracking = conf.get("tracking") or {}
-    tracker = None
-    if tracking.get("enabled"):
-        from .tracking import MlflowTracker, hydra_output_dir
-
-        tracker = MlflowTracker(
-            tracking.get("uri"),
-            tracking.get("experiment", "optlab"),
-            conf,
-            {**tags_for(conf, problem, optimizer, sweep), **({"threads": str(threads)} if threads else {})},
-            run_name_for(conf, optimizer, problem, sweep),
-            tracking.get("log_every", "auto"),
-            max_points=tracking.get("max_points", 500),
-            flush_timeout=tracking.get("flush_timeout", 10.0),
-            output_dir=output_dir or hydra_output_dir(),
-            objective=conf["metric"],
-            datasets=problem.datasets(),
-        )
+    tracker = tracker_for(conf, problem, optimizer, sweep, output_dir, threads)
+    if tracker is not None:
         extra.append(tracker)
     trainer = make_trainer(conf, problem, optimizer, cbs, extra)
     for cb in cbs:  # a backup this run cannot resume from is the user's error: nothing is recorded

@@ -397,9 +397,10 @@ class MlflowTracker(Callback):
             self._add(STEP_LOSS, float(loss), timestamp, step, self._step_stride, "loss")
         if lr is not None:
             lr = float(lr)
-            # a schedule's rate is a curve; a constant rate one point (and one more where a callback changes it)
+            # a schedule's rate is a curve, thinned as the loss; a constant rate one point (and one
+            # more wherever a callback changes it: every change is sent)
             if lr != self._last_rate or self._scheduled:
-                self._add(RATE, lr, timestamp, step, self._step_stride if self._last_rate is not None else 1)
+                self._add(RATE, lr, timestamp, step, self._step_stride if self._scheduled else 1)
                 self._last_rate = lr
         self._maybe_hand_over(now)
 
