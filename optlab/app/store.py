@@ -14,6 +14,7 @@ the same file, and one that anything was written to meanwhile is left alone.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import tempfile
@@ -248,8 +249,44 @@ def _busy(exc: BaseException) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)
 
 
+_REVISION = re.compile(r"""^(down_revision|revision)\s*=\s*(.+?)\s*$""", re.MULTILINE)
+
+
+@functools.cache
 def schema_revisions() -> tuple[str | None, set[str]]:
-    """MLflow's current schema revision and every revision it knows (None, {} if that cannot be read)."""
+    """MLflow's current schema revision and every revision it knows (None, {} if that cannot be read).
+
+    Read from the ``revision = ...`` and ``down_revision = ...`` lines of MLflow's migration
+    scripts: the head is the one revision no other revises. Alembic's own reading imports every
+    script (0.5-0.8 s of each tracked command); it is the fallback when the lines do not give one head.
+    """
+    found = _revisions_from_lines()
+    return found if found is not None else _revisions_from_alembic()
+
+
+def _revisions_from_lines() -> tuple[str, set[str]] | None:
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("mlflow.store.db_migrations")
+        folder = Path(next(iter(spec.submodule_search_locations))) / "versions"
+        texts = [path.read_text(encoding="utf-8") for path in folder.glob("*.py") if path.name != "__init__.py"]
+    except (ImportError, AttributeError, StopIteration, OSError, ValueError, TypeError):
+        return None
+    known, revised = set(), set()
+    for text in texts:
+        fields = dict(_REVISION.findall(text))
+        if "revision" not in fields or "down_revision" not in fields:
+            return None
+        known.add(fields["revision"].strip("'\""))
+        revised.update(re.findall(r"""["']([0-9A-Za-z_]+)["']""", fields["down_revision"]))
+    heads = known - revised
+    if len(heads) != 1 or not revised <= known:
+        return None
+    return heads.pop(), known
+
+
+def _revisions_from_alembic() -> tuple[str | None, set[str]]:
     quiet_mlflow()
     try:
         from alembic.script import ScriptDirectory
