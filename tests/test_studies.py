@@ -430,3 +430,32 @@ def test_a_child_that_fails_to_write_is_retried_once_and_never_made_twice(tmp_pa
     finished = [c for c in children if c.info.status == "FINISHED"]
     assert len(finished) == 5 and all(c.data.tags[STUDY_TAG] == spec.study_id for c in finished)
     assert all(c.data.metrics for c in finished)  # the retried child has its metrics
+
+
+def test_the_watcher_hands_the_log_each_trial_once_its_runs_are_stored(tmp_path):
+    from optlab.app.study.runner import Watcher
+
+    spec = Spec.from_config({**TINY, "optimizers": ["sgd"], "problems": ["beale"], "budget": 2})  # 2 settings x 2 seeds
+    runs, store = spec.tuning_runs(), Store(tmp_path)
+    added = []
+
+    class Log:
+        def add(self, records, phase):
+            added.append((phase, sorted(r["key"] for r in records)))
+
+    watcher = Watcher(store, runs, "tuning", Log(), {})
+    (first, second), (third, fourth) = runs[:2], runs[2:]  # a setting's two seeds, then the other's
+    store.runs.mkdir(parents=True)
+    watcher.poll()
+    store.put({**first, "final": 1.0})
+    store.put({**third, "final": 2.0})
+    watcher.poll()
+    assert added == []  # no setting has all its seeds yet
+    store.put({**second, "final": 3.0})
+    (store.runs / f"{fourth['key']}.json").write_text('{"key": ')  # being written: not a record yet
+    watcher.poll()
+    assert added == [("tuning", sorted([first["key"], second["key"]]))]
+    store.put({**fourth, "final": 4.0})
+    watcher.poll()
+    watcher.poll()  # nothing twice
+    assert added[1:] == [("tuning", sorted([third["key"], fourth["key"]]))]

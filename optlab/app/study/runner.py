@@ -11,12 +11,59 @@ the tuning's outcome. Then the reduction (:mod:`.reduce`) and the report (:mod:`
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
 from collections.abc import Callable
 
 from . import reduce as reducing
 from .spec import Spec
 from .store import Store, run_job
+
+
+class Watcher(threading.Thread):
+    """Hands ``log`` each trial of a round (a tuning setting's seeds, a final run) as soon as the
+    jobs have stored all its runs. A launcher returns a round's results only when its last job
+    ends: without this, the MLflow writer would start on the round's hundreds of children then,
+    with the cores idle (the quick study: 350 children, ~16 s after its runs)."""
+
+    def __init__(self, store: Store, runs: list[dict], phase: str, log, found: dict, every: float = 0.5):
+        from .tracking import trials_of
+
+        super().__init__(name="optlab-study-watch", daemon=True)
+        self.store, self.phase, self.log, self.every = store, phase, log, every
+        self.found = dict(found)  # key -> record: those in the store already
+        self.waiting = [group for _, group in trials_of(runs, phase)]
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.every):
+            try:
+                self.poll()
+            except OSError:  # (the folder not there yet, a file being replaced): the next look
+                continue
+
+    def poll(self) -> None:
+        names = {entry.name[:-5] for entry in os.scandir(self.store.runs) if entry.name.endswith(".json")}
+        ready, still = [], []
+        for group in self.waiting:
+            for run in group:
+                key = run["key"]
+                if key not in self.found and key in names:
+                    record = self.store.get(key)
+                    if record is not None:
+                        self.found[key] = record
+            if all(run["key"] in self.found for run in group):
+                ready += [{**self.found[run["key"]], **run} for run in group]
+            else:
+                still.append(group)
+        self.waiting = still
+        if ready:
+            self.log.add(ready, self.phase)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
 
 
 class StudyFailed(RuntimeError):
@@ -87,7 +134,16 @@ class Study:
                 + (f" ({len(records)} found done)" if records else "")
             )
             failures = []
-            for payload, result in zip(payloads, self.launch(payloads)):
+            watcher = None
+            if self.log is not None:  # the log's writer starts on each trial as soon as its runs are stored
+                watcher = Watcher(self.store, runs, phase, self.log, records)
+                watcher.start()
+            try:
+                results = self.launch(payloads)
+            finally:
+                if watcher is not None:
+                    watcher.stop()
+            for payload, result in zip(payloads, results):
                 if isinstance(result, BaseException):
                     failures.append((payload, result))
                     continue
