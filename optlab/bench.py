@@ -426,6 +426,40 @@ def torch_peers(sizes) -> list[dict]:
     return rows
 
 
+def adam_against_torch(sizes, rounds: int = 5) -> list[dict]:
+    """optlab's Adam against torch's fused CPU Adam on the same n float32 parameters, the two taking
+    turns in each round (their ratio is the figure: measured minutes apart, as the sections above
+    are, the machine's state differs); [] without torch."""
+    try:
+        import torch
+    except ImportError:
+        return []
+    rows = []
+    for n in sizes:
+        times = _alternate(_adam_pair(torch, n), rounds=rounds)
+        rows.append({"n": n, **times, "ratio": times["optlab"] / times["torch"]})
+    return rows
+
+
+def _adam_pair(torch, n: int) -> dict:
+    """One step of optlab's Adam and one of torch's fused Adam on the same n parameters, warmed up."""
+    import functools
+
+    import optlab
+
+    rng = np.random.default_rng(0)
+    params = [rng.standard_normal(n, dtype=np.float32)]
+    grads = [rng.standard_normal(n, dtype=np.float32) * np.float32(1e-2)]
+    mine = optlab.optimizers.Adam(learning_rate=1e-3)
+    p = torch.nn.Parameter(torch.from_numpy(params[0].copy()))
+    p.grad = torch.from_numpy(grads[0].copy())
+    theirs = torch.optim.Adam([p], lr=1e-3, eps=1e-7, fused=True)
+    for _ in range(2):
+        mine.apply(grads, params)
+        theirs.step()
+    return {"optlab": functools.partial(mine.apply, grads, params), "torch": theirs.step}
+
+
 _FIRST_STEPS = """
 import json, sys, time
 import numpy as np
@@ -656,13 +690,16 @@ def main(argv=None) -> int:
         warm = sum(r["warm_small"] + r["warm_large"] for r in results["cold"])
         print(f"  all of them: {cold:.1f} s cold, {warm:.2f} s warm ({cold / max(warm, 1e-9):.0f}x)")
 
-    torch_fused = {
-        r["n"]: r["seconds"] for r in results["torch"] if r.get("optimizer") == "torch-adam-fused" and "n" in r
-    }
-    adam = {r["n"]: r["seconds"] for r in results["steps"] if r["optimizer"] == "adam"}
-    if torch_fused and adam:
-        ratios = ", ".join(f"{n:.0e}: {adam[n] / torch_fused[n]:.2f}" for n in sorted(adam) if n in torch_fused)
-        print(f"  optlab adam time / torch fused time: {ratios}")
+    if not args.no_torch and want("torch"):
+        pairs = adam_against_torch(sizes)
+        if pairs:
+            results["adam_vs_torch_fused"] = pairs
+            print("\noptlab's Adam against torch's fused Adam, taking turns in each round (time / torch's time):")
+            for row in pairs:
+                print(
+                    f"  {row['n']:>10.0e}   optlab {_fmt_time(row['optlab'])}   torch fused {_fmt_time(row['torch'])}"
+                    f"   ratio {row['ratio']:.2f}"
+                )
 
     again = memory_bandwidth(rounds=1)
     results["bandwidth_end_gbps"] = again / 1e9
