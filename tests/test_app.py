@@ -81,7 +81,7 @@ def test_tutorial_preset_prints_the_seven_rows(tmp_path):
 
 def test_a_run_logs_config_tags_every_metric_and_plots(tmp_path):
     result = optlab(
-        tmp_path, "problem=rosenbrock", "optimizer=adam", "optimizer.learning_rate=0.05", "trainer.epochs=250", *FAST
+        tmp_path, "problem=rosenbrock", "optimizer=adam", "optimizer.learning_rate=0.05", "trainer.epochs=180", *FAST
     )
     assert result.returncode == 0, result.stderr
     assert "mlflow ui --backend-store-uri sqlite:///" in result.stdout
@@ -97,10 +97,10 @@ def test_a_run_logs_config_tags_every_metric_and_plots(tmp_path):
     assert "warning" not in result.stderr and "INFO" not in result.stderr  # nor MLflow's store creation
     # every epoch's loss and metrics (one step each here), all at consistent steps; a constant rate once
     loss = c.get_metric_history(run.info.run_id, "train/loss")
-    assert sorted(m.step for m in loss) == list(range(1, 251))
+    assert sorted(m.step for m in loss) == list(range(1, 181))  # (fewer epochs than tracking.max_points, 200)
     assert len(c.get_metric_history(run.info.run_id, "train/learning_rate")) == 1
     distance = c.get_metric_history(run.info.run_id, "train/distance_to_optimum")
-    assert sorted(m.step for m in distance) == list(range(1, 251))  # one step per epoch here
+    assert sorted(m.step for m in distance) == list(range(1, 181))  # one step per epoch here
     artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "curves.png", "path.png"} <= artifacts
 
@@ -121,8 +121,9 @@ def test_auto_interval_caps_the_per_step_curves(tmp_path):
     c, (run,) = runs(tmp_path)
     for key in ("train/loss", "train/distance_to_optimum"):
         steps = sorted(m.step for m in c.get_metric_history(run.info.run_id, key))
-        # every 7th step from the first (ceil(3000 / 498)), then the last; the best is the last here
-        assert steps == [*range(1, 3001, 7), 3000], key
+        # every 16th step from the first (ceil(3000 / 198): tracking.max_points is 200), then the
+        # last; the best is the last here
+        assert steps == [*range(1, 3001, 16), 3000], key
 
 
 def started(proc, recorded) -> None:

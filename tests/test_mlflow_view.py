@@ -21,7 +21,7 @@ def _only(found):
 
 
 def test_a_plain_run_is_named_grouped_summarised_and_without_clutter(tmp_path):
-    result = optlab(tmp_path, "problem=rosenbrock", "optimizer.learning_rate=0.05", "trainer.epochs=300", *FAST)
+    result = optlab(tmp_path, "problem=rosenbrock", "optimizer.learning_rate=0.05", "trainer.epochs=180", *FAST)
     assert result.returncode == 0, result.stderr
     c, found = runs(tmp_path)
     run = _only(found)
@@ -29,7 +29,7 @@ def test_a_plain_run_is_named_grouped_summarised_and_without_clutter(tmp_path):
     params = run.data.params
     assert "None" not in params.values() and "[]" not in params.values()
     assert not [k for k in params if k.startswith("tracking.") or k in ("trainer.progress_bar", "print_every_epoch")]
-    assert params["optimizer.learning_rate"] == "0.05" and params["trainer.epochs"] == "300"
+    assert params["optimizer.learning_rate"] == "0.05" and params["trainer.epochs"] == "180"
     metrics = run.data.metrics
     # one step per epoch: the epoch's loss is the step's, logged once, as the command line prints it
     assert {"train/loss", "position/x", "position/y", "train/suboptimality", "train/distance_to_optimum"} <= set(
@@ -37,15 +37,15 @@ def test_a_plain_run_is_named_grouped_summarised_and_without_clutter(tmp_path):
     )
     assert "train/loss_step" not in metrics and "loss" not in metrics and "epoch_loss" not in metrics
     assert "train/loss" in result.stdout and "position/x" in result.stdout
-    # a constant learning rate is one point, not a flat line of 300
+    # a constant learning rate is one point, not a flat line of 180
     assert [m.value for m in c.get_metric_history(run.info.run_id, "train/learning_rate")] == [0.05]
     # the summary: steps, seconds, the best of each metric with a direction and its epoch, the objective
     losses = [m.value for m in sorted(c.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)]
-    assert len(losses) == 300 and metrics["summary/steps"] == 300 and metrics["summary/epochs"] == 300
+    assert len(losses) == 180 and metrics["summary/steps"] == 180 and metrics["summary/epochs"] == 180  # (< 200 points)
     assert metrics["best/loss"] == min(losses) and metrics["best_epoch/loss"] == losses.index(min(losses)) + 1
     assert metrics["objective"] == losses[-1]  # metric=auto is the loss here, lower is better as it is
     assert 0 < metrics["summary/train_seconds"] < 60
-    assert metrics["target/reached"] == 0.0 and "target/steps" not in metrics  # 300 steps of Adam at 0.05
+    assert metrics["target/reached"] == 0.0 and "target/steps" not in metrics  # 180 steps of Adam at 0.05
     tags = run.data.tags
     assert tags["mlflow.source.name"] == "python -m optlab" and tags["mlflow.user"] and tags["optlab_version"]
     assert tags["target"] == "suboptimality <= 4e-06"

@@ -511,7 +511,7 @@ def tracker_for(conf: dict, problem, optimizer, sweep: dict, output_dir=None, th
         {**tags_for(conf, problem, optimizer, sweep), **({"threads": str(threads)} if threads else {})},
         run_name_for(conf, optimizer, problem, sweep),
         tracking.get("log_every", "auto"),
-        max_points=tracking.get("max_points", 500),
+        max_points=tracking.get("max_points", 200),
         flush_timeout=tracking.get("flush_timeout", 10.0),
         output_dir=output_dir or hydra_output_dir(),
         objective=conf["metric"],

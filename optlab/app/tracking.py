@@ -155,7 +155,7 @@ class MlflowTracker(Callback):
         run_name: str,
         log_every="auto",
         *,
-        max_points: int = 500,
+        max_points: int = 200,
         flush_timeout: float = 10.0,
         output_dir=None,
         objective: str | None = None,
