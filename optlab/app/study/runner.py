@@ -24,8 +24,9 @@ from .store import Store, run_job
 class Watcher(threading.Thread):
     """Hands ``log`` each trial of a round (a tuning setting's seeds, a final run) as soon as the
     jobs have stored all its runs. A launcher returns a round's results only when its last job
-    ends: without this, the MLflow writer would start on the round's hundreds of children then,
-    with the cores idle (the quick study: 350 children, ~16 s after its runs)."""
+    ends: without this, the MLflow writer could not start on a round's hundreds of children
+    before then, even when a core is idle (a worker starting, a round's last jobs) or the
+    tracking server is another machine's."""
 
     def __init__(self, store: Store, runs: list[dict], phase: str, log, found: dict, every: float = 0.5):
         from .tracking import trials_of
