@@ -668,6 +668,15 @@ def main(argv=None) -> int:
                     f"  {row['optimizer']:<20}{row['n']:>12.0e}{_fmt_time(row['seconds']):>14}"
                     f"{row['gbps']:>9.1f}{row['gbps'] * 1e9 / bandwidth:>8.2f}"
                 )
+        pairs = adam_against_torch(sizes)
+        if pairs:
+            results["adam_vs_torch_fused"] = pairs
+            print("\noptlab's Adam against torch's fused Adam, taking turns in each round (time / torch's time):")
+            for row in pairs:
+                print(
+                    f"  {row['n']:>10.0e}   optlab {_fmt_time(row['optlab'])}   torch fused {_fmt_time(row['torch'])}"
+                    f"   ratio {row['ratio']:.2f}"
+                )
 
     if want("cold"):
         import tempfile
@@ -689,17 +698,6 @@ def main(argv=None) -> int:
         cold = sum(r["cold_small"] + r["cold_large"] for r in results["cold"])
         warm = sum(r["warm_small"] + r["warm_large"] for r in results["cold"])
         print(f"  all of them: {cold:.1f} s cold, {warm:.2f} s warm ({cold / max(warm, 1e-9):.0f}x)")
-
-    if not args.no_torch and want("torch"):
-        pairs = adam_against_torch(sizes)
-        if pairs:
-            results["adam_vs_torch_fused"] = pairs
-            print("\noptlab's Adam against torch's fused Adam, taking turns in each round (time / torch's time):")
-            for row in pairs:
-                print(
-                    f"  {row['n']:>10.0e}   optlab {_fmt_time(row['optlab'])}   torch fused {_fmt_time(row['torch'])}"
-                    f"   ratio {row['ratio']:.2f}"
-                )
 
     again = memory_bandwidth(rounds=1)
     results["bandwidth_end_gbps"] = again / 1e9
