@@ -508,3 +508,32 @@ def test_the_declared_target_is_reached_at_the_budget_by_the_tuned_optimizer(cls
         trainer.fit()
         assert trainer.target_reached is not None, (cls.registry_name, seed, trainer.history.history)
         assert trainer.step <= cls.budget.epochs * trainer.steps_per_epoch
+
+
+@pytest.mark.parametrize("name", ["digits", "wine", "breast_cancer"])
+def test_bundled_data_sets_are_read_as_scikit_learn_loads_them(name):
+    from sklearn import datasets
+
+    from optlab.problems.data import _tabular
+
+    x, y = _tabular(name)
+    reference = getattr(datasets, f"load_{name}")()
+    expected = reference.data / 16.0 if name == "digits" else reference.data
+    assert x.dtype == np.float64 and y.dtype == np.int64
+    np.testing.assert_array_equal(x, expected)
+    np.testing.assert_array_equal(y, reference.target)
+
+
+def test_a_data_problem_starts_without_importing_scikit_learn():
+    # `import sklearn.datasets` costs 1.5-2 s, which every worker of a sweep would pay again
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, optlab.problems as p\n"
+        "for name in ('logistic_regression', 'mlp_digits', 'softmax_regression'):\n"
+        "    p.get(name).check()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -11,7 +11,7 @@ import numpy as np
 from ..hparams import Hyper
 from ..kernels import kernel
 from .base import MEASURED, Budget, Target
-from .data import DenseStack, _digits, _Supervised, glorot_uniform
+from .data import DenseStack, _Supervised, _tabular, glorot_uniform
 
 
 def _cnn_work_size(n_filters, n_cls):
@@ -202,7 +202,7 @@ class CNNDigits(_Supervised):
     filters = Hyper(16, kind=int, low=1, doc="channels of the 3x3 convolution")
 
     def load_data(self, rng):
-        return _digits()
+        return _tabular("digits")
 
     def check(self):
         super().check()
@@ -291,7 +291,7 @@ class AutoencoderDigits(DenseStack, _Supervised):
         return [64, *self.hidden, 64]
 
     def load_data(self, rng):
-        return _digits()
+        return _tabular("digits")
 
     def _scratch(self, n):
         """float64 buffers for a batch of ``n``: activations, deltas and a temporary per layer.
