@@ -459,3 +459,50 @@ def test_the_watcher_hands_the_log_each_trial_once_its_runs_are_stored(tmp_path)
     watcher.poll()
     watcher.poll()  # nothing twice
     assert added[1:] == [("tuning", sorted([third["key"], fourth["key"]]))]
+
+
+def test_a_repeated_study_completes_a_child_an_earlier_attempt_left_unfinished(tmp_path):
+    from mlflow import MlflowClient
+
+    from optlab.app.study.tracking import TRIAL_TAG, StudyLog
+
+    spec = Spec.from_config({**TINY, "optimizers": ["sgd"], "problems": ["beale"], "budget": 2, "final_seeds": 2})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking = {"uri": uri, "experiment": "studies", "enabled": True}
+    store = Store(tmp_path / spec.study_id)
+    broken = f"sgd defaults on beale seed={spec.final_seed_list()[0]}"
+
+    first = StudyLog(tracking, spec, "python -m optlab.study")
+    first.open()
+    client = first.tracker.client
+    real_log_batch = client.log_batch
+
+    def failing(run_id, **kwargs):  # this child is created, then its metrics never arrive
+        if client.get_run(run_id).info.run_name == broken:
+            raise ConnectionError("store gone")
+        return real_log_batch(run_id, **kwargs)
+
+    client.log_batch = failing
+    Study(spec, store, log=first, say=lambda line: None).run()
+    first.close("KILLED")
+    assert first.unwritten == 1
+
+    def children():
+        found = MlflowClient(uri).search_runs(
+            [first.tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{first.run_id}'", max_results=100
+        )
+        return {c.info.run_name: c for c in found}
+
+    left = children()[broken]
+    assert left.info.status == "RUNNING" and not left.data.metrics
+
+    again = StudyLog(tracking, spec, "python -m optlab.study")  # the command repeated: every run is in the store
+    again.open()
+    Study(spec, store, log=again, say=lambda line: None).run()
+    again.close("FINISHED")
+    assert again.run_id == first.run_id and again.written == 1 and again.unwritten == 0
+    after = children()
+    assert len(after) == 6 and len({c.data.tags[TRIAL_TAG] for c in after.values()}) == 6  # none made twice
+    completed = after[broken]
+    assert completed.info.run_id == left.info.run_id and completed.info.status == "FINISHED"
+    assert completed.data.metrics and completed.data.params["seed"] == str(spec.final_seed_list()[0])

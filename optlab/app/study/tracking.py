@@ -13,8 +13,9 @@ AlgoPerf score as a metric. Its children (``mlflow.parentRunId``) are:
 Children are written by a background thread at the lowest priority while the study goes on,
 each trial as soon as its runs are stored (:class:`~.runner.Watcher`; MLflow's sqlite store
 takes ~45 ms of CPU per child); a repeated study finds its parent by its tag and writes only the
-children it does not have (tag ``optlab.trial``: the trial's run keys). Only the process that
-runs the study writes: jobs on a cluster need no access to the tracking server.
+children it does not have (tag ``optlab.trial``: the trial's run keys), completing any an
+earlier attempt left unfinished. Only the process that runs the study writes: jobs on a
+cluster need no access to the tracking server.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class StudyLog:
         self.error: str | None = None
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._partial: dict = {}  # trial key -> [run id, logged yet]: a child an earlier attempt left unfinished
 
     @property
     def run_id(self) -> str:
@@ -103,7 +105,12 @@ class StudyLog:
             children = client.search_runs(
                 [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{earlier}'", max_results=50000
             )
-            self.logged = {r.data.tags.get(TRIAL_TAG) for r in children}
+            for child in children:  # one left unfinished (its writes failed, or kill -9) is completed, not made again
+                key = child.data.tags.get(TRIAL_TAG)
+                if child.info.status == "FINISHED":
+                    self.logged.add(key)
+                else:
+                    self._partial[key] = [child.info.run_id, bool(child.data.metrics)]
         else:
             self.tracker.start()
         self._thread = threading.Thread(target=self._write_all, name="optlab-study-log", daemon=True)
@@ -114,7 +121,7 @@ class StudyLog:
         for key, runs in trials_of(records, phase):
             if key not in self.logged:
                 self.logged.add(key)
-                self._queue.put([key, runs, phase, None, False])
+                self._queue.put([key, runs, phase, *self._partial.pop(key, [None, False])])
 
     def _write_all(self) -> None:
         # below the runs: a child costs ~45 ms of CPU in sqlite, which must not come out of the
