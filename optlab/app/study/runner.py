@@ -73,7 +73,7 @@ class StudyFailed(RuntimeError):
 
 def jobs_of(runs: list[dict], store: Store, size: int, pool: int = 1) -> list[dict]:
     """Runs as job payloads: as few jobs as ``size`` (runs a job at most) allows, since Hydra
-    spends ~0.2 s on each; a job's runs ordered by optimizer and problem, so that its kernels
+    spends 0.2-0.5 s on each; a job's runs ordered by optimizer and problem, so that its kernels
     load once in a fresh process.
 
     ``pool``: the workers of a pool whose processes outlive a job (joblib's): the jobs are a

@@ -40,7 +40,7 @@ DEFAULTS = {
     "space": {},
     "seed": 0,
     "dtype": "float32",
-    "runs_per_job": 64,
+    "runs_per_job": 256,
     "profile": "steps",
 }
 SEARCHES = ("grid", "random")
@@ -92,7 +92,7 @@ class Spec:
     space: dict[str, dict[str, str]] = field(default_factory=dict)
     seed: int = 0
     dtype: str = "float32"
-    runs_per_job: int = 64
+    runs_per_job: int = 256
     profile: str = "steps"
 
     # -- reading ---------------------------------------------------------------------------
