@@ -537,3 +537,16 @@ def test_a_data_problem_starts_without_importing_scikit_learn():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_data_set_that_cannot_be_read_is_a_one_line_error_naming_the_file(tmp_path, monkeypatch):
+    from optlab.problems import data
+
+    truncated = tmp_path / "breast_cancer.csv"
+    truncated.write_text("569,30,malignant,benign\n1.0,2.0,0\n")  # rows of the wrong length
+    monkeypatch.setattr(data, "bundled_file", lambda name: truncated)
+    with pytest.raises(ValueError, match=r"data set 'breast_cancer': .*breast_cancer.csv"):
+        problems.get("logistic_regression")
+    monkeypatch.setattr(data, "bundled_file", lambda name: tmp_path / "missing.csv")
+    with pytest.raises(ValueError, match=r"cannot read .*missing.csv.*pip install --force-reinstall scikit-learn"):
+        problems.get("logistic_regression")

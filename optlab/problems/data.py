@@ -196,24 +196,33 @@ def bundled_file(name: str):
 
     spec = importlib.util.find_spec("sklearn")
     if spec is None or spec.origin is None:
-        raise ModuleNotFoundError("the data sets ship inside scikit-learn: pip install scikit-learn")
+        raise ValueError(f"data set {name!r} ships inside scikit-learn, which is missing: pip install scikit-learn")
     return Path(spec.origin).parent / "datasets" / "data" / BUNDLED[name]
 
 
 def _tabular(name: str) -> tuple[np.ndarray, np.ndarray]:
     """One of scikit-learn's bundled data sets (no download): features (float64) and labels (0..K-1),
-    as ``sklearn.datasets.load_<name>`` gives them (the digits' pixels divided by 16)."""
+    as ``sklearn.datasets.load_<name>`` gives them (the digits' pixels divided by 16). ValueError,
+    naming the file, if it cannot be read."""
     path = bundled_file(name)
-    if name == "digits":  # no header: 64 pixels (0..16) and the label per row
-        table = np.loadtxt(path, delimiter=",")
-        return table[:, :-1] / 16.0, table[:, -1].astype(np.int64)
-    with open(path) as file:  # a header "samples,features,class names...", then features and the label per row
-        samples, features = (int(v) for v in file.readline().split(",")[:2])
-        table = np.loadtxt(file, delimiter=",", ndmin=2)
+    try:
+        if name == "digits":  # no header: 64 pixels (0..16) and the label per row
+            table = np.loadtxt(path, delimiter=",", ndmin=2)
+            samples, features = table.shape[0], 64
+        else:  # a header "samples,features,class names...", then features and the label per row
+            with open(path) as file:
+                samples, features = (int(v) for v in file.readline().split(",")[:2])
+                table = np.loadtxt(file, delimiter=",", ndmin=2)
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"data set {name!r}: cannot read {path} ({exc}); it ships inside scikit-learn: "
+            "pip install --force-reinstall scikit-learn"
+        ) from None
     if table.shape != (samples, features + 1):
         found = f"{table.shape[0]} rows of {table.shape[1]} values"
-        raise ValueError(f"{path}: {found}, expected {samples} of {features + 1}")
-    return table[:, :-1], table[:, -1].astype(np.int64)
+        raise ValueError(f"data set {name!r}: {path} holds {found}, expected {samples} of {features + 1}")
+    pixels = table[:, :-1] / 16.0 if name == "digits" else table[:, :-1]
+    return pixels, table[:, -1].astype(np.int64)
 
 
 def _softmax_xent(logits, labels):
