@@ -12,7 +12,7 @@ AlgoPerf score as a metric. Its children (``mlflow.parentRunId``) are:
 
 Children are written by a background thread at the lowest priority while the study goes on,
 each trial as soon as its runs are stored (:class:`~.runner.Watcher`; MLflow's sqlite store
-takes ~45 ms of CPU per child); a repeated study finds its parent by its tag and writes only the
+takes ~30 ms of CPU per child); a repeated study finds its parent by its tag and writes only the
 children it does not have (tag ``optlab.trial``: the trial's run keys), completing any an
 earlier attempt left unfinished. Only the process that runs the study writes: jobs on a
 cluster need no access to the tracking server.
@@ -124,7 +124,7 @@ class StudyLog:
                 self._queue.put([key, runs, phase, *self._partial.pop(key, [None, False])])
 
     def _write_all(self) -> None:
-        # below the runs: a child costs ~45 ms of CPU in sqlite, which must not come out of the
+        # below the runs: a child costs ~30 ms of CPU in sqlite, which must not come out of the
         # timed steps of the runs beside it (the quick study's training took 103 s with the writer
         # at the runs' priority, 90 s at niceness 10, 74 s at 19 as with no tracking; Linux sets
         # a thread's own niceness; elsewhere, no change)
