@@ -818,3 +818,34 @@ def test_the_schema_revisions_read_from_the_scripts_lines_are_alembics():
     assert store._revisions_from_lines() == store._revisions_from_alembic()
     head, known = store.schema_revisions()
     assert head in known and len(known) > 50
+
+
+def test_runs_and_studies_on_a_tracking_server_print_no_links_of_mlflow_s_own(tmp_path, mlflow_server):
+    # MLflow's HTTP client writes two lines ("View run ... at:", "View experiment at:") at each run's
+    # end: once more for a run, which says where it is itself; twice per child run for a study
+    result = optlab_cli(tmp_path, *FAST, f"tracking.uri={mlflow_server.uri}")
+    assert result.returncode == 0, result.stderr
+    assert "View run" not in result.stdout + result.stderr
+    assert result.stdout.count(f"open it at:  {mlflow_server.uri}/#/experiments/") == 1
+    study = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "optlab.study",
+            "name=links",
+            "optimizers=[sgd]",
+            "problems=[beale]",
+            "budget=2",
+            "seeds=1",
+            "final_seeds=2",
+            "one_shot=false",
+            f"tracking.uri={mlflow_server.uri}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert study.returncode == 0, study.stderr
+    assert "View run" not in study.stdout + study.stderr and "View experiment" not in study.stdout
+    assert "(4 child runs written)" in study.stdout  # 2 tuning trials, 2 final runs

@@ -24,9 +24,12 @@ from pathlib import Path
 from .config import ConfigError
 
 PROBE_TIMEOUT = 3.0  # seconds a tracking server has to answer the pre-flight probe
-HTTP_LIMITS = {  # MLflow's HTTP client while a run is tracked (unless set by the user): fail fast, retry here
+HTTP_LIMITS = {  # MLflow's HTTP client while a run is tracked (unless set by the user): fail fast, retry here;
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    # and no "View run ... at:" lines of its own at each run's end (one more request each; a study
+    # would print two lines per child run): optlab says once where the run is
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 QUICK_CHECK_SECONDS = 2.0  # PRAGMA quick_check budget (about 150 MB of store per second here)
 SETTLE_CHECKS, SETTLE_SECONDS = 4, 15.0  # a half-made store is judged once still for 2 s (15 s at most)
@@ -501,8 +504,8 @@ def check_store(uri: str, create: bool = True):
 
 @contextlib.contextmanager
 def http_limits(uri: str):
-    """MLflow's HTTP client fails fast for ``uri`` while tracked (optlab retries itself), unless the user
-    set these limits."""
+    """MLflow's HTTP client fails fast for ``uri`` while tracked (optlab retries itself) and prints no
+    links of its own, unless the user set these variables (``HTTP_LIMITS``)."""
     added = []
     if scheme_of(uri) in ("http", "https"):
         added = [key for key in HTTP_LIMITS if key not in os.environ]
