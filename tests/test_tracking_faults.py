@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import optlab as run_optlab
 
 import optlab
 from optlab.app import deliver, tracking
@@ -824,25 +825,8 @@ def test_a_study_on_a_tracking_server_prints_no_links_of_mlflow_s_own(tmp_path, 
     # MLflow's HTTP client writes two lines ("View run ... at:", "View experiment at:") at each run's
     # end: twice per child run for a study, and once more for its parent (a run's tracker, as for
     # every run), which says where it is itself
-    study = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "optlab.study",
-            "name=links",
-            "optimizers=[sgd]",
-            "problems=[beale]",
-            "budget=2",
-            "seeds=1",
-            "final_seeds=2",
-            "one_shot=false",
-            f"tracking.uri={mlflow_server.uri}",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    args = ["name=links", "optimizers=[sgd]", "problems=[beale]", "budget=2", "seeds=1", "final_seeds=2"]
+    study = run_optlab(tmp_path, *args, "one_shot=false", f"tracking.uri={mlflow_server.uri}", module="optlab.study")
     assert study.returncode == 0, study.stderr
     assert "View run" not in study.stdout + study.stderr and "View experiment" not in study.stdout
     assert study.stdout.count("optlab: MLflow: parent run ") == 1
