@@ -394,11 +394,18 @@ def test_column_quantiles_are_numpys_nanquantile():
         np.testing.assert_allclose(column_quantiles(table, q), expected, rtol=1e-12, equal_nan=True)
 
 
-def test_a_child_that_fails_to_write_is_retried_once_and_never_made_twice(tmp_path):
+class _StoreRefuses:  # the bulk writer, when the store refuses its transaction: nothing is written
+    def write(self, experiment_id, children):
+        raise ConnectionError("store busy")
+
+
+def test_a_child_that_fails_to_write_is_retried_once_and_never_made_twice(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
+    from optlab.app.study import tracking
     from optlab.app.study.tracking import STUDY_TAG, TRIAL_TAG, StudyLog
 
+    monkeypatch.setattr(tracking, "bulk_writer", lambda client: _StoreRefuses())  # each child then through the client
     spec = Spec.from_config({**TINY, "optimizers": ["sgd"], "problems": ["beale"], "budget": 2, "final_seeds": 2})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     log = StudyLog({"uri": uri, "experiment": "studies", "enabled": True}, spec, "python -m optlab.study")
@@ -461,10 +468,13 @@ def test_the_watcher_hands_the_log_each_trial_once_its_runs_are_stored(tmp_path)
     assert added[1:] == [("tuning", sorted([third["key"], fourth["key"]]))]
 
 
-def test_a_repeated_study_completes_a_child_an_earlier_attempt_left_unfinished(tmp_path):
+def test_a_repeated_study_completes_a_child_an_earlier_attempt_left_unfinished(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
+    from optlab.app.study import tracking as study_log
     from optlab.app.study.tracking import TRIAL_TAG, StudyLog
+
+    monkeypatch.setattr(study_log, "bulk_writer", lambda client: None)  # the first attempt writes through the client
 
     spec = Spec.from_config({**TINY, "optimizers": ["sgd"], "problems": ["beale"], "budget": 2, "final_seeds": 2})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -496,6 +506,7 @@ def test_a_repeated_study_completes_a_child_an_earlier_attempt_left_unfinished(t
     left = children()[broken]
     assert left.info.status == "RUNNING" and not left.data.metrics
 
+    monkeypatch.undo()  # the repeated study writes in bulk; the child it completes, through the client
     again = StudyLog(tracking, spec, "python -m optlab.study")  # the command repeated: every run is in the store
     again.open()
     Study(spec, store, log=again, say=lambda line: None).run()
@@ -506,3 +517,95 @@ def test_a_repeated_study_completes_a_child_an_earlier_attempt_left_unfinished(t
     completed = after[broken]
     assert completed.info.run_id == left.info.run_id and completed.info.status == "FINISHED"
     assert completed.data.metrics and completed.data.params["seed"] == str(spec.final_seed_list()[0])
+
+
+def _rows(db, table: str, runs: dict) -> list:
+    """``table``'s rows of ``runs`` (run id -> name), with the run named instead of its id and no times."""
+    import sqlite3
+
+    with sqlite3.connect(db) as connection:
+        connection.row_factory = sqlite3.Row
+        found = [dict(row) for row in connection.execute(f"select * from {table}")]
+    out = []
+    for row in found:
+        if row["run_uuid"] in runs:
+            name = runs[row.pop("run_uuid")]
+            row = {k: v for k, v in row.items() if k not in ("start_time", "end_time", "timestamp")}
+            if "artifact_uri" in row:
+                row["artifact_uri"] = row["artifact_uri"].replace(next(r for r in runs if runs[r] == name), "<id>")
+            out.append(sorted({**row, "run": name}.items()))
+    return sorted(out, key=repr)
+
+
+def test_children_written_in_bulk_are_the_rows_mlflows_client_writes(tmp_path):
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    from optlab.app.study.bulk import Child, bulk_writer
+
+    db = tmp_path / "mlflow.db"
+    client = MlflowClient(f"sqlite:///{db}")
+    experiment = client.create_experiment("studies")
+    inf = float("inf")
+    metrics = [("loss", 4.0, 0), ("loss", 2.0, 1), ("loss", 2.0, 1), ("loss", 3.0, 1), ("loss", 1.0, 3)]
+    metrics += [("loss", 0.5, 2), ("score", float("nan"), 0), ("score", float("nan"), 0), ("up", inf, 0)]
+    metrics += [("down", -inf, 5), ("down", 7.0, 5), ("best/loss", 1e308, 0)]
+    children = [
+        Child("adam lr=0.01 on beale seed=3", {"optlab.arm": "final", "optlab.note": "é ≤ ∞"}, {"lr": "0.01"}, metrics),
+        Child("sgd defaults on beale (tuning)", {"optlab.arm": "tuning"}, {}, [("score", 0.25, 0)]),
+    ]
+    names = {}
+    for child in children:  # the reference: MLflow's own three calls per run
+        run_id = client.create_run(experiment, tags=child.tags, run_name="client " + child.name).info.run_id
+        child.tags["mlflow.runName"] = "client " + child.name
+        now = 1_700_000_000_000
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, now, s) for k, v, s in child.metrics],
+            params=[Param(k, v) for k, v in child.params.items()],
+        )
+        client.set_terminated(run_id, "FINISHED")
+        names[run_id] = child.name
+        del child.tags["mlflow.runName"]
+    writer = bulk_writer(client)
+    assert writer is not None
+    bulk = writer.write(experiment, children)
+    bulk_names = dict(zip(bulk, (c.name for c in children)))
+    for table in ("runs", "tags", "params", "metrics", "latest_metrics"):
+        expected = [
+            [(k, v.replace("client ", "") if isinstance(v, str) else v) for k, v in row]
+            for row in _rows(db, table, names)
+        ]
+        assert _rows(db, table, bulk_names) == sorted(expected, key=repr), table
+    for run_id in bulk:  # and MLflow reads them back as its own
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.info.lifecycle_stage == "active"
+    assert client.get_run(bulk[0]).data.metrics["loss"] == 1.0  # the point of the largest step
+    found = client.search_runs([experiment], "tags.`optlab.arm` = 'tuning'")
+    assert sorted(r.info.run_name for r in found) == ["client " + children[1].name, children[1].name]
+
+
+def test_a_bulk_write_the_store_refuses_midway_leaves_nothing(tmp_path):
+    import sqlite3
+
+    from mlflow import MlflowClient
+
+    from optlab.app.study.bulk import Child, bulk_writer
+
+    db = tmp_path / "mlflow.db"
+    client = MlflowClient(f"sqlite:///{db}")
+    experiment = client.create_experiment("studies")
+    with sqlite3.connect(db) as connection:  # the fault: the last of the five inserts fails
+        connection.execute(
+            "create trigger refuse before insert on latest_metrics begin select raise(abort, 'disk full'); end"
+        )
+    children = [Child(f"run {i}", {"optlab.arm": "final"}, {"seed": str(i)}, [("loss", 1.0, 0)]) for i in range(3)]
+    writer = bulk_writer(client)
+    with pytest.raises(Exception, match="disk full"):
+        writer.write(experiment, children)
+    with sqlite3.connect(db) as connection:
+        for table in ("runs", "tags", "params", "metrics", "latest_metrics"):
+            assert connection.execute(f"select count(*) from {table}").fetchone() == (0,), table
+        connection.execute("drop trigger refuse")
+    assert len(writer.write(experiment, children)) == 3
+    assert len(client.search_runs([experiment])) == 3
