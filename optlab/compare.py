@@ -3,6 +3,9 @@
 import sys
 
 from optlab.app.compare import main
+from optlab.app.entry import skip_final_collection
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    skip_final_collection()
+    sys.exit(status)

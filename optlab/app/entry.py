@@ -5,6 +5,7 @@ store is opened) ends in one line and exit status 130 / 143, not a traceback or 
 a run's own handlers (``optlab.app.run.stop_signals``) take over while it trains and is written.
 """
 
+import gc
 import os
 import signal
 import sys
@@ -59,6 +60,16 @@ def main(argv=None) -> None:
         print(f"\noptlab: {reason} outside a run: nothing was being recorded", file=sys.stderr)
         _ignore_signals()
         sys.exit(128 + signum)
+    finally:
+        skip_final_collection()
+
+
+def skip_final_collection() -> None:
+    """Spare the process's end Python's last garbage collections: with MLflow's and SQLAlchemy's
+    modules loaded they took 0.7-0.8 s after the last line (0.07 s frozen), with matplotlib and
+    scipy's 1.4-1.7 s. Exit handlers still run; only objects left in reference cycles are not
+    finalized (optlab closes and renames its files before this)."""
+    gc.freeze()
 
 
 def _exit_now(code) -> None:
