@@ -831,3 +831,11 @@ def test_a_study_on_a_tracking_server_prints_no_links_of_mlflow_s_own(tmp_path, 
     assert "View run" not in study.stdout + study.stderr and "View experiment" not in study.stdout
     assert study.stdout.count("optlab: MLflow: parent run ") == 1
     assert "(4 child runs written)" in study.stdout  # 2 tuning trials, 2 final runs
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_server.uri)  # written by several threads at once: each child once, whole
+    parent = study.stdout.split("optlab: MLflow: parent run ")[1].split()[0]
+    experiment = client.get_run(parent).info.experiment_id
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert len({c.data.tags["optlab.trial"] for c in children}) == len(children) == 4
+    assert all(c.info.status == "FINISHED" and c.data.metrics for c in children)

@@ -29,6 +29,7 @@ import platform
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from ..keys import KIND_TAG, metric_key
 from .bulk import Child, bulk_writer
@@ -39,6 +40,8 @@ WRITER_NICENESS = 19
 TRIAL_TAG = "optlab.trial"
 #: children written in one transaction, at most
 BATCH = 64
+#: children written at once to a tracking server
+SERVER_WRITERS = 4
 
 
 def trials_of(records: list[dict], phase: str) -> list[tuple[str, list[dict]]]:
@@ -132,29 +135,38 @@ class StudyLog:
         # below the runs: writing must not come out of the timed steps of the runs beside it (the
         # quick study's training took 103 s with the writer at the runs' priority, 90 s at
         # niceness 10, 74 s at 19 as with no tracking, when a child cost ~30 ms of CPU; Linux
-        # sets a thread's own niceness; elsewhere, no change)
+        # sets a thread's own niceness, and threads it starts inherit it; elsewhere, no change)
         with contextlib.suppress(AttributeError, OSError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICENESS)
         bulk = bulk_writer(self.tracker.client)
-        failed, done = [], False
-        while not done:
-            items = [self._queue.get()]  # what is queued, up to a batch, written together
-            while items[-1] is not None and len(items) < BATCH and not self._queue.empty():
-                items.append(self._queue.get_nowait())
-            done = items[-1] is None
-            items = [item for item in items if item is not None]
-            new = [item for item in items if item[3] is None] if bulk else []
-            try:  # one transaction: the whole batch, or nothing (then each child through the client)
-                if new:
-                    self.written += len(bulk.write(self.tracker.experiment_id, [self._child(i) for i in new]))
-            except Exception:
-                new = []
-            written = {id(item) for item in new}
-            failed += [item for item in items if id(item) not in written and not self._attempt(item)]
-        # once more for those that failed (a store busy for a moment, a server restarting); a child
-        # created before the failure is completed, not made twice. What still fails is written by
-        # the next attempt of the study (its runs are in the study's folder), and reported.
-        self.unwritten = sum(not self._attempt(item) for item in failed)
+        # a server's answers take round trips, not this process's CPU: several children at once
+        remote = bulk is None and self.tracker.uri.startswith(("http://", "https://"))
+        with ThreadPoolExecutor(SERVER_WRITERS if remote else 1, thread_name_prefix="optlab-study-log") as pool:
+            failed, done = [], False
+            while not done:
+                items = [self._queue.get()]  # what is queued, up to a batch, written together
+                while items[-1] is not None and len(items) < BATCH and not self._queue.empty():
+                    items.append(self._queue.get_nowait())
+                done = items[-1] is None
+                items = [item for item in items if item is not None]
+                new = [item for item in items if item[3] is None] if bulk else []
+                try:  # one transaction: the whole batch, or nothing (then each child through the client)
+                    if new:
+                        self.written += len(bulk.write(self.tracker.experiment_id, [self._child(i) for i in new]))
+                except Exception:
+                    new = []
+                written = {id(item) for item in new}
+                failed += self._attempt_all(pool, [item for item in items if id(item) not in written])
+            # once more for those that failed (a store busy for a moment, a server restarting); a
+            # child created before the failure is completed, not made twice. What still fails is
+            # written by the next attempt of the study (its runs are in the study's folder), and reported.
+            self.unwritten = len(self._attempt_all(pool, failed))
+
+    def _attempt_all(self, pool, items: list) -> list:
+        """Write ``items`` through the client, on ``pool``'s threads; those that failed."""
+        done = list(pool.map(self._attempt, items))
+        self.written += sum(done)
+        return [item for item, ok in zip(items, done) if not ok]
 
     def _attempt(self, item: list) -> bool:
         try:
@@ -162,7 +174,6 @@ class StudyLog:
         except Exception as exc:  # the study goes on; what was not logged is reported
             self.error = f"{type(exc).__name__}: {exc}"[:300]
             return False
-        self.written += 1
         return True
 
     def _child(self, item: list) -> Child:
