@@ -292,6 +292,15 @@ def test_cli_study_stopped_then_resumed_records_one_parent_and_every_child_once(
     assert "terminated (SIGTERM)" in err and "repeat the command" in err and "Traceback" not in err
     kept = len(list(studies.glob("tiny-*/runs/*.json")))
     assert 3 <= kept < 16 + 24
+
+    # while another process runs it, the same command does not: it would run its runs and write its children twice
+    from optlab.app.study.store import Store
+
+    with Store(next(studies.glob("tiny-*"))).lock():
+        busy = _cli(tmp_path, *ARGS)
+    assert busy.returncode == 2 and busy.stderr.startswith("optlab: error: study tiny-"), busy.stderr
+    assert "is running in another process now" in busy.stderr and len(busy.stderr.strip().splitlines()) == 1
+    assert len(list(studies.glob("tiny-*/runs/*.json"))) == kept
     c = client(tmp_path)
     exp = c.get_experiment_by_name("optlab")
     stopped = [r for r in c.search_runs([exp.experiment_id]) if r.data.tags.get("optlab.kind") == "study"]
@@ -437,6 +446,90 @@ def test_a_child_that_fails_to_write_is_retried_once_and_never_made_twice(tmp_pa
     finished = [c for c in children if c.info.status == "FINISHED"]
     assert len(finished) == 5 and all(c.data.tags[STUDY_TAG] == spec.study_id for c in finished)
     assert all(c.data.metrics for c in finished)  # the retried child has its metrics
+
+
+def test_a_child_written_on_the_second_try_leaves_nothing_to_report(tmp_path, monkeypatch):
+    from optlab.app.study import tracking
+    from optlab.app.study.tracking import StudyLog
+
+    monkeypatch.setattr(tracking, "bulk_writer", lambda client: _StoreRefuses())
+    spec = Spec.from_config({**TINY, "optimizers": ["sgd"], "problems": ["beale"], "budget": 2, "final_seeds": 2})
+    log = StudyLog({"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "s", "enabled": True}, spec, "study")
+    log.open()
+    client, failures = log.tracker.client, []
+    real_log_batch = client.log_batch
+
+    def once(run_id, **kwargs):  # the first child's first write fails, as a store busy for a moment
+        if not failures:
+            failures.append(run_id)
+            raise ConnectionError("store busy")
+        return real_log_batch(run_id, **kwargs)
+
+    client.log_batch = once
+    Study(spec, Store(tmp_path / spec.study_id), log=log, say=lambda line: None).run()
+    log.close("FINISHED")
+    assert failures and log.written == log.queued == 6 and log.unwritten == 0
+    assert log.error is None  # before: "ConnectionError: store busy" was printed as a warning, with every child written
+
+
+def test_children_the_store_holds_up_past_the_wait_are_counted_as_not_written(tmp_path):
+    import threading
+
+    from optlab.app.study.tracking import StudyLog
+
+    spec = Spec.from_config({**TINY, "optimizers": ["sgd"], "problems": ["beale"], "budget": 2, "final_seeds": 2})
+    log = StudyLog({"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "s", "enabled": True}, spec, "study")
+    held = threading.Event()
+
+    class Locked:  # a store locked by another program for longer than the study waits
+        def write(self, experiment_id, children):
+            held.wait(30)
+            raise ConnectionError("database is locked")
+
+    from optlab.app.study import tracking
+
+    real = tracking.bulk_writer
+    tracking.bulk_writer = lambda client: Locked()
+    try:
+        log.open()
+        Study(spec, Store(tmp_path / spec.study_id), log=log, say=lambda line: None).run()
+        log.close("FINISHED", timeout=0.5)
+    finally:
+        tracking.bulk_writer = real
+        held.set()
+    assert log.queued == 6 and log.unwritten == 6 - log.written and log.unwritten > 0
+    assert "did not take them within 0.5 s" in log.error  # before: no count, "(0 child runs written)"
+    log._thread.join(30)  # (the writer goes on once the store answers)
+
+
+def test_opening_a_study_log_checks_the_store_under_its_lock(tmp_path, monkeypatch):
+    # two studies started at once in a folder without mlflow.db: both created the store, and one
+    # failed with "attempt to write a readonly database" (a traceback)
+    import fcntl
+    import os
+
+    from optlab.app import store
+    from optlab.app.study.tracking import StudyLog
+
+    real, held = store.check_store, []
+
+    def check(uri, *args, **kwargs):
+        descriptor = os.open(tmp_path, os.O_RDONLY)
+        try:  # someone holds the folder's lock iff it cannot be taken now
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.append(False)
+        except BlockingIOError:
+            held.append(True)
+        finally:
+            os.close(descriptor)
+        return real(uri, *args, **kwargs)
+
+    monkeypatch.setattr(store, "check_store", check)
+    spec = Spec.from_config({**TINY, "optimizers": ["sgd"], "problems": ["beale"], "budget": 2})
+    log = StudyLog({"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "s", "enabled": True}, spec, "study")
+    log.open()
+    log.close("FINISHED")
+    assert held and all(held), held
 
 
 def test_the_watcher_hands_the_log_each_trial_once_its_runs_are_stored(tmp_path):

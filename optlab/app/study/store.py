@@ -7,8 +7,10 @@ command reuses them), ``report/``. optlab writes only inside this folder and del
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import zlib
 from pathlib import Path
 
@@ -18,10 +20,43 @@ from ...files import write_text_atomic
 ROOT = Path(".optlab") / "studies"
 
 
+class StudyBusy(RuntimeError):
+    """Another process runs this study now."""
+
+
 class Store:
     def __init__(self, folder):
         self.folder = Path(folder)
         self.runs = self.folder / "runs"
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the study for this process: two commands of one study at once would run its runs
+        twice and write its MLflow children twice. Raises :class:`StudyBusy` if another process
+        holds it. The lock is ``flock`` on ``.lock`` in the folder, released when the process ends
+        however it ends; where ``flock`` is missing or refused (Windows, some network file
+        systems), no lock."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+
+            descriptor = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except (ImportError, OSError):
+            yield
+            return
+        try:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StudyBusy(
+                    f"study {self.folder.name} is running in another process now (its folder {self.folder} is "
+                    "locked); wait for it to end, or stop it and repeat the command"
+                ) from None
+            except OSError:  # locks not supported here
+                pass
+            yield
+        finally:
+            os.close(descriptor)  # (releases the lock)
 
     def get(self, key: str) -> dict | None:
         """The record of run ``key``, or None (never run, or a file that cannot be read: run again)."""

@@ -18,7 +18,7 @@ from ..run import Terminated, handling
 from .report import beyond_training, counted
 from .runner import Study, StudyFailed
 from .spec import Spec, SpecError
-from .store import ROOT, Store, encode
+from .store import ROOT, Store, StudyBusy, encode
 
 
 def _fail(message: str, code: int = 2):
@@ -43,9 +43,6 @@ def spec_of(config) -> Spec:
 
 
 def sweep(sweeper, arguments: list[str]) -> dict:
-    from hydra.core.utils import JobStatus
-    from omegaconf import OmegaConf
-
     config = sweeper.config
     try:
         spec = spec_of(config)
@@ -54,8 +51,20 @@ def sweep(sweeper, arguments: list[str]) -> dict:
     if any(a.split("=", 1)[0].lstrip("+~") == "job" for a in arguments):
         _fail("`job` is set by the study for its own jobs; leave it out")
     store = Store(ROOT / spec.study_id)
+    try:
+        with store.lock():
+            return _sweep(sweeper, arguments, spec, store)
+    except StudyBusy as error:
+        _fail(str(error))
+
+
+def _sweep(sweeper, arguments: list[str], spec: Spec, store: Store) -> dict:
+    from hydra.core.utils import JobStatus
+    from omegaconf import OmegaConf
+
     from .app import COMMAND
 
+    config = sweeper.config
     command = shlex.join(COMMAND or ["python", "-m", "optlab.study", *sys.argv[1:]])
     tracking = OmegaConf.to_container(config.tracking, resolve=True) if "tracking" in config else {}
     log = None

@@ -83,8 +83,9 @@ class StudyLog:
             f"study {spec.study_id}",
         )
         self.logged: set[str] = set()
+        self.queued = 0  # children handed to the writer
         self.written = 0
-        self.unwritten = 0  # children that could not be written, twice
+        self.unwritten = 0  # children that could not be written, twice, or not in time
         self.error: str | None = None
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -96,9 +97,10 @@ class StudyLog:
 
     def open(self) -> None:
         """Open the parent, or reopen the one an earlier run of this study left; TrackingError if the store fails."""
-        from ..store import check_store
+        from ..store import check_store, store_lock
 
-        client = check_store(self.tracker.uri)
+        with store_lock(self.tracker.uri):  # another command may be creating the same sqlite store
+            client = check_store(self.tracker.uri)
         earlier = None
         experiment = client.get_experiment_by_name(self.tracker.experiment)
         if experiment is not None:
@@ -129,6 +131,7 @@ class StudyLog:
         for key, runs in trials_of(records, phase):
             if key not in self.logged:
                 self.logged.add(key)
+                self.queued += 1
                 self._queue.put([key, runs, phase, *self._partial.pop(key, [None, False])])
 
     def _write_all(self) -> None:
@@ -161,6 +164,8 @@ class StudyLog:
             # child created before the failure is completed, not made twice. What still fails is
             # written by the next attempt of the study (its runs are in the study's folder), and reported.
             self.unwritten = len(self._attempt_all(pool, failed))
+            if not self.unwritten:
+                self.error = None  # what failed once was written on the second try: nothing to report
 
     def _attempt_all(self, pool, items: list) -> list:
         """Write ``items`` through the client, on ``pool``'s threads; those that failed."""
@@ -172,7 +177,8 @@ class StudyLog:
         try:
             self._write(item)
         except Exception as exc:  # the study goes on; what was not logged is reported
-            self.error = f"{type(exc).__name__}: {exc}"[:300]
+            first = (str(exc).strip().splitlines() or [""])[0]  # (not SQLAlchemy's statement and its link)
+            self.error = f"{type(exc).__name__}: {first}"[:300]
             return False
         return True
 
@@ -237,6 +243,9 @@ class StudyLog:
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join(timeout)
+            if self._thread.is_alive():  # the store holds them up (locked, a server not answering)
+                self.unwritten = self.queued - self.written
+                self.error = self.error or f"the store did not take them within {timeout:g} s"
         client, run_id = self.tracker.client, self.run_id
         with contextlib.suppress(Exception):
             if results is not None:
