@@ -2,7 +2,8 @@
 
 ``.optlab/studies/<name>-<hash>/``: ``spec.json``, ``runs/<key>.json`` (written atomically by
 the job that ran it, so an interrupted study keeps every run that finished and a repeated
-command reuses them), ``report/``. optlab writes only inside this folder and deletes nothing.
+command reuses them), ``report/``, ``.lock`` (:meth:`Store.lock`). optlab writes only inside
+this folder and deletes nothing.
 """
 
 from __future__ import annotations
