@@ -153,13 +153,13 @@ class StudyLog:
                 done = items[-1] is None
                 items = [item for item in items if item is not None]
                 new = [item for item in items if item[3] is None] if bulk else []
-                try:  # one transaction: the whole batch, or nothing (then each child through the client)
-                    if new:
+                if new:
+                    try:  # one transaction: the whole batch, or nothing (then each child through the client)
                         self.written += len(bulk.write(self.tracker.experiment_id, [self._child(i) for i in new]))
-                except Exception:
-                    new = []
-                written = {id(item) for item in new}
-                failed += self._attempt_all(pool, [item for item in items if id(item) not in written])
+                        items = [item for item in items if item[3] is not None]  # those an earlier attempt began
+                    except Exception:
+                        pass
+                failed += self._attempt_all(pool, items)
             # once more for those that failed (a store busy for a moment, a server restarting); a
             # child created before the failure is completed, not made twice. What still fails is
             # written by the next attempt of the study (its runs are in the study's folder), and reported.
