@@ -201,17 +201,21 @@ def test_a_rate_changed_between_steps_is_used():
     assert params[0][0] == np.float32(-1.5)
 
 
-def test_adam_scalars_are_the_formula_in_the_parameters_dtype():
-    from optlab.optimizers.adam import adam_scalars
+def test_adams_step_size_is_the_formula_in_the_parameters_dtype():
+    """The step size the kernel makes (``adam_alpha``, compiled) against numpy's scalar arithmetic in
+    the parameters' dtype, Keras's order (the step converted to the dtype first), bit for bit."""
+    from optlab.optimizers.adam import adam_alpha, adam_betas
 
     for dt in (np.float32, np.float64):
-        for step in (*range(1, 300), 1000, 10**6, 2**24 + 1, 10**7 + 3):
-            lr = dt(0.01)
-            t = dt(step)
-            expected = lr * dt(math.sqrt(dt(1) - dt(0.999) ** t)) / (dt(1) - dt(0.9) ** t)
-            alpha, omb1, omb2 = adam_scalars(dt, lr, 0.9, 0.999, step)
-            assert type(alpha) is dt and alpha.tobytes() == dt(expected).tobytes()
-            assert omb1 == dt(1.0 - 0.9) and omb2 == dt(1.0 - 0.999) and type(omb1) is dt
+        like = np.zeros(1, dt)
+        for beta_1, beta_2, rate in ((0.9, 0.999, 0.01), (0.5, 0.9999, 3e-4), (0.95, 0.98, 1.0)):
+            b1, b2, omb1, omb2 = adam_betas(dt, beta_1, beta_2)
+            assert omb1.tobytes() == dt(1.0 - beta_1).tobytes() and omb2.tobytes() == dt(1.0 - beta_2).tobytes()
+            for step in (*range(1, 300), 1000, 10**6, 2**24 + 1, 10**7 + 3):
+                lr, t = dt(rate), dt(step)
+                expected = lr * dt(math.sqrt(dt(1) - dt(beta_2) ** t)) / (dt(1) - dt(beta_1) ** t)
+                alpha = adam_alpha(like, lr, b1, b2, step)
+                assert dt(alpha).tobytes() == dt(expected).tobytes(), (dt, beta_1, beta_2, step)
 
 
 def test_typed_scalars_are_the_dtype_conversion_and_keep_the_sign_of_zero():

@@ -14,53 +14,52 @@ from .layout import Slot
 AMSGRAD = DECAY = False
 
 
+@kernel(parallel=False)
+def adam_alpha(p, lr, b1, b2, step):
+    """Adam's step size at ``step``: ``lr * sqrt(1 - b2^t) / (1 - b1^t)`` in the dtype of ``p`` (``lr``,
+    ``b1`` and ``b2`` already in it; ``t``, the step, converted to it first, as Keras does)."""
+    t = p.dtype.type(step)
+    one = p.dtype.type(1)
+    return lr * np.sqrt(one - b2**t) / (one - b1**t)
+
+
 @kernel
-def _adam(p, g, m, v, vhat, alpha, one_minus_b1, one_minus_b2, eps, c):
+def _adam(p, g, m, v, vhat, lr, b1, b2, one_minus_b1, one_minus_b2, eps, step, c):
     """One Adam step; ``AMSGRAD``: the step uses and updates ``vhat``; ``DECAY``: ``p`` decays by ``c`` first."""
+    alpha = adam_alpha(p, lr, b1, b2, step)
     for i in prange(p.shape[0]):
         m[i] += (g[i] - m[i]) * one_minus_b1
         v[i] += (g[i] * g[i] - v[i]) * one_minus_b2
         if AMSGRAD:
             vhat[i] = max(vhat[i], v[i])
-            step = m[i] * alpha / (math.sqrt(vhat[i]) + eps)
+            delta = m[i] * alpha / (math.sqrt(vhat[i]) + eps)
         else:
-            step = m[i] * alpha / (math.sqrt(v[i]) + eps)
+            delta = m[i] * alpha / (math.sqrt(v[i]) + eps)
         if DECAY:
-            p[i] = (p[i] - p[i] * c) - step  # the decoupled weight decay, in the same pass
+            p[i] = (p[i] - p[i] * c) - delta  # the decoupled weight decay, in the same pass
         else:
-            p[i] -= step
+            p[i] -= delta
 
 
 _ADAM = {(a, d): _adam.specialize(AMSGRAD=a, DECAY=d) for a in (False, True) for d in (False, True)}
 
 
-#: (dt, beta_1, beta_2) -> the betas' constants in dt: a numpy scalar costs ~0.4 us to make, a
-#: fair share of a small step's fixed cost (the arithmetic below is unchanged, bit for bit)
+#: (dt, beta_1, beta_2) -> the betas and one minus them in dt (a numpy scalar costs ~0.1-0.4 us to
+#: make, a fair share of a small step's fixed cost)
 _BETAS: dict = {}
-#: (lr, (dt, beta_1, beta_2, step), scalars) of the latest call: a step over many separate arrays
-#: calls the rule once per array with the same rate object and step (one tuple: read at once)
-_LATEST: tuple = (None, None, None)
 
 
-def adam_scalars(dt, lr, beta_1, beta_2, step):
-    """Per-step scalars of Adam: alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t), 1 - beta_1, 1 - beta_2."""
-    global _LATEST
-    key = (dt, beta_1, beta_2, step)
-    latest = _LATEST
-    if latest[0] is lr and latest[1] == key:
-        return latest[2]
-    betas = _BETAS.get(key[:3])
+def adam_betas(dt, beta_1, beta_2):
+    """``beta_1, beta_2, 1 - beta_1, 1 - beta_2`` in ``dt`` (the differences taken in Python floats, as
+    Keras does), made once per value. The per-step scalar, the step size, is made in the kernel
+    (:func:`adam_alpha`): made here in numpy scalars it took about 2 us of every step."""
+    key = (dt, beta_1, beta_2)
+    betas = _BETAS.get(key)
     if betas is None:
         if len(_BETAS) > 64:  # (a sweep over the betas)
             _BETAS.clear()
-        betas = _BETAS[key[:3]] = (dt(beta_1), dt(beta_2), dt(1), dt(1.0 - beta_1), dt(1.0 - beta_2))
-    b1, b2, one, one_minus_b1, one_minus_b2 = betas
-    # beta ** step: numpy takes the int as dt (as dt(step) would) and calls the same pow; np.sqrt of
-    # a dt scalar is the correctly rounded root, as dt(math.sqrt(...)) is; both skip making a scalar
-    alpha = lr * np.sqrt(one - b2**step) / (one - b1**step)
-    scalars = (alpha if type(alpha) is dt else dt(alpha)), one_minus_b1, one_minus_b2
-    _LATEST = (lr, key, scalars)
-    return scalars
+        betas = _BETAS[key] = (dt(beta_1), dt(beta_2), dt(1.0 - beta_1), dt(1.0 - beta_2))
+    return betas
 
 
 class Adam(Optimizer):
@@ -95,9 +94,10 @@ class Adam(Optimizer):
     def update(self, param, grad, state, lr, step, seg, decay=None):
         dt = param.dtype.type
         hypers = self.__dict__  # (each Hyper's value, without its descriptor)
-        alpha, omb1, omb2 = adam_scalars(dt, lr, hypers["beta_1"], hypers["beta_2"], step)
+        b1, b2, omb1, omb2 = adam_betas(dt, hypers["beta_1"], hypers["beta_2"])
+        lr = lr if type(lr) is dt else dt(lr)  # (a Python float would make the kernel's arithmetic float64)
         v, vhat = state["velocity"], state.get("velocity_hat")
-        kernel = _ADAM[vhat is not None, decay is not None]
+        kernel = _ADAM[vhat is not None, decay is not None].variant(param)
         vhat = v if vhat is None else vhat  # read only by the AMSGrad variants
         c = 0.0 if decay is None else decay  # read only by the variants with DECAY
-        kernel(param, grad, state["momentum"], v, vhat, alpha, omb1, omb2, typed(dt, hypers["epsilon"]), c)
+        kernel(param, grad, state["momentum"], v, vhat, lr, b1, b2, omb1, omb2, typed(dt, hypers["epsilon"]), step, c)

@@ -7,7 +7,7 @@ import numpy as np
 from ..hparams import Hyper
 from ..kernels import kernel, prange
 from ..names import name_pattern
-from .adam import _ADAM, adam_scalars
+from .adam import _ADAM, adam_betas
 from .base import Optimizer
 from .layout import Slot
 
@@ -162,8 +162,9 @@ class Muon(Optimizer):
         ):
             if self.uses_adam(shape, name):
                 if adam is None:
-                    adam = adam_scalars(dt, lr * dt(self.adam_lr_ratio), self.adam_beta_1, self.adam_beta_2, step)
-                _ADAM[False, False](p.reshape(-1), g.reshape(-1), m.reshape(-1), v, v, *adam, dt(self.epsilon), 0.0)
+                    adam = (lr * dt(self.adam_lr_ratio), *adam_betas(dt, self.adam_beta_1, self.adam_beta_2))
+                flat = p.reshape(-1), g.reshape(-1), m.reshape(-1), v, v
+                _ADAM[False, False](*flat, *adam, dt(self.epsilon), step, 0.0)
                 continue
             work = self._work(p)
             look = work[0]

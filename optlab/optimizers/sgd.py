@@ -49,7 +49,7 @@ class SGD(Optimizer):
 
     def update(self, param, grad, state, lr, step, seg):
         if "momentum" not in state:
-            _sgd(param, grad, lr)
+            _sgd.variant(param)(param, grad, lr)
             return
         mu = param.dtype.type(self.momentum)
         (_sgd_nesterov if self.nesterov else _sgd_momentum)(param, grad, state["momentum"], lr, mu)
