@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import numpy as np
 
+#: zlib's level for the PNGs optlab writes: level 3 encodes a run's figure in about half the time of
+#: Pillow's default 6 (20-25 ms less a figure here) for files about a quarter larger
+PNG_OPTIONS = {"pil_kwargs": {"compress_level": 3}}
+
 
 def png(figure) -> bytes:
     import io
 
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
+    figure.savefig(buffer, format="png", **PNG_OPTIONS)
     return buffer.getvalue()
 
 
@@ -38,13 +42,13 @@ def curves_figure(series: dict[str, list[tuple[int, float]]], title: str):
             else:  # a dot per epoch, unless the epochs are too many to see them
                 ax_loss.plot(at, values, style if len(at) <= 200 else "-", ms=3, label=label)
     if np.all(np.asarray(losses) > 0):
-        from matplotlib.ticker import FuncFormatter, NullFormatter
+        from matplotlib.ticker import FuncFormatter, NullLocator
 
         ax_loss.set_yscale("log")  # labelled 0.1, 0.01, 1e-05: plain text, no mathtext to lay out
         ax_loss.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-        ax_loss.yaxis.set_minor_formatter(NullFormatter())
+        ax_loss.yaxis.set_minor_locator(NullLocator())  # (each tick is a few artists to make and draw)
     ax_loss.set_ylabel("loss")
-    ax_loss.legend()
+    ax_loss.legend(loc="upper right")  # where a falling loss is not; "best" scans every point
     if series.get("train/learning_rate"):
         at, rates = zip(*series["train/learning_rate"])
         last = max(at for points in series.values() for at, _ in points)

@@ -186,8 +186,10 @@ def _save(fig, path: Path, dpi: int) -> None:
 
     import matplotlib.pyplot as plt
 
+    from ..plots import PNG_OPTIONS
+
     temp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(temp, dpi=dpi, format="png")
+    fig.savefig(temp, dpi=dpi, format="png", **PNG_OPTIONS)
     plt.close(fig)
     os.replace(temp, path)
 
