@@ -27,6 +27,11 @@ _MISSING = object()
 FILLS = ("learning_rate", "run_steps", "metric")
 
 
+#: the attribute where an object keeps what it derives from its hyperparameters (an optimizer: whether
+#: its step is plain, its constants in the parameters' dtype); setting any hyperparameter drops it
+DERIVED = "_derived"
+
+
 class Hyper:
     """A declared hyperparameter: default, kind (float, int, bool, str, list), range.
 
@@ -89,7 +94,9 @@ class Hyper:
         return obj.__dict__[self.name]
 
     def __set__(self, obj, value):
-        obj.__dict__[self.name] = self.validate(value, type(obj).__name__)
+        state = obj.__dict__
+        state[self.name] = self.validate(value, type(obj).__name__)
+        state.pop(DERIVED, None)  # what the object derived from its hyperparameters is made again
 
     # -- validation -----------------------------------------------------------
     @property

@@ -417,3 +417,47 @@ def test_bench_only_refuses_an_unknown_section(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--only", "tiny,loops"])
     assert "unknown section 'loops'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "option, value, second",
+    [
+        ("clipvalue", 1.0, [-6.0, -5.0]),  # the second gradient [5, 4] clipped to [1, 1]
+        ("clipnorm", 1.0, [-5.0 - 5 / math.sqrt(41), -4.0 - 4 / math.sqrt(41)]),  # [5, 4] scaled to norm 1
+        ("weight_decay", 0.5, [-7.5, -6.0]),  # p - lr * wd * p first ([-2.5, -2]), then the step
+        ("loss_scale_factor", 5.0, [-6.0, -4.8]),  # the step divides the (unscaled) gradient by 5
+    ],
+)
+@pytest.mark.parametrize("flat", [True, False])
+def test_a_generic_option_set_between_steps_takes_effect_and_unset_goes_away(option, value, second, flat):
+    """A step without generic options is the update alone (decided once, kept until a hyperparameter is
+    set): setting one between steps must be used at the next step, and unsetting it too. By hand:
+    SGD with rate 1 and the gradient [5, 4] three times."""
+    params = optlab.flat_parameters([(2,)], np.float32) if flat else [np.zeros(2, np.float32)]
+    grads = optlab.flat_like(params) if flat else [np.zeros(2, np.float32)]
+    grads[0][...] = [5.0, 4.0]
+    opt = optlab.optimizers.get({"name": "sgd", "learning_rate": 1.0})
+    opt.apply(grads, params)
+    np.testing.assert_allclose(params[0], [-5.0, -4.0])
+    setattr(opt, option, value)
+    opt.apply(grads, params)
+    np.testing.assert_allclose(params[0], second, rtol=1e-6)
+    setattr(opt, option, None)
+    opt.apply(grads, params)
+    np.testing.assert_allclose(params[0], np.array(second) - [5.0, 4.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("gradients", ["flat", "separate"])
+def test_the_same_gradient_arrays_refilled_in_place_are_read_again_at_each_step(gradients):
+    """Flat parameters, the same gradient arrays at every step with new values written into them (a
+    training loop's usual buffers): each step reads the values of its own call. SGD, rate 1."""
+    params = optlab.flat_parameters([(2,), (3,)], np.float32)
+    grads = optlab.flat_like(params) if gradients == "flat" else [np.zeros(2, np.float32), np.zeros(3, np.float32)]
+    opt = optlab.optimizers.get({"name": "sgd", "learning_rate": 1.0})
+    total = np.zeros(5)
+    for value in (1.0, 2.0, -0.5, 4.0):
+        for g in grads:
+            g[...] = value
+        opt.apply(grads, params)
+        total -= value
+        np.testing.assert_array_equal(params.flat, total.astype(np.float32))

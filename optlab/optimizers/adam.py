@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from ..hparams import Hyper
+from ..hparams import DERIVED, Hyper
 from ..kernels import kernel, prange, typed
 from ..spaces import LogUniform, tuned
 from .base import Optimizer
@@ -93,11 +93,15 @@ class Adam(Optimizer):
 
     def update(self, param, grad, state, lr, step, seg, decay=None):
         dt = param.dtype.type
-        hypers = self.__dict__  # (each Hyper's value, without its descriptor)
-        b1, b2, omb1, omb2 = adam_betas(dt, hypers["beta_1"], hypers["beta_2"])
+        derived = self.__dict__.get(DERIVED) or self._derive()  # (made again when a hyperparameter is set)
+        constants = derived.get(dt)
+        if constants is None:
+            hypers = self.__dict__  # (each Hyper's value, without its descriptor)
+            betas = adam_betas(dt, hypers["beta_1"], hypers["beta_2"])
+            constants = derived[dt] = (*betas, typed(dt, hypers["epsilon"]))
         lr = lr if type(lr) is dt else dt(lr)  # (a Python float would make the kernel's arithmetic float64)
         v, vhat = state["velocity"], state.get("velocity_hat")
         kernel = _ADAM[vhat is not None, decay is not None].variant(param)
         vhat = v if vhat is None else vhat  # read only by the AMSGrad variants
         c = 0.0 if decay is None else decay  # read only by the variants with DECAY
-        kernel(param, grad, state["momentum"], v, vhat, lr, b1, b2, omb1, omb2, typed(dt, hypers["epsilon"]), step, c)
+        kernel(param, grad, state["momentum"], v, vhat, lr, *constants, step, c)

@@ -220,7 +220,8 @@ class Plan:
             self.chunks = [layout.chunk(0, len(params), self.flat)]
         else:
             self.chunks = [layout.chunk(i, i + 1, p.reshape(-1)) for i, p in enumerate(params)]
-        self._grads: tuple[tuple, np.ndarray | None] | None = None  # (the last step's arrays, their flat view)
+        # (the last step's arrays, their flat view or None, the step's work when they are one: see fitting)
+        self._grads: tuple[tuple, np.ndarray | None, list | None] | None = None
         # how np.concatenate gathers gradients: along their axis when all are 1-D (no ravel each), else flattened
         self._axis = 0 if all(len(s) == 1 for s in layout.shapes) else None
 
@@ -232,6 +233,9 @@ class Plan:
             return None
         if not _conforming(grads, layout.shapes, layout.dtype):
             return None
+        cached = self._grads
+        if cached is not None and cached[2] is not None and all(map(is_, grads, cached[0])):
+            return cached[2]  # the last step's arrays, views of one buffer: the same work, read in place
         return self.work(grads, (), True)
 
     def covers(self, params: list) -> bool:
@@ -265,10 +269,12 @@ class Plan:
             gflat = cached[1]  # the arrays of the last step: their layout in memory is known
         else:  # other arrays (fresh ones at each step): are they views of one flat buffer?
             gflat = flat_view(grads)
-            self._grads = (tuple(grads), gflat)
+            work = None if gflat is None else [(self.chunks[0], gflat)]
+            self._grads = cached = (tuple(grads), gflat, work)
         if gflat is None:  # parameters are flat but gradients are not: gather them into the scratch buffer
             gflat = np.concatenate(grads, axis=self._axis, out=layout.scratch(0, layout.size))
-        return [(self.chunks[0], gflat)]
+            return [(self.chunks[0], gflat)]
+        return cached[2]
 
     def _checked(self, grads: list) -> list:
         """Gradients that are not all ndarrays of their parameters' shapes and dtype, as arrays, or
