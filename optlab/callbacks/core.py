@@ -69,10 +69,10 @@ class History(Callback):
         self.epoch.append(epoch)
         history = self.history
         for key, value in logs.items():
-            values = history.get(key)
-            if values is None:
-                values = history[key] = []
-            values.append(value)
+            try:
+                history[key].append(value)
+            except KeyError:  # a name's first epoch
+                history[key] = [value]
         if len(self.epoch) > self.__dict__["max_points"]:  # (the Hyper's value, without its descriptor)
             self._thin()
 
