@@ -113,6 +113,8 @@ def check_overrides(overrides: list[str], own_configs: bool = True, multirun: bo
                     )
             continue
         if own_configs and group in PRESET_GROUPS and len(parts) == 1 and not override.is_delete():
+            if group not in main_config()[0] and not override.is_add():  # not in the defaults: added with +
+                raise ConfigError(f"{override.input_line}: a preset is added with + (+{override.input_line})")
             known = PRESET_GROUPS[group]
             for value in _choices(override):
                 if value not in known:
@@ -120,6 +122,8 @@ def check_overrides(overrides: list[str], own_configs: bool = True, multirun: bo
                         f"Unknown {group} {value!r}.{_closest(value, known)} Known: {', '.join(sorted(known))}"
                     )
             continue
+        if own_configs and not (override.is_add() or override.is_delete()) and group != "hydra":
+            _check_known_key(key)
         if group not in GROUPS or override.is_delete():
             continue
         registry = GROUPS[group]
@@ -157,6 +161,24 @@ def check_overrides(overrides: list[str], own_configs: bool = True, multirun: bo
                     )
             elif not any(parts[1] in registry.get(n).hyperparameters() for n in registry.names()):
                 raise ConfigError(f"{group}.{parts[1]}: no {group} has an argument {parts[1]!r}")
+
+
+def _check_known_key(key: str) -> None:
+    """A setting the config does not have (``trainer.epochz=3``, ``seeds=1``): Hydra's message is
+    four lines ("Could not override ... Key 'epochz' is not in struct"), without the known ones."""
+    parts = key.split(".")
+    known = main_config()[1]
+    if parts[0] not in known:
+        raise ConfigError(
+            f"{key} is not a setting.{_closest(parts[0], sorted(known))} Known: {', '.join(sorted(known))}"
+        )
+    if parts[0] in ("trainer", "tracking") and len(parts) == 2:
+        known = preset_keys(parts[0])
+        if parts[1] not in known:
+            raise ConfigError(
+                f"{key} is not a setting.{_closest(parts[1], sorted(known))} Known: "
+                f"{', '.join(f'{parts[0]}.{k}' for k in sorted(known))}"
+            )
 
 
 #: the groups every run has: removing one (``~optimizer``) is a mistake
