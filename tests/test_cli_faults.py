@@ -119,6 +119,13 @@ BAD_INPUT = [
     (("-m", "hydra/sweeper=optna"), "Unknown hydra/sweeper 'optna'. Did you mean 'optuna'?"),
     (("trainer.epochs=1e20",), "received epochs=1e+20 (a float this large is not an exact integer"),
     (("tracking.uri=",), "tracking.uri must be a store's URI, or left out for the default"),
+    # MLflow 3 refuses folder stores; its message, cut to one line, lost the way out
+    (
+        ("tracking.uri=./runs",),
+        "./runs is a folder store, which MLflow 3 writes only with MLFLOW_ALLOW_FILE_STORE=true; "
+        "for a database file write tracking.uri=sqlite:///runs.db",
+    ),
+    (("tracking.uri=store/mlflow.db",), "a database file is tracking.uri=sqlite:///store/mlflow.db"),
     (("hydra.run.dir=",), "hydra.run.dir is empty: Hydra would write its files"),
     (
         ("optimizer_groups=[{match: c, optimizer: sgd}]",),

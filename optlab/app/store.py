@@ -481,6 +481,8 @@ def check_store(uri: str, create: bool = True):
     scheme = scheme_of(uri)
     if scheme in ("http", "https"):
         probe_http(uri)
+    if scheme in ("", "file") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
+        raise TrackingError(_folder_store_refused(uri))
     if scheme == "sqlite":
         if sqlite_path(uri) is None:
             raise TrackingError(
@@ -500,6 +502,24 @@ def check_store(uri: str, create: bool = True):
             f"tracking.uri {shown(uri)}: MLflow has no store for scheme {scheme!r}; supported schemes: {known} "
             "(e.g. sqlite:///mlflow.db or http://host:5000); or train without tracking: tracking=none"
         ) from None
+
+
+def _folder_store_refused(uri: str) -> str:
+    """MLflow 3 refuses a folder store (``./mlruns``, ``file:///...``) unless ``MLFLOW_ALLOW_FILE_STORE``
+    is set; its own message, cut to one line, lost that way out."""
+    from urllib.parse import urlparse
+
+    path = urlparse(uri).path if uri.startswith("file:") else uri
+    path = path.removeprefix("./").rstrip("/") or "mlflow"
+    if path.endswith((".db", ".sqlite", ".sqlite3")):
+        return (
+            f"tracking store {shown(uri)} is read as a folder store (MLflow 3 writes those only with "
+            f"MLFLOW_ALLOW_FILE_STORE=true); a database file is tracking.uri=sqlite:///{path}"
+        )
+    return (
+        f"tracking store {shown(uri)} is a folder store, which MLflow 3 writes only with MLFLOW_ALLOW_FILE_STORE=true; "
+        f"for a database file write tracking.uri=sqlite:///{path}.db, or train without tracking: tracking=none"
+    )
 
 
 @contextlib.contextmanager
