@@ -524,7 +524,8 @@ class Optimizer(Configurable):
             if self.built and not self._layout.shapes:
                 return True  # Keras: an empty step does nothing and is not counted
             if self.built:
-                built = f"it was built for {len(self._layout.shapes)} parameters"
+                count = len(self._layout.shapes)
+                built = f"it was built for {count} parameter{'s' if count != 1 else ''}"
             else:
                 built = "it is not built yet; build([]) builds an optimizer on no parameters"
             raise ValueError(
