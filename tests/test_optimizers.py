@@ -336,7 +336,7 @@ def test_other_parameters_after_build_are_rejected():
     opt.apply([np.ones(3)], [np.ones(3)])
     with pytest.raises(ValueError, match="built for parameter 0 of shape"):
         opt.apply([np.ones(4)], [np.ones(4)])
-    with pytest.raises(ValueError, match="built for 1 parameters, received 2"):
+    with pytest.raises(ValueError, match="built for 1 parameter, received 2"):
         opt.apply([np.ones(3), np.ones(3)], [np.ones(3), np.ones(3)])
 
 

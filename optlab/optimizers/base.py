@@ -40,7 +40,7 @@ from ..hparams import DERIVED, Configurable, Hyper
 from ..names import auto_name
 from ..sparse import Densified, IndexedSlices, rows_of
 from . import state as _state
-from .layout import Layout, Plan, Segments, Slot, check_parameters, mismatch
+from .layout import Layout, Plan, Segments, Slot, check_parameters, count_of, mismatch
 from .selection import Choice, in_order, is_mapping, label, named
 
 
@@ -524,8 +524,7 @@ class Optimizer(Configurable):
             if self.built and not self._layout.shapes:
                 return True  # Keras: an empty step does nothing and is not counted
             if self.built:
-                count = len(self._layout.shapes)
-                built = f"it was built for {count} parameter{'s' if count != 1 else ''}"
+                built = f"it was built for {count_of(len(self._layout.shapes))}"
             else:
                 built = "it is not built yet; build([]) builds an optimizer on no parameters"
             raise ValueError(

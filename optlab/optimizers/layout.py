@@ -204,7 +204,7 @@ class Plan:
     def __init__(self, layout: Layout, params: list, owner: str):
         if len(params) != len(layout.shapes):
             raise ValueError(
-                f"{owner} was built for {len(layout.shapes)} parameters, received {len(params)} (an optimizer "
+                f"{owner} was built for {count_of(len(layout.shapes))}, received {len(params)} (an optimizer "
                 "keeps updating the parameters it was built for; create a new one for other parameters)"
             )
         check_parameters(params, owner)
@@ -380,6 +380,11 @@ def _first_overlap(params) -> tuple[int, int] | None:
         if stop > reach:
             reach, owner = stop, i
     return None
+
+
+def count_of(n: int) -> str:
+    """``1 parameter``, ``3 parameters``."""
+    return f"{n} parameter{'s' if n != 1 else ''}"
 
 
 def _conforming(grads, shapes, dtype) -> bool:

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..plugins import REGISTRIES
 from .base import Optimizer
+from .layout import count_of
 from .loss_scale import LossScaleOptimizer
 from .selection import in_order, named
 
@@ -223,7 +224,7 @@ class MultiOptimizer:
             params = list(params)
             if len(params) != len(self._assignment):
                 raise ValueError(
-                    f"MultiOptimizer was built for {len(self._assignment)} parameters, received {len(params)}"
+                    f"MultiOptimizer was built for {count_of(len(self._assignment))}, received {len(params)}"
                 )
         grads = list(grads)
         if len(grads) != len(self._assignment):
