@@ -377,6 +377,8 @@ def test_the_command_line_takes_a_space_as_written_and_refuses_a_misspelled_sett
     assert _override("budget=3") == "budget=3" and _override("hydra/launcher=joblib") == "hydra/launcher=joblib"
     with pytest.raises(ValueError, match=r"unknown setting 'budjet' \(did you mean 'budget'\?\)"):
         _override("budjet=3")
+    with pytest.raises(ValueError, match=r"unknown setting 'trackng' \(did you mean 'tracking'\?\).*, tracking$"):
+        _override("trackng=none")
 
 
 def test_the_hash_follows_the_spaces_optimizers_declare(monkeypatch):

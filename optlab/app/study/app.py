@@ -50,8 +50,8 @@ def _override(word: str) -> str:
     if root not in DEFAULTS and root not in OWN_KEYS:
         from ...names import did_you_mean
 
-        hint = did_you_mean(root, DEFAULTS)
-        raise ValueError(f"unknown setting {root!r}{hint}; the settings are {', '.join(DEFAULTS)}")
+        hint = did_you_mean(root, [*DEFAULTS, "tracking"])
+        raise ValueError(f"unknown setting {root!r}{hint}; the settings are {', '.join(DEFAULTS)}, tracking")
     if root == "space" and "." in bare:
         if _SPACE.match(value):
             value = "'" + value.strip().replace("'", "") + "'"
