@@ -389,10 +389,11 @@ class Optimizer(Configurable):
     # -- one step --------------------------------------------------------------
     def apply_gradients(self, grads_and_vars: Iterable) -> int:
         """Apply one step from ``(gradient, parameter)`` pairs; returns ``iterations``."""
-        pairs = list(grads_and_vars)
         grads, params = [], []
-        for item in pairs:
+        items = iter(grads_and_vars)  # (not made a list first: 0.2 us of a small step)
+        for item in items:
             if type(item) is not tuple or len(item) != 2:
+                pairs = [*zip(grads, params), item, *items]
                 self._check_pairs(pairs)  # raises, unless every item is a pair (lists too)
                 grads, params = [g for g, _ in pairs], [p for _, p in pairs]
                 break
