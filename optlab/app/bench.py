@@ -222,7 +222,7 @@ def main(argv=None) -> int:
     if shell is not None:
         print(
             f"from the shell, python -m optlab {' '.join(SHELL)}: tracked {shell['on']:.2f} s   "
-            f"tracking=none {shell['off']:.2f} s   (+{shell['added']:.2f} s)"
+            f"tracking=none {shell['off']:.2f} s   ratio {shell['on'] / shell['off']:.2f}   (+{shell['added']:.2f} s)"
         )
     return 0
 
