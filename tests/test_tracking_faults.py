@@ -686,6 +686,7 @@ CLI_ANNOUNCING_CLOSE = textwrap.dedent(
     from optlab.app.main import main
 
     real = tracking.MlflowTracker.close
+    tracking.FLUSH_SECONDS = 1e9  # every metric is left for the end, however slow the training on a busy machine
 
     def close(self, *args, **kwargs):
         print("closing", flush=True)
