@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .. import callbacks, optimizers, problems, schedules
 from ..hparams import Hyper
-from ..names import closest
+from ..names import closest, did_you_mean
 
 MISSING = "???"
 GROUPS = {
@@ -169,16 +169,16 @@ def _check_known_key(key: str) -> None:
     parts = key.split(".")
     known = main_config()[1]
     if parts[0] not in known:
-        raise ConfigError(
-            f"{key} is not a setting.{_closest(parts[0], sorted(known))} Known: {', '.join(sorted(known))}"
-        )
-    if parts[0] in ("trainer", "tracking") and len(parts) == 2:
-        known = preset_keys(parts[0])
-        if parts[1] not in known:
-            raise ConfigError(
-                f"{key} is not a setting.{_closest(parts[1], sorted(known))} Known: "
-                f"{', '.join(f'{parts[0]}.{k}' for k in sorted(known))}"
-            )
+        raise not_an_option("", parts[0], known)
+    if parts[0] in ("trainer", "tracking") and len(parts) == 2 and parts[1] not in preset_keys(parts[0]):
+        raise not_an_option(f"{parts[0]}.", parts[1], preset_keys(parts[0]))
+
+
+def not_an_option(prefix: str, key: str, known) -> ConfigError:
+    """``trainer.epochz is not an option (did you mean 'epochs'?). Known: trainer.batch_size, ...``: a
+    key of the node ``prefix`` the config does not have, on the command line or after composing."""
+    listed = ", ".join(prefix + k for k in sorted(known))
+    return ConfigError(f"{prefix}{key} is not an option{did_you_mean(key, known)}. Known: {listed}")
 
 
 #: the groups every run has: removing one (``~optimizer``) is a mistake

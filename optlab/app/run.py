@@ -18,7 +18,7 @@ from ..callbacks import Callback, ProgressBar, direction
 from ..files import write_text_atomic
 from ..names import closest, did_you_mean
 from ..trainer import Trainer
-from .config import INTERNAL_CALLBACKS, MISSING, ConfigError, main_config, preset_keys
+from .config import INTERNAL_CALLBACKS, MISSING, ConfigError, main_config, not_an_option, preset_keys
 
 
 class PrintRows(Callback):
@@ -166,10 +166,7 @@ def check_keys(conf: dict) -> None:
     for prefix, (node, known) in groups.items():
         for key in node:
             if key not in known:
-                raise ConfigError(
-                    f"{prefix}{key} is not an option{did_you_mean(str(key), known)}. "
-                    f"Known: {', '.join(prefix + k for k in sorted(known))}"
-                )
+                raise not_an_option(prefix, str(key), known)
     missing = [k for k in preset_keys("trainer") if k not in (conf.get("trainer") or {})]
     if missing:
         raise ConfigError(f"trainer.{missing[0]} is missing")
