@@ -44,22 +44,11 @@ def _adam(p, g, m, v, vhat, lr, b1, b2, one_minus_b1, one_minus_b2, eps, step, c
 _ADAM = {(a, d): _adam.specialize(AMSGRAD=a, DECAY=d) for a in (False, True) for d in (False, True)}
 
 
-#: (dt, beta_1, beta_2) -> the betas and one minus them in dt (a numpy scalar costs ~0.1-0.4 us to
-#: make, a fair share of a small step's fixed cost)
-_BETAS: dict = {}
-
-
 def adam_betas(dt, beta_1, beta_2):
-    """``beta_1, beta_2, 1 - beta_1, 1 - beta_2`` in ``dt`` (the differences taken in Python floats, as
-    Keras does), made once per value. The per-step scalar, the step size, is made in the kernel
-    (:func:`adam_alpha`): made here in numpy scalars it took about 2 us of every step."""
-    key = (dt, beta_1, beta_2)
-    betas = _BETAS.get(key)
-    if betas is None:
-        if len(_BETAS) > 64:  # (a sweep over the betas)
-            _BETAS.clear()
-        betas = _BETAS[key] = (dt(beta_1), dt(beta_2), dt(1.0 - beta_1), dt(1.0 - beta_2))
-    return betas
+    """``beta_1, beta_2, 1 - beta_1, 1 - beta_2`` in ``dt``, the differences taken in Python floats, as
+    Keras does (``Adam`` keeps them, with epsilon, until a hyperparameter is set). The per-step
+    scalar, the step size, is made in the kernel (:func:`adam_alpha`)."""
+    return dt(beta_1), dt(beta_2), dt(1.0 - beta_1), dt(1.0 - beta_2)
 
 
 class Adam(Optimizer):
