@@ -482,17 +482,29 @@ def bench_cold(name: str, cache: str) -> dict:
     after: kernels load from the cache); on 8 parameters (the serial kernel) and on 2^20 (the
     parallel one). The seconds of the first step alone, imports not counted."""
     import os
-    import subprocess
 
     env = {**os.environ, "NUMBA_CACHE_DIR": cache}
     row = {"optimizer": name}
     for state in ("cold", "warm"):
-        done = subprocess.run(
-            [sys.executable, "-c", _FIRST_STEPS, name], env=env, capture_output=True, text=True, check=True
-        )
-        for label, seconds in json.loads(done.stdout.strip().splitlines()[-1]).items():
+        for label, seconds in _in_new_process(_FIRST_STEPS, [name], env).items():
             row[f"{state}_{label}"] = seconds
     return row
+
+
+def _in_new_process(code: str, args: list[str], env=None) -> dict:
+    """The JSON ``code`` prints last, run with ``args`` by a new Python process."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+#: one row of the training loop's section, in a process of its own (see ``main``)
+_LOOP_ROW = """
+import json, sys
+from optlab.bench import bench_loop
+print(json.dumps(bench_loop(json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3]))))
+"""
 
 
 def _fmt_time(seconds: float) -> str:
@@ -635,7 +647,9 @@ def main(argv=None) -> int:
             ("seed_linear", "sgd", 2000),
             ({"name": "quadratic", "dim": 1_000_000}, "adam", 50),
         ):
-            row = bench_loop(problem, optimizer, steps)
+            # in a new process, as a run is: the sections before leave hundreds of MB freed and their
+            # threads behind, and seed_linear's loop measured 10-30% slower after them than alone
+            row = _in_new_process(_LOOP_ROW, [json.dumps(problem), optimizer, str(steps)])
             results.setdefault("loop", []).append(row)
             print(
                 f"  {row['problem']:<12} {optimizer:<5} trainer {1 / row['trainer']:>10,.0f} steps/s   "
