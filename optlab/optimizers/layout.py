@@ -220,7 +220,7 @@ class Plan:
             self.chunks = [layout.chunk(0, len(params), self.flat)]
         else:
             self.chunks = [layout.chunk(i, i + 1, p.reshape(-1)) for i, p in enumerate(params)]
-        # (the last step's arrays, their flat view or None, the step's work when they are one: see fitting)
+        # (the last step's arrays, their flat view or None, the step's work when they are one: see work)
         self._grads: tuple[tuple, np.ndarray | None, list | None] | None = None
         # how np.concatenate gathers gradients: along their axis when all are 1-D (no ravel each), else flattened
         self._axis = 0 if all(len(s) == 1 for s in layout.shapes) else None
@@ -233,9 +233,6 @@ class Plan:
             return None
         if not _conforming(grads, layout.shapes, layout.dtype):
             return None
-        cached = self._grads
-        if cached is not None and cached[2] is not None and all(map(is_, grads, cached[0])):
-            return cached[2]  # the last step's arrays, views of one buffer: the same work, read in place
         return self.work(grads, (), True)
 
     def covers(self, params: list) -> bool:
@@ -274,7 +271,7 @@ class Plan:
         if gflat is None:  # parameters are flat but gradients are not: gather them into the scratch buffer
             gflat = np.concatenate(grads, axis=self._axis, out=layout.scratch(0, layout.size))
             return [(self.chunks[0], gflat)]
-        return cached[2]
+        return cached[2]  # views of one buffer, read in place: the same work as the last step's
 
     def _checked(self, grads: list) -> list:
         """Gradients that are not all ndarrays of their parameters' shapes and dtype, as arrays, or
