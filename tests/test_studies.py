@@ -270,6 +270,47 @@ ARGS = ("optimizers=[sgd,adam]", "problems=[beale,logistic_regression]", "budget
 ARGS = (*ARGS, "name=tiny", "runs_per_job=2")
 
 
+#: the study's command with a store that never takes a run's status (its children, written in bulk, do not ask)
+STATUS_REFUSED = """
+import sys
+from mlflow.tracking import MlflowClient
+
+def refused(self, *args, **kwargs):
+    raise RuntimeError("database is locked")
+
+MlflowClient.set_terminated = refused
+from optlab.app.study.app import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_a_study_whose_parent_cannot_be_ended_says_so_and_keeps_the_status_for_delivery(tmp_path):
+    """The parent run's status the store refused is not left RUNNING unsaid: one line names what is
+    kept and the command that delivers it, and delivering it ends the parent."""
+    import re
+
+    from cli_helpers import client
+
+    from optlab import deliver
+
+    result = subprocess.run(
+        [sys.executable, "-c", STATUS_REFUSED, *ARGS], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    assert "optlab: warning: MLflow: the study's parent run: the run's status (FINISHED) could not be set" in (
+        result.stderr
+    ), result.stderr
+    kept = re.search(r"deliver them with: python -m optlab.deliver (\S+)", result.stderr)
+    assert kept, result.stderr
+    c = client(tmp_path)
+    exp = c.get_experiment_by_name("optlab")
+    parents = [r for r in c.search_runs([exp.experiment_id]) if r.data.tags.get("optlab.kind") == "study"]
+    assert [p.info.status for p in parents] == ["RUNNING"]
+    assert deliver.main([kept.group(1)]) == 0
+    assert c.get_run(parents[0].info.run_id).info.status == "FINISHED"
+
+
 @pytest.mark.slow
 def test_cli_study_stopped_then_resumed_records_one_parent_and_every_child_once(tmp_path):
     import signal

@@ -113,12 +113,13 @@ def _sweep(sweeper, arguments: list[str], spec: Spec, store: Store) -> dict:
         status = "FINISHED"
     except StudyFailed as error:
         if log is not None:
-            log.close("FAILED")
+            log.close("FAILED")  # (if the store did not take the status, `finally` says so)
         _fail(str(error), 1)
     except KeyboardInterrupt as stop:
         status = "KILLED"
         if log is not None:
             log.close("KILLED", timeout=10)
+            _report_parent(log)
         print(
             f"\noptlab: study stopped ({stop or 'interrupted'}): the runs that finished are kept in {store.folder}; "
             "repeat the command to run the rest",
@@ -128,11 +129,13 @@ def _sweep(sweeper, arguments: list[str], spec: Spec, store: Store) -> dict:
     finally:
         if status == "FAILED" and log is not None and log.tracker.status is None:
             log.close("FAILED", timeout=10)
+            _report_parent(log)
     if log is not None:
         waiting = log.pending()
         if waiting:
             print(f"optlab: writing {waiting} runs to MLflow ...", flush=True)
         log.close("FINISHED", results, report)
+        _report_parent(log)
         if log.unwritten:
             print(
                 f"optlab: warning: MLflow: {counted(log.unwritten, 'child run')} not written ({log.error}); their "
@@ -154,3 +157,11 @@ def _sweep(sweeper, arguments: list[str], spec: Spec, store: Store) -> dict:
     if log is not None:
         print(f"optlab: MLflow: parent run {log.run_id} ({log.written} child runs written)")
     return results
+
+
+def _report_parent(log) -> None:
+    """One line if the study's parent run did not get its status or metrics: what is kept for
+    ``python -m optlab.deliver`` (the tracker keeps them; a run left RUNNING unsaid is a silent loss)."""
+    message = log.tracker.undelivered_message()
+    if message:
+        print(f"optlab: warning: MLflow: the study's parent run: {message}", file=sys.stderr)
