@@ -33,12 +33,33 @@ DEFAULT_SIZES = (100_000, 1_000_000, 10_000_000, 30_000_000)
 #: optimizers whose work is matrix-shaped: benchmarked on matrices of this many columns
 MATRIX_SHAPED = {"adafactor": 256, "muon": 256}
 MANY_ARRAYS, MANY_SIZE = 500, 2_000
+#: optimizers whose step makes a read-only pass over parameter-sized arrays before the update: how
+#: many arrays it reads (Adafactor's statistics pass reads p and g: the column averages and the
+#: update's RMS depend on every row before any parameter can move)
+READ_PASSES = {"adafactor": 2}
 
 
 @kernel
 def _rmw(a, b, s):
     for i in prange(a.shape[0]):
         a[i] += s * b[i]
+
+
+@kernel(fastmath={"reassoc"})
+def _sum_squares(a, b, out):
+    """out[k] = the sum over block k of a's and b's rows of a^2 + b^2: a read-only pass over two
+    (rows, 256) arrays, a row at a time (a statistics pass's access; a flat 1-D sum inside ``prange``
+    ran at half the speed here: numba did not vectorize its inner loop)."""
+    blocks = out.shape[0]
+    rows, cols = a.shape
+    for k in prange(blocks):
+        x = a[0, 0] - a[0, 0]
+        y = x
+        for i in range(k * rows // blocks, (k + 1) * rows // blocks):
+            for j in range(cols):
+                x += a[i, j] * a[i, j]
+                y += b[i, j] * b[i, j]
+        out[k] = x + y
 
 
 def median_time(fn: Callable[[], object], min_repeats: int = 5, min_seconds: float = 0.3, max_repeats: int = 200):
@@ -63,6 +84,18 @@ def memory_bandwidth(n: int = 30_000_000, rounds: int = 3) -> float:
     _rmw(a, b, s)  # compile, fault the pages in
     seconds = min(median_time(lambda: _rmw(a, b, s), min_repeats=10) for _ in range(rounds))
     return 3 * 4 * n / seconds
+
+
+def read_bandwidth(n: int = 30_000_000, rounds: int = 3) -> float:
+    """Bytes per second of a parallel read-only pass (a sum of squares) over two float32 arrays of
+    about ``n`` elements as (n / 256, 256) matrices; the best of ``rounds`` medians. Reported beside
+    :func:`memory_bandwidth`: a pass that only reads need not run at that kernel's rate."""
+    a = np.ones((n // 256, 256), np.float32)
+    b = np.full((n // 256, 256), 0.5, np.float32)
+    out = np.empty(64, np.float32)
+    _sum_squares(a, b, out)  # compile, fault the pages in
+    seconds = min(median_time(lambda: _sum_squares(a, b, out), min_repeats=10) for _ in range(rounds))
+    return 2 * 4 * a.size / seconds
 
 
 #: the reference product of ``matmul_rate``: (MATMUL_ROWS x MATMUL_INNER) @ (MATMUL_INNER x MATMUL_INNER)
@@ -283,6 +316,13 @@ def bench_fresh_grads(name: str = "adam", arrays: int = MANY_ARRAYS, size: int =
         for _ in range(2):
             step()
         cases[label] = step
+    gathered = np.empty(arrays * size, np.float32)
+
+    def copy():  # the gradients gathered into one buffer, alone: what any path that gathers them pays
+        turn[0] += 1
+        np.concatenate(fresh[turn[0] % 3], out=gathered)
+
+    cases["copy"] = copy
     return {"optimizer": name, "arrays": arrays, "size": size, **_alternate(cases)}
 
 
@@ -569,6 +609,14 @@ def main(argv=None) -> int:
     bandwidth = memory_bandwidth()
     print(f"memory bandwidth (parallel a[i] += s*b[i] on 3e7 float32): {bandwidth / 1e9:.1f} GB/s")
     results: dict = {"bandwidth_gbps": bandwidth / 1e9, "steps": [], "many": [], "torch": []}
+    reading = None
+    if want("steps") and any(name in READ_PASSES for name in names):
+        reading = read_bandwidth()
+        results["read_bandwidth_gbps"] = reading / 1e9
+        print(
+            f"read-only bandwidth (parallel sum of a^2 + b^2 over two 3e7 float32): {reading / 1e9:.1f} GB/s, "
+            f"{reading / bandwidth:.2f} of the above"
+        )
     flop_rate = None
     if want("steps") and any(hasattr(registry.get(name), "step_flops") for name in names):
         flop_rate = matmul_rate()
@@ -586,6 +634,11 @@ def main(argv=None) -> int:
             row = bench_optimizer(name, n)
             row["fraction"] = row["gbps"] * 1e9 / bandwidth
             note = f"  ({MATRIX_SHAPED[name]}-column matrix)" if name in MATRIX_SHAPED else ""
+            if name in READ_PASSES:  # the least time a read-only pass and then the update can take here
+                floor = READ_PASSES[name] * 4 * row["n"] / reading + row["bytes"] / bandwidth
+                row["ceiling"] = row["bytes"] / bandwidth / floor
+                row["of_floor"] = floor / row["seconds"]
+                note += f"  two passes: ceiling {row['ceiling']:.2f} of bw, {row['of_floor']:.2f} of it reached"
             if "gflops" in row:
                 row["matmul_fraction"] = row["gflops"] * 1e9 / flop_rate
                 note += f"  {row['gflops']:.1f} GFLOP/s, {row['matmul_fraction']:.2f} of matmul"
@@ -615,7 +668,9 @@ def main(argv=None) -> int:
             results.setdefault("fresh_grads", []).append(row)
             print(
                 f"  adam  {arrays:>4} x {size:<8} flat {_fmt_time(row['flat'])}  separate fresh "
-                f"{_fmt_time(row['fresh'])}  fresh/flat = {row['fresh'] / row['flat']:.2f}"
+                f"{_fmt_time(row['fresh'])}  fresh/flat = {row['fresh'] / row['flat']:.2f}   "
+                f"(np.concatenate of the gradients alone {_fmt_time(row['copy'])}: "
+                f"(flat + it)/flat = {(row['flat'] + row['copy']) / row['flat']:.2f})"
             )
 
     if want("tiny"):

@@ -389,6 +389,9 @@ def test_the_tracking_benchmark_reports_the_ratio_the_fixed_cost_and_the_runs_fr
     untracked = float(shell.split("tracking=none ")[1].split(" s")[0])
     added = float(shell.split("(+")[1].split(" s")[0])
     assert added == pytest.approx(tracked - untracked, abs=0.011)  # one repeat: the one difference
+    mlflow_alone = float(lines[4].split("one query): ")[1].split(" s")[0])
+    least = float(lines[4].split("with the untracked run ")[1].split(" s")[0])
+    assert 0 < mlflow_alone and least == pytest.approx(untracked + mlflow_alone, abs=0.011)
 
 
 def test_a_preset_in_the_working_directorys_conf_folder_is_found(tmp_path):

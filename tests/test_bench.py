@@ -1,7 +1,9 @@
 """The benchmark's command line (its figures are for reading, not for asserting)."""
 
+import itertools
 import json
 
+import numpy as np
 import pytest
 
 from optlab import bench
@@ -32,6 +34,43 @@ def test_bench_runs_and_writes_json(tmp_path, capsys, monkeypatch):
     assert problem["seconds"] > 0 and 0 < problem["gradient"] < problem["seconds"]
     assert [r["optimizer"] for r in data["cold"]] == ["sgd", "lamb"]
     assert "all of them: 10.0 s cold, 2.00 s warm (5x)" in printed
+
+
+def test_a_two_pass_optimizer_is_reported_against_its_floor_and_fresh_gradients_against_a_copy(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(bench, "memory_bandwidth", lambda n=0, rounds=1: 10e9)
+    monkeypatch.setattr(bench, "read_bandwidth", lambda n=0, rounds=1: 4e9)
+    out = tmp_path / "b.json"
+    assert (
+        bench.main(["--optimizers", "adafactor", "--sizes", "25600", "--only", "steps,fresh", "--json", str(out)]) == 0
+    )
+    printed = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    (row,) = data["steps"]
+    n, moved = 25600, row["bytes"]  # its statistics pass reads p and g (8 bytes a parameter) at 4 GB/s first
+    floor = 8 * n / 4e9 + moved / 10e9
+    assert row["ceiling"] == pytest.approx(moved / 10e9 / floor)
+    assert row["of_floor"] == pytest.approx(floor / row["seconds"])
+    assert f"two passes: ceiling {row['ceiling']:.2f} of bw" in printed
+    assert data["read_bandwidth_gbps"] == pytest.approx(4.0)
+    for fresh in data["fresh_grads"]:  # the copy alone is timed beside both paths
+        assert fresh["copy"] > 0 and fresh["flat"] > 0 and fresh["fresh"] > 0
+    assert "np.concatenate of the gradients alone" in printed
+
+
+def test_the_read_only_pass_sums_the_squares_of_both_arrays():
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((37, 256)).astype(np.float32)
+    b = rng.standard_normal((37, 256)).astype(np.float32)
+    out = np.empty(5, np.float32)
+    bench._sum_squares(a, b, out)  # 5 blocks of rows
+    bounds = [k * 37 // 5 for k in range(6)]
+    expected = [
+        np.sum(a[lo:hi].astype(np.float64) ** 2 + b[lo:hi].astype(np.float64) ** 2)
+        for lo, hi in itertools.pairwise(bounds)
+    ]
+    np.testing.assert_allclose(out, expected, rtol=1e-5)
 
 
 def test_cold_start_compiles_into_an_empty_cache_then_loads_from_it(tmp_path):
