@@ -461,3 +461,46 @@ def test_the_same_gradient_arrays_refilled_in_place_are_read_again_at_each_step(
         opt.apply(grads, params)
         total -= value
         np.testing.assert_array_equal(params.flat, total.astype(np.float32))
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_weight_decay_changed_between_steps_is_used_and_exclusions_hold_in_partial_steps(flat):
+    """The decay of each parameter is worked out once (kept until a hyperparameter is set): a new
+    rate must be used at the next step, an excluded parameter never decays, also in a step that
+    leaves a parameter out (other chunks). By hand: SGD, rate 1, zero gradients, so that each step
+    is ``p <- p (1 - wd)`` for the parameters that decay."""
+    params = optlab.flat_parameters([(2,), (1,)], np.float64) if flat else [np.zeros(2), np.zeros(1)]
+    params[0][...], params[1][...] = 2.0, 4.0
+    zeros = [np.zeros(2), np.zeros(1)]
+    opt = optlab.optimizers.get({"name": "sgd", "learning_rate": 1.0, "weight_decay": 0.5})
+    opt.exclude_from_weight_decay(var_list=[params[1]])
+    opt.apply(zeros, params)
+    np.testing.assert_array_equal(params[0], [1.0, 1.0])
+    np.testing.assert_array_equal(params[1], [4.0])
+    opt.weight_decay = 0.25
+    opt.apply(zeros, params)
+    np.testing.assert_array_equal(params[0], [0.75, 0.75])
+    with pytest.warns(UserWarning, match="not updated"):
+        opt.apply([None, zeros[1]], params)  # the excluded parameter alone
+    np.testing.assert_array_equal(params[0], [0.75, 0.75])
+    np.testing.assert_array_equal(params[1], [4.0])
+    with pytest.warns(UserWarning, match="not updated"):
+        opt.apply([zeros[0], None], params)
+    np.testing.assert_array_equal(params[0], [0.5625, 0.5625])
+    opt.weight_decay = None
+    opt.apply(zeros, params)
+    np.testing.assert_array_equal(params[0], [0.5625, 0.5625])
+    np.testing.assert_array_equal(params[1], [4.0])
+
+
+def test_a_rule_of_its_own_for_weight_decay_follows_its_hyperparameters_between_steps():
+    """Muon decays its non-2-D parameters by ``adam_weight_decay`` (its ``weight_decay_rate``): set
+    between steps, the new rate is used. Zero gradients leave Adam's step at 0, so by hand
+    ``p <- p (1 - lr wd)`` with lr 0.5: 1 -> 0.75 (wd 0.5), then -> 0.675 (wd 0.2)."""
+    params = [np.ones(2)]
+    opt = optlab.optimizers.get({"name": "muon", "learning_rate": 0.5, "adam_weight_decay": 0.5})
+    opt.apply([np.zeros(2)], params)
+    np.testing.assert_allclose(params[0], [0.75, 0.75], rtol=1e-15)
+    opt.adam_weight_decay = 0.2
+    opt.apply([np.zeros(2)], params)
+    np.testing.assert_allclose(params[0], [0.675, 0.675], rtol=1e-15)

@@ -241,7 +241,10 @@ class Optimizer(Configurable):
         raise NotImplementedError
 
     def weight_decay_rate(self, shape: tuple, name: str | None = None) -> float | None:
-        """The decoupled weight decay applied to a parameter of this shape and name (None: unnamed)."""
+        """The decoupled weight decay applied to a parameter of this shape and name (None: unnamed).
+
+        A function of the shape, the name and the hyperparameters: it is asked once per parameter,
+        and again only after a hyperparameter is set or the optimizer is built again."""
         return self.weight_decay
 
     def updates_rows_alone(self) -> bool:
@@ -703,25 +706,39 @@ class Optimizer(Configurable):
     def _apply_weight_decay(self, work, lr, dt) -> list | None:
         """Decay the parameters of each work item; returns, per item, the decay left to an update
         rule that fuses it (one rate for the whole chunk), else None (None alone: no decay at all)."""
-        rates = self._decay_rates()
-        if rates is None:
+        kept = self._chunk_decays(dt)
+        if kept is None:
             return None
+        rates, decays = kept
+        lr = dt(lr)
         fused = [None] * len(work)
         for n, (chunk, _) in enumerate(work):
             seg = chunk.seg
-            chunk_rates = [rates[i] for i in seg.indices]
-            if all(r == chunk_rates[0] for r in chunk_rates):
-                if chunk_rates[0]:
-                    c = dt(chunk_rates[0]) * dt(lr)
-                    if self.fuses_weight_decay:
-                        fused[n] = c
-                    else:
-                        K.decay(chunk.param, c)
-                continue
-            for k, r in enumerate(chunk_rates):
-                if r:
-                    K.decay(chunk.param[seg.offsets[k] : seg.offsets[k + 1]], dt(r) * dt(lr))
+            rate = decays.get(seg.indices)
+            if rate is None:
+                rate = decays[seg.indices] = _decay_of(rates, seg, dt)
+            if rate.__class__ is list:  # rates that differ within the chunk: each parameter decays apart
+                for k, r in rate:
+                    K.decay(chunk.param[seg.offsets[k] : seg.offsets[k + 1]], r * lr)
+            elif rate:
+                if self.fuses_weight_decay:
+                    fused[n] = rate * lr
+                else:
+                    K.decay(chunk.param, rate * lr)
         return fused
+
+    def _chunk_decays(self, dt) -> tuple[list, dict] | None:
+        """Each parameter's rate (``weight_decay_rate``, exclusions applied) and ``{parameter range:
+        its decay}`` (:func:`_decay_of`), filled as chunks come; None when no parameter decays. Kept
+        with the derived values (made again when a hyperparameter is set) for this layout, its
+        exclusions and ``dt``: the rates are asked once per parameter, not at each step (3 us of a
+        small step)."""
+        derived = self.__dict__.get(DERIVED) or self._derive()
+        kept = derived.get("decays")
+        if kept is None or kept[0] is not self._layout or kept[1] is not self._exclude_wd or kept[2] is not dt:
+            rates = self._decay_rates()
+            kept = derived["decays"] = (self._layout, self._exclude_wd, dt, (rates, {}) if rates else None)
+        return kept[3]
 
     def _decay_rates(self):
         if type(self).weight_decay_rate is Optimizer.weight_decay_rate and self.weight_decay is None:
@@ -925,3 +942,13 @@ def _describe(item) -> str:
     if isinstance(item, (tuple, list)):
         return f"a {type(item).__name__} of {len(item)} items"
     return f"a {type(item).__name__}"
+
+
+def _decay_of(rates: list, seg, dt):
+    """The decay of the parameters ``seg`` covers, of ``rates`` (one per parameter): one rate in
+    ``dt`` (0 for none) when they all share it, else ``[(k, rate), ...]`` for each parameter k of
+    ``seg`` that decays."""
+    chunk_rates = [rates[i] for i in seg.indices]
+    if all(r == chunk_rates[0] for r in chunk_rates):
+        return dt(chunk_rates[0]) if chunk_rates[0] else 0
+    return [(k, dt(r)) for k, r in enumerate(chunk_rates) if r]
