@@ -58,6 +58,8 @@ def test_bad_configs_fail_before_training_with_one_message(tmp_path, args, messa
     assert message in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert not (tmp_path / "mlflow.db").exists()
+    for log in (tmp_path / ".optlab").glob("runs/*/*/main.log"):  # a run folder Hydra made says why nothing ran
+        assert message in log.read_text()
 
 
 def test_tutorial_preset_prints_the_seven_rows(tmp_path):

@@ -69,6 +69,8 @@ def _task(cfg):
     try:
         return run(conf, sweep, hydra_conf.runtime.output_dir, worker=worker, threads=threads)
     except ConfigError as error:
+        # Hydra has made the run's folder (its config): its log says why nothing ran
+        running.append_to_log(f"optlab: error: {error}\n", hydra_conf.runtime.output_dir)
         _fail(str(error))
     except RunStopped as stopped:
         print(f"\noptlab: {stopped}", file=sys.stderr)

@@ -608,14 +608,21 @@ def finished_job(output_dir, overrides: str) -> dict | None:
 
 
 def _keep_traceback(error: BaseException, output_dir) -> str | None:
-    """Append ``error``'s traceback to the run's log (Hydra's job log, else ``optlab.log``) in
-    ``output_dir``; returns its path. With ``HYDRA_FULL_ERROR=1`` it is printed as well."""
-    import logging
+    """Append ``error``'s traceback to the run's log (:func:`append_to_log`); returns its path. With
+    ``HYDRA_FULL_ERROR=1`` it is printed as well."""
     import traceback
 
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         print(text, file=sys.stderr)
+    return append_to_log(text, output_dir)
+
+
+def append_to_log(text: str, output_dir) -> str | None:
+    """Append ``text`` to the run's log (Hydra's job log, else ``optlab.log``) in ``output_dir``;
+    returns its path, or None if there is none or it cannot be written."""
+    import logging
+
     files = [h.baseFilename for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
     path = files[0] if files else (os.path.join(output_dir, "optlab.log") if output_dir else None)
     if path is None:
