@@ -385,6 +385,9 @@ def test_the_tracking_benchmark_reports_the_ratio_the_fixed_cost_and_the_runs_fr
     assert 0 < off and 0 < on and float(lines[1].split("ratio ")[1].split()[0]) > 0  # (figures for reading)
     assert lines[2].startswith("fixed cost per run (the same run of 1 epoch, tracked less untracked, ")
     assert "opening the run " in lines[2] and "its end " in lines[2]
+    close = float(lines[2].split("its end ")[1].split(" s")[0])
+    plots = float(lines[2].split("drawing the plots ")[1].split(" s")[0])
+    assert 0 < plots <= close  # (medians of the same runs: drawing is part of the end)
     shell = lines[3]
     assert shell.startswith("from the shell, python -m optlab problem=seed_linear trainer.epochs=2: tracked ")
     tracked = float(shell.split("tracked ")[1].split(" s")[0])

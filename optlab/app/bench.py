@@ -17,7 +17,8 @@ and the median of those comparisons is printed:
   plots, the status); the tracker is built as ``python -m optlab`` builds it (tags, params,
   datasets, the default points);
 - the **fixed cost** per run: the same run of one epoch, tracked less untracked (opening the
-  run, its params, the final flush, the plots, the status), with how long opening and ending took;
+  run, its params, the final flush, the plots, the status), with how long opening and ending
+  took, and drawing the plots (matplotlib's share of the end);
 - a **tiny run from the shell**: ``python -m optlab problem=rosenbrock trainer.epochs=10``
   tracked and with ``tracking=none``, whole processes (imports included), and MLflow's own
   opening in a new process (importing it, its sqlite store, one query): the least a run adds
@@ -79,6 +80,7 @@ def timed_run(conf) -> dict:
         "close": end - trained,
         "steps": trainer.step,
         "points": tracker.metrics_logged if tracker is not None else 0,
+        "plots": tracker.plot_seconds if tracker is not None else 0.0,
     }
 
 
@@ -113,6 +115,7 @@ def bench_tracking(overrides, repeats: int, store: str) -> dict:
         "points": runs["on"][0]["points"],
         "fixed_start": median("short_on", "start"),
         "fixed_close": median("short_on", "close"),
+        "fixed_plots": median("short_on", "plots"),
         "fixed_points": runs["short_on"][0]["points"],
     }
 
@@ -242,7 +245,7 @@ def main(argv=None) -> int:
     print(
         f"fixed cost per run (the same run of 1 epoch, tracked less untracked, {result['fixed_points']} points): "
         f"{result['fixed']:.3f} s   (opening the run {result['fixed_start']:.3f} s, "
-        f"its end {result['fixed_close']:.3f} s)"
+        f"its end {result['fixed_close']:.3f} s, of which drawing the plots {result['fixed_plots']:.3f} s)"
     )
     if shell is not None:
         print(

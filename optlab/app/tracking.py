@@ -202,6 +202,7 @@ class MlflowTracker(Callback):
         self.kept_error: str | None = None
         self.plots_error: str | None = None
         self.metrics_logged = 0  # points handed to the writer
+        self.plot_seconds = 0.0  # spent drawing the plots at the run's end (for the benchmark)
         self._closed = False
         self._writer = None
         self._http = None
@@ -483,10 +484,12 @@ class MlflowTracker(Callback):
             self._add_summary()
             self._hand_over()
             self._writer.finish(deadline)
+            drawing = time.perf_counter()
             try:  # drawn while the writer stores the last metrics
                 self._images = self._render()
             except Exception as exc:  # a plot must never hide the run's own outcome
                 plot_error = exc
+            self.plot_seconds = time.perf_counter() - drawing
             self._writer.wait(deadline)
             if self._images:  # until the deadline (1 s at least); what the store does not take is kept
                 bounded(self._log_images, max(deadline - time.monotonic(), 1.0))
