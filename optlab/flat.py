@@ -22,13 +22,33 @@ class FlatArrays(list):
         self.flat = flat
 
 
-def _shape(s) -> tuple[int, ...]:
-    return (int(s),) if np.isscalar(s) else tuple(int(d) for d in s)
+def _shape(s, i: int) -> tuple[int, ...]:
+    """Shape ``i`` of ``flat_parameters`` (a tuple of integers >= 0, or one integer) as a tuple of ints.
+
+    Arrays of values are refused, not read as shapes: ``flat_parameters([np.ones(2)])`` made a
+    ``(1, 1)`` array of the values 1, 1 (``flatten`` is what copies arrays into one buffer)."""
+    if isinstance(s, np.ndarray) and s.dtype.kind not in "iu":
+        raise TypeError(
+            f"flat_parameters: shape {i} is an array of {s.dtype} values; it takes shapes, e.g. [(3, 4), (4,)]. "
+            "To copy arrays into one flat buffer: optlab.flatten(arrays); zeros shaped like them: "
+            "optlab.flat_like(arrays)"
+        )
+    dims = (s,) if np.isscalar(s) else s
+    try:
+        dims = tuple(dims)
+    except TypeError:
+        dims = None
+    if dims is None or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in dims):
+        raise ValueError(
+            f"flat_parameters: shape {i} is {s!r}; a shape is a tuple of integers >= 0, or one integer, "
+            "e.g. [(3, 4), 4]"
+        )
+    return tuple(int(d) for d in dims)
 
 
 def flat_parameters(shapes: Sequence, dtype=np.float32, fill: float = 0.0) -> FlatArrays:
     """Arrays of the given ``shapes`` as views of one new flat buffer of ``dtype``."""
-    shapes = [_shape(s) for s in shapes]
+    shapes = [_shape(s, i) for i, s in enumerate(shapes)]
     sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
     flat = np.full(sum(sizes), fill, dtype=dtype)
     views, start = [], 0

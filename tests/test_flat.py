@@ -1,5 +1,7 @@
 """Flat parameter buffers: layout helpers and the detection of back-to-back views."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -15,6 +17,30 @@ def test_flat_parameters_are_views_of_one_buffer():
     np.testing.assert_array_equal(params.flat[6:10], 7.0)
     assert params.flat[0] == 1.5
     assert flat_view(params) is not None and np.shares_memory(flat_view(params), params.flat)
+
+
+@pytest.mark.parametrize(
+    ("shapes", "error", "message"),
+    [
+        ([np.ones(2), np.ones(2)], TypeError, "shape 0 is an array of float64 values; it takes shapes"),
+        ([(2,), np.full(3, 2.5, np.float32)], TypeError, "optlab.flatten(arrays)"),
+        ([(2, 2.5)], ValueError, "shape 0 is (2, 2.5); a shape is a tuple of integers >= 0"),
+        ([3, (4, -1)], ValueError, "shape 1 is (4, -1)"),
+        ([3.0], ValueError, "shape 0 is 3.0"),
+        ([(True, 2)], ValueError, "shape 0 is (True, 2)"),
+        ([None], ValueError, "shape 0 is None"),
+    ],
+)
+def test_flat_parameters_refuses_what_is_not_a_shape(shapes, error, message):
+    """Arrays of values were read as shapes: [np.ones(2)] made one (1, 1) parameter, 2.5 became 2."""
+    with pytest.raises(error, match=re.escape(message)):
+        optlab.flat_parameters(shapes)
+
+
+def test_flat_parameters_takes_integer_shapes_of_any_integer_type():
+    params = optlab.flat_parameters([np.array([2, 3]), (np.int64(4),), np.int32(5), ()])
+    assert [p.shape for p in params] == [(2, 3), (4,), (5,), ()]
+    assert params.flat.size == 6 + 4 + 5 + 1
 
 
 def test_flatten_copies_and_flat_like_zeroes():
