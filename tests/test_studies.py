@@ -12,6 +12,7 @@ import pytest
 
 from optlab.app.study import measures
 from optlab.app.study.reduce import tuning_table
+from optlab.app.study.report import markdown
 from optlab.app.study.runner import Study, jobs_of
 from optlab.app.study.spec import Spec, SpecError
 from optlab.app.study.store import Store, decode, encode
@@ -231,11 +232,17 @@ def test_protocol_end_to_end_and_resume(tmp_path):
     assert [t["factor"] for t in sgd] == [10.0, 3.0, 1.0, 0.5]
     assert (study.store.folder / "results.json").exists()
 
-    # repeated: nothing runs again
+    # repeated: nothing runs again, and the report keeps the timing of the command that ran the runs
     again, _ = _study(tmp_path)
     repeat = again.run()
-    assert repeat["timing"]["runs_run"] == 0 and repeat["timing"]["runs_reused"] == n_tuning + n_final
+    now = repeat["timing_now"]
+    assert now["runs_run"] == 0 and now["runs_reused"] == n_tuning + n_final and now["jobs"] == 0
+    assert repeat["timing"] == timing  # (it was replaced by the repeat's: 0 runs in 0 jobs)
+    assert json.loads((study.store.folder / "results.json").read_text())["timing"] == timing
     assert repeat["chosen"] == results["chosen"]
+    text = markdown(study.spec, repeat, "cmd")
+    assert f"{timing['runs']} runs ({timing['runs_run']} run now in {timing['jobs']} jobs" in text
+    assert f"which found all {n_tuning + n_final} runs done and ran none" in text
     # interrupted: the runs that had not finished (files missing) run, the rest is reused
     files = sorted((study.store.folder / "runs").glob("*.json"))
     for path in files[:5]:

@@ -404,6 +404,15 @@ def markdown(spec: Spec, results: dict, command: str) -> str:
         f"{timing['warmup_seconds']:.1f} s.",
         "",
     ]
+    now = results.get("timing_now", timing)
+    if now is not timing and now != timing:  # a repeat that found every run done
+        lines[-1:] = [
+            "",
+            f"This report was written again by a repeat of the command, which found all {now['runs_reused']} "
+            f"runs done and ran none (wall time {now['wall_seconds']:.1f} s); the timing above is that of the "
+            "command that ran them.",
+            "",
+        ]
     return "\n".join(lines)
 
 

@@ -189,7 +189,7 @@ class Study:
         ran = [r for r in every if r["key"] in self.ran]
         run_seconds = sum(r["wall_seconds"] for r in ran)
         warmup = sum(r.get("warmup_seconds", 0.0) for r in ran)
-        results["timing"] = {
+        now = {
             "wall_seconds": wall,
             "workers": self.workers,
             "train_seconds": sum(r["train_seconds"] for r in ran),
@@ -205,6 +205,19 @@ class Study:
             "runs_reused": self.counts["reused"],
             "jobs": self.counts["jobs"],
         }
+        # the timing the report gives is that of the command that ran the runs: a repeat that finds
+        # them all done keeps it (it measured 0 runs in 0 jobs: it replaced the study's real figures)
+        earlier = self._earlier_timing() if not now["runs_run"] else None
+        results["timing"] = earlier if earlier is not None else now
+        results["timing_now"] = now
         results["spec"] = spec.protocol()
         self.store.write("results.json", json.dumps(results, indent=1, sort_keys=True, default=str) + "\n")
         return results
+
+    def _earlier_timing(self) -> dict | None:
+        """The timing in the study's last ``results.json``, if it is that of a command that ran runs."""
+        try:
+            earlier = json.loads((self.store.folder / "results.json").read_text())["timing"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return earlier if isinstance(earlier, dict) and earlier.get("runs_run") else None

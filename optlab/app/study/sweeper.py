@@ -144,7 +144,7 @@ def _sweep(sweeper, arguments: list[str], spec: Spec, store: Store) -> dict:
             )
         elif log.error:
             print(f"optlab: warning: MLflow: {log.error}", file=sys.stderr)
-    timing = results["timing"]
+    timing = results.get("timing_now", results["timing"])  # this command's
     from .app import STARTED
 
     whole = time.perf_counter() - STARTED[0] if STARTED else timing["wall_seconds"]
