@@ -408,3 +408,32 @@ def test_a_preset_in_the_working_directorys_conf_folder_is_found(tmp_path):
     result = optlab(tmp_path, "+experiment=mine", "tracking=none")
     assert result.returncode == 0, result.stderr
     assert "position/x" in result.stdout and "in 3 steps" in result.stdout  # beale (2-D), three epochs
+
+
+def test_components_are_chosen_by_any_name_the_registry_knows(tmp_path):
+    """Class names, other cases and aliases work in Python (``optimizers.get("Adam")``) and so on the
+    command line: Hydra knew the group's options by their registered names alone (its raw error, exit 1)."""
+    from optlab.app.config import canonical_choices
+
+    words = ["-m", "optimizer=SGD,Adam", "+callbacks=[EarlyStopping]", "optimizer.learning_rate=0.1"]
+    words += ["optimizer=choice(SGD,adam)", "schedule=none", "--cfg", "job", "problem=Rosenbrock"]
+    words += ["schedule=piecewise_constant", "hydra/launcher=joblib", "experiment=Adam"]
+    assert canonical_choices(words) == [
+        "-m",
+        "optimizer=sgd,adam",
+        "+callbacks=[early_stopping]",
+        "optimizer.learning_rate=0.1",
+        "optimizer=choice(sgd,adam)",
+        "schedule=none",
+        "--cfg",
+        "job",
+        "problem=rosenbrock",
+        "schedule=piecewise_constant_decay",  # (an alias)
+        "hydra/launcher=joblib",
+        "experiment=Adam",  # (not a component group)
+    ]
+    args = ["optimizer=AdamW", "problem=Rosenbrock", "schedule=CosineDecay", "callbacks=[EarlyStopping]"]
+    result = optlab(tmp_path, *args, "--cfg", "job")
+    assert result.returncode == 0, result.stderr
+    for line in ("  name: adamw", "  name: rosenbrock", "  name: cosine_decay", "early_stopping:"):
+        assert line in result.stdout

@@ -7,6 +7,8 @@ a Hydra config group option with its declared defaults (``optimizer=adam``,
 
 from __future__ import annotations
 
+import re
+
 from .. import callbacks, optimizers, problems, schedules
 from ..hparams import Hyper
 from ..names import closest, did_you_mean
@@ -161,6 +163,29 @@ def check_overrides(overrides: list[str], own_configs: bool = True, multirun: bo
                     )
             elif not any(parts[1] in registry.get(n).hyperparameters() for n in registry.names()):
                 raise ConfigError(f"{group}.{parts[1]}: no {group} has an argument {parts[1]!r}")
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def canonical_choices(words: list[str]) -> list[str]:
+    """The command line with each component chosen by another name the registry knows (its class
+    name ``Adam``, another case, an alias) written as its registered name (``adam``): Hydra finds a
+    group's options by their exact names, and ``optimizer=Adam`` works as it does in Python. Sweeps
+    and lists too (``optimizer=SGD,Adam``, ``callbacks=[EarlyStopping]``); other words are kept."""
+    out = []
+    for word in words:
+        key, sep, value = word.partition("=")
+        registry = GROUPS.get(key.lstrip("+~")) if sep else None
+        if registry is not None:
+
+            def registered(match, registry=registry):
+                name = match.group()
+                return registry.canonical(name) if name in registry else name
+
+            word = f"{key}={_NAME.sub(registered, value)}"
+        out.append(word)
+    return out
 
 
 def _check_known_key(key: str) -> None:

@@ -15,7 +15,7 @@ import sys
 import time
 import warnings
 
-from .config import ConfigError, check_overrides, register_configs
+from .config import ConfigError, canonical_choices, check_overrides, register_configs
 from .signals import ignore_signals
 
 
@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         _check_output_folder(overrides, multirun=bool({"-m", "--multirun"} & set(argv)))
     except ConfigError as error:
         _fail(str(error))
+    argv = canonical_choices(argv)  # optimizer=Adam: Hydra knows the group's option as adam
     register_configs()
     flags = [a for a in argv if a in ("-m", "--multirun")]  # Hydra takes them before the overrides only
     argv = [*flags, *(a for a in argv if a not in flags)]
