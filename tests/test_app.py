@@ -26,6 +26,9 @@ ERRORS = [
     (["optimizer.beta_1=1.5"], "`beta_1` must be a float in [0, 1); received beta_1=1.5"),
     (["optimizer=sgd", "optimizer.momentum=-1"], "`momentum` must be a float in [0, 1]"),
     (["trainer.epochs=-1"], "`epochs` must be an integer >= 0"),
+    (["seed=-1"], "optlab: error: `seed` must be an integer >= 0; received seed=-1\n"),  # (no "auto" to offer)
+    (["trainer.dtype=float16"], "trainer: `dtype` must be float32 or float64; received dtype='float16'\n"),
+    (["trainer.batch_size=0"], "`batch_size` must be an integer >= 1 or null (all the examples); received"),
     (["callbacks=[early_stopping]", "callbacks.early_stopping.patience=-2"], "`patience` must be an integer >= 0"),
     (["callbacks=[threshold_stop]"], "callbacks.threshold_stop.threshold is required"),
     (["problem=mlp_digits", "problem.activation=sigmoid"], "`activation` must be one of 'tanh', 'relu'"),

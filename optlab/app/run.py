@@ -183,12 +183,19 @@ def check_settings(conf: dict) -> None:
     trainer, tracking = conf["trainer"], conf.get("tracking") or {}
     try:  # the trainer's own declarations: the same checks as Trainer(...), made before it exists
         Trainer.seed.validate(conf.get("seed"))
-        for name in ("epochs", "batch_size"):  # batch_size too where the problem ignores it: a typo is a typo
-            if trainer[name] != "auto":
-                getattr(Trainer, name).validate(trainer[name], "trainer")
+    except ValueError as error:
+        raise ConfigError(str(error).removeprefix(": ")) from None
+    try:
         Trainer.parse_dtype(trainer["dtype"])
     except ValueError as error:
-        raise ConfigError(str(error).removeprefix(": ") + ' (or "auto": the problem\'s budget)') from None
+        raise ConfigError(f"trainer: {str(error).removeprefix('Trainer: ')}") from None
+    for name in ("epochs", "batch_size"):  # batch_size too where the problem ignores it: a typo is a typo
+        try:
+            if trainer[name] != "auto":
+                getattr(Trainer, name).validate(trainer[name], "trainer")
+        except ValueError as error:  # (None is written null on the command line)
+            text = str(error).replace(" or None;", " or null (all the examples);")
+            raise ConfigError(f'{text} (or "auto": the problem\'s budget)') from None
     target = trainer["target"]
     if target is not None and target != "auto":
         try:
