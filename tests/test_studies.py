@@ -429,6 +429,24 @@ def test_the_command_line_takes_a_space_as_written_and_refuses_a_misspelled_sett
         _override("trackng=none")
 
 
+def test_a_misspelled_study_preset_is_one_line_and_a_preset_of_ones_own_is_known(tmp_path, monkeypatch):
+    """Hydra's own message for study=quik was a paragraph ending in exit status 1."""
+    from optlab.app.study.app import _override
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        ValueError, match=r"unknown preset study=quik \(did you mean 'quick'\?\); the presets are quick, standard"
+    ):
+        _override("study=quik")
+    assert _override("study=standard") == "study=standard"
+    (tmp_path / "conf" / "study").mkdir(parents=True)
+    (tmp_path / "conf" / "study" / "mine.yaml").write_text("budget: 2\n")
+    assert _override("study=mine") == "study=mine"
+    result = _cli(tmp_path, "study=quik")
+    assert result.returncode == 2 and result.stderr.startswith("optlab: error: study: unknown preset study=quik")
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
 def test_the_hash_follows_the_spaces_optimizers_declare(monkeypatch):
     from optlab.optimizers.sgd import SGD
 

@@ -52,12 +52,29 @@ def _override(word: str) -> str:
 
         hint = did_you_mean(root, [*DEFAULTS, "tracking"])
         raise ValueError(f"unknown setting {root!r}{hint}; the settings are {', '.join(DEFAULTS)}, tracking")
+    if bare == "study" and not key.startswith("~"):
+        known = presets()
+        for name in value.split(","):
+            if name not in known:
+                from ...names import did_you_mean
+
+                raise ValueError(
+                    f"unknown preset study={name}{did_you_mean(name, known)}; the presets are {', '.join(known)} "
+                    "(yours: conf/study/NAME.yaml in the working directory)"
+                )
     if root == "space" and "." in bare:
         if _SPACE.match(value):
             value = "'" + value.strip().replace("'", "") + "'"
         if not key.startswith(("+", "~")):
             key = "+" + key
     return f"{key}={value}"
+
+
+def presets() -> list[str]:
+    """The study presets: optlab's (``conf/study/*.yaml`` beside this module) and the working
+    directory's own (``./conf/study/*.yaml``)."""
+    folders = (Path(__file__).parent / "conf" / "study", Path("conf") / "study")
+    return sorted({p.stem for folder in folders if folder.is_dir() for p in folder.glob("*.yaml")})
 
 
 def register() -> None:
