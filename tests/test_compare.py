@@ -53,3 +53,33 @@ def test_seeds_of_one_configuration_are_one_line_with_a_band():
     steps, mean, low, high = band([([1, 2], [1.0, 3.0]), ([1, 2, 3], [3.0, 5.0, 7.0]), ([1], [float("nan")])])
     assert steps == [1, 2, 3]
     assert list(mean) == [2.0, 4.0, 7.0] and list(low) == [1.0, 3.0, 7.0] and list(high) == [3.0, 5.0, 7.0]
+
+
+def test_all_runs_leave_out_studies_runs_which_have_their_own_view(tmp_path):
+    """``--sweep all`` listed every study's tuning and final runs (hundreds) under optimizer '?' and
+    grouped them into identical 'optimizer=?' lines; they are compared with ``--study``."""
+    from mlflow.tracking import MlflowClient
+
+    from optlab.app.compare import compare
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    mixed, studies = client.create_experiment("optlab"), client.create_experiment("studies")
+
+    def run(experiment, tags, losses=(3.0, 2.0)):
+        run_id = client.create_run(experiment, tags=tags).info.run_id
+        for step, value in enumerate(losses, start=1):
+            client.log_metric(run_id, "loss", value, step=step)
+        client.set_terminated(run_id)
+        return run_id
+
+    plain = run(mixed, {"optimizer": "sgd"})
+    for experiment in (mixed, studies):
+        parent = run(experiment, {"optlab.kind": "study", "optlab.study": "quick-0633fd5e"}, ())
+        run(experiment, {"optlab.study": "quick-0633fd5e", "optlab.optimizer": "adam", "mlflow.parentRunId": parent})
+    result = compare("optlab", "all", "loss", uri, str(tmp_path / "compare.png"))
+    assert [row["run_id"] for row in result["rows"]] == [plain] and result["rows"][0]["optimizer"] == "sgd"
+    with pytest.raises(
+        LookupError, match=r"holds only studies' runs: compare them with python -m optlab.compare --study"
+    ):
+        compare("studies", "all", "loss", uri, str(tmp_path / "compare.png"))

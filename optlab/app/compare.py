@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 
 from ..callbacks import direction
-from .keys import KIND_TAG, metric_key
+from .keys import KIND_TAG, STUDY_TAG, metric_key
 from .store import default_uri
 
 IGNORED_PARAMS = {"tracking.uri", "tracking.experiment", "trainer.progress_bar"}
@@ -45,6 +45,15 @@ def _runs(client, experiment: str, sweep: str, parent: str | None = None, where:
     except Exception as error:  # MLflow's message says what in the filter it could not read
         raise LookupError(f"--filter {where!r}: {str(error).splitlines()[0]}") from None
     runs = [r for r in found if r.data.tags.get(KIND_TAG) != "sweep"]
+    if parent is None:  # a study's runs (its parent, tuning and final runs) have their own view: --study
+        studied = [r for r in runs if r.data.tags.get(KIND_TAG) == "study" or STUDY_TAG in r.data.tags]
+        if studied and len(studied) == len(runs):
+            raise LookupError(
+                f"experiment {experiment!r} holds only studies' runs"
+                + (f" matching {where!r}" if where else "")
+                + ": compare them with python -m optlab.compare --study latest (or a study's name)"
+            )
+        runs = [r for r in runs if r.data.tags.get(KIND_TAG) != "study" and STUDY_TAG not in r.data.tags]
     if not runs:
         raise LookupError(f"experiment {experiment!r} has no runs" + (f" matching {where!r}" if where else ""))
     if parent is not None:
@@ -108,7 +117,7 @@ def compare(
             {
                 "run": run.info.run_name,
                 "run_id": run.info.run_id,
-                "optimizer": run.data.tags.get("optimizer", "?"),
+                "optimizer": run.data.tags.get("optimizer") or run.data.tags.get("optlab.optimizer", "?"),
                 "seed": run.data.params.get("seed", "?"),
                 "status": run.info.status,
                 "final": values[-1] if values else math.nan,
@@ -178,7 +187,7 @@ def compare_study(experiment="optlab", study="latest", uri=None, output="compare
     parents = client.search_runs(
         [exp.experiment_id], f"tags.`{KIND_TAG}` = 'study'", max_results=1000, order_by=["attributes.start_time DESC"]
     )
-    ids = [r.data.tags.get("optlab.study", "") for r in parents]
+    ids = [r.data.tags.get(STUDY_TAG, "") for r in parents]
     chosen = [r for r, i in zip(parents, ids) if study in ("latest", i) or i.rsplit("-", 1)[0] == study]
     if not chosen:
         raise LookupError(f"no study {study!r} in experiment {experiment!r}; studies: {', '.join(ids) or '(none)'}")
@@ -222,9 +231,9 @@ def compare_study(experiment="optlab", study="latest", uri=None, output="compare
                 history = sorted(client.get_metric_history(r.info.run_id, metric), key=lambda m: m.step)
                 members.append(([m.step for m in history], [m.value for m in history]))
             curves.setdefault(problem, {})[f"{optimizer} ({len(runs)} seeds)"] = members
-    _plot_study(curves, output, parent.data.tags.get("optlab.study", ""))
+    _plot_study(curves, output, parent.data.tags.get(STUDY_TAG, ""))
     return {
-        "study": parent.data.tags.get("optlab.study"),
+        "study": parent.data.tags.get(STUDY_TAG),
         "parent": parent.info.run_id,
         "rows": rows,
         "output": output,

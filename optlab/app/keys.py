@@ -49,3 +49,5 @@ STEP_LOSS, RATE = "train/loss_step", "train/learning_rate"
 
 #: the tag that marks a sweep's parent run (``optlab.kind = sweep``)
 KIND_TAG = "optlab.kind"
+#: the tag of a study's parent and child runs: the study's ``<name>-<hash>``
+STUDY_TAG = "optlab.study"

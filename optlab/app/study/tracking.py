@@ -31,10 +31,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from ..keys import KIND_TAG, metric_key
+from ..keys import KIND_TAG, STUDY_TAG, metric_key
 from .bulk import Child, bulk_writer
 
-STUDY_TAG = "optlab.study"
 #: the writer thread's niceness, above the runs' (0)
 WRITER_NICENESS = 19
 TRIAL_TAG = "optlab.trial"
