@@ -56,7 +56,10 @@ BAD_INPUT = [
     (("trainer.dtype=foo",), "`dtype` must be float32 or float64; received dtype='foo'"),
     (("trainer.dtype=int8",), "`dtype` must be float32 or float64; received dtype='int8'"),
     # seed_linear is full-batch: batch_size is not used, but a wrong one is still a mistake
-    (("trainer.batch_size=0",), "`batch_size` must be an integer >= 1 or None; received batch_size=0"),
+    (
+        ("trainer.batch_size=0",),
+        "`batch_size` must be an integer >= 1 or null (all the examples); received batch_size=0",
+    ),
     (("trainer.batch_size=-1",), "received batch_size=-1"),
     (("trainer.batch_size=nan",), "received batch_size=nan (nan is not allowed)"),
     (("trainer.progress_bar=maybe",), "trainer.progress_bar must be true or false; received "),
