@@ -223,6 +223,23 @@ def test_multirun_logs_one_run_per_choice_grouped_by_sweep(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".optlab", "mlartifacts", "mlflow.db"]
 
 
+def test_a_sweep_with_a_bad_value_in_a_later_job_stops_before_any_job_runs(tmp_path):
+    """Job 0 ran and was recorded FINISHED, then job 1's value failed it, and the sweep's parent
+    run FAILED: a mistake must be one line before anything is recorded."""
+    args = ["-m", "problem=rosenbrock", "optimizer.learning_rate=0.1,-0.1", "seed=0,1", "trainer.epochs=5", *FAST]
+    result = optlab(tmp_path, *args)
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("optlab: error: job 2 (problem=rosenbrock optimizer.learning_rate=-0.1 seed=0 ")
+    assert "`learning_rate` must be a float >= 0" in line and line.endswith("(no job was run)")
+    assert "Traceback" not in result.stderr and "on rosenbrock" not in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no store, no sweep folder
+    # the same sweep with its values right runs every job
+    good = optlab(tmp_path, *[a.replace("-0.1", "0.01") for a in args], "tracking=none")
+    assert good.returncode == 0, good.stderr
+    assert good.stdout.count("adam on rosenbrock: 5 steps") == 4
+
+
 def test_every_builtin_optimizer_runs_from_the_command_line(tmp_path):
     import optlab as lib
 

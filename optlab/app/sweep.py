@@ -88,6 +88,54 @@ def sweep_of(sweep_dir) -> dict | None:
     return found if isinstance(found, dict) and "parent_run_id" in found else None
 
 
+def check_jobs(config) -> None:
+    """Build (not run) every job of a sweep of Hydra's basic sweeper before the first starts:
+    a value out of range in one of them (``optimizer.learning_rate=0.1,-0.1``) is a ConfigError
+    naming the job, before anything is recorded, instead of failing that job after the others
+    ran. Jobs that differ only in their seed are built once. Other sweepers choose their values
+    as they go (Optuna): their jobs are checked as they start."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from .config import ConfigError
+    from .run import build, check_settings
+
+    sweeper = config.hydra.get("sweeper") or {}
+    if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return
+    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    try:
+        parser = OverridesParser.create()
+        jobs = BasicSweeper.split_arguments(parser.parse_overrides([*params, *config.hydra.overrides.task]), None)[0]
+    except Exception:  # Hydra reports its own grammar's errors as it starts the jobs
+        return
+    built = set()
+    for number, overrides in enumerate(jobs):
+        try:
+            conf = _composed(config, overrides)
+        except Exception:  # (composition: Hydra's own errors, as it launches the job)
+            return
+        job = f"job {number} ({' '.join(overrides)})"
+        try:
+            check_settings(conf)
+            identity = json.dumps({k: v for k, v in conf.items() if k != "seed"}, sort_keys=True, default=str)
+            if identity not in built:
+                build(conf)
+                built.add(identity)
+        except ConfigError as error:
+            raise ConfigError(f"{job}: {error} (no job was run)") from None
+
+
+def _composed(config, overrides: list[str]) -> dict:
+    """The plain-data config of one job of the sweep ``config`` is running (as ``_task`` gets it)."""
+    from hydra import compose
+    from omegaconf import OmegaConf
+
+    searchpath = [o for o in config.hydra.overrides.hydra if o.lstrip("+").startswith("hydra.searchpath")]
+    cfg = compose(config_name=config.hydra.job.config_name, overrides=[*searchpath, *overrides])
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+
+
 class SweepParent(Callback):
     """Hydra's callback opening and closing a sweep's parent run (see the module's docs)."""
 
@@ -105,8 +153,14 @@ class SweepParent(Callback):
     def on_multirun_start(self, config, **kwargs) -> None:
         from omegaconf import OmegaConf
 
+        from .config import ConfigError
         from .run import source_tags
 
+        try:
+            check_jobs(config)
+        except ConfigError as error:  # before any job and any record: one line, as a single run's
+            print(f"optlab: error: {error}", file=sys.stderr)
+            sys.exit(2)
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
         STARTED[:] = [self.sweep_dir]
         tracking = OmegaConf.to_container(config.tracking, resolve=True) if "tracking" in config else {}
