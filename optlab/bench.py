@@ -576,6 +576,14 @@ def main(argv=None) -> int:
         if only - set(SECTIONS):
             parser.error(f"--only: unknown section {sorted(only - set(SECTIONS))[0]!r}; known: {', '.join(SECTIONS)}")
 
+    if args.json:  # before minutes of measuring: a path that cannot take the file is said now
+        from .callbacks.base import check_writable
+
+        try:
+            check_writable(args.json, "--json")
+        except ValueError as error:
+            parser.error(str(error))
+
     def want(section: str) -> bool:
         return only is None or section in only
 
@@ -775,9 +783,21 @@ def main(argv=None) -> int:
         f"(start {bandwidth / 1e9:.1f}; a large difference means the machine was busy)"
     )
 
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    if args.json:  # atomically: a file of that name is replaced whole or left as it was
+        import os
+
+        from .files import write_text_atomic
+
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+            write_text_atomic(args.json, json.dumps(results, indent=2) + "\n")
+        except OSError as error:
+            print(
+                f"python -m optlab.bench: error: the figures were not written to {args.json} "
+                f"({error.strerror or error}); a file of that name is left as it was",
+                file=sys.stderr,
+            )
+            return 1
     return 0
 
 

@@ -102,3 +102,39 @@ def test_bench_rejects_unknown_problems(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--problems", "rosenbrok"])
     assert "unknown problem 'rosenbrok'" in capsys.readouterr().err
+
+
+def test_json_output_replaces_a_file_whole_or_leaves_it_as_it_was(tmp_path, capsys, monkeypatch):
+    """On a full disk --json left a user's file as 4 KB of half-written JSON (it was opened with
+    "w" and written in place). The write fails here at its flush, as a full disk makes it fail."""
+    import errno
+    import os
+
+    monkeypatch.setattr(bench, "memory_bandwidth", lambda n=0, rounds=1: 10e9)
+    mine = tmp_path / "b.json"
+    mine.write_text('{"mine": "important results"}\n')
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    argv = ["--optimizers", "sgd", "--sizes", "1000", "--only", "steps", "--json", str(mine)]
+    assert bench.main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"the figures were not written to {mine} (No space left on device)" in err
+    assert mine.read_text() == '{"mine": "important results"}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json"]  # no temporary file left
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert bench.main(argv) == 0
+    assert json.loads(mine.read_text())["steps"][0]["optimizer"] == "sgd"
+
+
+def test_json_output_that_cannot_be_a_file_is_refused_before_measuring(tmp_path, capsys, monkeypatch):
+    measured = []
+    monkeypatch.setattr(bench, "memory_bandwidth", lambda n=0, rounds=1: measured.append(1) or 10e9)
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--sizes", "1000", "--only", "steps", "--json", str(tmp_path / "folder")])
+    assert stop.value.code == 2 and "is a folder, not a file" in capsys.readouterr().err
+    assert measured == []  # nothing was measured first
