@@ -61,6 +61,11 @@ def write_text_atomic(path, text: str) -> None:
     _write_atomic(os.fspath(path), lambda fh: fh.write(text.encode("utf-8")))
 
 
+def write_bytes_atomic(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` the same way: the old file or the new one, never half."""
+    _write_atomic(os.fspath(path), lambda fh: fh.write(data))
+
+
 def _write_atomic(path: str, write) -> None:
     fd, tmp = create_temp(path)
     try:

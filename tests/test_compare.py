@@ -55,6 +55,56 @@ def test_seeds_of_one_configuration_are_one_line_with_a_band():
     assert list(mean) == [2.0, 4.0, 7.0] and list(low) == [1.0, 3.0, 7.0] and list(high) == [3.0, 5.0, 7.0]
 
 
+def _two_runs(tmp_path) -> str:
+    """A store with two finished runs of experiment ``optlab`` (their loss at steps 1, 2); its URI."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("optlab")
+    for optimizer, losses in (("sgd", (3.0, 2.0)), ("adam", (3.0, 1.0))):
+        run_id = client.create_run(experiment, tags={"optimizer": optimizer}).info.run_id
+        for step, value in enumerate(losses, start=1):
+            client.log_metric(run_id, "loss", value, step=step)
+        client.set_terminated(run_id)
+    return uri
+
+
+def test_the_curves_output_is_a_png_file_written_whole(tmp_path, capsys, monkeypatch):
+    """--output of a folder printed 'curves: udir' but wrote udir.png; notes.txt was a traceback;
+    the PNG was written in place (half a file if the write failed)."""
+    import errno
+    import os
+
+    from optlab.app import compare
+
+    uri = _two_runs(tmp_path)
+    capsys.readouterr()  # (MLflow's lines as it made the store)
+    (tmp_path / "udir").mkdir()
+    for output, message in (
+        ("udir", "is a folder; give a file name, e.g. --output"),
+        ("notes.txt", "the curves are a PNG; give a name ending in .png"),
+    ):
+        assert compare.main(["--sweep", "all", "--uri", uri, "--output", str(tmp_path / output)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("optlab.compare: error: --output") and message in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "udir"]
+    assert compare.main(["--sweep", "all", "--uri", uri, "--output", str(tmp_path / "curves")]) == 0
+    assert f"curves: {tmp_path / 'curves.png'}" in capsys.readouterr().out
+    picture = tmp_path / "curves.png"
+    assert picture.read_bytes().startswith(b"\x89PNG")
+    picture.write_bytes(b"a picture of mine")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError):
+        compare.compare("optlab", "all", "loss", uri, str(picture))
+    assert picture.read_bytes() == b"a picture of mine"  # left as it was, no temporary beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "mlflow.db", "udir"]
+
+
 def test_all_runs_leave_out_studies_runs_which_have_their_own_view(tmp_path):
     """``--sweep all`` listed every study's tuning and final runs (hundreds) under optimizer '?' and
     grouped them into identical 'optimizer=?' lines; they are compared with ``--study``."""

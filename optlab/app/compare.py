@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import warnings
@@ -265,9 +266,38 @@ def _plot_study(curves: dict, output, title: str) -> None:
         ax.set_visible(False)
     fig.suptitle(f"study {title}: tuned settings, mean of the seeds with their range", fontsize=10)
     fig.tight_layout()
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=110)
+    _save(fig, output, 110)
     plt.close(fig)
+
+
+def _save(fig, output, dpi: int) -> None:
+    """The figure as a PNG at ``output``, written atomically (a file of that name is replaced whole)."""
+    import io
+
+    from ..files import write_bytes_atomic
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(output, buffer.getvalue())
+
+
+def checked_output(output: str) -> str:
+    """``--output`` as the PNG file it will be (``name`` becomes ``name.png``, as matplotlib would
+    write it); ValueError (one line) for a folder, another format or a path that cannot be written."""
+    from ..callbacks.base import check_writable
+
+    if os.path.isdir(output):
+        raise ValueError(
+            f"--output {output} is a folder; give a file name, e.g. --output {Path(output) / 'compare.png'}"
+        )
+    suffix = Path(output).suffix
+    if not suffix:
+        output += ".png"
+    elif suffix.lower() != ".png":
+        raise ValueError(f"--output {output}: the curves are a PNG; give a name ending in .png")
+    check_writable(output, "--output")
+    return output
 
 
 def format_study(result: dict) -> str:
@@ -367,8 +397,7 @@ def _draw(lines, metric, output, title):
     ax.set_title(title + ("  (seeds: mean, range as a band)" if any(len(m) > 1 for m in lines.values()) else ""))
     ax.legend(fontsize=8)
     fig.tight_layout()
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=120)
+    _save(fig, output, 120)
     plt.close(fig)
 
 
@@ -427,6 +456,10 @@ def main(argv=None) -> int:
     parser.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db here)")
     parser.add_argument("--output", default="compare.png", help="the PNG of the curves (default: compare.png)")
     args = parser.parse_args(argv)
+    try:
+        args.output = checked_output(args.output)
+    except ValueError as error:
+        return _fail(str(error))
     uri = args.uri or default_uri()
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
         return _fail(f"no MLflow store at {uri}; run `python -m optlab` first, or pass --uri")
