@@ -1,6 +1,13 @@
 """``python -m optlab.study``: a fair comparison of optimizers (see ``optlab.app.study`` and docs/studies.md)."""
 
-from optlab.app.study.app import main
+from optlab.app.entry import main as _entry
+from optlab.app.study.app import main as _study
+
+
+def main(argv=None) -> None:
+    """The study's command, with optlab's handling of Ctrl-C and SIGTERM from the very start."""
+    _entry(argv, app=_study)
+
 
 if __name__ == "__main__":
     main()

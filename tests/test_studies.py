@@ -770,3 +770,37 @@ def test_a_bulk_write_the_store_refuses_midway_leaves_nothing(tmp_path):
         connection.execute("drop trigger refuse")
     assert len(writer.write(experiment, children)) == 3
     assert len(client.search_runs([experiment])) == 3
+
+
+SIGNAL_DURING = """
+import os, signal, sys
+import optlab.app.store as store
+target, signame = sys.argv[1], sys.argv[2]
+original = getattr(store, target)
+def stopped(*args, **kwargs):
+    os.kill(os.getpid(), getattr(signal, signame))  # the signal lands inside, as a user's would
+    return original(*args, **kwargs)
+setattr(store, target, stopped)
+from optlab.study import main
+sys.argv = ["python -m optlab.study", *sys.argv[3:]]
+main()
+"""
+
+
+@pytest.mark.parametrize(("signame", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_while_a_study_creates_its_store_is_one_line_and_leaves_no_half_store(tmp_path, signame, code):
+    """Ctrl-C there was a 75-155-line traceback; SIGTERM a silent death that left
+    .mlflow.db.creating-* files behind (found by a fault-injection probe)."""
+    args = ["optimizers=[sgd]", "problems=[beale]", "budget=1", "seeds=1", "final_seeds=1"]
+    done = subprocess.run(
+        [sys.executable, "-c", SIGNAL_DURING, "create_sqlite_store", signame, *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == code, done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("optlab: study stopped (") and "before any of its runs: no MLflow run was recorded" in last
+    assert sorted(p.name for p in tmp_path.iterdir() if "mlflow.db" in p.name) == []  # no store, no half of one

@@ -41,14 +41,17 @@ def _first_signal() -> int | None:
 _outside_a_run.optlab_default = True  # handlers installed later (a run's, a sweep's) replace this one
 
 
-def main(argv=None) -> None:
+def main(argv=None, app=None) -> None:
+    """Run ``app(argv)`` (``python -m optlab``'s, by default; ``python -m optlab.study`` passes its
+    own) with optlab's signal handling from the very start."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
             signal.signal(signum, _outside_a_run)
     try:
-        from .main import main as run_app
+        if app is None:
+            from .main import main as app
 
-        run_app(argv)
+        app(argv)
     except SystemExit as stop:
         if _first_signal() is not None:  # stopped by a signal, the run closed and reported
             _ignore_signals()

@@ -77,6 +77,18 @@ def _sweep(sweeper, arguments: list[str], spec: Spec, store: Store) -> dict:
             log.open()
         except TrackingError as error:
             _fail(str(error))
+        except KeyboardInterrupt as stop:  # (the tracker has ended a parent run it had opened)
+            tracker = log.tracker
+            what = "no MLflow run was recorded"
+            if tracker.run_id is not None:
+                what = f"its MLflow parent run {tracker.run_id} is marked {tracker.status or 'RUNNING (not closed)'}"
+            print(
+                f"\noptlab: study stopped ({stop or 'interrupted'}) while its MLflow store was opened, before any "
+                f"of its runs: {what}",
+                file=sys.stderr,
+            )
+            signum = getattr(stop, "signum", signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
+            sys.exit(128 + signum)
     next_index = [0]
 
     def launch(payloads: list[dict]) -> list:
