@@ -840,3 +840,34 @@ def test_a_study_on_a_tracking_server_prints_no_links_of_mlflow_s_own(tmp_path, 
     children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent}'")
     assert len({c.data.tags["optlab.trial"] for c in children}) == len(children) == 4
     assert all(c.info.status == "FINISHED" and c.data.metrics for c in children)
+
+
+INTERRUPTED_DELIVERY = """
+import os, signal, sys
+import optlab.app.deliver as delivering
+signame = sys.argv[1]
+def interrupted(path, uri=None, progress=None):
+    os.kill(os.getpid(), getattr(signal, signame))  # as a user's Ctrl-C or kill while it writes
+    raise AssertionError("the signal did not stop the delivery")
+delivering.deliver = interrupted
+sys.exit(delivering.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize(("signame", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_during_a_delivery_is_one_line_and_keeps_the_file(tmp_path, signame, code):
+    """Ctrl-C was a 60-line traceback and a death by SIGINT (found by a fault-injection probe)."""
+    kept = tmp_path / "undelivered-abc.jsonl"
+    kept.write_text("the file a run kept\n")
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_DELIVERY, signame, str(kept)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == code, done.stderr
+    assert "Traceback" not in done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("optlab.deliver: ") and f"{kept} is kept" in line
+    assert kept.read_text() == "the file a run kept\n"

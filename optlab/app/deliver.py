@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .run import Terminated, handling
 from .store import TrackingError, check_store, http_limits, shown, store_lock
 from .tracking import (
     BATCH,
@@ -201,10 +203,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("files", nargs="+", type=Path, help="undelivered-<run id>.jsonl files a run kept")
     parser.add_argument("--tracking-uri", help="the store to write to (default: the one named in each file)")
     args = parser.parse_args(argv)
+    with handling(_stop):
+        return _deliver_all(args)
+
+
+def _stop(signum, frame):
+    if signum == signal.SIGTERM:
+        raise Terminated("terminated (SIGTERM)")
+    raise KeyboardInterrupt("interrupted (Ctrl-C)")
+
+
+def _deliver_all(args) -> int:
     status = 0
     for path in args.files:
         try:
             written, skipped, uri, plots = deliver(path, args.tracking_uri, progress=sys.stderr)
+        except KeyboardInterrupt as interrupt:  # what the store took stays there; delivering again skips it
+            print(
+                f"\noptlab.deliver: {interrupt or 'interrupted (Ctrl-C)'}: {path} is kept (what the store took "
+                "stays there: delivering the file again writes the rest)",
+                file=sys.stderr,
+            )
+            return 143 if isinstance(interrupt, Terminated) else 130
         except TrackingError as exc:
             print(f"optlab.deliver: error: {exc}", file=sys.stderr)
             user_error = any(
