@@ -278,6 +278,44 @@ def test_a_signal_before_the_run_exists_is_one_line_and_claims_nothing(tmp_path,
     assert not (tmp_path / "mlflow.db").exists()
 
 
+#: ``python -m optlab -m ...`` that sends itself the signal $SIGNAL as the sweep starts, before its first job
+SIGNAL_AS_A_SWEEP_STARTS = """
+import os, sys
+import optlab.app.sweep as sweeping
+
+check = sweeping.check_jobs
+
+def signalled(config):
+    os.kill(os.getpid(), int(os.environ["SIGNAL"]))
+    sum(range(100_000))  # the handler runs here
+    check(config)
+
+sweeping.check_jobs = signalled
+from optlab.app.entry import main
+main()
+"""
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_sweep_stopped_before_its_first_job_says_nothing_was_recorded(tmp_path, spawn, signum, code):
+    """It said runs were marked KILLED and named a folder to repeat in, which did not exist (found
+    by a fault-injection probe, in every sweep stopped that early)."""
+    args = ["-m", "optimizer=sgd,adam", "problem=seed_linear", "trainer.epochs=5", "tracking=none", *FAST]
+    env = {**os.environ, "SIGNAL": str(int(signum))}
+    proc = spawn(
+        [sys.executable, "-c", SIGNAL_AS_A_SWEEP_STARTS, *args],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    reason = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted (Ctrl-C)"
+    assert err.strip().splitlines()[-1] == f"optlab: sweep {reason} before its first job: nothing was run or recorded"
+    assert "Traceback" not in err and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 SWEEP_STOPS = [  # (who gets the signal, which, exit status)
     ("parent", signal.SIGTERM, 143),  # `kill <pid>`
     ("group", signal.SIGINT, 130),  # Ctrl-C in a terminal: every process of the sweep gets it

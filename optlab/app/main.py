@@ -311,7 +311,10 @@ def _check_output_folder(overrides: list[str], multirun: bool) -> None:
 def _sweep_stopped(what: str) -> None:
     from .sweep import STARTED
 
-    folder = shlex.quote(str(STARTED[0])) if STARTED else "<the sweep's folder>"
+    if not STARTED or not STARTED[0].exists():  # (Hydra makes the folder as it starts the first job)
+        print(f"\noptlab: sweep {what} before its first job: nothing was run or recorded", file=sys.stderr)
+        return
+    folder = shlex.quote(str(STARTED[0]))
     print(
         f"\noptlab: sweep {what}: runs that had started are marked KILLED, with their metrics; jobs that "
         f"had not started did not run. To run the rest, repeat the command with hydra.sweep.dir={folder}: "
