@@ -871,3 +871,26 @@ def test_a_signal_during_a_delivery_is_one_line_and_keeps_the_file(tmp_path, sig
     line = done.stderr.strip().splitlines()[-1]
     assert line.startswith("optlab.deliver: ") and f"{kept} is kept" in line
     assert kept.read_text() == "the file a run kept\n"
+
+
+def test_mlflows_own_error_reports_go_to_the_runs_log_not_the_terminal(tmp_path, capfd):
+    """A store failing during a run made MLflow log pages of SQL and tracebacks (ERROR) around
+    optlab's one line (found by a fault-injection probe, 4 of 4)."""
+    from optlab.app.store import quiet_mlflow
+
+    own = logging.getLogger("mlflow")
+    levels = {h: h.level for h in own.handlers}
+    log = logging.FileHandler(tmp_path / "main.log")
+    logging.getLogger().addHandler(log)
+    try:
+        quiet_mlflow()
+        logging.getLogger("mlflow.store.db.utils").error("SQLAlchemy database error: database is locked")
+        log.flush()
+        assert "database is locked" not in capfd.readouterr().err
+        assert "SQLAlchemy database error: database is locked" in (tmp_path / "main.log").read_text()
+    finally:
+        logging.getLogger().removeHandler(log)
+        own.removeHandler(log)
+        log.close()
+        for handler, level in levels.items():
+            handler.setLevel(level)

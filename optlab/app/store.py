@@ -454,7 +454,10 @@ def new_file(folder: Path, prefix: str, suffix: str = "") -> Path:
 def quiet_mlflow() -> None:
     """Import mlflow, then keep store creation and migrations (INFO lines) out of the user's terminal.
 
-    After the import: MLflow configures its loggers when it is first imported.
+    After the import: MLflow configures its loggers when it is first imported. Where the run has
+    a log file (Hydra's ``main.log``), MLflow's own reports go there and not to the terminal: when
+    the store fails during a run, its retries logged pages of SQL and tracebacks around optlab's
+    one line saying what failed and what was kept.
     """
     import logging
 
@@ -462,6 +465,15 @@ def quiet_mlflow() -> None:
 
     for logger in ("mlflow", "alembic"):
         logging.getLogger(logger).setLevel(logging.WARNING)
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    if files:
+        own = logging.getLogger("mlflow")
+        for handler in own.handlers:
+            if not isinstance(handler, logging.FileHandler):
+                handler.setLevel(logging.CRITICAL + 1)
+        for handler in files:
+            if handler not in own.handlers:
+                own.addHandler(handler)
 
 
 def _fsync_folder(folder: Path) -> None:
