@@ -778,6 +778,8 @@ import optlab.app.store as store
 target, signame = sys.argv[1], sys.argv[2]
 original = getattr(store, target)
 def stopped(*args, **kwargs):
+    if signame == "RAISE":  # a KeyboardInterrupt without a message (as a library may raise it)
+        raise KeyboardInterrupt()
     os.kill(os.getpid(), getattr(signal, signame))  # the signal lands inside, as a user's would
     return original(*args, **kwargs)
 setattr(store, target, stopped)
@@ -787,7 +789,7 @@ main()
 """
 
 
-@pytest.mark.parametrize(("signame", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+@pytest.mark.parametrize(("signame", "code"), [("SIGINT", 130), ("SIGTERM", 143), ("RAISE", 130)])
 def test_a_signal_while_a_study_creates_its_store_is_one_line_and_leaves_no_half_store(tmp_path, signame, code):
     """Ctrl-C there was a 75-155-line traceback; SIGTERM a silent death that left
     .mlflow.db.creating-* files behind (found by a fault-injection probe)."""
@@ -803,4 +805,5 @@ def test_a_signal_while_a_study_creates_its_store_is_one_line_and_leaves_no_half
     assert "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("optlab: study stopped (") and "before any of its runs: no MLflow run was recorded" in last
+    assert "stopped ()" not in last  # (a KeyboardInterrupt without a message gave an empty reason)
     assert sorted(p.name for p in tmp_path.iterdir() if "mlflow.db" in p.name) == []  # no store, no half of one

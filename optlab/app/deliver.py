@@ -220,7 +220,7 @@ def _deliver_all(args) -> int:
             written, skipped, uri, plots = deliver(path, args.tracking_uri, progress=sys.stderr)
         except KeyboardInterrupt as interrupt:  # what the store took stays there; delivering again skips it
             print(
-                f"\noptlab.deliver: {interrupt or 'interrupted (Ctrl-C)'}: {path} is kept (what the store took "
+                f"\noptlab.deliver: {str(interrupt) or 'interrupted (Ctrl-C)'}: {path} is kept (what the store took "
                 "stays there: delivering the file again writes the rest)",
                 file=sys.stderr,
             )

@@ -59,7 +59,7 @@ def main(argv=None, app=None) -> None:
         raise
     except KeyboardInterrupt as interrupt:  # outside a run: a run catches its own
         signum = _first_signal() or getattr(interrupt, "signum", signal.SIGINT)
-        reason = interrupt or "interrupted (Ctrl-C)"
+        reason = str(interrupt) or "interrupted (Ctrl-C)"
         print(f"\noptlab: {reason} outside a run: nothing was being recorded", file=sys.stderr)
         _ignore_signals()
         sys.exit(128 + signum)

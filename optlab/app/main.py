@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         from .run import Terminated
 
         end_open("KILLED")
-        _sweep_stopped(str(interrupt) or "interrupted")
+        _sweep_stopped(str(interrupt) or "interrupted (Ctrl-C)")
         sys.exit(143 if isinstance(interrupt, Terminated) else 130)
     except SystemExit as stop:  # a job that ran in this process (basic launcher) was stopped by a signal
         end_open("KILLED" if stop.code in (130, 143) else "FAILED" if stop.code else "FINISHED")

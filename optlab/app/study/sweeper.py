@@ -82,9 +82,9 @@ def _sweep(sweeper, arguments: list[str], spec: Spec, store: Store) -> dict:
             what = "no MLflow run was recorded"
             if tracker.run_id is not None:
                 what = f"its MLflow parent run {tracker.run_id} is marked {tracker.status or 'RUNNING (not closed)'}"
+            reason = str(stop) or "interrupted (Ctrl-C)"
             print(
-                f"\noptlab: study stopped ({stop or 'interrupted'}) while its MLflow store was opened, before any "
-                f"of its runs: {what}",
+                f"\noptlab: study stopped ({reason}) while its MLflow store was opened, before any of its runs: {what}",
                 file=sys.stderr,
             )
             signum = getattr(stop, "signum", signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
@@ -132,8 +132,9 @@ def _sweep(sweeper, arguments: list[str], spec: Spec, store: Store) -> dict:
         if log is not None:
             log.close("KILLED", timeout=10)
             _report_parent(log)
+        reason = str(stop) or "interrupted (Ctrl-C)"
         print(
-            f"\noptlab: study stopped ({stop or 'interrupted'}): the runs that finished are kept in {store.folder}; "
+            f"\noptlab: study stopped ({reason}): the runs that finished are kept in {store.folder}; "
             "repeat the command to run the rest",
             file=sys.stderr,
         )
