@@ -55,7 +55,8 @@ class Trainer:
     ``"val_accuracy >= 0.97"``; default the problem's declared one) is checked after each epoch,
     and the first epoch that reaches it is kept in ``target_reached`` (``{"epoch": epochs run,
     "step": steps run, "seconds": seconds since fit started}``, or None); with
-    ``stop_at_target=True`` training stops there.
+    ``stop_at_target=True`` training stops there. ``seconds``: the training's seconds on the same
+    clock, set as it ends (before ``on_train_end``); what the command line prints and MLflow logs.
     """
 
     epochs = Hyper(1, kind=int, low=0, doc="epochs to run")
@@ -93,6 +94,7 @@ class Trainer:
             )
         self.stop_at_target = stop_at_target
         self.target_reached: dict | None = None
+        self.seconds: float | None = None
         self.dtype = self.parse_dtype(dtype)
         cbs = [callback_module.get(cb) for cb in callbacks]
         for cb in cbs:
@@ -198,6 +200,7 @@ class Trainer:
         self.stop_training = self._interrupt is not None
         self.resumed = False
         self.target_reached = None
+        self.seconds = None
         self._clock = time.perf_counter()
 
     def fit(self) -> History:
@@ -280,6 +283,7 @@ class Trainer:
             history.record_step(self.step, params.flat, last=True)
         # Keras's fit: with use_ema, the moving average becomes the weights once training ends
         optimizer.finalize_variable_values(list(params))
+        self.seconds = time.perf_counter() - self._clock
         callbacks.on_train_end(logs)
         return self.history
 

@@ -565,7 +565,7 @@ def run(conf: dict, sweep: dict | None = None, output_dir=None, worker: bool = F
                 if tracker is not None:
                     tracker.close("FAILED", message)
                 raise RunStopped(_failure_line(message, log, tracker), 1) from error
-            seconds = time.perf_counter() - start
+            seconds = trainer.seconds if trainer.seconds is not None else time.perf_counter() - start
             if signals.lost is not None:  # a signal whose exception Python dropped after the last step
                 raise signals.lost
             if tracker is not None:

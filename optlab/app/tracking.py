@@ -419,7 +419,9 @@ class MlflowTracker(Callback):
         self._maybe_hand_over(now)
 
     def on_train_end(self, logs=None):
-        self._seconds = time.perf_counter() - self._clock
+        trainer = self.trainer  # the trainer's own clock: the seconds the command line prints
+        seconds = getattr(trainer, "seconds", None) if trainer is not None else None
+        self._seconds = seconds if seconds is not None else time.perf_counter() - self._clock
 
     def _add_summary(self) -> None:
         """The run in a few numbers, at its last step, for the runs table: the best of every metric
