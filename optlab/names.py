@@ -35,6 +35,11 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
 _NAME_UIDS: dict[str, int] = {}
 
 
+def counted(count: int, noun: str) -> str:
+    """``1 run``, ``2 runs``: a count with its noun, plural unless it is one."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def snake_case(name: str) -> str:
     """Keras's ``to_snake_case``: ``"AdamW"`` -> ``"adam_w"``, ``"RMSprop"`` -> ``"rm_sprop"``."""
     name = re.sub(r"\W+", "", name)

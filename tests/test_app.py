@@ -473,3 +473,13 @@ def test_the_seconds_printed_are_the_seconds_logged(tmp_path):
     assert sorted(printed) == sorted(logged) == ["adam", "rmsprop", "sgd"]
     for name, seconds in logged.items():
         assert f"{seconds:.2f}" == printed[name]
+
+
+def test_a_run_of_one_step_says_one_step(tmp_path):
+    """It said "1 steps, 1 epochs" (a newcomer's trial)."""
+    from optlab.names import counted
+
+    assert [counted(n, "run") for n in (0, 1, 2)] == ["0 runs", "1 run", "2 runs"]
+    result = optlab(tmp_path, "problem=seed_linear", "trainer.epochs=1", "tracking=none", *FAST)
+    assert result.returncode == 0, result.stderr
+    assert " on seed_linear: 1 step, 1 epoch, " in result.stdout

@@ -16,7 +16,7 @@ import numpy as np
 from .. import __version__, callbacks, optimizers, problems, schedules
 from ..callbacks import Callback, ProgressBar, direction
 from ..files import write_text_atomic
-from ..names import closest, did_you_mean
+from ..names import closest, counted, did_you_mean
 from ..trainer import Trainer
 from .config import INTERNAL_CALLBACKS, MISSING, ConfigError, main_config, not_an_option, preset_keys
 
@@ -681,8 +681,8 @@ def summary(conf, trainer, history, seconds, tracker) -> None:
     out = sys.stdout
     h = history.history
     print(
-        f"\n{trainer.optimizer.registry_name} on {trainer.problem.registry_name}: {trainer.step} steps, "
-        f"{trainer.epoch + 1 if trainer.step else 0} epochs, {seconds:.2f} s",
+        f"\n{trainer.optimizer.registry_name} on {trainer.problem.registry_name}: {counted(trainer.step, 'step')}, "
+        f"{counted(trainer.epoch + 1 if trainer.step else 0, 'epoch')}, {seconds:.2f} s",
         file=out,
     )
     from .keys import metric_key

@@ -27,6 +27,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 from ..files import write_text_atomic
+from ..names import counted
 from .keys import KIND_TAG
 
 #: the environment variable and the file (in the sweep's folder) that tell the jobs about their sweep
@@ -276,8 +277,8 @@ class SweepParent(Callback):
         if best is not None:  # the sweep's result, a column of the runs table like its runs'
             client.log_metric(run_id, f"best/{found['metric']}", best["final"])
         if best is None:
-            return f"{len(rows)} runs ({counts}); none logged {found['metric']}"
-        return f"best: {best['run']}, {found['metric']} {best['final']:.6g}; {len(rows)} runs ({counts})"
+            return f"{counted(len(rows), 'run')} ({counts}); none logged {found['metric']}"
+        return f"best: {best['run']}, {found['metric']} {best['final']:.6g}; {counted(len(rows), 'run')} ({counts})"
 
 
 def end_open(status: str) -> None:

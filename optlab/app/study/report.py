@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...names import counted
 from .spec import Spec
 
 
@@ -280,10 +281,6 @@ def beyond_training(timing: dict, wall: float | None = None) -> float:
     fit = timing.get("fit_seconds", timing["train_seconds"])
     spent = wall * timing["workers"] - fit - timing["warmup_seconds"]
     return max(spent, 0.0) / max(timing["runs_run"], 1)
-
-
-def counted(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _stats(summary: dict, ci: str) -> str:

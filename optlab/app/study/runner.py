@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from ...names import counted
 from . import reduce as reducing
 from .spec import Spec
 from .store import Store, run_job
@@ -131,8 +132,8 @@ class Study:
             payloads = jobs_of(unique, self.store, self.spec.runs_per_job, self.pool)
             self.counts["jobs"] += len(payloads)
             self.say(
-                f"optlab: study {self.spec.study_id}: {phase}: {len(unique)} runs in {len(payloads)} jobs"
-                + (f" ({len(records)} found done)" if records else "")
+                f"optlab: study {self.spec.study_id}: {phase}: {counted(len(unique), 'run')} in "
+                f"{counted(len(payloads), 'job')}" + (f" ({len(records)} found done)" if records else "")
             )
             failures = []
             watcher = None

@@ -14,8 +14,9 @@ import sys
 import time
 from pathlib import Path
 
+from ...names import counted
 from ..run import Terminated, handling
-from .report import beyond_training, counted
+from .report import beyond_training
 from .runner import Study, StudyFailed
 from .spec import Spec, SpecError
 from .store import ROOT, Store, StudyBusy, encode
