@@ -19,6 +19,12 @@ def optlab(cwd, *args, env=None, timeout=300, module="optlab"):
     )
 
 
+def script(cwd, code: str, *args, timeout=300):
+    """``python -c CODE ARGS`` in ``cwd`` (a test's own entry that patches optlab first), waited for;
+    its output captured."""
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
 def client(cwd, db="mlflow.db"):
     from mlflow.tracking import MlflowClient
 

@@ -794,13 +794,9 @@ def test_a_signal_while_a_study_creates_its_store_is_one_line_and_leaves_no_half
     """Ctrl-C there was a 75-155-line traceback; SIGTERM a silent death that left
     .mlflow.db.creating-* files behind (found by a fault-injection probe)."""
     args = ["optimizers=[sgd]", "problems=[beale]", "budget=1", "seeds=1", "final_seeds=1"]
-    done = subprocess.run(
-        [sys.executable, "-c", SIGNAL_DURING, "create_sqlite_store", signame, *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    from cli_helpers import script
+
+    done = script(tmp_path, SIGNAL_DURING, "create_sqlite_store", signame, *args)
     assert done.returncode == code, done.stderr
     assert "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]

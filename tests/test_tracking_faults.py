@@ -859,13 +859,9 @@ def test_a_signal_during_a_delivery_is_one_line_and_keeps_the_file(tmp_path, sig
     """Ctrl-C was a 60-line traceback and a death by SIGINT (found by a fault-injection probe)."""
     kept = tmp_path / "undelivered-abc.jsonl"
     kept.write_text("the file a run kept\n")
-    done = subprocess.run(
-        [sys.executable, "-c", INTERRUPTED_DELIVERY, signame, str(kept)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    from cli_helpers import script
+
+    done = script(tmp_path, INTERRUPTED_DELIVERY, signame, str(kept), timeout=120)
     assert done.returncode == code, done.stderr
     assert "Traceback" not in done.stderr
     line = done.stderr.strip().splitlines()[-1]
