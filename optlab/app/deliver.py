@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import signal
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .run import Terminated, handling
+from .run import Terminated, handling, raise_stop
 from .store import TrackingError, check_store, http_limits, shown, store_lock
 from .tracking import (
     BATCH,
@@ -203,14 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("files", nargs="+", type=Path, help="undelivered-<run id>.jsonl files a run kept")
     parser.add_argument("--tracking-uri", help="the store to write to (default: the one named in each file)")
     args = parser.parse_args(argv)
-    with handling(_stop):
+    with handling(raise_stop):
         return _deliver_all(args)
-
-
-def _stop(signum, frame):
-    if signum == signal.SIGTERM:
-        raise Terminated("terminated (SIGTERM)")
-    raise KeyboardInterrupt("interrupted (Ctrl-C)")
 
 
 def _deliver_all(args) -> int:

@@ -172,7 +172,7 @@ def sweep_signals():
     :func:`~.run.finished_job`). A second signal to the parent exits at once. In-process jobs (Hydra's
     basic launcher) replace this handler with their own while they run.
     """
-    from .run import STOP_REQUEST, Terminated, handling
+    from .run import STOP_REQUEST, handling, stopped_by
 
     received = []
 
@@ -194,9 +194,7 @@ def sweep_signals():
         while workers and time.monotonic() < deadline:
             time.sleep(0.1)
             workers = [pid for pid in workers if _catches(pid, STOP_REQUEST)]
-        if signum == signal.SIGTERM:
-            raise Terminated("terminated (SIGTERM)")
-        raise KeyboardInterrupt("interrupted (Ctrl-C)")
+        raise stopped_by(signum)
 
     handler.optlab_sweep = True  # a job running in this process (basic launcher) installs its own
     with handling(handler):

@@ -259,6 +259,16 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (a cluster's time limit, ``kill``): handled like Ctrl-C, the run is flushed and marked KILLED."""
 
 
+def stopped_by(signum: int) -> KeyboardInterrupt:
+    """The exception a signal stops optlab with: :class:`Terminated` for SIGTERM, else Ctrl-C's."""
+    return Terminated("terminated (SIGTERM)") if signum == signal.SIGTERM else KeyboardInterrupt("interrupted (Ctrl-C)")
+
+
+def raise_stop(signum, frame):
+    """A signal handler that stops the program where it is, with :func:`stopped_by`'s exception."""
+    raise stopped_by(signum)
+
+
 class RunStopped(Exception):
     """The run ended early (a failure or a signal): the one line for the user, and the exit status."""
 
@@ -551,7 +561,7 @@ def run(conf: dict, sweep: dict | None = None, output_dir=None, worker: bool = F
         signals.trainer = trainer
         try:
             if worker and STOPPED_BY is not None:  # stopped between its jobs, before this run began
-                raise Terminated("terminated (SIGTERM)") if STOPPED_BY == signal.SIGTERM else KeyboardInterrupt()
+                raise stopped_by(STOPPED_BY)
             if tracker is not None:
                 tracker.start()
             start = time.perf_counter()

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from ...names import counted
-from ..run import Terminated, handling
+from ..run import Terminated, handling, raise_stop
 from .report import beyond_training
 from .runner import Study, StudyFailed
 from .spec import Spec, SpecError
@@ -25,14 +25,6 @@ from .store import ROOT, Store, StudyBusy, encode
 def _fail(message: str, code: int = 2):
     print(f"optlab: error: {message}", file=sys.stderr)
     sys.exit(code)
-
-
-def _stop(signum, frame):
-    """Ctrl-C or SIGTERM (a cluster's time limit): stop the study where it is; the runs that
-    finished are stored, the parent run is marked KILLED."""
-    if signum == signal.SIGTERM:
-        raise Terminated("terminated (SIGTERM)")
-    raise KeyboardInterrupt("interrupted (Ctrl-C)")
 
 
 def spec_of(config) -> Spec:
@@ -118,7 +110,7 @@ def _sweep(sweeper, arguments: list[str], spec: Spec, store: Store) -> dict:
     study = Study(spec, store, launch, log, workers=workers, pool=workers)
     status = "FAILED"
     try:
-        with handling(_stop):
+        with handling(raise_stop):  # the runs that finished are stored, the parent marked KILLED
             results = study.run()
         from .report import write_report
 
