@@ -117,11 +117,12 @@ def check_jobs(config) -> None:
         except Exception:  # (composition: Hydra's own errors, as it launches the job)
             return
         job = f"job {number} ({' '.join(overrides)})"
+        identity = json.dumps({k: v for k, v in conf.items() if k != "seed"}, sort_keys=True, default=str)
         try:
-            check_settings(conf)
-            identity = json.dumps({k: v for k, v in conf.items() if k != "seed"}, sort_keys=True, default=str)
-            if identity not in built:
-                build(conf)
+            if identity in built:  # the same job but its seed: the seed's own check is enough
+                check_settings(conf)
+            else:
+                build(conf)  # (its first check is check_settings)
                 built.add(identity)
         except ConfigError as error:
             raise ConfigError(f"{job}: {error} (no job was run)") from None
