@@ -6,13 +6,14 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from optlab.app.study import measures
 from optlab.app.study.reduce import tuning_table
-from optlab.app.study.report import markdown
+from optlab.app.study.report import markdown, write_report
 from optlab.app.study.runner import Study, jobs_of
 from optlab.app.study.spec import Spec, SpecError
 from optlab.app.study.store import Store, decode, encode
@@ -803,3 +804,58 @@ def test_a_signal_while_a_study_creates_its_store_is_one_line_and_leaves_no_half
     assert last.startswith("optlab: study stopped (") and "before any of its runs: no MLflow run was recorded" in last
     assert "stopped ()" not in last  # (a KeyboardInterrupt without a message gave an empty reason)
     assert sorted(p.name for p in tmp_path.iterdir() if "mlflow.db" in p.name) == []  # no store, no half of one
+
+
+STOPPED_AS_MLFLOW_IS_WRITTEN = """
+import os, signal, sys
+from optlab.app.study.tracking import StudyLog
+original = StudyLog.close
+def close(self, status, *args, **kwargs):
+    if status == "FINISHED":  # the study is done, its report written: a Ctrl-C now
+        os.kill(os.getpid(), signal.SIGINT)
+        sum(range(100_000))  # the handler runs here
+    return original(self, status, *args, **kwargs)
+StudyLog.close = close
+from optlab.study import main
+sys.argv = ["python -m optlab.study", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_study_stopped_while_its_finished_runs_are_written_to_mlflow_says_so_and_a_repeat_completes_it(tmp_path):
+    """A Ctrl-C there ended the process by the signal with no line (found by a fault-injection probe,
+    3 of 3); through the entry it would have said 'outside a run: nothing was being recorded'."""
+    from cli_helpers import runs, script
+
+    args = ["optimizers=[sgd]", "problems=[beale]", "budget=1", "seeds=1", "final_seeds=2"]
+    done = script(tmp_path, STOPPED_AS_MLFLOW_IS_WRITTEN, *args)
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("optlab: study ") and ", its report is in " in last
+    assert "stopped (interrupted (Ctrl-C)) while its runs were written to MLflow: the parent run " in last
+    assert last.endswith("is marked KILLED; repeat the command to write the rest (no run is run again)")
+    assert len(list((tmp_path / ".optlab" / "studies").glob("*/report/report.md"))) == 1  # written before the stop
+    _, parents = runs(tmp_path, parents=True)
+    assert [r.info.status for r in parents if r.data.tags.get("optlab.kind") == "study"] == ["KILLED"]
+    again = _cli(tmp_path, *args)  # the repeat writes what is missing and ends the same parent FINISHED
+    assert again.returncode == 0, again.stderr
+    assert "0 runs, " in again.stdout
+    _, found = runs(tmp_path, parents=True)
+    parent = [r for r in found if r.data.tags.get("optlab.kind") == "study"]
+    assert [r.info.status for r in parent] == ["FINISHED"]
+    children = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+    assert children and all(r.info.status == "FINISHED" for r in children)
+
+
+def test_a_study_whose_every_tuned_setting_diverges_still_gets_its_report(tmp_path):
+    """SGD's one setting (learning rate 0.1) diverges on Beale: every tuning value is NaN, and the
+    report's sensitivity plot failed with matplotlib's 'Data cannot be log-scaled' (a traceback at
+    the end of the study, no report)."""
+    study, _ = _study(tmp_path, optimizers=["sgd"], problems=["beale"], budget=1, seeds=1, final_seeds=2)
+    results = study.run()
+    assert results["chosen"]["beale|sgd"]["all_failed"]
+    folder = write_report(study.spec, results, tmp_path / "report", finals=study.finals)
+    names = {"report.md", "curves.png", "ecdf.png", "profile.png", "sensitivity.png", "tunability.png"}
+    assert names <= {p.name for p in Path(folder).iterdir()}
+    assert all((Path(folder) / n).read_bytes()[:4] == b"\x89PNG" for n in names - {"report.md"})

@@ -109,12 +109,14 @@ def plot_sensitivity(spec: Spec, results: dict, path: Path) -> None:
     colors = _colors(spec.optimizers)
     fig, axes = _grid(len(spec.problems))
     for ax, problem in zip(axes, spec.problems):
+        rates = []  # every learning rate tried here, shown even where each of them diverged
         for opt in spec.optimizers:
             rows = results["tuning"].get(f"{problem.label}|{opt}")
             if not rows or "learning_rate" not in rows[0]["hparams"]:
                 continue
             rows = sorted(rows, key=lambda r: r["hparams"]["learning_rate"])
             lrs = [r["hparams"]["learning_rate"] for r in rows]
+            rates += lrs
             values = np.array([r["values"] for r in rows], dtype=float)
             with np.errstate(all="ignore"), _quiet():
                 mean = np.array([r["score"] for r in rows], dtype=float)
@@ -126,12 +128,14 @@ def plot_sensitivity(spec: Spec, results: dict, path: Path) -> None:
                 ax.plot([best["hparams"]["learning_rate"]], [best["score"]], "*", color=colors[opt], ms=12, mec="k")
         ax.axhline(problem.target, color="0.4", ls="--", lw=1)
         ax.set_xscale("log")
+        if rates and not _finite(results, problem.label):  # no point to set the axis: a log axis of none fails
+            ax.set_xlim(min(rates) / 2, max(rates) * 2)
         if problem.direction == "min" and _positive(results, problem.label):
             ax.set_yscale("log")
         ax.set_title(f"{problem.label}: {spec.score} {problem.metric}", fontsize=10)
         ax.set_xlabel("learning rate")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    _legend(axes[0])
     _title(
         fig,
         "Sensitivity: score against learning rate (mean of the tuning seeds, their range as a band; "
@@ -168,7 +172,7 @@ def plot_tunability(spec: Spec, results: dict, path: Path) -> None:
         ax.set_xlabel("settings tried (k)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    _legend(axes[0])
     _title(fig, "Tunability: expected best score after k settings drawn at random from the tuning (-- target)")
     fig.tight_layout()
     _save(fig, path, 100)
@@ -195,13 +199,29 @@ def _save(fig, path: Path, dpi: int) -> None:
     os.replace(temp, path)
 
 
+def _finite(results: dict, label: str) -> list[float]:
+    """The finite tuning values of problem ``label`` (none where every setting diverged)."""
+    return [
+        v
+        for key, rows in results["tuning"].items()
+        if key.startswith(label + "|")
+        for row in rows
+        for v in row["values"]
+        if math.isfinite(v)
+    ]
+
+
+def _legend(ax) -> None:
+    """The legend of the first panel, where it has labelled lines (none where everything diverged)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+
+
 def _positive(results: dict, label: str) -> bool:
-    for key, rows in results["tuning"].items():
-        if key.startswith(label + "|"):
-            for row in rows:
-                if any(v <= 0 for v in row["values"] if math.isfinite(v)):
-                    return False
-    return True
+    """Whether the tuning values of problem ``label`` can be drawn on a log scale: some are
+    finite, all of those > 0 (with none, a log axis fails to draw)."""
+    finite = _finite(results, label)
+    return bool(finite) and all(v > 0 for v in finite)
 
 
 def plot_curves(spec: Spec, results: dict, finals: list[dict], path: Path) -> None:
@@ -210,7 +230,7 @@ def plot_curves(spec: Spec, results: dict, finals: list[dict], path: Path) -> No
     fig, axes = _grid(len(spec.problems))
     diverged = []
     for ax, problem in zip(axes, spec.problems):
-        positive = True
+        positive, drawn = True, False
         for opt in spec.optimizers:
             runs = [
                 r for r in finals if r["problem"] == problem.label and r["optimizer"] == opt and r["arm"] == "final"
@@ -230,17 +250,19 @@ def plot_curves(spec: Spec, results: dict, finals: list[dict], path: Path) -> No
             with np.errstate(all="ignore"), _quiet():
                 mean = np.nanmean(table, axis=0)
                 low, high = column_quantiles(table, 0.25), column_quantiles(table, 0.75)
-            positive = positive and bool(np.all(table[np.isfinite(table)] > 0))
+            finite = table[np.isfinite(table)]
+            positive = positive and bool(np.all(finite > 0))
+            drawn = drawn or finite.size > 0
             ax.fill_between(steps, low, high, color=colors[opt], alpha=0.2)
             ax.plot(steps, mean, color=colors[opt], lw=1.8, label=opt)
         ax.axhline(problem.target, color="0.4", ls="--", lw=1)
         ax.set_xscale("log")
-        if problem.direction == "min" and positive:
+        if problem.direction == "min" and positive and drawn:  # (a log axis of no values fails to draw)
             ax.set_yscale("log")
         ax.set_title(f"{problem.label}: {problem.metric}", fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    _legend(axes[0])
     left_out = f"; seeds that diverged left out: {', '.join(diverged)}" if diverged else ""
     _title(fig, f"Training curves of the tuned settings: mean of the seeds, interquartile band; -- target{left_out}")
     fig.tight_layout()

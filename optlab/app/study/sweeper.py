@@ -137,10 +137,24 @@ def _sweep(sweeper, arguments: list[str], spec: Spec, store: Store) -> dict:
             log.close("FAILED", timeout=10)
             _report_parent(log)
     if log is not None:
-        waiting = log.pending()
-        if waiting:
-            print(f"optlab: writing {waiting} runs to MLflow ...", flush=True)
-        log.close("FINISHED", results, report)
+        try:
+            waiting = log.pending()
+            if waiting:
+                print(f"optlab: writing {waiting} runs to MLflow ...", flush=True)
+            log.close("FINISHED", results, report)
+        except KeyboardInterrupt as stop:  # the study is done: only its record in MLflow is cut short
+            if log.tracker.status is None:
+                log.close("KILLED", timeout=10)
+            _report_parent(log)
+            print(
+                f"\noptlab: study {spec.study_id} finished, its report is in {Path(report) / 'report.md'}; stopped "
+                f"({str(stop) or 'interrupted (Ctrl-C)'}) while its runs were written to MLflow: the parent run "
+                f"{log.run_id} is marked {log.tracker.status or 'RUNNING (not closed)'}; repeat the command to "
+                "write the rest (no run is run again)",
+                file=sys.stderr,
+            )
+            signum = getattr(stop, "signum", signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
+            sys.exit(128 + signum)
         _report_parent(log)
         if log.unwritten:
             print(
