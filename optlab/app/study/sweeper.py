@@ -80,8 +80,7 @@ def _sweep(sweeper, arguments: list[str], spec: Spec, store: Store) -> dict:
                 f"\noptlab: study stopped ({reason}) while its MLflow store was opened, before any of its runs: {what}",
                 file=sys.stderr,
             )
-            signum = getattr(stop, "signum", signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
-            sys.exit(128 + signum)
+            sys.exit(_status(stop))
     next_index = [0]
 
     def launch(payloads: list[dict]) -> list:
@@ -131,7 +130,7 @@ def _sweep(sweeper, arguments: list[str], spec: Spec, store: Store) -> dict:
             "repeat the command to run the rest",
             file=sys.stderr,
         )
-        sys.exit(143 if isinstance(stop, Terminated) else 130)
+        sys.exit(_status(stop))
     finally:
         if status == "FAILED" and log is not None and log.tracker.status is None:
             log.close("FAILED", timeout=10)
@@ -153,8 +152,7 @@ def _sweep(sweeper, arguments: list[str], spec: Spec, store: Store) -> dict:
                 "write the rest (no run is run again)",
                 file=sys.stderr,
             )
-            signum = getattr(stop, "signum", signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
-            sys.exit(128 + signum)
+            sys.exit(_status(stop))
         _report_parent(log)
         if log.unwritten:
             print(
@@ -177,6 +175,11 @@ def _sweep(sweeper, arguments: list[str], spec: Spec, store: Store) -> dict:
     if log is not None:
         print(f"optlab: MLflow: parent run {log.run_id} ({log.written} child runs written)")
     return results
+
+
+def _status(stop: KeyboardInterrupt) -> int:
+    """The exit status of a study stopped by ``stop``: 128 + its signal (130 Ctrl-C, 143 SIGTERM)."""
+    return 128 + getattr(stop, "signum", signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
 
 
 def _report_parent(log) -> None:
