@@ -7,14 +7,17 @@ import _thread
 import json
 import math
 import multiprocessing
+import os
+import signal
 import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 
 import optlab
-from optlab.app import deliver, tracking
+from optlab.app import deliver, painter, plots, tracking
 from optlab.trainer import Trainer
 
 pytestmark = pytest.mark.slow
@@ -417,26 +420,70 @@ def test_a_plot_that_fails_does_not_hide_the_outcome(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise ValueError("no fonts")
 
-    monkeypatch.setattr(tracking, "curves_figure", broken)
+    monkeypatch.setattr(painter.Painter, "start", lambda self: False)  # drawn here, where the patch is
+    monkeypatch.setattr(plots, "curves_figure", broken)
     client, run, _, _ = tracked_run(tmp_path)
     assert run.info.status == "FINISHED"
     assert run.data.tags["plot_error"] == "ValueError: no fonts"
     assert len(client.get_metric_history(run.info.run_id, "train/loss_step")) == STEPS
 
 
+def test_a_plot_that_fails_in_the_helper_does_not_hide_the_outcome(tmp_path, monkeypatch):
+    real = tracking.MlflowTracker.plot_request
+
+    def bad_path(self):  # a path of the wrong shape: path_figure raises in the helper
+        return {**real(self), "problem": optlab.problems.get("rosenbrock"), "path": np.zeros(3), "start": np.zeros(2)}
+
+    monkeypatch.setattr(tracking.MlflowTracker, "plot_request", bad_path)
+    client, run, _, tracker = tracked_run(tmp_path)
+    assert run.info.status == "FINISHED" and tracker.status == "FINISHED"
+    with pytest.raises(ValueError) as here:  # the same error as drawing it in this process
+        plots.draw(bad_path(tracker))
+    assert run.data.tags["plot_error"] == f"ValueError: {here.value}"
+    assert len(client.get_metric_history(run.info.run_id, "train/loss_step")) == STEPS
+
+
 def test_the_plots_show_the_logged_points(tmp_path, monkeypatch):
     drawn = {}
-    real = tracking.curves_figure
+    real = tracking.MlflowTracker.plot_request
 
-    def spy(series, title):
-        drawn.update(series)
-        return real(series, title)
+    def spy(self):
+        request = real(self)
+        drawn.update(request["series"])
+        return request
 
-    monkeypatch.setattr(tracking, "curves_figure", spy)
+    monkeypatch.setattr(tracking.MlflowTracker, "plot_request", spy)
     client, run, _, _ = tracked_run(tmp_path)
     for key in ("train/loss_step", "train/loss", "val/loss", "train/learning_rate"):
         history = client.get_metric_history(run.info.run_id, key)
         assert drawn[key] == sorted((m.step, pytest.approx(m.value)) for m in history), key
+
+
+def test_a_tracked_run_whose_helper_goes_silent_keeps_its_plots(tmp_path, monkeypatch):
+    monkeypatch.setattr(painter, "_SHARED", painter.Painter())
+    monkeypatch.setattr(painter, "DRAW_TIMEOUT", 0.5)
+    tracker = make_tracker(tmp_path)
+    problem = optlab.problems.get("rosenbrock")
+    tracker.start(problem)
+    trainer = train(tracker, problem="rosenbrock", epochs=STEPS)
+    silent = painter._SHARED._process.pid
+    os.kill(silent, signal.SIGSTOP)
+    tracker.close("FINISHED")
+    painter._SHARED.stop()
+    client = client_for(tmp_path)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and "plot_error" not in run.data.tags
+    assert {a.path for a in client.list_artifacts(tracker.run_id)} >= {"curves.png", "path.png"}
+    assert painter_test_ended(silent) and trainer.step == STEPS
+
+
+def painter_test_ended(pid: int) -> bool:
+    from pathlib import Path
+
+    try:  # gone, or a zombie whoever adopted it has not reaped yet
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 # -- the store lock --------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ def timed_run(conf) -> dict:
     tracker = tracker_for(conf, problem, optimizer, {})  # its tags: git's commit, the plugins' versions
     trainer = make_trainer(conf, problem, optimizer, cbs, [tracker] if tracker is not None else [])
     if tracker is not None:
-        tracker.start()
+        tracker.start(problem)
     started = time.perf_counter()
     fit(trainer)
     trained = time.perf_counter()

@@ -12,6 +12,24 @@ import numpy as np
 PNG_OPTIONS = {"pil_kwargs": {"compress_level": 3}}
 
 
+def draw(request: dict) -> dict[str, bytes]:
+    """A run's plots as PNG bytes by name, from a plain ``request`` (picklable: the plot helper
+    process draws it as well, :mod:`.painter`):
+
+    - ``title``: the run's name;
+    - ``series``: each logged metric's points as (step, value), sorted by step: ``curves.png``
+      (if ``train/loss`` has points);
+    - ``problem``, ``path``, ``start`` (optional): a 2-D problem, the optimizer's path over it
+      (an array of shape (steps, 2)) and its start: ``path.png``.
+    """
+    images = {}
+    if request["series"].get("train/loss"):
+        images["curves.png"] = png(curves_figure(request["series"], request["title"]))
+    if request.get("problem") is not None:
+        images["path.png"] = png(path_figure(request["problem"], request["path"], request["title"], request["start"]))
+    return images
+
+
 def png(figure) -> bytes:
     import io
 

@@ -38,8 +38,9 @@ import numpy as np
 
 from ..callbacks import Callback
 from ..files import _write_atomic, write_text_atomic
+from . import painter as painting
 from .keys import RATE, STEP_LOSS, metric_key, params_of
-from .plots import curves_figure, path_figure, png
+from .plots import draw
 from .store import (
     ADVICE,
     TrackingError,
@@ -214,6 +215,7 @@ class MlflowTracker(Callback):
         self._kept: list[str] = []  # the kept metrics, as lines of the kept file
         self._unconfirmed: list[tuple] = []  # kept metrics whose write got no answer: maybe in the store
         self._images: dict[str, bytes] = {}  # plots drawn and not yet taken by the store
+        self._painter: painting.Painter | None = None  # the helper process drawing the plots (None: drawn here)
         self._extras_added = False
         self._kept_end: dict | None = None
         self._keep_lock = threading.Lock()
@@ -223,11 +225,17 @@ class MlflowTracker(Callback):
         self._clock = time.perf_counter()
 
     # -- set-up ---------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, problem=None) -> None:
         """Check the store and open the run; raises TrackingError (one line) if the store cannot be used.
 
-        A missing sqlite store is created atomically; a dead server is found in seconds.
+        A missing sqlite store is created atomically; a dead server is found in seconds. The plot
+        helper (:mod:`.painter`) starts first, to import matplotlib while this process imports MLflow,
+        and loads ``problem`` (the run's, if its path is plotted) meanwhile.
         """
+        self._painter = painting.shared()
+        self._painter.start()
+        if problem is not None and problem.record_path:
+            self._painter.warm(problem)
         self._http = http_limits(self.uri)
         self._http.__enter__()
         try:
@@ -489,6 +497,8 @@ class MlflowTracker(Callback):
             drawing = time.perf_counter()
             try:  # drawn while the writer stores the last metrics
                 self._images = self._render()
+            except painting.PlotFailed as exc:  # drawing raised in the helper: "Type: message"
+                plot_error = str(exc)
             except Exception as exc:  # a plot must never hide the run's own outcome
                 plot_error = exc
             self.plot_seconds = time.perf_counter() - drawing
@@ -690,16 +700,25 @@ class MlflowTracker(Callback):
 
     # -- artifacts --------------------------------------------------------------------------
     def _render(self) -> dict[str, bytes]:
-        """The run's plots as PNG bytes: loss and learning-rate curves, and the path on 2-D problems."""
-        images = {}
+        """The run's plots as PNG bytes: loss and learning-rate curves, and the path on 2-D problems;
+        drawn by the plot helper, or here if it cannot (:mod:`.painter`)."""
+        request = self.plot_request()
+        if self._painter is not None:
+            try:
+                return self._painter.draw(request)
+            except painting.Unavailable:
+                pass
+        return draw(request)
+
+    def plot_request(self) -> dict:
+        """What the plots show (:func:`.plots.draw`): the points sent for each metric, and the path."""
         series = {name: sorted(s.points + [(p[2], p[0]) for p in s.extras()]) for name, s in self._series.items()}
-        if series.get("train/loss"):
-            images["curves.png"] = png(curves_figure(series, self.run_name))
+        request = {"title": self.run_name, "series": series}
         trainer = self.trainer
         if trainer is not None and trainer.problem.record_path and trainer.history.path:
             history = trainer.history
-            images["path.png"] = png(path_figure(trainer.problem, np.array(history.path), self.run_name, history.start))
-        return images
+            request.update(problem=trainer.problem, path=np.array(history.path), start=history.start)
+        return request
 
     def _log_images(self) -> None:
         """Log the drawn plots one by one; each one the store took is no longer to be kept."""
