@@ -39,15 +39,26 @@ def png(figure) -> bytes:
 
 
 def curves_figure(series: dict[str, list[tuple[int, float]]], title: str):
-    """Loss (per step, epoch mean, validation) above the learning rate, against the step.
+    """Loss (per step, epoch mean, validation) above the learning rate, against the step; a rate
+    that never changed is said in the loss's title instead (a flat line says nothing, and its
+    panel costs as much to draw as the loss's).
 
     ``series``: each MLflow key's logged points as (step, value), sorted by step.
     """
     from matplotlib.figure import Figure  # no pyplot: no global state, safe off the main thread
 
-    fig = Figure(figsize=(7, 6))
-    fig.subplots_adjust(left=0.12, right=0.97, top=0.93, bottom=0.08, hspace=0.08)
-    ax_loss, ax_lr = fig.subplots(2, 1, sharex=True)
+    rates = series.get("train/learning_rate") or []
+    changing = len({value for _, value in rates}) > 1
+    if changing:
+        fig = Figure(figsize=(7, 6))
+        fig.subplots_adjust(left=0.12, right=0.97, top=0.93, bottom=0.08, hspace=0.08)
+        ax_loss, ax_lr = fig.subplots(2, 1, sharex=True)
+    else:
+        fig = Figure(figsize=(7, 4.2))
+        fig.subplots_adjust(left=0.12, right=0.97, top=0.86, bottom=0.12)
+        ax_loss = fig.subplots()
+        if rates:
+            ax_loss.set_title(f"learning rate {rates[0][1]:g} (constant)", fontsize="medium")
     curves = [("train/loss_step", "-", "train/loss_step (each step)"), ("train/loss", "o-", "train/loss (epoch mean)")]
     curves.append(("val/loss", "s-", "val/loss"))
     losses = []
@@ -67,12 +78,12 @@ def curves_figure(series: dict[str, list[tuple[int, float]]], title: str):
         ax_loss.yaxis.set_minor_locator(NullLocator())  # (each tick is a few artists to make and draw)
     ax_loss.set_ylabel("loss")
     ax_loss.legend(loc="upper right")  # where a falling loss is not; "best" scans every point
-    if series.get("train/learning_rate"):
-        at, rates = zip(*series["train/learning_rate"])
+    if changing:
+        at, values = zip(*rates)
         last = max(at for points in series.values() for at, _ in points)
-        ax_lr.step([*at, last], [*rates, rates[-1]], where="post", lw=1.0, color="tab:green")  # held between points
-    ax_lr.set_ylabel("learning rate")
-    ax_lr.set_xlabel("step")
+        ax_lr.step([*at, last], [*values, values[-1]], where="post", lw=1.0, color="tab:green")  # held between points
+        ax_lr.set_ylabel("learning rate")
+    (ax_lr if changing else ax_loss).set_xlabel("step")
     fig.suptitle(title)
     return fig
 
