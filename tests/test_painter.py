@@ -161,3 +161,13 @@ def test_the_helper_ends_when_its_process_is_killed(tmp_path):
     while not ended(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert ended(pid)
+
+
+def test_a_large_problem_is_not_sent_ahead(helper, monkeypatch):
+    sent = []
+    monkeypatch.setattr(helper, "_send", sent.append)
+    small, large = optlab.problems.get("rosenbrock"), optlab.problems.get("rosenbrock")
+    large.ballast = np.zeros(painter.WARM_BYTES // 8 + 1)  # a pipe full of it would wait for the helper's warm-up
+    helper.warm(small)
+    helper.warm(large)
+    assert [kind for kind, _ in sent] == ["warm"]

@@ -32,6 +32,8 @@ import time
 DRAW_TIMEOUT = 30.0  # seconds the run's end waits for the helper's figures before drawing them itself
 MAX_FAILURES = 2  # helpers that died or went silent before this process stops starting new ones
 HEADER = struct.Struct("!Q")
+#: the largest problem sent ahead (a pipe holds 64 KiB: more would wait for the helper's warm-up)
+WARM_BYTES = 32 * 1024
 
 
 class Unavailable(Exception):
@@ -81,7 +83,9 @@ class Painter:
             if not self.start():
                 return
             try:
-                self._send(("warm", pickle.dumps(problem, protocol=pickle.HIGHEST_PROTOCOL)))
+                payload = pickle.dumps(problem, protocol=pickle.HIGHEST_PROTOCOL)
+                if len(payload) <= WARM_BYTES:
+                    self._send(("warm", payload))
             except Exception:  # an unpicklable problem (its path plot is drawn here), or a dead helper
                 pass
 
