@@ -165,9 +165,20 @@ def test_the_helper_ends_when_its_process_is_killed(tmp_path):
 
 def test_a_large_problem_is_not_sent_ahead(helper, monkeypatch):
     sent = []
-    monkeypatch.setattr(helper, "_send", sent.append)
+    monkeypatch.setattr(helper, "_send", lambda message, deadline: sent.append(message))
     small, large = optlab.problems.get("rosenbrock"), optlab.problems.get("rosenbrock")
     large.ballast = np.zeros(painter.WARM_BYTES // 8 + 1)  # a pipe full of it would wait for the helper's warm-up
     helper.warm(small)
     helper.warm(large)
     assert [kind for kind, _ in sent] == ["warm"]
+
+
+def test_a_large_request_to_a_silent_helper_is_given_up_in_time(helper):
+    helper.draw(curves_request())
+    silent = helper._process.pid
+    os.kill(silent, signal.SIGSTOP)
+    request = {**path_request(), "path": np.zeros((200_000, 2))}  # 3.2 MB: far more than a pipe holds
+    with pytest.raises(painter.Unavailable, match=r"not read in 0\.5 s"):
+        helper.draw(request, timeout=0.5)
+    assert ended(silent) and helper._process is None and helper.failures == 1
+    assert sorted(helper.draw(curves_request())) == ["curves.png"]

@@ -73,6 +73,7 @@ class Painter:
         except OSError:
             self.failures += 1
             return False
+        os.set_blocking(self._process.stdin.fileno(), False)  # a request is written within its deadline
         self._pid = os.getpid()
         return True
 
@@ -84,9 +85,16 @@ class Painter:
                 return
             try:
                 payload = pickle.dumps(problem, protocol=pickle.HIGHEST_PROTOCOL)
-                if len(payload) <= WARM_BYTES:
-                    self._send(("warm", payload))
-            except Exception:  # an unpicklable problem (its path plot is drawn here), or a dead helper
+            except Exception:  # an unpicklable problem: its path plot is drawn here
+                return
+            if len(payload) > WARM_BYTES:
+                return
+            try:
+                self._send(("warm", payload), time.monotonic())  # into the pipe's buffer, or not at all
+            except TimeoutError as unsent:
+                if unsent.written:  # part of a frame is in the pipe: out of step
+                    self._discard()
+            except OSError:  # a dead helper: the draw starts a new one
                 pass
 
     def draw(self, request: dict, timeout: float | None = None) -> dict[str, bytes]:
@@ -102,8 +110,9 @@ class Painter:
             except Exception as exc:  # e.g. a problem defined in a script: the helper is still fine
                 raise Unavailable(f"the request cannot be sent: {type(exc).__name__}: {exc}") from None
             try:
-                self._send(message)
-                kind, value = self._receive(time.monotonic() + timeout, timeout)
+                deadline = time.monotonic() + timeout
+                self._send(message, deadline, timeout)
+                kind, value = self._receive(deadline, timeout)
             except Exception as exc:  # dead, silent, or an answer that makes no sense
                 self.failures += 1
                 self._discard()
@@ -134,10 +143,24 @@ class Painter:
                 process.stdout.close()
 
     # -- the pipe ---------------------------------------------------------------------------
-    def _send(self, message) -> None:
+    def _send(self, message, deadline: float, timeout: float = 0.0) -> None:
+        """Write one frame by ``deadline``, else ``TimeoutError`` (its ``written``: the bytes that were)."""
+        import select
+
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        self._process.stdin.write(HEADER.pack(len(data)) + data)
-        self._process.stdin.flush()
+        pending = memoryview(HEADER.pack(len(data)) + data)
+        descriptor, written = self._process.stdin.fileno(), 0
+        while written < len(pending):
+            try:
+                written += os.write(descriptor, pending[written:])
+                continue
+            except BlockingIOError:  # the pipe is full: the helper has not read yet
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([], [descriptor], [], left)[1]:
+                late = TimeoutError(f"not read in {timeout:g} s")
+                late.written = written
+                raise late
 
     def _receive(self, deadline: float, timeout: float):
         (size,) = HEADER.unpack(self._read(HEADER.size, deadline, timeout))
