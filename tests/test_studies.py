@@ -44,14 +44,22 @@ def test_bad_settings_name_the_field_and_what_it_allows():
     # a target no run can reach: past an accuracy's 1, a distance's 0, a test function's minimum
     # (Styblinski-Tang's is -39.16617 per dimension: between -78.3324 and -78.3323 in 2)
     unreachable = [
-        ("logistic_regression", "val_accuracy >= 1.01", r"an accuracy's best is 1"),
-        ("rosenbrock", "distance_to_optimum <= -0.5", r"the distance's least is 0"),
+        ("logistic_regression", "val_accuracy >= 1.01", r"val_accuracy's best possible value is 1\b"),
+        ("rosenbrock", "distance_to_optimum <= -0.5", r"distance_to_optimum's best possible value is 0\b"),
         ("rosenbrock", "loss <= -1e-3", r"its minimum loss is 0\b"),
         ("styblinski_tang", "loss <= -78.34", r"its minimum loss is -78.332"),
+        # what the problems declare (metric_best), which a newcomer's study ran in full before
+        ("rosenbrock", "suboptimality <= -1", r"suboptimality's best possible value is 0\b"),
+        ("seed_linear", "excess <= -1", r"excess's best possible value is 0\b"),
+        ("mlp_digits", "val_loss <= -1", r"val_loss's best possible value is 0\b"),
     ]
     for name, target, why in unreachable:
         with pytest.raises(SpecError, match=f"{name}: no run can reach the target.*{why}"):
             Spec.from_config({**TINY, "problems": [{"name": name, "target": target}]})
+    with pytest.raises(SpecError, match=r"`problems` is empty: name at least one"):
+        Spec.from_config({**TINY, "problems": []})
+    with pytest.raises(SpecError, match=r"`final_seeds` must be an integer >= 2 \(the report's intervals"):
+        Spec.from_config({**TINY, "final_seeds": 1})
     for name, target in (("styblinski_tang", "loss <= -78.33"), ("rosenbrock", "loss <= 0")):
         assert Spec.from_config({**TINY, "problems": [{"name": name, "target": target}]}).problems[0].target < 1
     # a problem given its own target is accepted
@@ -272,6 +280,16 @@ def _cli(cwd, *args):
     from cli_helpers import optlab
 
     return optlab(cwd, *args, module="optlab.study", timeout=600)
+
+
+def test_a_target_at_the_best_possible_value_gets_its_report(tmp_path):
+    """An accuracy of 1 made every level of the target ladder the same, and the study failed after
+    all its runs with a StopIteration and no report (a newcomer's trial)."""
+    target = "problems=[{name: logistic_regression, target: 'val_accuracy >= 1'}]"
+    done = _cli(tmp_path, "tracking=none", "optimizers=[sgd]", "budget=1", "seeds=1", "final_seeds=2", target)
+    assert done.returncode == 0, done.stderr
+    (report,) = tmp_path.glob(".optlab/studies/*/report/report.md")
+    assert "val_accuracy >= 1" in report.read_text()
 
 
 ARGS = ("optimizers=[sgd,adam]", "problems=[beale,logistic_regression]", "budget=2", "seeds=2", "final_seeds=3")
@@ -794,7 +812,7 @@ main()
 def test_a_signal_while_a_study_creates_its_store_is_one_line_and_leaves_no_half_store(tmp_path, signame, code):
     """Ctrl-C there was a 75-155-line traceback; SIGTERM a silent death that left
     .mlflow.db.creating-* files behind (found by a fault-injection probe)."""
-    args = ["optimizers=[sgd]", "problems=[beale]", "budget=1", "seeds=1", "final_seeds=1"]
+    args = ["optimizers=[sgd]", "problems=[beale]", "budget=1", "seeds=1", "final_seeds=2"]
     from cli_helpers import script
 
     done = script(tmp_path, SIGNAL_DURING, "create_sqlite_store", signame, *args)

@@ -25,6 +25,7 @@ from optlab.app.study.measures import (
     expected_best_of_k,
     first_reach,
     holm,
+    ladder,
     mean_ci,
     performance_profile,
     performance_ratios,
@@ -81,6 +82,14 @@ def test_target_ladder_loosest_first_and_factor_one_is_the_target():
     # factors given in any order still come back loosest first
     assert target_ladder(0.5, "min", factors=(1, 0.5, 2)) == pytest.approx([1.0, 0.5, 0.25])
     assert target_ladder(0.8, "max", factors=(1,)) == [0.8]
+
+
+def test_a_target_at_the_ideal_keeps_one_ladder_entry_per_factor():
+    # an accuracy of 1 or a suboptimality of 0: 1 + f * 0 and 0 + f * 0 are the target at every factor
+    assert ladder(1.0, "max") == [(10, 1.0), (3, 1.0), (1, 1.0), (0.5, 1.0)]
+    assert [f for f, _ in ladder(0.0, "min", factors=(10.0, 3.0, 1.0, 0.5))] == [10.0, 3.0, 1.0, 0.5]
+    # each level keeps its own factor, also where the order of the levels is not the factors'
+    assert ladder(0.5, "min", factors=(1, 0.5, 2)) == [(2, 1.0), (1, 0.5), (0.5, 0.25)]
 
 
 def test_censored_median():

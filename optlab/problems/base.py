@@ -29,6 +29,7 @@ plugins read them; checked when the class is defined):
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from collections.abc import Iterator
@@ -117,6 +118,9 @@ class Problem(Configurable):
     #: is matched without it): read by ``EarlyStopping``/``ReduceLROnPlateau``/``ModelCheckpoint`` in
     #: ``mode="auto"`` and by the reports; metrics not listed fall back to Keras's metric names
     metric_directions: ClassVar[dict[str, str]] = {}
+    #: the best value each metric can take, where it is known (``{"loss": 0.0, "accuracy": 1.0}``; a
+    #: ``val_`` prefix is matched without it): a study refuses a target beyond it, which no run can reach
+    metric_best: ClassVar[dict[str, float]] = {}
     #: the level a run solves the problem at (its default arguments), or None
     target: ClassVar[Target | None] = None
     #: default epochs and batch size
@@ -127,6 +131,14 @@ class Problem(Configurable):
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         cls._check_metadata()
+        best = cls.__dict__.get("metric_best", {})
+        if not isinstance(best, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for k, v in best.items()
+        ):
+            raise TypeError(
+                f"{cls.__name__}.metric_best must be a dict of metric name -> finite number; received {best!r}"
+            )
         directions = cls.__dict__.get("metric_directions")
         if directions is None:
             return

@@ -23,6 +23,7 @@ class SeedLinear(Problem):
     budget = Budget(epochs=100)
     target = Target("excess", "<=", 0.1, measured="the tutorial's own stopping rule: a and b within 0.1 of 1")
     metric_directions: ClassVar[dict[str, str]] = {"excess": "min", "distance_to_optimum": "min"}
+    metric_best: ClassVar[dict[str, float]] = {"loss": 0.0, "excess": 0.0, "distance_to_optimum": 0.0}
     a = Hyper(2.0, doc="initial slope")
     b = Hyper(2.0, doc="initial intercept")
     x = np.array([0.0, 1.0, 2.0])
@@ -62,6 +63,8 @@ class SeedLinear(Problem):
 
 class _Supervised(Problem):
     metric_directions: ClassVar[dict[str, str]] = {"loss": "min", "accuracy": "max", "distance_to_optimum": "min"}
+    #: (every loss here is a mean of squares or a cross-entropy, plus penalties >= 0)
+    metric_best: ClassVar[dict[str, float]] = {"loss": 0.0, "accuracy": 1.0, "distance_to_optimum": 0.0}
     """Data split into training and validation sets by a seeded permutation."""
 
     validation_split = Hyper(0.2, low=0.0, high=1.0, high_open=True, doc="fraction held out for validation")

@@ -116,6 +116,7 @@ class MatrixFactorization(_Supervised):
     data_name, data_source = "ratings", None
     sparse_gradients = True
     metric_directions: ClassVar[dict[str, str]] = {"loss": "min", "rmse": "min"}
+    metric_best: ClassVar[dict[str, float]] = {"loss": 0.0, "rmse": 0.0}
     target: ClassVar[Target | None] = Target(
         "val_rmse",
         "<=",

@@ -101,6 +101,7 @@ class AnalyticFunction(Problem):
     """
 
     metric_directions: ClassVar[dict[str, str]] = {"suboptimality": "min", "distance_to_optimum": "min"}
+    metric_best: ClassVar[dict[str, float]] = {"suboptimality": 0.0, "distance_to_optimum": 0.0}
     budget = Budget(epochs=500)
     start = Hyper(
         "seeded", kind=str, choices=("seeded", "classic"), doc="seeded: around the classic start; classic: at it"

@@ -25,6 +25,7 @@ __all__ = [
     "expected_best_of_k",
     "first_reach",
     "holm",
+    "ladder",
     "mean_ci",
     "performance_profile",
     "performance_ratios",
@@ -97,11 +98,18 @@ def target_ladder(target_value: float, direction: str, factors: Sequence[float] 
     (a noisy loss that plateaus well above 0, a negative-valued objective) tight levels may be unreachable:
     runs that miss them are censored (time ``inf``), not dropped, so they still count against the optimizer.
     """
+    return [level for _, level in ladder(target_value, direction, factors)]
+
+
+def ladder(target_value: float, direction: str, factors: Sequence[float] = (10, 3, 1, 0.5)) -> list[tuple]:
+    """:func:`target_ladder`'s levels with their factors, ``(factor, level)``, loosest first. A target at
+    the ideal itself (an accuracy of 1, a suboptimality of 0) makes every level the target: each factor
+    keeps its own entry, so that factor 1 is always the declared target's."""
     _check_direction(direction)
     ideal = 0.0 if direction == "min" else 1.0
-    levels = [float(target_value) if f == 1 else ideal + f * (target_value - ideal) for f in factors]
+    pairs = [(f, float(target_value) if f == 1 else ideal + f * (target_value - ideal)) for f in factors]
     # looseness is decided by the value, not the factor, so the order holds even for a target past the ideal
-    return sorted(levels, reverse=direction == "min")
+    return sorted(pairs, key=lambda pair: pair[1], reverse=direction == "min")
 
 
 def censored_median(times: Sequence[float]) -> float:

@@ -98,14 +98,13 @@ def arm_summary(spec: Spec, problem, runs: list[dict]) -> dict:
     """Seed statistics and times to target of one optimizer's runs in one arm on one problem."""
     runs = sorted(runs, key=lambda r: r["seed"])
     values = [_value(r, spec.score) for r in runs]
-    levels = measures.target_ladder(problem.target, problem.direction, spec.ladder)
     ttt = []
-    for level in levels:
+    for factor, level in measures.ladder(problem.target, problem.direction, spec.ladder):
         times = [measures.time_to_target(_points(r), level, problem.direction) for r in runs]
         ttt.append(
             {
                 "level": level,
-                "factor": spec.ladder[levels.index(level)],
+                "factor": factor,
                 "reached": sum(math.isfinite(t["step"]) for t in times),
                 **{f"median_{u}": measures.censored_median([t[_unit(u)] for t in times]) for u in UNITS},
                 **{u: [t[_unit(u)] for t in times] for u in UNITS},

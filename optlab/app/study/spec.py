@@ -118,12 +118,15 @@ class Spec:
                 raise SpecError(f"study: optimizers: {_message(error)}") from None
         if len(set(chosen)) < len(chosen):
             raise SpecError(f"study: `optimizers` lists one twice: {chosen}")
-        probs = [_problem(entry) for entry in _list("problems", c["problems"])]
+        entries = _list("problems", c["problems"])
+        if not entries:
+            raise SpecError("study: `problems` is empty: name at least one (python -m optlab.problems lists them)")
+        probs = [_problem(entry) for entry in entries]
         if len({p.label for p in probs}) < len(probs):
             raise SpecError("study: `problems` lists one twice")
         budget = _int("budget", c["budget"], 1)
         seeds = _int("seeds", c["seeds"], 1)
-        final_seeds = _int("final_seeds", c["final_seeds"], 1)
+        final_seeds = _int("final_seeds", c["final_seeds"], 2, "the report's intervals and rank tests need two seeds")
         search = _choice("search", c["search"], SEARCHES)
         score = _choice("score", c["score"], SCORES)
         profile = _choice("profile", c["profile"], PROFILE_COSTS)
@@ -288,9 +291,10 @@ def _names(name: str, value) -> list[str]:
     return items
 
 
-def _int(name: str, value, low: int) -> int:
+def _int(name: str, value, low: int, why: str = "") -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise SpecError(f"study: `{name}` must be an integer >= {low}; received {name}={value!r}")
+        why = f" ({why})" if why else ""
+        raise SpecError(f"study: `{name}` must be an integer >= {low}{why}; received {name}={value!r}")
     return value
 
 
@@ -342,6 +346,9 @@ def _best_possible(problem, metric: str):
     import numpy as np
 
     bare = metric.removeprefix("val_")
+    declared = problem.metric_best.get(metric, problem.metric_best.get(bare))
+    if declared is not None:
+        return float(declared), f"{metric}'s best possible value"
     if bare == "accuracy":
         return 1.0, "an accuracy's best"
     if metric == "distance_to_optimum":
