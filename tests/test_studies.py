@@ -282,6 +282,24 @@ def _cli(cwd, *args):
     return optlab(cwd, *args, module="optlab.study", timeout=600)
 
 
+def test_a_launcher_typo_or_an_output_folder_under_a_file_is_one_line_before_anything(tmp_path):
+    """Hydra's paragraph (exit 1) and a traceback after the first job's announcement, before
+    (a newcomer's trial); ``python -m optlab -m`` said both in one line."""
+    done = _cli(tmp_path, "hydra/launcher=jobli")
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "optlab: error: study: Unknown hydra/launcher 'jobli'. Did you mean 'joblib'? Installed: "
+        + done.stderr.split("Installed: ", 1)[1].strip()
+    ]
+    (tmp_path / "compare.png").write_bytes(b"the user's picture")
+    done = _cli(tmp_path, "hydra.sweep.dir=compare.png/sw", "tracking=none", "optimizers=[sgd]", "problems=[beale]")
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "tuning" not in done.stdout + done.stderr
+    under = tmp_path / "compare.png"
+    said = "optlab: error: study: hydra.sweep.dir: cannot create a folder under"
+    assert done.stderr.strip() == f"{said} {under}, which is a file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["compare.png"]
+    assert (tmp_path / "compare.png").read_bytes() == b"the user's picture"
+
+
 def test_a_target_at_the_best_possible_value_gets_its_report(tmp_path):
     """An accuracy of 1 made every level of the target ladder the same, and the study failed after
     all its runs with a StopIteration and no report (a newcomer's trial)."""

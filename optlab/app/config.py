@@ -105,14 +105,8 @@ def check_overrides(overrides: list[str], own_configs: bool = True, multirun: bo
             )
         if tracking_off and group == "tracking" and len(parts) == 2 and parts[1] != "enabled":
             raise ConfigError(f"{key} is set but tracking=none: nothing is logged (leave out tracking=none to log)")
-        if own_configs and key in ("hydra/launcher", "hydra/sweeper") and not override.is_delete():
-            known = _hydra_options(key)
-            for value in _choices(override):
-                if value not in known:
-                    raise ConfigError(
-                        f"Unknown {key} {value!r}.{_closest(value, known)} Installed: {', '.join(known)} "
-                        "(others come with their Hydra plugin, e.g. hydra-submitit-launcher)"
-                    )
+        if own_configs and key in HYDRA_GROUPS and not override.is_delete():
+            check_hydra_choice(key, _choices(override))
             continue
         if own_configs and group in PRESET_GROUPS and len(parts) == 1 and not override.is_delete():
             if group not in main_config()[0] and not override.is_add():  # not in the defaults: added with +
@@ -241,6 +235,21 @@ def _check_callback_chosen(setting, name: str, known: list[str], overrides: list
             raise ConfigError(
                 f"{key}: {name} is not one of {'the callbacks of the job ' if len(lists) > 1 else ''}{which}; "
                 f"choose it with callbacks=[{','.join([*chosen, name])}]"
+            )
+
+
+#: Hydra's own groups whose choices are checked (their options come with Hydra's plugins)
+HYDRA_GROUPS = ("hydra/launcher", "hydra/sweeper")
+
+
+def check_hydra_choice(group: str, values) -> None:
+    """``hydra/launcher=jobli``: one line naming the installed options (Hydra's error is a paragraph)."""
+    known = _hydra_options(group)
+    for value in values:
+        if value not in known:
+            raise ConfigError(
+                f"Unknown {group} {value!r}.{_closest(value, known)} Installed: {', '.join(known)} "
+                "(others come with their Hydra plugin, e.g. hydra-submitit-launcher)"
             )
 
 

@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _check_bare_words(argv)
         check_overrides(overrides, own_configs, multirun=bool({"-m", "--multirun"} & set(argv)))
-        _check_output_folder(overrides, multirun=bool({"-m", "--multirun"} & set(argv)))
+        check_output_folder(overrides, multirun=bool({"-m", "--multirun"} & set(argv)))
     except ConfigError as error:
         _fail(str(error))
     argv = canonical_choices(argv)  # optimizer=Adam: Hydra knows the group's option as adam
@@ -285,7 +285,7 @@ def _check_bare_words(argv: list[str]) -> None:
             )
 
 
-def _check_output_folder(overrides: list[str], multirun: bool) -> None:
+def check_output_folder(overrides: list[str], multirun: bool) -> None:
     """Hydra's output folder (``hydra.run.dir`` / ``hydra.sweep.dir``, by default under
     ``.optlab/`` here) must be creatable: Hydra itself would fail with a traceback."""
     from ..callbacks.base import check_writable

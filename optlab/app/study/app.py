@@ -70,6 +70,20 @@ def _override(word: str) -> str:
     return f"{key}={value}"
 
 
+def _check_hydra_words(argv: list[str]) -> None:
+    """A launcher or sweeper that is not installed, and an output folder that cannot be made, as
+    ``python -m optlab`` says them: one line each, before the study starts (Hydra's own errors
+    were a paragraph, and a traceback after the first job's announcement)."""
+    from ..config import HYDRA_GROUPS, check_hydra_choice
+    from ..main import check_output_folder
+
+    for word in argv:
+        key, _, value = word.partition("=")
+        if key in HYDRA_GROUPS and value:
+            check_hydra_choice(key, value.split(","))
+    check_output_folder([w for w in argv if not w.startswith("-")], multirun=True)
+
+
 def presets() -> list[str]:
     """The study presets: optlab's (``conf/study/*.yaml`` beside this module) and the working
     directory's own (``./conf/study/*.yaml``)."""
@@ -96,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     COMMAND[:] = ["python", "-m", "optlab.study", *argv]  # as the user gave it, for the report and MLflow
     try:
         argv = [_override(a) for a in argv]
+        _check_hydra_words(argv)
     except ValueError as error:
         print(f"optlab: error: study: {error}", file=sys.stderr)
         sys.exit(2)
