@@ -133,3 +133,52 @@ def test_all_runs_leave_out_studies_runs_which_have_their_own_view(tmp_path):
         LookupError, match=r"holds only studies' runs: compare them with python -m optlab.compare --study"
     ):
         compare("studies", "all", "loss", uri, str(tmp_path / "compare.png"))
+
+
+def test_a_stopped_attempt_run_again_is_the_same_seed_not_another():
+    """A sweep stopped by Ctrl-C and repeated in its folder has the KILLED attempt and the finished
+    run of the same seed: compare counted them as two seeds (a newcomer's trial)."""
+    from optlab.app.compare import one_per_seed
+
+    def row(seed, status, start, final):
+        return {"seed": seed, "status": status, "start": start, "final": final}
+
+    killed, rerun, other = row("0", "KILLED", 1, 0.5), row("0", "FINISHED", 2, 0.1), row("1", "FINISHED", 3, 0.3)
+    assert one_per_seed([killed, rerun, other]) == [rerun, other]
+    assert one_per_seed([rerun, killed]) == [rerun]  # finished beats a later attempt that was stopped
+    later = row("0", "KILLED", 5, 0.7)
+    assert one_per_seed([killed, later]) == [later]  # none finished: the latest
+    unknown = [row("?", "FINISHED", 1, 0.1), row("?", "FINISHED", 2, 0.2)]
+    assert one_per_seed(unknown) == unknown  # runs without a recorded seed are not merged
+    result = {
+        "experiment": "e",
+        "sweep": "s",
+        "metric": "loss",
+        "columns": [],
+        "rows": [],
+        "seeds": [{"config": {"optimizer": "adam"}, **seed_summary([0.1, 0.3]), "repeats": 1}],
+        "output": "cmp.png",
+    }
+    assert "optimizer=adam: 0.2 ± 0.14 over 2 seeds (and 1 earlier attempt of the same seeds, left out)" in (
+        format_table(result)
+    )
+
+
+def test_compare_counts_each_seed_once(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from optlab.app.compare import compare
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("optlab")
+    for seed, status, loss in (("0", "KILLED", 9.0), ("0", "FINISHED", 1.0), ("1", "FINISHED", 3.0)):
+        run_id = client.create_run(experiment, tags={"optimizer": "adam"}).info.run_id
+        client.log_param(run_id, "seed", seed)
+        client.log_param(run_id, "optimizer.learning_rate", "0.001")
+        client.log_metric(run_id, "loss", loss, step=1)
+        client.set_terminated(run_id, status=status)
+    result = compare(sweep="all", uri=uri, output=str(tmp_path / "cmp.png"))
+    (group,) = result["seeds"]
+    assert (group["n"], group["mean"], group["repeats"]) == (2, 2.0, 1)  # (1 + 3) / 2, the KILLED 9 left out
+    assert len(result["rows"]) == 3  # the table still lists every run, with its status

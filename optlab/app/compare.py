@@ -5,8 +5,9 @@
     python -m optlab.compare my-experiment --output curves.png
 
 Columns: the run, its optimizer, every parameter whose value differs between the runs, the
-final and best value of the metric, steps and wall time. Runs that differ only in their seed
-are also summarised as mean ± standard deviation of the final value.
+final and best value of the metric, steps and training time. Runs that differ only in their
+seed are also summarised as mean ± standard deviation of the final value, each seed once
+(:func:`one_per_seed`: a stopped attempt run again is the same seed).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import warnings
 from pathlib import Path
 
 from ..callbacks import direction
+from ..names import counted
 from .keys import KIND_TAG, STUDY_TAG, metric_key
 from .store import default_uri
 
@@ -121,6 +123,7 @@ def compare(
                 "optimizer": run.data.tags.get("optimizer") or run.data.tags.get("optlab.optimizer", "?"),
                 "seed": run.data.params.get("seed", "?"),
                 "status": run.info.status,
+                "start": run.info.start_time or 0,
                 "final": values[-1] if values else math.nan,
                 "best": pick(finite) if finite else math.nan,
                 "steps": int(steps),
@@ -144,10 +147,12 @@ def compare(
     shown = _differing(runs, exclude=("seed",))
     seeds = []
     lines = {}  # one line per configuration: its seeds' mean, their range as a band
-    for members in groups.values():
+    for group in groups.values():
+        members = one_per_seed(group)
         config = {"optimizer": members[0]["optimizer"], **{k: members[0]["params"].get(k) for k in shown}}
         if len(members) > 1:
-            seeds.append({"config": config, **seed_summary([r["final"] for r in members])})
+            repeats = len(group) - len(members)
+            seeds.append({"config": config, **seed_summary([r["final"] for r in members]), "repeats": repeats})
             label = " ".join(f"{v}" if k == "optimizer" else f"{k.rsplit('.', 1)[-1]}={v}" for k, v in config.items())
             lines[f"{label} ({len(members)} seeds)"] = [curves[r["run"]] for r in members]
         else:
@@ -323,6 +328,21 @@ def format_study(result: dict) -> str:
     return "\n".join(lines)
 
 
+def one_per_seed(rows: list[dict]) -> list[dict]:
+    """One run per seed of a configuration: an attempt that was stopped and run again (a sweep
+    repeated in its folder) is the same seed, not another one. The finished run is kept, else the
+    latest; runs without a recorded seed are all kept."""
+    kept: dict = {}
+    unseeded = []
+    for row in sorted(rows, key=lambda r: (r["status"] == "FINISHED", r["start"])):  # the kept one comes last
+        if row["seed"] == "?":
+            unseeded.append(row)
+        else:
+            kept[row["seed"]] = row
+    chosen = {id(r) for r in [*kept.values(), *unseeded]}
+    return [r for r in rows if id(r) in chosen]  # in the rows' order
+
+
 def seed_summary(finals: list[float]) -> dict:
     """Mean and sample standard deviation of the finite final values of one group of seeded runs.
 
@@ -433,6 +453,9 @@ def format_table(result: dict) -> str:
             config = ", ".join(f"{k}={v}" for k, v in group["config"].items()) or "(same config)"
             without = group["runs"] - group["n"]
             tail = f" ({without} of {group['runs']} without a finite value)" if without else ""
+            repeats = group.get("repeats", 0)
+            if repeats:
+                tail += f" (and {counted(repeats, 'earlier attempt')} of the same seeds, left out)"
             if group["n"] == 0:
                 text.append(f"  {config}: no finite value over {group['runs']} seeds")
             elif group["n"] == 1:
