@@ -182,3 +182,36 @@ def test_a_large_request_to_a_silent_helper_is_given_up_in_time(helper):
         helper.draw(request, timeout=0.5)
     assert ended(silent) and helper._process is None and helper.failures == 1
     assert sorted(helper.draw(curves_request())) == ["curves.png"]
+
+
+def test_the_helper_imports_what_this_process_would_not_the_current_folders_files(tmp_path, monkeypatch, helper):
+    """python -c puts the current folder first on sys.path: the helper ran a user's json.py there,
+    which this process never imports (a fault-injection probe)."""
+    for name in ("json", "subprocess", "struct", "pickle", "numbers", "copy"):
+        (tmp_path / f"{name}.py").write_text(f"open({str(tmp_path / ('RAN-' + name))!r}, 'w').close()\n")
+    monkeypatch.chdir(tmp_path)
+    assert sorted(helper.draw(path_request())) == ["curves.png", "path.png"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("RAN-")) == []
+
+
+def test_a_stopped_helper_dies_with_the_process_that_started_it(tmp_path):
+    code = (
+        "import sys, time\n"
+        "from optlab.app import painter\n"
+        "helper = painter.shared(); helper.draw({'title': 't', 'series': {}})\n"  # its warm-up is over
+        "print(helper._process.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    pid = int(parent.stdout.readline())
+    os.kill(pid, signal.SIGSTOP)  # a stopped helper reads no closed pipe: it stayed for ever, state T
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while not ended(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        assert ended(pid)
+    finally:
+        if not ended(pid):
+            os.kill(pid, signal.SIGKILL)

@@ -477,6 +477,34 @@ def test_a_tracked_run_whose_helper_goes_silent_keeps_its_plots(tmp_path, monkey
     assert painter_test_ended(silent) and trainer.step == STEPS
 
 
+@pytest.mark.parametrize(("status", "timeout"), [("KILLED", tracking.KILLED_DRAW_TIMEOUT), ("FINISHED", None)])
+def test_a_stopped_run_waits_for_its_plots_briefly(tmp_path, monkeypatch, status, timeout):
+    """A silent helper held a run stopped by Ctrl-C or SIGTERM 30 s before its status was set, as
+    long as a scheduler's grace before SIGKILL (a fault-injection probe)."""
+    asked = []
+
+    def draw(self, request, timeout=None):
+        asked.append(timeout)
+        raise painter.Unavailable("silent")
+
+    monkeypatch.setattr(painter.Painter, "draw", draw)
+    client, run, _, _ = tracked_run(tmp_path, status=status)
+    assert asked == [timeout] and tracking.KILLED_DRAW_TIMEOUT <= 5
+    assert run.info.status == status
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"curves.png"}  # drawn here instead
+
+
+def test_a_sweeps_parent_run_starts_no_plot_helper(tmp_path, monkeypatch):
+    def refused():
+        raise AssertionError("a plot helper was started")
+
+    monkeypatch.setattr(painter, "shared", refused)
+    tracker = make_tracker(tmp_path)
+    tracker.start(plots=False)
+    tracker.close("FINISHED")
+    assert tracker.status == "FINISHED" and tracker._painter is None
+
+
 def painter_test_ended(pid: int) -> bool:
     from pathlib import Path
 

@@ -62,9 +62,12 @@ class Painter:
         self._process = None
         if os.name != "posix" or self.failures >= MAX_FAILURES:  # select() on pipes is POSIX's
             return False
+        # the helper imports what this process would (its sys.path, not python -c's current folder
+        # first: a json.py there must not run), and ends when this process does
+        code = f"import sys; sys.path[:] = {sys.path!r}; from optlab.app.painter import serve; serve({os.getpid()})"
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-c", "from optlab.app.painter import serve; serve()"],
+                [sys.executable, "-c", code],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
@@ -208,11 +211,13 @@ def shared() -> Painter:
 
 
 # -- the helper's side -------------------------------------------------------------------------
-def serve() -> None:
-    """The helper's loop: read a request, answer it, until the pipe closes."""
+def serve(parent: int | None = None) -> None:
+    """The helper's loop: read a request, answer it, until the pipe closes or ``parent`` dies."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # its own session already; a stray Ctrl-C is the parent's
+    if parent is not None and not _ends_with(parent):
+        return
     source = sys.stdin.buffer
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything printed goes where stderr goes, never into the answers
@@ -243,6 +248,20 @@ def _answer(payload: bytes) -> tuple[str, object]:
         return "images", draw(request)
     except Exception as exc:
         return "failed", f"{type(exc).__name__}: {exc}"
+
+
+def _ends_with(parent: int) -> bool:
+    """Be killed when ``parent`` dies, even mid-warm-up or stopped (Linux: ``PR_SET_PDEATHSIG``; a
+    closed pipe ends it elsewhere); False if ``parent`` is gone already."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+    return os.getppid() == parent
 
 
 def _warm_up() -> None:

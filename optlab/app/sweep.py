@@ -198,7 +198,7 @@ class SweepParent(Callback):
             if earlier:
                 tracker.reopen(earlier["parent_run_id"])
             else:
-                tracker.start()
+                tracker.start(plots=False)  # (the parent run has no curves of its own)
         except TrackingError as error:  # before any job: one line, as a single run's
             print(f"optlab: error: {error}", file=sys.stderr)
             sys.exit(2)

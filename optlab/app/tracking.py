@@ -61,6 +61,7 @@ RETRY_DELAYS = (0.5, 1.0, 2.0)  # seconds between the tries of one write (never 
 MAX_WAITING = 8  # batches waiting for the writer; more are merged into the last one
 STATUS_TIMEOUT = 5.0  # seconds granted to set the terminal status once the flush is over
 KILL_TIMEOUT = 3.0  # the same after an interrupt
+KILLED_DRAW_TIMEOUT = 3.0  # seconds a stopped run waits for the plot helper (then draws the plots itself)
 KEPT_FORMAT = "optlab-undelivered-metrics"
 KEPT_NAME = re.compile(r"undelivered-[0-9A-Za-z_-]+\.jsonl")
 KEPT_PLOT = re.compile(r"[0-9A-Za-z][0-9A-Za-z_.-]*\.png")  # a kept plot's name, in the folder beside the file
@@ -225,17 +226,19 @@ class MlflowTracker(Callback):
         self._clock = time.perf_counter()
 
     # -- set-up ---------------------------------------------------------------------------
-    def start(self, problem=None) -> None:
+    def start(self, problem=None, plots: bool = True) -> None:
         """Check the store and open the run; raises TrackingError (one line) if the store cannot be used.
 
-        A missing sqlite store is created atomically; a dead server is found in seconds. The plot
-        helper (:mod:`.painter`) starts first, to import matplotlib while this process imports MLflow,
-        and loads ``problem`` (the run's, if its path is plotted) meanwhile.
+        A missing sqlite store is created atomically; a dead server is found in seconds. With
+        ``plots`` (a training run's, not a sweep's parent's), the plot helper (:mod:`.painter`)
+        starts first, to import matplotlib while this process imports MLflow, and loads
+        ``problem`` (the run's, if its path is plotted) meanwhile.
         """
-        self._painter = painting.shared()
-        self._painter.start()
-        if problem is not None and problem.record_path:
-            self._painter.warm(problem)
+        if plots:
+            self._painter = painting.shared()
+            self._painter.start()
+            if problem is not None and problem.record_path:
+                self._painter.warm(problem)
         self._http = http_limits(self.uri)
         self._http.__enter__()
         try:
@@ -496,7 +499,7 @@ class MlflowTracker(Callback):
             self._writer.finish(deadline)
             drawing = time.perf_counter()
             try:  # drawn while the writer stores the last metrics
-                self._images = self._render()
+                self._images = self._render(status)
             except painting.PlotFailed as exc:  # drawing raised in the helper: "Type: message"
                 plot_error = str(exc)
             except Exception as exc:  # a plot must never hide the run's own outcome
@@ -699,13 +702,15 @@ class MlflowTracker(Callback):
         return f"open it with:  mlflow ui --backend-store-uri {backend} --host 127.0.0.1   then http://127.0.0.1:5000{page}"
 
     # -- artifacts --------------------------------------------------------------------------
-    def _render(self) -> dict[str, bytes]:
+    def _render(self, status: str = "FINISHED") -> dict[str, bytes]:
         """The run's plots as PNG bytes: loss and learning-rate curves, and the path on 2-D problems;
-        drawn by the plot helper, or here if it cannot (:mod:`.painter`)."""
+        drawn by the plot helper, or here if it cannot (:mod:`.painter`). A run that was stopped
+        (KILLED) waits for the helper ``KILLED_DRAW_TIMEOUT`` s at most: a scheduler's SIGKILL follows
+        its SIGTERM in 30 s, and the run must have its status by then."""
         request = self.plot_request()
         if self._painter is not None:
             try:
-                return self._painter.draw(request)
+                return self._painter.draw(request, KILLED_DRAW_TIMEOUT if status == "KILLED" else None)
             except painting.Unavailable:
                 pass
         return draw(request)

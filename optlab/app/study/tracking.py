@@ -121,7 +121,7 @@ class StudyLog:
                 else:
                     self._partial[key] = [child.info.run_id, bool(child.data.metrics)]
         else:
-            self.tracker.start()
+            self.tracker.start(plots=False)  # (the parent run has no curves of its own)
         self._thread = threading.Thread(target=self._write_all, name="optlab-study-log", daemon=True)
         self._thread.start()
 
