@@ -252,7 +252,8 @@ def _answer(payload: bytes) -> tuple[str, object]:
 
 def _ends_with(parent: int) -> bool:
     """Be killed when ``parent`` dies, even mid-warm-up or stopped (Linux: ``PR_SET_PDEATHSIG``; a
-    closed pipe ends it elsewhere); False if ``parent`` is gone already."""
+    closed pipe ends it elsewhere); False if ``parent`` is gone already. (The kernel ties it to the
+    thread that started the helper: one started by a thread that ends is replaced at the next request.)"""
     if sys.platform.startswith("linux"):
         import ctypes
         import signal
