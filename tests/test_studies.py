@@ -56,6 +56,10 @@ def test_bad_settings_name_the_field_and_what_it_allows():
     for name, target, why in unreachable:
         with pytest.raises(SpecError, match=f"{name}: no run can reach the target.*{why}"):
             Spec.from_config({**TINY, "problems": [{"name": name, "target": target}]})
+    with pytest.raises(SpecError) as typo:
+        Spec.from_config({**TINY, "problems": ["rosenbrok"]})
+    assert str(typo.value).startswith("study: problems: Unknown problem 'rosenbrok'. Did you mean 'rosenbrock'?")
+    assert "flat config" not in str(typo.value)  # (the registry's note on get_config() dicts)
     with pytest.raises(SpecError, match=r"`problems` is empty: name at least one"):
         Spec.from_config({**TINY, "problems": []})
     with pytest.raises(SpecError, match=r"`final_seeds` must be an integer >= 2 \(the report's intervals"):
@@ -250,7 +254,8 @@ def test_protocol_end_to_end_and_resume(tmp_path):
     assert json.loads((study.store.folder / "results.json").read_text())["timing"] == timing
     assert repeat["chosen"] == results["chosen"]
     text = markdown(study.spec, repeat, "cmd")
-    assert f"{timing['runs']} runs ({timing['runs_run']} run now in {timing['jobs']} jobs" in text
+    jobs = f"{timing['jobs']} job{'s' if timing['jobs'] != 1 else ''}"
+    assert f"{timing['runs']} runs ({timing['runs_run']} run in {jobs} on" in text
     assert f"which found all {n_tuning + n_final} runs done and ran none" in text
     # interrupted: the runs that had not finished (files missing) run, the rest is reused
     files = sorted((study.store.folder / "runs").glob("*.json"))

@@ -322,9 +322,10 @@ def markdown(spec: Spec, results: dict, command: str) -> str:
         "",
         f"{counted(len(spec.optimizers), 'optimizer')} x {counted(len(spec.problems), 'problem')}. "
         "Each optimizer is tuned with the same budget: "
-        f"{spec.budget} settings ({spec.search} over its search space) x {spec.seeds} seeds, scored by the mean "
+        f"{counted(spec.budget, 'setting')} ({spec.search} over its search space) x {counted(spec.seeds, 'seed')}, "
+        "scored by the mean "
         f"{spec.score} value of the problem's metric; the best setting, and the optimizer's defaults, rerun on "
-        f"{spec.final_seeds} other seeds. Seeds are shared by every optimizer (common random numbers). "
+        f"{counted(spec.final_seeds, 'other seed')}. Seeds are shared by every optimizer (common random numbers). "
         "Time to target counts the optimizer's steps only (evaluation and compilation off the clock); a run that "
         "misses a target is censored (∞), never dropped. Definitions: docs/studies.md.",
         "",
@@ -367,9 +368,9 @@ def markdown(spec: Spec, results: dict, command: str) -> str:
     lines += [
         "## Across problems",
         "",
-        f"Performance profile over the {len(spec.problems)} problems, the cost being the median {spec.profile} to "
-        "the declared target of the tuned setting; the AlgoPerf score is the profile's area from τ = 1 to 4, "
-        "divided by 3 (1: fastest on every problem; a problem missed counts as never within τ).",
+        f"Performance profile over {counted(len(spec.problems), 'problem')}, the cost being the median "
+        f"{spec.profile} to the declared target of the tuned setting; the AlgoPerf score is the profile's area "
+        "from τ = 1 to 4, divided by 3 (1: fastest on every problem; a problem missed counts as never within τ).",
         "",
         "| optimizer | AlgoPerf score | fastest on | " + " | ".join(p.label for p in spec.problems) + " |",
         "|---|---|---|" + "---|" * len(spec.problems),
@@ -413,8 +414,9 @@ def markdown(spec: Spec, results: dict, command: str) -> str:
     lines += [
         "## Timing",
         "",
-        f"{timing['runs']} runs ({timing['runs_run']} run now in {timing['jobs']} jobs on {timing['workers']} "
-        f"worker(s), {timing['runs_reused']} reused from the store). Wall time {timing['wall_seconds']:.1f} s. "
+        f"{counted(timing['runs'], 'run')} ({timing['runs_run']} run in "
+        f"{counted(timing['jobs'], 'job')} on {counted(timing['workers'], 'worker')}, {timing['runs_reused']} "
+        "reused from the store). Wall time {timing['wall_seconds']:.1f} s. "
         f"The runs' training (the optimizers' steps, {timing['train_seconds']:.1f} s, and the trainer's "
         f"evaluations at epoch ends: what the runs cost alone) took {fit:.1f} s. Beyond it, "
         f"**{beyond * 1000:.0f} ms per run** (wall time x workers, less the training and the warm-ups): the "

@@ -314,6 +314,8 @@ def _problem(entry) -> ProblemSpec:
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
         raise SpecError(f"study: a problem is a name or {{name: ..., target: ...}}; received {entry!r}")
     args = {k: v for k, v in entry.items() if k not in ("name", "target")}
+    if entry["name"] not in problems.registry:  # (the registry's message for a config adds what a study has not)
+        raise SpecError(f"study: problems: {problems.registry.unknown(entry['name'])}")
     try:
         problem = problems.get({"name": entry["name"], **args})
     except (KeyError, ValueError, TypeError) as error:
