@@ -305,6 +305,15 @@ def test_a_launcher_typo_or_an_output_folder_under_a_file_is_one_line_before_any
     assert (tmp_path / "compare.png").read_bytes() == b"the user's picture"
 
 
+def test_a_misspelled_space_function_is_the_studys_own_line(tmp_path):
+    """logg(...) went to Hydra, whose error listed its own functions (bool, choice, float, glob, ...),
+    not the study's log and uniform (a newcomer's trial)."""
+    done = _cli(tmp_path, "space.adam.learning_rate=logg(1e-3, 1)", "optimizers=[adam]")
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "glob" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("optlab: error: study:") and "log(LOW, HIGH)" in line and "logg" in line
+
+
 def test_a_target_at_the_best_possible_value_gets_its_report(tmp_path):
     """An accuracy of 1 made every level of the target ladder the same, and the study failed after
     all its runs with a StopIteration and no report (a newcomer's trial)."""

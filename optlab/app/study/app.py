@@ -32,7 +32,7 @@ def _task(cfg):
 
 #: the top-level keys of a study's config besides its settings
 OWN_KEYS = ("hydra", "tracking", "study", "job")
-_SPACE = re.compile(r"^\s*(log|uniform|choice)\s*\(.*\)\s*$", re.IGNORECASE)
+_SPACE = re.compile(r"^\s*\w+\s*\(.*\)\s*$")  # log(...), uniform(...), choice(...), and their typos
 
 
 def _override(word: str) -> str:
