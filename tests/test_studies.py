@@ -254,6 +254,9 @@ def test_protocol_end_to_end_and_resume(tmp_path):
     assert json.loads((study.store.folder / "results.json").read_text())["timing"] == timing
     assert repeat["chosen"] == results["chosen"]
     text = markdown(study.spec, repeat, "cmd")
+    # the set-up a reader needs to repeat it: budgets (Beale declares 1,000 full-batch epochs), spaces, seed
+    assert "| beale | 1000 | full batch | 1000 | suboptimality <= 1e-08 |" in text
+    assert "| adam | learning_rate: log(0.0001, 1) |" in text and "Root seed 0 (float32)" in text
     jobs = f"{timing['jobs']} job{'s' if timing['jobs'] != 1 else ''}"
     assert f"{timing['runs']} runs ({timing['runs_run']} run in {jobs} on" in text
     assert f"which found all {n_tuning + n_final} runs done and ran none" in text

@@ -312,6 +312,36 @@ def _stats(summary: dict, ci: str) -> str:
     return f"{_fmt(st['mean'])} ± {_fmt(st['std'], 2)} {ci}".strip()
 
 
+def _setup(spec: Spec, summaries: dict) -> list[str]:
+    """What a reader needs to repeat the comparison: each problem's budget and target, each
+    optimizer's search space, the root seed."""
+    from ... import problems as registry
+
+    lines = [
+        "## Setup",
+        "",
+        f"Root seed {spec.seed} ({spec.dtype}); every run trains at its problem's budget, the same for every "
+        "optimizer:",
+        "",
+        "| problem | epochs | batch size | steps a run | target |",
+        "|---|---|---|---|---|",
+    ]
+    for problem in spec.problems:
+        budget = registry.get({"name": problem.name, **problem.args}).budget
+        steps = {v["budget_steps"] for k, v in summaries.items() if k.startswith(f"{problem.label}|")}
+        way = "<=" if problem.direction == "min" else ">="
+        lines.append(
+            f"| {problem.label} | {budget.epochs} | {budget.batch_size or 'full batch'} | "
+            f"{', '.join(str(n) for n in sorted(steps)) or '-'} | {problem.metric} {way} {problem.target:g} |"
+        )
+    lines += ["", f"Search spaces ({spec.search}, {counted(spec.budget, 'setting')} each):", ""]
+    lines += ["| optimizer | search space |", "|---|---|"]
+    for opt in spec.optimizers:
+        space = ", ".join(f"{name}: {dist}" for name, dist in spec.spaces(opt).items())
+        lines.append(f"| {opt} | {space or 'its defaults only'} |")
+    return [*lines, ""]
+
+
 def markdown(spec: Spec, results: dict, command: str) -> str:
     s = results["summaries"]
     timing = results["timing"]
@@ -330,6 +360,7 @@ def markdown(spec: Spec, results: dict, command: str) -> str:
         "misses a target is censored (∞), never dropped. Definitions: docs/studies.md.",
         "",
     ]
+    lines += _setup(spec, s)
     tests = {(t["problem"], t["other"]): t for t in results["tests"]}
     for problem in spec.problems:
         way = "lower" if problem.direction == "min" else "higher"
