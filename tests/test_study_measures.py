@@ -405,3 +405,17 @@ def test_bootstrap_ci():
     assert lo_med < np.median(x) < hi_med
     with pytest.raises(ValueError):
         bootstrap_ci([])
+
+
+def test_the_reports_interval_of_a_skewed_positive_value_stays_above_zero():
+    from optlab.app.study.reduce import seed_stats
+
+    values = [1e-12] * 9 + [5.7e-4]  # one seed far from the others (a newcomer's Rosenbrock study)
+    # Student-t's interval, by hand, reaches below zero: mean - t_{0.975, 9} s / sqrt(10) < 0
+    mean, s = sum(values) / 10, statistics.stdev(values)
+    assert mean - 2.2621571627409915 * s / math.sqrt(10) < 0  # t_{0.975, 9}
+    stats = seed_stats(values)
+    assert stats["mean"] == pytest.approx(mean) and stats["std"] == pytest.approx(s)
+    assert 1e-12 <= stats["low"] <= stats["high"] <= 5.7e-4
+    diverged = seed_stats([1.0, math.inf, 2.0])
+    assert math.isnan(diverged["low"]) and math.isnan(diverged["high"])  # as the mean: the setting diverged

@@ -372,8 +372,8 @@ def markdown(spec: Spec, results: dict, command: str) -> str:
             "their final value); steps and seconds: medians over "
             "the final seeds (∞: half or more missed).",
             "",
-            "| optimizer | tuned setting | tuned: mean ± std [95% CI] | defaults: mean ± std | reached | steps "
-            "| seconds | vs leader (Holm p) |",
+            "| optimizer | tuned setting | tuned: mean ± std [95% bootstrap CI] | defaults: mean ± std | reached "
+            "| steps | seconds | vs leader (Holm p) |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for opt in spec.optimizers:
