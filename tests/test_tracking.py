@@ -503,6 +503,13 @@ def test_a_sweeps_parent_run_starts_no_plot_helper(tmp_path, monkeypatch):
     tracker.start(plots=False)
     tracker.close("FINISHED")
     assert tracker.status == "FINISHED" and tracker._painter is None
+    # a parallel sweep's worker (its neighbours use the other cores) draws its plots itself
+    worker = make_tracker(tmp_path)
+    worker.start(optlab.problems.get("rosenbrock"), helper=False)
+    train(worker, problem="rosenbrock", epochs=3)
+    worker.close("FINISHED")
+    artifacts = {a.path for a in client_for(tmp_path).list_artifacts(worker.run_id)}
+    assert worker._painter is None and {"curves.png", "path.png"} <= artifacts
 
 
 def painter_test_ended(pid: int) -> bool:

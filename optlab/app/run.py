@@ -563,7 +563,7 @@ def run(conf: dict, sweep: dict | None = None, output_dir=None, worker: bool = F
             if worker and STOPPED_BY is not None:  # stopped between its jobs, before this run began
                 raise stopped_by(STOPPED_BY)
             if tracker is not None:
-                tracker.start(problem)
+                tracker.start(problem, helper=not worker)  # (a worker's neighbours use the other cores)
             start = time.perf_counter()
             try:
                 history = fit(trainer)

@@ -226,15 +226,16 @@ class MlflowTracker(Callback):
         self._clock = time.perf_counter()
 
     # -- set-up ---------------------------------------------------------------------------
-    def start(self, problem=None, plots: bool = True) -> None:
+    def start(self, problem=None, plots: bool = True, helper: bool = True) -> None:
         """Check the store and open the run; raises TrackingError (one line) if the store cannot be used.
 
         A missing sqlite store is created atomically; a dead server is found in seconds. With
-        ``plots`` (a training run's, not a sweep's parent's), the plot helper (:mod:`.painter`)
-        starts first, to import matplotlib while this process imports MLflow, and loads
-        ``problem`` (the run's, if its path is plotted) meanwhile.
+        ``plots`` (a training run's, not a sweep's parent's) and ``helper``, the plot helper
+        (:mod:`.painter`) starts first, to import matplotlib while this process imports MLflow, and
+        loads ``problem`` (the run's, if its path is plotted) meanwhile. Without ``helper`` (a
+        parallel sweep's worker, whose neighbours use the other cores) the plots are drawn here.
         """
-        if plots:
+        if plots and helper:
             self._painter = painting.shared()
             self._painter.start()
             if problem is not None and problem.record_path:
