@@ -165,11 +165,18 @@ def test_failed_and_killed_runs_have_matching_status(tmp_path, spawn):
     assert statuses == ["FAILED", "KILLED"]
 
 
-def _long_run(tmp_path, spawn):
+#: ``python -m optlab`` with SIGHUP at its default, whatever this process inherited (nohup ignores it)
+HANGUP_DEFAULT = (
+    "import runpy, signal, sys; signal.signal(signal.SIGHUP, signal.SIG_DFL); "
+    "runpy.run_module('optlab', run_name='__main__', alter_sys=True)"
+)
+
+
+def _long_run(tmp_path, spawn, command=("-m", "optlab")):
     """A tracked run of the quadratic for 1e8 epochs, logging every step, training for 1.5 s."""
     args = ["problem=quadratic", "trainer.epochs=100000000", "tracking.log_every=1", *FAST]
     proc = spawn(
-        [sys.executable, "-m", "optlab", *args],
+        [sys.executable, *command, *args],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -192,6 +199,19 @@ def test_sigterm_marks_the_run_killed_and_keeps_every_metric(tmp_path, spawn):
     assert run.info.status == "KILLED" and run.data.tags["error"] == "terminated (SIGTERM)"
     steps = sorted(m.step for m in c.get_metric_history(run.info.run_id, "train/loss"))
     assert len(steps) > 10 and steps == list(range(1, len(steps) + 1))  # one step per epoch, none missing
+
+
+def test_a_closed_terminal_marks_the_run_killed_and_keeps_its_metrics(tmp_path, spawn):
+    # SIGHUP's default ended the process at once: the run stayed RUNNING (a fault-injection probe)
+    proc = _long_run(tmp_path, spawn, ("-c", HANGUP_DEFAULT))
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err  # handled as SIGTERM
+    assert "Traceback" not in err
+    c, (run,) = runs(tmp_path)
+    assert run.info.status == "KILLED" and f"the MLflow run {run.info.run_id} is marked KILLED" in err
+    steps = sorted(m.step for m in c.get_metric_history(run.info.run_id, "train/loss"))
+    assert len(steps) > 10 and steps == list(range(1, len(steps) + 1))
 
 
 @pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])

@@ -1,7 +1,8 @@
 """The entry of ``python -m optlab`` and of the ``optlab`` console script (see ``optlab.app.main``).
 
 A Ctrl-C or SIGTERM from the very start (while Python imports, Hydra composes the config, the
-store is opened) ends in one line and exit status 130 / 143, not a traceback or a silent death;
+store is opened) ends in one line and exit status 130 / 143, not a traceback or a silent death
+(a closed terminal's SIGHUP is handled as SIGTERM);
 a run's own handlers (``optlab.app.run.stop_signals``) take over while it trains and is written.
 """
 
@@ -41,12 +42,21 @@ def _first_signal() -> int | None:
 _outside_a_run.optlab_default = True  # handlers installed later (a run's, a sweep's) replace this one
 
 
+def _hung_up(signum, frame):
+    """A closed terminal (SIGHUP) stops optlab as SIGTERM does, through whichever handler holds
+    SIGTERM now (a run's marks it KILLED with its metrics kept); its default would end the
+    process at once and leave the run RUNNING. ``nohup`` (SIGHUP ignored) is left alone."""
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(argv=None, app=None) -> None:
     """Run ``app(argv)`` (``python -m optlab``'s, by default; ``python -m optlab.study`` passes its
     own) with optlab's signal handling from the very start."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
             signal.signal(signum, _outside_a_run)
+    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
+        signal.signal(signal.SIGHUP, _hung_up)
     try:
         if app is None:
             from .main import main as app
