@@ -16,6 +16,7 @@ def _die_with_parent():  # Linux: the child is killed if the test process dies (
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as a terminal's processes have it, even under nohup
 
 
 @pytest.fixture

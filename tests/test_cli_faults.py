@@ -357,6 +357,26 @@ def test_a_signal_to_a_joblib_sweep_ends_its_workers_and_marks_their_runs(tmp_pa
         assert len(client.get_metric_history(run.info.run_id, "train/loss")) >= 2
 
 
+@pytest.mark.slow
+def test_a_closed_terminal_marks_a_joblib_sweeps_runs_killed(tmp_path, run_optlab):
+    """SIGHUP to the group: the workers died at once and left their runs RUNNING. They now stop as on
+    SIGTERM. (joblib's own resource tracker, which has no such handling, still dies and prints its
+    traceback: what is recorded is asserted here, not the terminal's text.)"""
+    proc = run_optlab(tmp_path, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "problem=quadratic",
+                      "trainer.epochs=100000000", "optimizer=sgd,adam,rmsprop,adagrad", *FAST)  # fmt: skip
+    assert wait_for(lambda: len([r for r in runs(tmp_path)[1] if r.info.status == "RUNNING"]) == 2)
+    time.sleep(1.0)  # both are training
+    workers = _children(proc.pid)
+    os.killpg(proc.pid, signal.SIGHUP)
+    _, err = proc.communicate(timeout=90)
+    assert err.count("is marked KILLED") == 2, err
+    assert wait_for(lambda: not any(_alive(pid) for pid in workers), 30), "workers left running"
+    client, found = runs(tmp_path)
+    assert sorted(r.info.status for r in found) == ["KILLED", "KILLED"]
+    for run in found:
+        assert len(client.get_metric_history(run.info.run_id, "train/loss")) >= 2
+
+
 def test_a_stopped_sweep_repeated_in_its_folder_skips_the_finished_jobs(tmp_path, run_optlab):
     sweep = ".optlab/multirun/resume"
     args = ("-m", f"hydra.sweep.dir={sweep}", "problem=quadratic", "trainer.epochs=20,100000000", *FAST)

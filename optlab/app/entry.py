@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 
-from .signals import ignore_signals
+from .signals import handle_hangup, ignore_signals
 
 
 class _Stopped(KeyboardInterrupt):
@@ -42,21 +42,13 @@ def _first_signal() -> int | None:
 _outside_a_run.optlab_default = True  # handlers installed later (a run's, a sweep's) replace this one
 
 
-def _hung_up(signum, frame):
-    """A closed terminal (SIGHUP) stops optlab as SIGTERM does, through whichever handler holds
-    SIGTERM now (a run's marks it KILLED with its metrics kept); its default would end the
-    process at once and leave the run RUNNING. ``nohup`` (SIGHUP ignored) is left alone."""
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
 def main(argv=None, app=None) -> None:
     """Run ``app(argv)`` (``python -m optlab``'s, by default; ``python -m optlab.study`` passes its
     own) with optlab's signal handling from the very start."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
             signal.signal(signum, _outside_a_run)
-    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
-        signal.signal(signal.SIGHUP, _hung_up)
+    handle_hangup()
     try:
         if app is None:
             from .main import main as app

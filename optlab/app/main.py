@@ -16,7 +16,7 @@ import time
 import warnings
 
 from .config import ConfigError, canonical_choices, check_overrides, register_configs
-from .signals import ignore_signals
+from .signals import handle_hangup, ignore_signals
 
 
 def _fail(message: str) -> None:
@@ -109,6 +109,7 @@ def _worker_signals() -> None:
     with contextlib.suppress(ValueError):  # not the main thread: joblib's defaults stay
         for number in (signal.SIGINT, signal.SIGTERM, running.STOP_REQUEST):
             signal.signal(number, idle)
+        handle_hangup()  # a closed terminal reaches the workers too
 
 
 def _park(code: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 
 
@@ -23,3 +24,17 @@ def ignore_signals(signals) -> None:
 
 def _nothing(signum, frame) -> None:
     pass
+
+
+def handle_hangup() -> None:
+    """SIGHUP as SIGTERM from now on in this process (the entry's, a sweep's workers), unless ignored.
+
+    A closed terminal's SIGHUP ended optlab at once by default and left its run RUNNING; as SIGTERM
+    it goes to whichever handler holds SIGTERM (a run's marks it KILLED with its metrics kept).
+    ``nohup``, which ignores SIGHUP, is left alone."""
+    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
+        signal.signal(signal.SIGHUP, _hung_up)
+
+
+def _hung_up(signum, frame) -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
