@@ -166,7 +166,8 @@ def test_failed_and_killed_runs_have_matching_status(tmp_path, spawn):
 
 
 def _long_run(tmp_path, spawn):
-    """A tracked run of the quadratic for 1e8 epochs, logging every step, training for 1.5 s."""
+    """A tracked run of the quadratic for 1e8 epochs, logging every step, training for 0.5 s (tens of
+    thousands of points the store has not taken yet when it is stopped)."""
     args = ["problem=quadratic", "trainer.epochs=100000000", "tracking.log_every=1", *FAST]
     proc = spawn(
         [sys.executable, "-m", "optlab", *args],
@@ -176,7 +177,7 @@ def _long_run(tmp_path, spawn):
         text=True,
     )
     started(proc, lambda: bool(runs(tmp_path)[1]))
-    time.sleep(1.5)
+    time.sleep(0.5)
     return proc
 
 
@@ -222,18 +223,6 @@ def test_a_second_signal_while_the_run_is_written_still_marks_it_killed(tmp_path
     _, (run,) = runs(tmp_path)
     assert run.info.status == "KILLED", err
     assert f"the MLflow run {run.info.run_id} is marked KILLED" in err
-
-
-def test_multirun_logs_one_run_per_choice_grouped_by_sweep(tmp_path):
-    result = optlab(tmp_path, "-m", "problem=rosenbrock", "optimizer=sgd,adam,rmsprop", "trainer.epochs=20", *FAST)
-    assert result.returncode == 0, result.stderr
-    _, found = runs(tmp_path)
-    assert sorted(r.data.tags["optimizer"] for r in found) == ["adam", "rmsprop", "sgd"]
-    assert len({r.data.tags["sweep"] for r in found}) == 1
-    assert sorted(r.data.tags["sweep_job"] for r in found) == ["0", "1", "2"]
-    assert all(r.info.status == "FINISHED" for r in found)
-    # Hydra's files go under .optlab/, nothing else appears beside the store
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".optlab", "mlartifacts", "mlflow.db"]
 
 
 def test_a_sweep_with_a_bad_value_in_a_later_job_stops_before_any_job_runs(tmp_path):

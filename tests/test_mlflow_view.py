@@ -4,6 +4,7 @@ metrics, datasets, tags, and a sweep's parent run (basic and joblib launchers)."
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import pytest
@@ -83,25 +84,26 @@ def test_a_run_with_data_logs_its_datasets_per_step_losses_and_an_inverted_objec
 
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_a_sweep_is_one_parent_run_holding_runs_named_after_what_differs(tmp_path, launcher):
-    sweep_dir = tmp_path / "sweep"
     args = [
         "-m",
         "optimizer=sgd,adam",
         "optimizer.learning_rate=0.01,0.05",
         "problem=rosenbrock",
-        "trainer.epochs=50",
-        f"hydra.sweep.dir={sweep_dir}",
+        "trainer.epochs=50",  # (fewer than tracking.max_points: every epoch is logged)
         *FAST,
     ]
-    if launcher == "joblib":
+    if launcher == "joblib":  # two workers writing to one store at once
         args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
     result = optlab(tmp_path, *args)
     assert result.returncode == 0, result.stderr
+    # Hydra's files go under .optlab/, nothing else appears beside the store
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".optlab", "mlartifacts", "mlflow.db"]
     c, found = runs(tmp_path, parents=True)
     parents = [r for r in found if r.data.tags.get("optlab.kind") == "sweep"]
     children = [r for r in found if r not in parents]
     parent = _only(parents)
     assert parent.info.status == "FINISHED" and len(children) == 4
+    assert all(r.info.status == "FINISHED" for r in children)
     sweep_id = parent.data.tags["sweep"]
     assert parent.info.run_name == f"sweep {sweep_id}: optimizer=sgd,adam lr=0.01,0.05"
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
@@ -113,6 +115,10 @@ def test_a_sweep_is_one_parent_run_holding_runs_named_after_what_differs(tmp_pat
         "sgd lr=0.05 seed=0",
     ]
     assert sorted(r.data.tags["sweep_job"] for r in children) == ["0", "1", "2", "3"]
+    for run in children:  # no metric lost, whichever worker wrote it
+        for key in ("train/loss", "train/distance_to_optimum", "position/x", "position/y"):
+            steps = sorted(m.step for m in c.get_metric_history(run.info.run_id, key))
+            assert steps == list(range(1, 51)), (run.info.run_name, key)
     # two workers share the cores; one after another, a run has them all
     cores = len(os.sched_getaffinity(0))
     threads = max(1, cores // 2) if launcher == "joblib" else cores
@@ -121,12 +127,14 @@ def test_a_sweep_is_one_parent_run_holding_runs_named_after_what_differs(tmp_pat
     assert "python -m optlab -m optimizer=sgd,adam" in note and "swept: optimizer, optimizer.learning_rate" in note
     assert "best: " in note and "4 runs (4 FINISHED)" in note
     assert {a.path for a in c.list_artifacts(parent.info.run_id)} == {"compare.txt", "compare.png"}
-    table = c.download_artifacts(parent.info.run_id, "compare.txt", str(tmp_path))
+    table = c.download_artifacts(parent.info.run_id, "compare.txt", str(tmp_path / "download"))
     assert all(r.info.run_name in open(table).read() for r in children)
-    assert json.loads((sweep_dir / "optlab-sweep.json").read_text())["parent_run_id"] == parent.info.run_id
-
+    (record,) = (tmp_path / ".optlab" / "multirun").rglob("optlab-sweep.json")
+    assert json.loads(record.read_text())["parent_run_id"] == parent.info.run_id
+    if launcher == "joblib":
+        return
     # the same sweep again in its folder: every job was done, the parent is the same run
-    again = optlab(tmp_path, *args)
+    again = optlab(tmp_path, *args, f"hydra.sweep.dir={record.parent}")
     assert again.returncode == 0, again.stderr
     _, found = runs(tmp_path, parents=True)
     assert len(found) == 5 and _only([r for r in found if r.data.tags.get("optlab.kind") == "sweep"]).info.run_id == (
@@ -134,39 +142,65 @@ def test_a_sweep_is_one_parent_run_holding_runs_named_after_what_differs(tmp_pat
     )
 
 
-def compare(cwd, *args):
-    """``python -m optlab.compare ARGS`` in ``cwd``, its output captured."""
-    import subprocess
-    import sys
+def test_compare_reads_a_sweep_by_parent_id_or_filter_and_logs_to_the_parent(tmp_path, monkeypatch, capsys):
+    from optlab.app import compare
 
-    return subprocess.run(
-        [sys.executable, "-m", "optlab.compare", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    sweep = optlab(
+        tmp_path,
+        "-m",
+        "problem=himmelblau",
+        "optimizer=sgd,adam",
+        "optimizer.learning_rate=0.01",  # the same for both: seeds must still group by optimizer
+        "seed=0,1",
+        "trainer.epochs=40",
+        "metric=distance_to_optimum",
+        *FAST,
     )
-
-
-def test_compare_takes_a_sweep_by_parent_id_or_filter_and_logs_to_the_parent(tmp_path):
-    result = optlab(tmp_path, "-m", "seed=0,1", "problem=quadratic", "trainer.epochs=20", *FAST)
-    assert result.returncode == 0, result.stderr
+    assert sweep.returncode == 0, sweep.stderr
     c, found = runs(tmp_path, parents=True)
     parent = _only([r for r in found if r.data.tags.get("optlab.kind") == "sweep"])
-    by_parent = compare(tmp_path, "--parent", parent.info.run_id, "--output", "mine.png")
-    assert by_parent.returncode == 0, by_parent.stderr
-    assert "seed=0" in by_parent.stdout and "seed=1" in by_parent.stdout
-    assert f"logged to the sweep's parent run {parent.info.run_id}: compare.txt, compare.png" in by_parent.stdout
-    assert (tmp_path / "mine.png").exists()  # written where asked, logged to the parent under its own name
+    # from the shell, once: the table, the seeds, the picture where asked, the copy on the parent
+    result = optlab(tmp_path, "--parent", parent.info.run_id, "--output", "mine.png", module="optlab.compare")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "4 runs, sorted by distance_to_optimum" in lines[0]
+    header = lines[1].split()
+    assert header[:2] == ["run", "optimizer"] and "seed" in header and "final" in header and "best" in header
+    at = lines[1].index("final ")  # fixed-width columns (run names hold spaces: "adam seed=1")
+    finals = [float(line[at:].split()[0]) for line in lines[3:7]]
+    assert finals == sorted(finals)
+    assert "over 2 seeds" in result.stdout
+    assert f"logged to the sweep's parent run {parent.info.run_id}: compare.txt, compare.png" in result.stdout
+    assert (tmp_path / "mine.png").stat().st_size > 1000  # written where asked, logged under its own name
     assert {a.path for a in c.list_artifacts(parent.info.run_id)} == {"compare.txt", "compare.png"}
+
+    # the seed statistics, recomputed from the rows
+    data = compare.compare(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", output=str(tmp_path / "again.png"))
+    by_optimizer = {}
+    for row in data["rows"]:
+        by_optimizer.setdefault(row["optimizer"], []).append(row["final"])
+    assert sorted(g["config"]["optimizer"] for g in data["seeds"]) == ["adam", "sgd"]
+    assert {g["n"] for g in data["seeds"]} == {2}
+    for group in data["seeds"]:
+        values = by_optimizer[group["config"]["optimizer"]]
+        assert math.isclose(group["mean"], sum(values) / 2)
+        assert math.isclose(group["std"], abs(values[0] - values[1]) / math.sqrt(2))  # sample std of two
+
+    # the rest in this process (the command's own code, without a second MLflow start-up)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
     # another metric is another comparison beside the sweep's own, not in its place
-    other = compare(tmp_path, "--parent", parent.info.run_id, "--metric", "distance_to_optimum")
-    assert other.returncode == 0, other.stderr
+    assert compare.main(["--parent", parent.info.run_id, "--metric", "loss"]) == 0
     names = {a.path for a in c.list_artifacts(parent.info.run_id)}
-    assert names == {"compare.txt", "compare.png", "compare-distance_to_optimum.txt", "compare-distance_to_optimum.png"}
-    filtered = compare(tmp_path, "--sweep", "all", "--filter", "tags.seed = '1'")
-    assert filtered.returncode == 0, filtered.stderr
-    assert "seed=1" in filtered.stdout and "seed=0" not in filtered.stdout
-    assert "parent run" not in filtered.stdout  # a part of the sweep is not the sweep's comparison
+    assert names == {"compare.txt", "compare.png", "compare-loss.txt", "compare-loss.png"}
+    capsys.readouterr()
+    assert compare.main(["--sweep", "all", "--filter", "tags.seed = '1'"]) == 0
+    filtered = capsys.readouterr().out
+    assert "seed=1" in filtered and "seed=0" not in filtered
+    assert "parent run" not in filtered  # a part of the sweep is not the sweep's comparison
     assert len(c.list_artifacts(parent.info.run_id)) == 4
-    bad = compare(tmp_path, "--filter", "tags.seed ==== 1")
-    assert bad.returncode == 2 and "--filter" in bad.stderr and "Traceback" not in bad.stderr
+    assert compare.main(["--filter", "tags.seed ==== 1"]) == 2
+    assert "--filter" in capsys.readouterr().err
 
 
 def test_a_sweeps_workers_share_the_cores(monkeypatch):
