@@ -15,6 +15,8 @@ def test_bench_runs_and_writes_json(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(bench, "SPARSE_TOUCHED", 10)
     cold = {"cold_small": 2.0, "warm_small": 0.5, "cold_large": 3.0, "warm_large": 0.5}
     monkeypatch.setattr(bench, "bench_cold", lambda name, cache: {"optimizer": name, **cold})  # (its own test)
+    # the loop's rows in this process and short (each is a new process of 4 s otherwise)
+    monkeypatch.setattr(bench, "_in_new_process", lambda code, args: bench.bench_loop("seed_linear", args[1], 20))
     out = tmp_path / "b.json"
     argv = ["--optimizers", "SGD,lamb", "--sizes", "1e3,2000", "--problems", "seed_linear", "--no-torch"]
     assert bench.main([*argv, "--json", str(out)]) == 0
@@ -34,6 +36,8 @@ def test_bench_runs_and_writes_json(tmp_path, capsys, monkeypatch):
     assert problem["seconds"] > 0 and 0 < problem["gradient"] < problem["seconds"]
     assert [r["optimizer"] for r in data["cold"]] == ["sgd", "lamb"]
     assert "all of them: 10.0 s cold, 2.00 s warm (5x)" in printed
+    assert [r["steps"] for r in data["loop"]] == [20, 20] and printed.count("trainer/bare") == 2
+    assert all(r["bare"] > 0 and r["trainer"] > 0 for r in data["loop"])
 
 
 def test_a_two_pass_optimizer_is_reported_against_its_floor_and_fresh_gradients_against_a_copy(

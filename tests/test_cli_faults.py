@@ -319,8 +319,7 @@ def test_a_sweep_stopped_before_its_first_job_says_nothing_was_recorded(tmp_path
 SWEEP_STOPS = [  # (who gets the signal, which, exit status)
     ("parent", signal.SIGTERM, 143),  # `kill <pid>`
     ("group", signal.SIGINT, 130),  # Ctrl-C in a terminal: every process of the sweep gets it
-    ("group", signal.SIGTERM, 143),  # a cluster scheduler's time limit: the same with SIGTERM
-]
+]  # SIGTERM to the whole group (a cluster scheduler's time limit): the SIGHUP test below, as SIGTERM
 
 
 @pytest.mark.slow
@@ -360,7 +359,8 @@ def test_a_signal_to_a_joblib_sweep_ends_its_workers_and_marks_their_runs(tmp_pa
 @pytest.mark.slow
 def test_a_closed_terminal_marks_a_joblib_sweeps_runs_killed(tmp_path, run_optlab):
     """SIGHUP to the group: the workers died at once and left their runs RUNNING. They now stop as on
-    SIGTERM. (joblib's own resource tracker, which has no such handling, still dies and prints its
+    SIGTERM, which each turns it into: this is also SIGTERM to every process of the sweep (a cluster
+    scheduler's time limit). (joblib's own resource tracker, which has no such handling, still dies and prints its
     traceback: what is recorded is asserted here, not the terminal's text.)"""
     proc = run_optlab(tmp_path, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "problem=quadratic",
                       "trainer.epochs=100000000", "optimizer=sgd,adam,rmsprop,adagrad", *FAST)  # fmt: skip
