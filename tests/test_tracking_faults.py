@@ -101,7 +101,16 @@ class StopAtMigration(logging.Handler):
 
 
 @pytest.fixture
-def interrupt_migration():
+def no_cached_store(tmp_path_factory, monkeypatch):
+    """optlab's cache in a new empty folder (outside the test's own): the next store is built by
+    MLflow's schema steps, as the first store on a machine is."""
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    return cache / "optlab"
+
+
+@pytest.fixture
+def interrupt_migration(no_cached_store):
     logger = logging.getLogger("alembic.runtime.migration")
     handler = StopAtMigration(KILL_AT_MIGRATION)
     level, propagate = logger.level, logger.propagate
@@ -329,7 +338,7 @@ def test_a_file_written_to_while_the_store_is_built_is_never_replaced(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "written"]  # no temporary left
 
 
-def test_an_interrupted_creation_leaves_nothing_and_the_next_run_works(tmp_path, interrupt_migration):
+def test_an_interrupted_creation_leaves_nothing_and_the_next_run_works(tmp_path, interrupt_migration, no_cached_store):
     db = tmp_path / "mlflow.db"
     tracker = tracker_for(f"sqlite:///{db}")
     with pytest.raises(KeyboardInterrupt):
@@ -337,7 +346,85 @@ def test_an_interrupted_creation_leaves_nothing_and_the_next_run_works(tmp_path,
     assert interrupt_migration.seen == KILL_AT_MIGRATION  # it struck midway through the schema
     assert tracker.status is None and tracker.run_id is None
     assert list(tmp_path.iterdir()) == []  # neither a half-made mlflow.db nor a temporary file
+    assert list(no_cached_store.iterdir()) == []  # nor a half-made empty store in the cache
     interrupt_migration.at = -1
+    finished_run(f"sqlite:///{db}")
+    assert runs_in(db) == 1
+
+
+def _experiments(db: Path) -> list:
+    with sqlite3.connect(db) as connection:
+        found = connection.execute(
+            "SELECT experiment_id, name, artifact_location, lifecycle_stage, workspace, creation_time FROM experiments"
+        ).fetchall()
+    connection.close()
+    return found
+
+
+def test_a_store_made_from_the_cached_empty_store_is_the_store_mlflow_makes(tmp_path, no_cached_store, monkeypatch):
+    """Every first run in a folder ran MLflow's ~70 schema steps (1-1.5 s); the schema now comes from
+    an empty store kept in optlab's cache, and MLflow adds the folder's Default experiment to the copy."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    from optlab.app import store
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)  # the Default experiment's artifacts: ./mlruns from here, as MlflowClient has it
+    before = int(time.time() * 1000)
+    first, second, reference = (tmp_path / name / "mlflow.db" for name in ("first", "second", "reference"))
+    for db in (first, second, reference):
+        db.parent.mkdir()
+    assert store.create_sqlite_store(first)  # makes the cache's empty store, then copies it
+    (template,) = no_cached_store.iterdir()
+    assert template.name.startswith("mlflow-") and _experiments(template) == []
+    made = template.stat().st_mtime_ns
+    assert store.create_sqlite_store(second)  # copies it
+    assert template.stat().st_mtime_ns == made
+    SqlAlchemyStore(f"sqlite:///{reference}", "./mlruns").engine.dispose()  # MLflow alone
+    schema, rows = _schema_and_rows(reference)
+    assert len(schema) > 100 and rows["alembic_version"] and rows["workspaces"]
+    ((_, name, location, stage, workspace, _),) = _experiments(reference)
+    assert (name, location) == ("Default", str(work / "mlruns" / "0"))
+    for db in (first, second):
+        assert _schema_and_rows(db)[0] == schema  # every table, index and trigger
+        assert {t: r for t, r in _schema_and_rows(db)[1].items() if t != "experiments"} == {
+            t: r for t, r in rows.items() if t != "experiments"
+        }
+        ((number, *same, made_at),) = _experiments(db)
+        assert (number, *same) == (0, name, location, stage, workspace) and made_at >= before  # made now, here
+        with sqlite3.connect(db) as connection:
+            assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        connection.close()
+    finished_run(f"sqlite:///{second}")
+    assert runs_in(second) == 1 and _experiments(template) == []  # the cache's store is never written to
+
+
+def test_a_damaged_or_used_cached_store_is_made_again_and_an_unusable_cache_is_done_without(
+    tmp_path, no_cached_store, monkeypatch
+):
+    from optlab.app import store
+
+    template = store.empty_store()
+    assert template is not None and template.parent == no_cached_store
+    for fault in ("damaged", "used"):
+        if fault == "damaged":
+            template.write_bytes(b"SQLite format 3\x00" + bytes(4000))
+        else:  # someone opened it as a store
+            finished_run(f"sqlite:///{template}")
+            assert runs_in(template) == 1
+        db = tmp_path / fault / "mlflow.db"
+        db.parent.mkdir()
+        assert store.create_sqlite_store(db)
+        assert _experiments(db)[0][1] == "Default" and runs_in(db) == 0
+        assert _experiments(template) == [] and not [p for p in no_cached_store.iterdir() if ".creating-" in p.name]
+    # a cache that cannot be a folder: the store is made by MLflow's schema steps, as before
+    (tmp_path / "a file").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a file"))
+    assert store.empty_store() is None
+    db = tmp_path / "without" / "mlflow.db"
+    db.parent.mkdir()
+    assert store.create_sqlite_store(db)
     finished_run(f"sqlite:///{db}")
     assert runs_in(db) == 1
 
@@ -396,14 +483,14 @@ KILLED_CREATION = textwrap.dedent(
 )
 
 
-def test_a_creation_killed_outright_leaves_no_store_and_the_next_run_cleans_up(tmp_path):
+def test_a_creation_killed_outright_leaves_no_store_and_the_next_run_cleans_up(tmp_path, no_cached_store):
     db = tmp_path / "mlflow.db"
     child = subprocess.Popen(
         [sys.executable, "-c", KILLED_CREATION.format(at=KILL_AT_MIGRATION), f"sqlite:///{db}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
+    )  # (its cache is the fixture's, empty: it builds the cache's empty store, and is killed doing it)
     try:
         line = child.stdout.readline()  # blocks until the child is midway through the schema (or dies)
         assert line == "migrating\n", child.stderr.read() if child.poll() is not None else line
@@ -418,9 +505,13 @@ def test_a_creation_killed_outright_leaves_no_store_and_the_next_run_cleans_up(t
     left = sorted(p.name for p in tmp_path.iterdir())
     assert "mlflow.db" not in left
     assert len(left) == 1 and left[0].startswith(".mlflow.db.creating-")  # SIGKILL: no cleanup possible
+    (cached,) = no_cached_store.iterdir()
+    assert cached.name.startswith(".mlflow-") and ".creating-" in cached.name  # the cache's, half-made
     finished_run(f"sqlite:///{db}")  # under the store lock: a temporary there belongs to a dead creator
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlartifacts", "mlflow.db"]
     assert runs_in(db) == 1
+    (cached,) = no_cached_store.iterdir()  # the same under the cache's lock, and the empty store made whole
+    assert cached.name.startswith("mlflow-") and cached.name.endswith("-empty.db")
 
 
 SLOW_FOREIGN_CREATION = textwrap.dedent(
