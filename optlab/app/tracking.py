@@ -61,6 +61,7 @@ RETRY_DELAYS = (0.5, 1.0, 2.0)  # seconds between the tries of one write (never 
 MAX_WAITING = 8  # batches waiting for the writer; more are merged into the last one
 STATUS_TIMEOUT = 5.0  # seconds granted to set the terminal status once the flush is over
 KILL_TIMEOUT = 3.0  # the same after an interrupt
+PLOTS_NOT_DRAWN = "not drawn: the run was stopped while it ended"  # its plot_error tag
 KILLED_DRAW_TIMEOUT = 3.0  # seconds a stopped run waits for the plot helper (then draws the plots itself)
 KEPT_FORMAT = "optlab-undelivered-metrics"
 KEPT_NAME = re.compile(r"undelivered-[0-9A-Za-z_-]+\.jsonl")
@@ -203,6 +204,7 @@ class MlflowTracker(Callback):
         self.kept_plots: list[str] = []
         self.kept_error: str | None = None
         self.plots_error: str | None = None
+        self._plotted = True  # a training run's plots are drawn at its end (not a sweep's parent's)
         self.metrics_logged = 0  # points handed to the writer
         self.plot_seconds = 0.0  # spent drawing the plots at the run's end (for the benchmark)
         self._closed = False
@@ -235,6 +237,7 @@ class MlflowTracker(Callback):
         loads ``problem`` (the run's, if its path is plotted) meanwhile. Without ``helper`` (a
         parallel sweep's worker, whose neighbours use the other cores) the plots are drawn here.
         """
+        self._plotted = plots
         if plots and helper:
             self._painter = painting.shared()
             self._painter.start()
@@ -492,7 +495,7 @@ class MlflowTracker(Callback):
             self._release_http()
             return
         deadline = time.monotonic() + self.flush_timeout
-        plot_error = None
+        plot_error, drawn = None, False
         try:
             self._add_extras()
             self._add_summary()
@@ -506,6 +509,7 @@ class MlflowTracker(Callback):
             except Exception as exc:  # a plot must never hide the run's own outcome
                 plot_error = exc
             self.plot_seconds = time.perf_counter() - drawing
+            drawn = True
             self._writer.wait(deadline)
             if self._images:  # until the deadline (1 s at least); what the store does not take is kept
                 bounded(self._log_images, max(deadline - time.monotonic(), 1.0))
@@ -514,9 +518,11 @@ class MlflowTracker(Callback):
             self._confirm(max(deadline, time.monotonic() + 1.0))
         except KeyboardInterrupt as interrupt:
             final = status if status in ("FAILED", "KILLED") else "KILLED"
+            if not drawn and plot_error is None and self._plotted:  # said, as a failed drawing is
+                plot_error = PLOTS_NOT_DRAWN
             with signals_held(redeliver=False):
                 self._keep_unwritten()
-                self._end(final, error or str(interrupt) or "interrupted (Ctrl-C)", None, KILL_TIMEOUT)
+                self._end(final, error or str(interrupt) or "interrupted (Ctrl-C)", plot_error, KILL_TIMEOUT)
             raise
         with signals_held():  # a Ctrl-C now waits (a few seconds at most) for the status to be set
             self._keep_unwritten()
