@@ -15,7 +15,10 @@ started again in this process. It runs in its own session (the terminal's Ctrl-C
 process only, which decides) and ends when this process closes its pipe or dies.
 
 Frames on the helper's stdin and stdout: an 8-byte length, then a pickle (both ends are this
-module's code, in processes of the same user).
+module's code, in processes of the same user). A request's payload is pickled on its own inside
+its frame: one the helper cannot unpickle (a class it cannot import) is answered "unreadable"
+and leaves the stream of frames in step, where a failure inside the frame's own unpickling would
+not.
 """
 
 from __future__ import annotations

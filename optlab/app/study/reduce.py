@@ -126,10 +126,11 @@ def seed_stats(values) -> dict:
     interval of the mean (``measures.bootstrap_ci``, 2,000 resamples of the seeds, seeded): it
     stays within the values' range, where a Student-t interval of a skewed positive quantity (one
     seed's loss 1e-4, nine at 1e-12) went below zero. A diverged seed leaves it NaN, as the mean."""
-    stats = measures.mean_ci(values)
-    if len(values) > 1 and all(math.isfinite(v) for v in values):
-        stats["low"], stats["high"] = measures.bootstrap_ci(values)
-    return stats
+    if len(values) < 2 or not all(math.isfinite(v) for v in values):
+        return measures.mean_ci(values)  # its NaNs and infinities, as documented there
+    low, high = measures.bootstrap_ci(values)
+    x = np.asarray(values, dtype=float)
+    return {"mean": float(np.mean(x)), "std": float(np.std(x, ddof=1)), "low": low, "high": high, "n": int(x.size)}
 
 
 def _unit(unit: str) -> str:

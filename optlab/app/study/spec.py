@@ -118,9 +118,7 @@ class Spec:
                 raise SpecError(f"study: optimizers: {_message(error)}") from None
         if len(set(chosen)) < len(chosen):
             raise SpecError(f"study: `optimizers` lists one twice: {chosen}")
-        entries = _list("problems", c["problems"])
-        if not entries:
-            raise SpecError("study: `problems` is empty: name at least one (python -m optlab.problems lists them)")
+        entries = _nonempty("problems", c["problems"], " (python -m optlab.problems lists them)")
         probs = [_problem(entry) for entry in entries]
         if len({p.label for p in probs}) < len(probs):
             raise SpecError("study: `problems` lists one twice")
@@ -281,10 +279,15 @@ def _list(name: str, value) -> list:
     return list(value)
 
 
-def _names(name: str, value) -> list[str]:
+def _nonempty(name: str, value, hint: str = "") -> list:
     items = _list(name, value)
     if not items:
-        raise SpecError(f"study: `{name}` is empty: name at least one")
+        raise SpecError(f"study: `{name}` is empty: name at least one{hint}")
+    return items
+
+
+def _names(name: str, value) -> list[str]:
+    items = _nonempty(name, value)
     for item in items:
         if not isinstance(item, str):
             raise SpecError(f"study: `{name}` must list names; received {item!r}")
