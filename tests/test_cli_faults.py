@@ -555,3 +555,41 @@ def test_optlabs_own_warnings_are_one_line(tmp_path):
         f"optlab: warning: {Path('bk') / 'backup.npz'} holds the state of callbacks this run does not have: "
         "['EarlyStopping']; it is ignored"
     )
+
+
+#: ``python -m optlab`` on a full disk: the store takes no metric, and the file that would keep them cannot be written
+RECORD_LOST = """
+import errno, sys
+from mlflow.tracking import MlflowClient
+import optlab.app.tracking as tracking
+
+log_batch = MlflowClient.log_batch
+
+def refused(self, run_id, metrics=(), **kwargs):
+    if metrics:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return log_batch(self, run_id, metrics=metrics, **kwargs)
+
+def full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+MlflowClient.log_batch = refused
+tracking.write_text_atomic = full
+from optlab.app.main import main
+sys.argv = ["optlab", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_run_whose_metrics_are_neither_stored_nor_kept_exits_with_an_error(tmp_path):
+    """A fault-injection probe filled the disk: the run's metrics were lost and it exited 0, with a
+    warning a script or a sweep does not read."""
+    from cli_helpers import script
+
+    done = script(tmp_path, RECORD_LOST, "problem=rosenbrock", "trainer.epochs=5", "tracking.flush_timeout=5", *FAST)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "warning: " not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("optlab: error: the run trained to its end, but ")
+    assert "could not be written to " in last and "nor kept locally (" in last and "No space left on device" in last
+    assert "adam on rosenbrock: 5 steps" in done.stdout  # what it trained is said all the same

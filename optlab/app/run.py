@@ -583,6 +583,8 @@ def run(conf: dict, sweep: dict | None = None, output_dir=None, worker: bool = F
             summary(conf, trainer, history, seconds, tracker)
             if signals.lost is not None:  # ... or while the finished run was written: it is complete
                 raise signals.lost
+            if tracker is not None and tracker.kept_error is not None:  # neither in the store nor kept
+                raise RunStopped(f"error: the run trained to its end, but {tracker.undelivered_message()}", 1)
         except KeyboardInterrupt as interrupt:
             interrupt = signals.first or interrupt  # a second signal does not change the reason
             reason = str(interrupt) or "interrupted (Ctrl-C)"
@@ -731,6 +733,6 @@ def summary(conf, trainer, history, seconds, tracker) -> None:
         )
         print(tracker.ui_hint(), file=out)
         undelivered = tracker.undelivered_message()
-        if undelivered:
+        if undelivered and tracker.kept_error is None:  # (one lost is the run's error: see run())
             out.flush()
             print(f"\noptlab: warning: {undelivered}", file=sys.stderr)
