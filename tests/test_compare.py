@@ -182,3 +182,30 @@ def test_compare_counts_each_seed_once(tmp_path):
     (group,) = result["seeds"]
     assert (group["n"], group["mean"], group["repeats"]) == (2, 2.0, 1)  # (1 + 3) / 2, the KILLED 9 left out
     assert len(result["rows"]) == 3  # the table still lists every run, with its status
+
+
+def test_a_run_that_never_logged_the_metric_is_not_shown_as_diverged(tmp_path):
+    """compare printed 'nan' both for a run whose metric became NaN (it diverged) and for one that
+    never logged the metric (a newcomer's trial): the table could not tell them apart."""
+    from mlflow.tracking import MlflowClient
+
+    from optlab.app.compare import compare
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("optlab")
+    for name, seed, values in (("fine", "0", [2.0, 1.0]), ("diverged", "1", [2.0, math.nan]), ("silent", "2", [])):
+        run_id = client.create_run(experiment, run_name=name, tags={"optimizer": "adam"}).info.run_id
+        client.log_param(run_id, "seed", seed)
+        client.log_metric(run_id, "other", 1.0, step=1)
+        for step, value in enumerate(values, start=1):
+            client.log_metric(run_id, "grad_norm", value, step=step)
+        client.set_terminated(run_id)
+    result = compare(sweep="all", metric="grad_norm", uri=uri, output=str(tmp_path / "cmp.png"))
+    text = format_table(result)
+    rows = {line.split()[0]: line for line in text.splitlines()[3:6]}
+    assert text.splitlines()[1].split()[:5] == ["run", "optimizer", "seed", "final", "grad_norm"]
+    assert rows["fine"].split()[3:5] == ["1", "1"]  # final, best
+    assert rows["diverged"].split()[3:5] == ["nan", "2"]  # its last value is NaN; its best was 2
+    assert "not logged" in rows["silent"] and "nan" not in rows["silent"]
+    assert "optimizer=adam: 1 from 1 seed (2 of 3 without a finite value, 1 of them did not log it)" in text

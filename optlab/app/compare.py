@@ -126,6 +126,7 @@ def compare(
                 "start": run.info.start_time or 0,
                 "final": values[-1] if values else math.nan,
                 "best": pick(finite) if finite else math.nan,
+                "logged": bool(values),  # (a NaN final is a diverged run's, or none was logged)
                 "steps": int(steps),
                 "seconds": wall,
                 "params": run.data.params,
@@ -152,7 +153,9 @@ def compare(
         config = {"optimizer": members[0]["optimizer"], **{k: members[0]["params"].get(k) for k in shown}}
         if len(members) > 1:
             repeats = len(group) - len(members)
-            seeds.append({"config": config, **seed_summary([r["final"] for r in members]), "repeats": repeats})
+            unlogged = sum(not r.get("logged", True) for r in members)
+            summary = seed_summary([r["final"] for r in members])
+            seeds.append({"config": config, **summary, "repeats": repeats, "unlogged": unlogged})
             label = " ".join(f"{v}" if k == "optimizer" else f"{k.rsplit('.', 1)[-1]}={v}" for k, v in config.items())
             lines[f"{label} ({len(members)} seeds)"] = [curves[r["run"]] for r in members]
         else:
@@ -431,8 +434,8 @@ def format_table(result: dict) -> str:
                 row["run"],
                 row["optimizer"],
                 *(row["params"].get(c, "") for c in columns),
-                f"{row['final']:.6g}",
-                f"{row['best']:.6g}",
+                f"{row['final']:.6g}" if row.get("logged", True) else "not logged",
+                f"{row['best']:.6g}" if row.get("logged", True) else "",
                 str(row["steps"]),
                 f"{row['seconds']:.2f}",
                 row["status"],
@@ -451,8 +454,13 @@ def format_table(result: dict) -> str:
         text.append("\nover seeds (final value):")
         for group in result["seeds"]:
             config = ", ".join(f"{k}={v}" for k, v in group["config"].items()) or "(same config)"
-            without = group["runs"] - group["n"]
-            tail = f" ({without} of {group['runs']} without a finite value)" if without else ""
+            without, unlogged = group["runs"] - group["n"], group.get("unlogged", 0)
+            if unlogged and unlogged == without:
+                tail = f" ({unlogged} of {group['runs']} did not log it)"
+            elif unlogged:
+                tail = f" ({without} of {group['runs']} without a finite value, {unlogged} of them did not log it)"
+            else:
+                tail = f" ({without} of {group['runs']} without a finite value)" if without else ""
             repeats = group.get("repeats", 0)
             if repeats:
                 tail += f" (and {counted(repeats, 'earlier attempt')} of the same seeds, left out)"
