@@ -483,6 +483,36 @@ KILLED_CREATION = textwrap.dedent(
 )
 
 
+def test_the_cache_is_where_xdg_says_and_a_store_is_made_without_one(tmp_path, monkeypatch):
+    import threading
+
+    from optlab.app import store
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative")  # invalid in XDG's terms: ignored, not made here
+    assert store.cache_folder() == home / ".cache" / "optlab"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.delenv("HOME")
+    import mlflow.environment_variables  # noqa: F401  (MLflow reads the home as it is imported)
+
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: (_ for _ in ()).throw(RuntimeError("no home"))))
+    assert store.cache_folder() is None and store.empty_store() is None
+    assert store.create_sqlite_store(work / "mlflow.db")  # MLflow's own schema steps
+    assert sorted(p.name for p in work.iterdir()) == ["mlflow.db"]
+    # a store in the cache folder itself, under that folder's lock: made without waiting on it
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    inside = tmp_path / "cache" / "optlab" / "mlflow.db"
+    made = []
+    maker = threading.Thread(target=lambda: made.append(finished_run(f"sqlite:///{inside}")), daemon=True)
+    maker.start()
+    maker.join(120)
+    assert made and runs_in(inside) == 1
+
+
 def test_a_creation_killed_outright_leaves_no_store_and_the_next_run_cleans_up(tmp_path, no_cached_store):
     db = tmp_path / "mlflow.db"
     child = subprocess.Popen(

@@ -321,7 +321,8 @@ def create_sqlite_store(path: Path, in_place: bool = False, name: str | None = N
 
     temp = new_file(path.parent, f".{path.name}.creating-")  # empty: sqlite initialises it
     try:
-        template = empty_store() if path.parent.resolve() != cache_folder().resolve() else None  # (its lock)
+        cache = cache_folder()  # (a store in the cache folder itself: we hold that folder's lock already)
+        template = empty_store() if cache is None or cache.resolve() != path.parent.resolve() else None
         if template is not None:
             shutil.copyfile(template, temp)
         _open_store(temp)  # the schema if not copied, and the Default experiment, as MLflow makes them
@@ -371,9 +372,18 @@ def _remove_with_journals(file: Path) -> None:
             leftover.unlink()
 
 
-def cache_folder() -> Path:
-    """optlab's cache: ``$XDG_CACHE_HOME/optlab``, by default ``~/.cache/optlab``."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "optlab"
+def cache_folder() -> Path | None:
+    """optlab's cache: ``$XDG_CACHE_HOME/optlab``, by default ``~/.cache/optlab``; None without a home.
+
+    A relative ``XDG_CACHE_HOME`` is ignored, as the XDG specification asks (it would put the
+    cache in whatever folder optlab runs in)."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        try:
+            base = Path.home() / ".cache"
+        except RuntimeError:  # no home directory (HOME unset, no passwd entry)
+            return None
+    return Path(base) / "optlab"
 
 
 def empty_store() -> Path | None:
@@ -391,6 +401,8 @@ def empty_store() -> Path | None:
     from mlflow.version import VERSION
 
     folder = cache_folder()
+    if folder is None:
+        return None
     template = folder / f"mlflow-{VERSION}-{head}-empty.db"
     with contextlib.suppress(Exception):  # (a full or read-only cache, MLflow's own errors): only slower
         if _holds_nothing(template):
