@@ -913,3 +913,30 @@ def test_a_study_whose_every_tuned_setting_diverges_still_gets_its_report(tmp_pa
     names = {"report.md", "curves.png", "ecdf.png", "profile.png", "sensitivity.png", "tunability.png"}
     assert names <= {p.name for p in Path(folder).iterdir()}
     assert all((Path(folder) / n).read_bytes()[:4] == b"\x89PNG" for n in names - {"report.md"})
+
+
+def test_optimizers_whose_final_means_are_equal_are_marked_tied(tmp_path):
+    """Two optimizers with the same final mean (both at 0 on a problem they solve) were reported as a
+    leader and a loser, with the leader only the first in `optimizers`."""
+    from optlab.app.study import reduce as reducing
+
+    study, _ = _study(tmp_path, optimizers=["sgd", "adam"], problems=["beale"], budget=1, seeds=1, final_seeds=2)
+    results = study.run()
+    spec = study.spec
+    assert not any(t["tied"] for t in results["tests"]) and "tied" not in markdown(spec, results, "cmd")
+    tuning = study.execute(spec.tuning_runs(), "tuning")  # (stored: read back, not run again)
+    chosen = reducing.choose(spec, reducing.tuning_table(spec, tuning))
+    own = {"key", "optimizer", "hparams", "problem", "arm", "seed"}
+    adam = {r["seed"]: r for r in study.finals if (r["optimizer"], r["arm"]) == ("adam", "final")}
+    finals = [
+        {**r, **{k: v for k, v in adam[r["seed"]].items() if k not in own}}
+        if (r["optimizer"], r["arm"]) == ("sgd", "final")
+        else r
+        for r in study.finals
+    ]  # sgd's final seeds ended exactly where adam's did
+    tied = reducing.reduce(spec, tuning, finals, chosen)
+    (test,) = tied["tests"]
+    assert math.isfinite(tied["summaries"]["beale|adam|final"]["stats"]["mean"])
+    assert test["tied"] and test["leader"] == "sgd" and test["other"] == "adam"  # (the first listed leads)
+    text = markdown(spec, {**results, **tied}, "cmd")
+    assert "| sgd |" in text and "leader (tied)" in text and "| tied, " in text

@@ -157,10 +157,12 @@ def reduce(spec: Spec, tuning: list[dict], finals: list[dict], chosen: dict) -> 
         if not tuned:
             continue
         leader = min(tuned, key=lambda o: _rank(tuned[o]["stats"]["mean"], problem.direction))
+        best = tuned[leader]["stats"]["mean"]
         for opt, s in tuned.items():
             if opt != leader:
                 p = measures.rank_sum_p(tuned[leader]["values"], s["values"], problem.direction)
-                tests.append({"problem": label, "leader": leader, "other": opt, "p": p})
+                tied = s["stats"]["mean"] == best  # (the leader is then the first listed of them)
+                tests.append({"problem": label, "leader": leader, "other": opt, "p": p, "tied": tied})
     for test, adjusted in zip(tests, measures.holm([t["p"] for t in tests])):
         test["p_holm"] = adjusted
     costs = {

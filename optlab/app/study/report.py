@@ -388,7 +388,11 @@ def markdown(spec: Spec, results: dict, command: str) -> str:
             dtext = _stats(defaults, "") if defaults else "-"
             d = next(t for t in final["ttt"] if t["factor"] == 1.0)
             test = tests.get((problem.label, opt))
-            vs = "leader" if test is None else f"{_fmt(test['p_holm'], 2)}"
+            if test is None:
+                ties = any(t.get("tied") for (label, _), t in tests.items() if label == problem.label)
+                vs = "leader (tied)" if ties else "leader"
+            else:
+                vs = f"tied, {_fmt(test['p_holm'], 2)}" if test.get("tied") else _fmt(test["p_holm"], 2)
             edge = " (edge)" if chosen["edge"] else ""
             lines.append(
                 f"| {opt} | {_setting(chosen['hparams'])}{edge} | {tuned} | "
