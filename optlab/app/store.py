@@ -325,6 +325,8 @@ def create_sqlite_store(path: Path, in_place: bool = False, name: str | None = N
         template = empty_store() if cache is None or cache.resolve() != path.parent.resolve() else None
         if template is not None:
             shutil.copyfile(template, temp)
+            if not _holds_nothing(temp):  # changed since it was checked (opened as a store meanwhile)
+                open(temp, "wb").close()  # (our temporary: built from scratch instead)
         _open_store(temp)  # the schema if not copied, and the Default experiment, as MLflow makes them
         with open(temp, "rb+") as file:
             os.fsync(file.fileno())
