@@ -406,27 +406,55 @@ def test_a_store_made_from_the_cached_empty_store_is_the_store_mlflow_makes(tmp_
     assert runs_in(second) == 1 and _experiments(template) == []  # the cache's store is never written to
 
 
-def test_a_damaged_or_used_cached_store_is_made_again_and_an_unusable_cache_is_done_without(
-    tmp_path, no_cached_store, monkeypatch
-):
+def _faulty(template: Path, fault: str) -> None:
+    """What a fault-injection probe did to the cached store (each used in every new store before)."""
+    if fault == "damaged":
+        template.write_bytes(b"SQLite format 3\x00" + bytes(4000))
+    elif fault == "used":  # someone opened it as a store: their run is in it
+        finished_run(f"sqlite:///{template}")
+        assert runs_in(template) == 1
+    else:
+        with sqlite3.connect(template) as connection:
+            connection.execute(
+                {
+                    "a table dropped": "DROP TABLE metrics",
+                    "a row added": "INSERT INTO registered_models (name) VALUES ('someone-elses-model')",
+                    "a trigger added": "CREATE TRIGGER gone AFTER INSERT ON metrics BEGIN DELETE FROM metrics; END",
+                }[fault]
+            )
+        connection.close()
+
+
+@pytest.mark.parametrize("fault", ["damaged", "used", "a table dropped", "a row added", "a trigger added"])
+def test_an_unsound_cached_store_is_set_aside_not_copied_nor_replaced(tmp_path, no_cached_store, fault):
     from optlab.app import store
 
     template = store.empty_store()
     assert template is not None and template.parent == no_cached_store
-    for fault in ("damaged", "used"):
-        if fault == "damaged":
-            template.write_bytes(b"SQLite format 3\x00" + bytes(4000))
-        else:  # someone opened it as a store
-            finished_run(f"sqlite:///{template}")
-            assert runs_in(template) == 1
-        db = tmp_path / fault / "mlflow.db"
-        db.parent.mkdir()
+    _faulty(template, fault)
+    before = template.read_bytes()
+    db = tmp_path / "mlflow.db"
+    with pytest.warns(UserWarning, match="was not sound .* it is kept as .*, and a new one is made"):
         assert store.create_sqlite_store(db)
-        assert _experiments(db)[0][1] == "Default" and runs_in(db) == 0
-        assert _experiments(template) == [] and not [p for p in no_cached_store.iterdir() if ".creating-" in p.name]
-    # the cached store used as a store between its check and its copy: the copy is checked too
+    # the new store is whole: its schema, its Default experiment and nothing else
+    assert _clauses(_schema_and_rows(db)[0]) == _clauses(_schema_and_rows(template)[0])
+    _, rows = _schema_and_rows(db)
+    assert {t for t, r in rows.items() if r} == {"alembic_version", "workspaces", "experiments"}
+    assert _experiments(template) == [] and not [p for p in no_cached_store.iterdir() if ".creating-" in p.name]
+    (aside,) = [p for p in no_cached_store.iterdir() if ".unsound-" in p.name]  # kept, byte for byte
+    assert aside.name.startswith(template.name) and aside.read_bytes() == before
+    finished_run(f"sqlite:///{db}")
+    assert runs_in(db) == 1
+
+
+def test_a_cached_store_changed_as_copied_or_not_to_be_had_is_done_without(tmp_path, no_cached_store, monkeypatch):
+    import fcntl
     import shutil
 
+    from optlab.app import store
+
+    assert store.empty_store() is not None
+    # the cached store used as a store between its check and its copy: the copy is checked too
     copy = shutil.copyfile
 
     def copied_then_used(source, target):
@@ -439,6 +467,31 @@ def test_a_damaged_or_used_cached_store_is_made_again_and_an_unusable_cache_is_d
     assert store.create_sqlite_store(db)
     monkeypatch.setattr(shutil, "copyfile", copy)
     assert runs_in(db) == 0 and [e[1] for e in _experiments(db)] == ["Default"]  # built from scratch instead
+    # another process holds the cache's lock (a first run stopped with Ctrl-Z as it builds it): the
+    # others waited on it without end; now they wait CACHE_WAIT s, then do without
+    (template,) = no_cached_store.iterdir()
+    template.rename(tmp_path / "elsewhere.db")
+    monkeypatch.setattr(store, "CACHE_WAIT", 0.3)
+    holder = os.open(no_cached_store, os.O_RDONLY)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        started = time.monotonic()
+        assert store.empty_store() is None and time.monotonic() - started < 30
+        db = tmp_path / "waited" / "mlflow.db"
+        db.parent.mkdir()
+        assert store.create_sqlite_store(db) and [e[1] for e in _experiments(db)] == ["Default"]
+    finally:
+        os.close(holder)
+    # a store in the cache folder reached by another path (a link; a bind mount alike): made without it
+    (tmp_path / "link").symlink_to(no_cached_store)
+    assert store.create_sqlite_store(tmp_path / "link" / "mlflow.db")
+    # temporaries are optlab's by their whole name: a user's files of like names are left alone
+    mine = [no_cached_store / ".mlflow-my-empty.db.creating-backup", tmp_path / ".mlflow.db.creating-backup"]
+    for path in mine:
+        path.write_text("mine")
+    assert store.empty_store() is not None
+    store.create_sqlite_store(tmp_path / "mlflow.db")
+    assert all(path.read_text() == "mine" for path in mine)
     # a cache that cannot be a folder: the store is made by MLflow's schema steps, as before
     (tmp_path / "a file").write_text("")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a file"))

@@ -136,7 +136,7 @@ def prepare_sqlite(uri: str, create: bool = True) -> None:
         raise TrackingError(
             f"tracking store {name}: its folder {path.parent} is not writable ({exc.strerror or exc}); {ADVICE}"
         ) from None
-    for stale in path.parent.glob(f".{path.name}.creating-*"):  # a creator killed outright (we hold the lock)
+    for stale in leftovers(path.parent, re.escape(path.name)):  # a creator killed outright (we hold the lock)
         with contextlib.suppress(OSError):
             stale.unlink()
     if path.is_dir():
@@ -322,11 +322,13 @@ def create_sqlite_store(path: Path, in_place: bool = False, name: str | None = N
     temp = new_file(path.parent, f".{path.name}.creating-")  # empty: sqlite initialises it
     try:
         cache = cache_folder()  # (a store in the cache folder itself: we hold that folder's lock already)
-        template = empty_store() if cache is None or cache.resolve() != path.parent.resolve() else None
+        template = None if cache is not None and _same_folder(cache, path.parent) else empty_store()
         if template is not None:
             shutil.copyfile(template, temp)
-            if not _holds_nothing(temp):  # changed since it was checked (opened as a store meanwhile)
-                open(temp, "wb").close()  # (our temporary: built from scratch instead)
+            if _is_empty_store(temp):
+                _stamp(temp, 0)  # as MLflow leaves a store
+            else:  # changed since it was checked (opened as a store meanwhile): built from scratch instead
+                open(temp, "wb").close()  # (our temporary)
         _open_store(temp)  # the schema if not copied, and the Default experiment, as MLflow makes them
         with open(temp, "rb+") as file:
             os.fsync(file.fileno())
@@ -388,52 +390,102 @@ def cache_folder() -> Path | None:
     return Path(base) / "optlab"
 
 
+CACHE_WAIT = 15.0  # seconds a first run waits for another process building the cached store (then does without)
+#: the tables an empty store holds rows in: its schema's revision, MLflow's default workspace
+_EMPTY_STORE_ROWS = {"alembic_version": 1, "workspaces": 1}
+
+
 def empty_store() -> Path | None:
     """A store of this MLflow's schema holding nothing, not even the Default experiment (whose artifact
     folder is the creating folder's): made once per MLflow schema in :func:`cache_folder`, under the
-    folder's lock and a temporary name, then moved into place (a builder killed outright leaves its
-    temporary, which the next builder removes). Checked at each use (SQLite's header and quick check,
-    the schema, no experiment, no run); None where it cannot be made or read (a read-only home): the
-    store is then built from scratch, as before."""
-    import sqlite3
-
+    folder's lock and a temporary name, then linked into place, stamped with a digest of its schema
+    (SQLite's ``user_version``). Checked at each use (SQLite's header and quick check, the schema
+    and its digest, no rows beyond the schema's revision and the default workspace). One that is
+    not sound is never replaced: it is set aside (renamed, with a warning) and a new one made. None
+    where it cannot be made or read (a read-only home), or while another process has held the
+    folder's lock for ``CACHE_WAIT`` s (a builder stopped with Ctrl-Z): the store is then built from
+    scratch, as before."""
     head, _ = schema_revisions()
-    if head is None:
+    folder = cache_folder()
+    if head is None or folder is None:
         return None
     from mlflow.version import VERSION
 
-    folder = cache_folder()
-    if folder is None:
-        return None
     template = folder / f"mlflow-{VERSION}-{head}-empty.db"
     with contextlib.suppress(Exception):  # (a full or read-only cache, MLflow's own errors): only slower
-        if _holds_nothing(template):
+        if _is_empty_store(template):
             return template
-        with store_lock(f"sqlite:///{template}"):
-            for stale in folder.glob(".mlflow-*-empty.db.creating-*"):  # a builder killed outright (we hold the lock)
+        folder.mkdir(parents=True, exist_ok=True)
+        with _folder_lock(folder, CACHE_WAIT) as locked:
+            if not locked:
+                return None
+            for stale in leftovers(folder, r"mlflow-[^/]+-empty\.db"):  # a builder killed outright (we hold the lock)
                 stale.unlink()
-            if not _holds_nothing(template):
-                temp = new_file(folder, f".{template.name}.creating-")
-                try:
-                    _open_store(temp)
-                    connection = sqlite3.connect(temp, isolation_level=None)
-                    try:
-                        connection.execute("DELETE FROM experiments")
-                    finally:
-                        connection.close()
-                    with open(temp, "rb+") as file:
-                        os.fsync(file.fileno())
-                    os.replace(temp, template)
-                    _fsync_folder(folder)
-                finally:
-                    _remove_with_journals(temp)
-        if _holds_nothing(template):
+            if not _is_empty_store(template):
+                if os.path.lexists(template):
+                    _set_aside(template)
+                _build_empty_store(template)
+        if _is_empty_store(template):
             return template
     return None
 
 
-def _holds_nothing(path: Path) -> bool:
-    """Is ``path`` a sound store of this MLflow's schema without experiments or runs (False if missing or damaged)?"""
+def _build_empty_store(template: Path) -> None:
+    import sqlite3
+
+    temp = new_file(template.parent, f".{template.name}.creating-")
+    try:
+        _open_store(temp)
+        connection = sqlite3.connect(temp, isolation_level=None)
+        try:
+            connection.execute("DELETE FROM experiments")
+            connection.execute(f"PRAGMA user_version = {_schema_digest(connection)}")
+        finally:
+            connection.close()
+        with open(temp, "rb+") as file:
+            os.fsync(file.fileno())
+        os.link(temp, template)  # never over a file (we hold the folder's lock: none is there)
+        _fsync_folder(template.parent)
+    finally:
+        _remove_with_journals(temp)
+
+
+def _set_aside(path: Path) -> None:
+    """Rename what is at the cached store's name (damaged, changed, used as a store: maybe someone's
+    runs) beside it: never replaced."""
+    import warnings
+
+    aside = path.with_name(f"{path.name}.unsound-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    os.rename(path, aside)
+    warnings.warn(
+        f"the cached empty MLflow store {path} was not sound (damaged, changed, or used as a store); "
+        f"it is kept as {aside}, and a new one is made",
+        stacklevel=3,
+    )
+
+
+def _schema_digest(connection) -> int:
+    """CRC-32 of every table, index, trigger and view, as a non-negative 31-bit ``user_version``."""
+    import zlib
+
+    rows = connection.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name").fetchall()
+    return zlib.crc32(repr(rows).encode()) & 0x7FFFFFFF
+
+
+def _stamp(path: Path, version: int) -> None:
+    import sqlite3
+
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        connection.execute(f"PRAGMA user_version = {int(version)}")
+    finally:
+        connection.close()
+
+
+def _is_empty_store(path: Path) -> bool:
+    """Is ``path`` a sound store of this MLflow's schema, unchanged since it was made empty (its schema's
+    digest), with no rows beyond its schema's revision and the default workspace? False if missing
+    or damaged."""
     import sqlite3
     from urllib.parse import quote
 
@@ -442,12 +494,64 @@ def _holds_nothing(path: Path) -> bool:
             return False
         connection = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
         try:
-            counts = [connection.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("experiments", "runs")]
-            return counts == [0, 0]
+            if connection.execute("PRAGMA user_version").fetchone()[0] != _schema_digest(connection):
+                return False
+            tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            return all(
+                connection.execute(f"SELECT count(*) FROM {_quoted(table)}").fetchone()[0]
+                <= _EMPTY_STORE_ROWS.get(table, 0)
+                for table in tables
+                if not table.startswith("sqlite_")
+            )
         finally:
             connection.close()
     except (OSError, sqlite3.Error, TrackingError):
         return False
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)  # (through links and bind mounts)
+    except OSError:
+        return False
+
+
+def leftovers(folder: Path, name: str) -> list[Path]:
+    """The temporaries :func:`new_file` named ``.<name>.creating-<12 hex>`` in ``folder`` (``name``
+    a regular expression), with SQLite's journals of them: no other file, whatever its name."""
+    own = re.compile(rf"\.{name}\.creating-[0-9a-f]{{12}}(-journal|-wal|-shm)?")
+    try:
+        return [p for p in folder.iterdir() if own.fullmatch(p.name)]
+    except OSError:
+        return []
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path, wait: float):
+    """:func:`store_lock`'s lock on ``folder``, waited for ``wait`` s at most: yields whether it is held."""
+    try:
+        import fcntl
+    except ImportError:
+        yield True
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        deadline, held = time.monotonic() + wait, False
+        while not held:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+        try:
+            yield held
+        finally:
+            if held:
+                fcntl.flock(descriptor, fcntl.LOCK_UN)
+    finally:
+        os.close(descriptor)
 
 
 def _quoted(name: str) -> str:
