@@ -1085,3 +1085,14 @@ def test_mlflows_own_error_reports_go_to_the_runs_log_not_the_terminal(tmp_path,
         log.close()
         for handler, level in levels.items():
             handler.setLevel(level)
+
+
+def test_the_innermost_os_error_is_named_without_its_file_s_colon():
+    # a fault-injection probe saw "No space left on device:; pick another store ..." on a full disk
+    from optlab.app.store import _root_cause
+
+    full = OSError(28, "No space left on device")
+    full.filename = "/work/.mlflow.db.creating-0a1b2c3d4e5f"
+    assert _root_cause(RuntimeError(f"(sqlite3.OperationalError) {full}")) == "No space left on device"
+    refused = "HTTPConnectionPool(host='127.0.0.1', port=9): ([Errno 111] Connection refused'))"
+    assert _root_cause(RuntimeError(refused)) == "Connection refused"

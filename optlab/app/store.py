@@ -112,7 +112,7 @@ def probe_http(uri: str) -> None:
 def _root_cause(exc: BaseException) -> str:
     """``Connection refused``, ``Name or service not known``: the innermost OS error of a requests failure."""
     match = re.findall(r"\[Errno -?\d+\] ([^'\")\]]+)", str(exc))
-    return match[-1].strip() if match else _short(exc)
+    return match[-1].strip().rstrip(":").rstrip() if match else _short(exc)  # (before the file's name)
 
 
 def prepare_sqlite(uri: str, create: bool = True) -> None:
