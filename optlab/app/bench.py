@@ -18,7 +18,8 @@ and the median of those comparisons is printed:
   datasets, the default points);
 - the **fixed cost** per run: the same run of one epoch, tracked less untracked (opening the
   run, its params, the final flush, the plots, the status), with how long opening and ending
-  took, and drawing the plots (matplotlib's share of the end);
+  took, and drawing the plots (matplotlib's share of the end); and the same without the plots
+  (``tracking.plots=false``);
 - a **tiny run from the shell**: ``python -m optlab problem=rosenbrock trainer.epochs=10``
   tracked and with ``tracking=none``, whole processes (imports included), and MLflow's own
   opening in a new process (importing it, its sqlite store, one query): the least a run adds
@@ -92,11 +93,13 @@ def bench_tracking(overrides, repeats: int, store: str) -> dict:
     off, on = compose([*overrides, "tracking=none"]), compose([*overrides, *track])
     short = [*overrides, "trainer.epochs=1"]
     short_off, short_on = compose([*short, "tracking=none"]), compose([*short, *track])
-    for conf in (off, on, short_off, short_on):  # warm-up: kernels, data, imports, the store
+    short_bare = compose([*short, *track, "tracking.plots=false"])
+    confs = {"off": off, "on": on, "short_off": short_off, "short_on": short_on, "short_bare": short_bare}
+    for conf in confs.values():  # warm-up: kernels, data, imports, the store
         timed_run(conf)
-    runs: dict[str, list[dict]] = {"off": [], "on": [], "short_off": [], "short_on": []}
+    runs: dict[str, list[dict]] = {name: [] for name in confs}
     for _ in range(repeats):
-        for name, conf in (("off", off), ("on", on), ("short_off", short_off), ("short_on", short_on)):
+        for name, conf in confs.items():
             runs[name].append(timed_run(conf))
 
     def median(name, key="seconds"):
@@ -111,6 +114,7 @@ def bench_tracking(overrides, repeats: int, store: str) -> dict:
         "ratio": paired("on", "off", lambda a, b: a / b, "train"),
         "whole_ratio": paired("on", "off", lambda a, b: a / b),
         "fixed": paired("short_on", "short_off", lambda a, b: a - b),
+        "fixed_bare": paired("short_bare", "short_off", lambda a, b: a - b),
         "steps": runs["on"][0]["steps"],
         "points": runs["on"][0]["points"],
         "fixed_start": median("short_on", "start"),
@@ -245,7 +249,8 @@ def main(argv=None) -> int:
     print(
         f"fixed cost per run (the same run of 1 epoch, tracked less untracked, {result['fixed_points']} points): "
         f"{result['fixed']:.3f} s   (opening the run {result['fixed_start']:.3f} s, "
-        f"its end {result['fixed_close']:.3f} s, of which drawing the plots {result['fixed_plots']:.3f} s)"
+        f"its end {result['fixed_close']:.3f} s, of which drawing the plots {result['fixed_plots']:.3f} s); "
+        f"with tracking.plots=false {result['fixed_bare']:.3f} s"
     )
     if shell is not None:
         print(

@@ -530,6 +530,7 @@ def tracker_for(conf: dict, problem, optimizer, sweep: dict, output_dir=None, th
         output_dir=output_dir or hydra_output_dir(),
         objective=conf["metric"],
         datasets=problem.datasets(),
+        plots=tracking.get("plots", True),
     )
 
 

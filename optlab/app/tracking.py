@@ -163,8 +163,11 @@ class MlflowTracker(Callback):
         output_dir=None,
         objective: str | None = None,
         datasets: list[dict] | None = None,
+        plots: bool = True,
     ):
         super().__init__()
+        if not isinstance(plots, bool):
+            raise TrackingError(f"tracking.plots must be true or false; received {plots!r}")
         if log_every != "auto" and (not isinstance(log_every, int) or isinstance(log_every, bool) or log_every < 1):
             raise TrackingError(f'tracking.log_every must be "auto" or an integer >= 1; received {log_every!r}')
         if not isinstance(max_points, int) or isinstance(max_points, bool) or max_points < 3:
@@ -204,7 +207,8 @@ class MlflowTracker(Callback):
         self.kept_plots: list[str] = []
         self.kept_error: str | None = None
         self.plots_error: str | None = None
-        self._plotted = True  # a training run's plots are drawn at its end (not a sweep's parent's)
+        self.plots = plots  # (tracking.plots)
+        self._plotted = plots  # this run's plots are drawn at its end (not a sweep's parent's)
         self.metrics_logged = 0  # points handed to the writer
         self.plot_seconds = 0.0  # spent drawing the plots at the run's end (for the benchmark)
         self._closed = False
@@ -228,16 +232,16 @@ class MlflowTracker(Callback):
         self._clock = time.perf_counter()
 
     # -- set-up ---------------------------------------------------------------------------
-    def start(self, problem=None, plots: bool = True, helper: bool = True) -> None:
+    def start(self, problem=None, plots: bool | None = None, helper: bool = True) -> None:
         """Check the store and open the run; raises TrackingError (one line) if the store cannot be used.
 
         A missing sqlite store is created atomically; a dead server is found in seconds. With
-        ``plots`` (a training run's, not a sweep's parent's) and ``helper``, the plot helper
+        ``plots`` (by default ``tracking.plots``; False for a sweep's parent) and ``helper``, the plot helper
         (:mod:`.painter`) starts first, to import matplotlib while this process imports MLflow, and
         loads ``problem`` (the run's, if its path is plotted) meanwhile. Without ``helper`` (a
         parallel sweep's worker, whose neighbours use the other cores) the plots are drawn here.
         """
-        self._plotted = plots
+        self._plotted = plots = self.plots if plots is None else plots
         if plots and helper:
             self._painter = painting.shared()
             self._painter.start()
@@ -503,7 +507,7 @@ class MlflowTracker(Callback):
             self._writer.finish(deadline)
             drawing = time.perf_counter()
             try:  # drawn while the writer stores the last metrics
-                self._images = self._render(status)
+                self._images = self._render(status) if self._plotted else {}
             except painting.PlotFailed as exc:  # drawing raised in the helper: "Type: message"
                 plot_error = str(exc)
             except Exception as exc:  # a plot must never hide the run's own outcome
