@@ -339,10 +339,10 @@ def test_a_run_stopped_before_its_plots_are_drawn_says_so(tmp_path, plots):
     tracker.start(plots=plots, helper=False)
     train(tracker, problem="seed_linear", epochs=3)
 
-    def stopped(status):
-        raise KeyboardInterrupt  # a Ctrl-C as the figures are drawn
+    def stopped(deadline):
+        raise KeyboardInterrupt  # a Ctrl-C as the last metrics are handed over, before the figures
 
-    tracker._render = stopped
+    tracker._writer.finish = stopped
     with pytest.raises(KeyboardInterrupt):
         tracker.close("FINISHED")
     run = client_for(tmp_path).get_run(tracker.run_id)
