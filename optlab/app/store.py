@@ -24,6 +24,11 @@ from pathlib import Path
 
 from .config import ConfigError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no folder locks (parallel sweeps there should log to a tracking server)
+    fcntl = None
+
 PROBE_TIMEOUT = 3.0  # seconds a tracking server has to answer the pre-flight probe
 HTTP_LIMITS = {  # MLflow's HTTP client while a run is tracked (unless set by the user): fail fast, retry here;
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
@@ -416,15 +421,19 @@ def empty_store() -> Path | None:
         if _is_empty_store(template):
             return template
         folder.mkdir(parents=True, exist_ok=True)
-        with _folder_lock(folder, CACHE_WAIT) as locked:
-            if not locked:
-                return None
-            for stale in leftovers(folder, r"mlflow-[^/]+-empty\.db"):  # a builder killed outright (we hold the lock)
-                stale.unlink()
-            if not _is_empty_store(template):
-                if os.path.lexists(template):
-                    _set_aside(template)
-                _build_empty_store(template)
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            with _flocked(descriptor, CACHE_WAIT) as locked:  # store_lock's lock, waited for a while only
+                if not locked:
+                    return None
+                for stale in leftovers(folder, r"mlflow-[^/]+-empty\.db"):  # a builder killed outright
+                    stale.unlink()
+                if not _is_empty_store(template):
+                    if os.path.lexists(template):
+                        _set_aside(template)
+                    _build_empty_store(template)
+        finally:
+            os.close(descriptor)
         if _is_empty_store(template):
             return template
     return None
@@ -527,15 +536,16 @@ def leftovers(folder: Path, name: str) -> list[Path]:
 
 
 @contextlib.contextmanager
-def _folder_lock(folder: Path, wait: float):
-    """:func:`store_lock`'s lock on ``folder``, waited for ``wait`` s at most: yields whether it is held."""
-    try:
-        import fcntl
-    except ImportError:
+def _flocked(descriptor: int, wait: float | None = None):
+    """An exclusive ``flock`` on the open folder ``descriptor``, waited for ``wait`` s at most (None: as
+    long as it takes); yields whether it is held. Held always where ``flock`` is missing (Windows)."""
+    if fcntl is None:
         yield True
         return
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
+    if wait is None:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        held = True
+    else:
         deadline, held = time.monotonic() + wait, False
         while not held:
             try:
@@ -545,13 +555,11 @@ def _folder_lock(folder: Path, wait: float):
                 if time.monotonic() >= deadline:
                     break
                 time.sleep(0.05)
-        try:
-            yield held
-        finally:
-            if held:
-                fcntl.flock(descriptor, fcntl.LOCK_UN)
+    try:
+        yield held
     finally:
-        os.close(descriptor)
+        if held:
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
 
 
 def _quoted(name: str) -> str:
@@ -761,12 +769,7 @@ def store_lock(uri: str):
     A no-op for other stores and where ``flock`` is missing (Windows: parallel sweeps there
     should log to a tracking server).
     """
-    if scheme_of(uri) != "sqlite" or sqlite_path(uri) is None:
-        yield
-        return
-    try:
-        import fcntl
-    except ImportError:
+    if scheme_of(uri) != "sqlite" or sqlite_path(uri) is None or fcntl is None:
         yield
         return
     folder = sqlite_path(uri).parent
@@ -778,10 +781,7 @@ def store_lock(uri: str):
             f"tracking store {shown(uri)}: cannot create or open its folder {folder} ({exc.strerror or exc}); {ADVICE}"
         ) from None
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
-        try:
+        with _flocked(descriptor):
             yield
-        finally:
-            fcntl.flock(descriptor, fcntl.LOCK_UN)
     finally:
         os.close(descriptor)
