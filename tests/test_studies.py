@@ -259,7 +259,9 @@ def test_protocol_end_to_end_and_resume(tmp_path):
     assert "| beale | 1000 | full batch | 1000 | suboptimality <= 1e-08 |" in text
     assert "| adam | learning_rate: log(0.0001, 1) |" in text and "Root seed 0 (float32)" in text
     jobs = f"{timing['jobs']} job{'s' if timing['jobs'] != 1 else ''}"
-    assert f"{timing['runs']} runs ({timing['runs_run']} run in {jobs} on" in text
+    assert f"{timing['runs']} runs ({timing['runs_run']} ran in {jobs} on" in text
+    assert f"Wall time {timing['wall_seconds']:.1f} s." in text  # (it read "{timing['wall_seconds']:.1f}": a newcomer)
+    assert "{" not in text.split("## Timing")[1]  # no placeholder left unfilled
     assert f"which found all {n_tuning + n_final} runs done and ran none" in text
     # interrupted: the runs that had not finished (files missing) run, the rest is reused
     files = sorted((study.store.folder / "runs").glob("*.json"))

@@ -449,9 +449,9 @@ def markdown(spec: Spec, results: dict, command: str) -> str:
     lines += [
         "## Timing",
         "",
-        f"{counted(timing['runs'], 'run')} ({timing['runs_run']} run in "
+        f"{counted(timing['runs'], 'run')} ({timing['runs_run']} ran in "
         f"{counted(timing['jobs'], 'job')} on {counted(timing['workers'], 'worker')}, {timing['runs_reused']} "
-        "reused from the store). Wall time {timing['wall_seconds']:.1f} s. "
+        f"reused from the store). Wall time {timing['wall_seconds']:.1f} s. "
         f"The runs' training (the optimizers' steps, {timing['train_seconds']:.1f} s, and the trainer's "
         f"evaluations at epoch ends: what the runs cost alone) took {fit:.1f} s. Beyond it, "
         f"**{beyond * 1000:.0f} ms per run** (wall time x workers, less the training and the warm-ups): the "
