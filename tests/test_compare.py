@@ -209,3 +209,29 @@ def test_a_run_that_never_logged_the_metric_is_not_shown_as_diverged(tmp_path):
     assert rows["diverged"].split()[3:5] == ["nan", "2"]  # its last value is NaN; its best was 2
     assert "not logged" in rows["silent"] and "nan" not in rows["silent"]
     assert "optimizer=adam: 1 from 1 seed (2 of 3 without a finite value, 1 of them did not log it)" in text
+
+
+def test_a_group_none_of_whose_seeds_logged_the_metric_says_so(tmp_path):
+    """'no finite value over 2 seeds' was said alike of seeds that never logged the metric and of
+    seeds that diverged (a newcomer's trial); and an unknown metric's error listed the first run's
+    metrics only."""
+    from mlflow.tracking import MlflowClient
+
+    from optlab.app.compare import compare
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("optlab")
+    for problem, seed, metrics in (("a", "0", {"loss": 1.0}), ("a", "1", {"loss": 2.0}), ("b", "0", {"val_loss": 3.0}),
+                                   ("b", "1", {"val_loss": math.nan})):  # fmt: skip
+        run_id = client.create_run(experiment, tags={"optimizer": "adam"}).info.run_id
+        client.log_param(run_id, "seed", seed)
+        client.log_param(run_id, "problem.name", problem)
+        for key, value in metrics.items():
+            client.log_metric(run_id, key, value, step=1)
+        client.set_terminated(run_id)
+    text = format_table(compare(sweep="all", metric="val_loss", uri=uri, output=str(tmp_path / "cmp.png")))
+    assert "problem.name=a: not logged by any of its 2 seeds" in text
+    assert "problem.name=b: 3 from 1 seed (1 of 2 without a finite value)" in text
+    with pytest.raises(LookupError, match=r"logged metrics: loss, val_loss$"):
+        compare(sweep="all", metric="bogus", uri=uri, output=str(tmp_path / "cmp.png"))

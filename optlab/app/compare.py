@@ -135,7 +135,7 @@ def compare(
         curves[run.info.run_name] = ([m.step for m in history], values)
     missing = [r["run"] for r in rows if math.isnan(r["final"])]
     if len(missing) == len(rows):
-        logged = sorted(client.get_run(runs[0].info.run_id).data.metrics)
+        logged = sorted({key for run in runs for key in run.data.metrics})  # (each run's, not the first's)
         raise LookupError(f"no run logged {metric!r}; logged metrics: {', '.join(logged)}")
     reverse = pick is max
     rows.sort(key=lambda r: (math.isnan(r["final"]), -r["final"] if reverse else r["final"]))
@@ -464,8 +464,11 @@ def format_table(result: dict) -> str:
             repeats = group.get("repeats", 0)
             if repeats:
                 tail += f" (and {counted(repeats, 'earlier attempt')} of the same seeds, left out)"
-            if group["n"] == 0:
-                text.append(f"  {config}: no finite value over {group['runs']} seeds")
+            if group["n"] == 0 and unlogged == group["runs"]:
+                text.append(f"  {config}: not logged by any of its {group['runs']} seeds")
+            elif group["n"] == 0:
+                rest = f" ({unlogged} did not log it)" if unlogged else ""
+                text.append(f"  {config}: no finite value over {group['runs']} seeds{rest}")
             elif group["n"] == 1:
                 text.append(f"  {config}: {group['mean']:.6g} from 1 seed{tail}")
             else:
