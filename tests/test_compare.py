@@ -235,3 +235,25 @@ def test_a_group_none_of_whose_seeds_logged_the_metric_says_so(tmp_path):
     assert "problem.name=b: 3 from 1 seed (1 of 2 without a finite value)" in text
     with pytest.raises(LookupError, match=r"logged metrics: loss, val_loss$"):
         compare(sweep="all", metric="bogus", uri=uri, output=str(tmp_path / "cmp.png"))
+
+
+def test_the_latest_study_is_not_called_a_study_named_latest(tmp_path):
+    # "(the latest of 5 studies named 'latest' (...))": a newcomer's trial
+    from mlflow.tracking import MlflowClient
+
+    from optlab.app.compare import compare_study
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("optlab")
+    for started, study in enumerate(("quick-0000aaaa", "quick-1111bbbb", "tiny-2222cccc"), start=1):
+        kind = {"optlab.kind": "study", "optlab.study": study}
+        parent = client.create_run(experiment, start_time=started * 1000, tags=kind).info.run_id
+        arm = {"optlab.arm": "final", "optlab.problem": "beale", "optlab.optimizer": "sgd"}
+        client.create_run(experiment, tags={"mlflow.parentRunId": parent, **arm})
+    output = str(tmp_path / "cmp.png")
+    latest = compare_study(study="latest", uri=uri, output=output)
+    assert latest["study"] == "tiny-2222cccc"
+    assert latest["note"] == "the latest of 3 studies (quick-0000aaaa, quick-1111bbbb, tiny-2222cccc)"
+    named = compare_study(study="quick", uri=uri, output=output)
+    assert named["note"] == "the latest of 2 studies named 'quick' (quick-0000aaaa, quick-1111bbbb)"

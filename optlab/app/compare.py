@@ -202,7 +202,8 @@ def compare_study(experiment="optlab", study="latest", uri=None, output="compare
         raise LookupError(f"no study {study!r} in experiment {experiment!r}; studies: {', '.join(ids) or '(none)'}")
     parent = chosen[0]
     same = sorted({i for r, i in zip(parents, ids) if r in chosen})
-    note = f"the latest of {len(same)} studies named {study!r} ({', '.join(same)})" if len(same) > 1 else ""
+    named = "" if study == "latest" else f" named {study!r}"
+    note = f"the latest of {len(same)} studies{named} ({', '.join(same)})" if len(same) > 1 else ""
     children = client.search_runs(
         [exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=50000
     )
