@@ -231,6 +231,7 @@ def test_a_group_none_of_whose_seeds_logged_the_metric_says_so(tmp_path):
             client.log_metric(run_id, key, value, step=1)
         client.set_terminated(run_id)
     text = format_table(compare(sweep="all", metric="val_loss", uri=uri, output=str(tmp_path / "cmp.png")))
+    assert "differ" not in text.splitlines()[0]  # chosen: nothing to say
     assert "problem.name=a: not logged by any of its 2 seeds" in text
     assert "problem.name=b: 3 from 1 seed (1 of 2 without a finite value)" in text
     with pytest.raises(LookupError, match=r"logged metrics: loss, val_loss$"):
@@ -257,3 +258,23 @@ def test_the_latest_study_is_not_called_a_study_named_latest(tmp_path):
     assert latest["note"] == "the latest of 3 studies (quick-0000aaaa, quick-1111bbbb, tiny-2222cccc)"
     named = compare_study(study="quick", uri=uri, output=output)
     assert named["note"] == "the latest of 2 studies named 'quick' (quick-0000aaaa, quick-1111bbbb)"
+
+
+def test_runs_of_different_configured_metrics_say_which_one_sorts_them(tmp_path):
+    """A sweep over rosenbrock (loss) and logistic_regression (val_loss) was sorted by the first
+    run's metric without a word, the others' rows 'not logged' (a newcomer's trial)."""
+    from mlflow.tracking import MlflowClient
+
+    from optlab.app.compare import compare
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("optlab")
+    for metric in ("loss", "val_loss"):
+        run_id = client.create_run(experiment, tags={"optimizer": "adam", "metric": metric}).info.run_id
+        client.log_metric(run_id, metric, 1.0, step=1)
+        client.set_terminated(run_id)
+    result = compare(sweep="all", uri=uri, output=str(tmp_path / "cmp.png"))
+    first = format_table(result).splitlines()[0]
+    note = "(the runs' metrics differ (loss, val_loss); choose one with --metric)"
+    assert first.endswith(f"sorted by {result['metric']} {note}")

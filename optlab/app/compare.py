@@ -99,6 +99,10 @@ def compare(
 
     client = MlflowClient(tracking_uri=uri or default_uri())
     runs, sweep = _runs(client, experiment, sweep, parent, where)
+    configured = sorted({r.data.tags["metric"] for r in runs if r.data.tags.get("metric")})
+    note = ""
+    if metric is None and len(configured) > 1:  # (a sweep over problems of different metrics)
+        note = f"the runs' metrics differ ({', '.join(configured)}); choose one with --metric"
     metric = metric or runs[0].data.tags.get("metric") or "loss"
     pick = max if direction(metric.replace("/", "_").removeprefix("train_")) == "max" else min
     rows = []
@@ -179,6 +183,7 @@ def compare(
         "rows": rows,
         "seeds": seeds,
         "output": output,
+        "note": note,
     }
 
 
@@ -447,6 +452,8 @@ def format_table(result: dict) -> str:
         f"{result['experiment']} / sweep {result['sweep']}: {len(result['rows'])} "
         f"run{'s' if len(result['rows']) != 1 else ''}, sorted by {result['metric']}"
     ]
+    if result.get("note"):
+        text[0] += f" ({result['note']})"
     for k, line in enumerate(lines):
         text.append("  ".join(str(cell).ljust(w) for cell, w in zip(line, widths)))
         if k == 0:
