@@ -278,3 +278,22 @@ def test_runs_of_different_configured_metrics_say_which_one_sorts_them(tmp_path)
     first = format_table(result).splitlines()[0]
     note = "(the runs' metrics differ (loss, val_loss); choose one with --metric)"
     assert first.endswith(f"sorted by {result['metric']} {note}")
+
+
+def test_a_reader_that_goes_away_is_no_traceback(tmp_path):
+    # `python -m optlab.compare ... | head -6` ended with a BrokenPipeError traceback (a newcomer's trial)
+    import os
+    import subprocess
+    import sys
+
+    uri = _two_runs(tmp_path)
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the table is printed
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "optlab.compare", "--uri", uri, "--sweep", "all"],
+            cwd=tmp_path, stdout=write, stderr=subprocess.PIPE, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert done.returncode == 1 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
