@@ -408,9 +408,12 @@ def test_the_sweep_benchmark_times_a_sweep_sequential_and_in_parallel(capsys):
         bench.main(["--sweep", "--workers", "0"])
 
 
-def test_the_tracking_benchmark_reports_the_ratio_the_fixed_cost_and_the_runs_from_the_shell(capsys, monkeypatch):
+def test_the_tracking_benchmark_reports_the_ratio_the_fixed_cost_and_the_runs_from_the_shell(
+    capsys, monkeypatch, tmp_path
+):
     from optlab.app import bench
 
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))  # (the detached runs' listing)
     monkeypatch.setattr(bench, "SHELL", ["problem=seed_linear", "trainer.epochs=2"])  # (a shorter run: the same code)
     assert bench.main(["--repeats", "1", "problem=seed_linear", "trainer.epochs=30"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -426,6 +429,7 @@ def test_the_tracking_benchmark_reports_the_ratio_the_fixed_cost_and_the_runs_fr
     plots = float(lines[2].split("drawing the plots ")[1].split(" s")[0])
     assert 0 < plots <= close  # (medians of the same runs: drawing is part of the end)
     float(lines[2].split("with tracking.plots=false ")[1].split(" s")[0])  # (a figure for reading)
+    float(lines[2].split("with tracking.detach=true ")[1].split(" s")[0])
     shell = lines[3]
     assert shell.startswith("from the shell, python -m optlab problem=seed_linear trainer.epochs=2: tracked ")
     tracked = float(shell.split("tracked ")[1].split(" s")[0])
@@ -435,6 +439,11 @@ def test_the_tracking_benchmark_reports_the_ratio_the_fixed_cost_and_the_runs_fr
     mlflow_alone = float(lines[4].split("one query): ")[1].split(" s")[0])
     least = float(lines[4].split("with the untracked run ")[1].split(" s")[0])
     assert 0 < mlflow_alone and least == pytest.approx(untracked + mlflow_alone, abs=0.011)
+    detached = float(lines[5].split("with tracking.detach=true: ")[1].split(" s")[0])
+    landed = float(lines[5].split("in the store ")[1].split(" s")[0])
+    assert float(lines[5].split("ratio ")[1].split()[0]) == pytest.approx(detached / untracked, abs=0.006)
+    assert 0 < detached < landed  # (one repeat: the same command, then its recording)
+    assert not list((tmp_path / "optlab" / "recording").glob("*"))  # every run recorded
 
 
 def test_a_preset_in_the_working_directorys_conf_folder_is_found(tmp_path):

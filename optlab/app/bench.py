@@ -19,11 +19,14 @@ and the median of those comparisons is printed:
 - the **fixed cost** per run: the same run of one epoch, tracked less untracked (opening the
   run, its params, the final flush, the plots, the status), with how long opening and ending
   took, and drawing the plots (matplotlib's share of the end); and the same without the plots
-  (``tracking.plots=false``);
+  (``tracking.plots=false``) and recorded in the background (``tracking.detach=true``: the
+  checks before training, writing the record and starting its process);
 - a **tiny run from the shell**: ``python -m optlab problem=rosenbrock trainer.epochs=10``
   tracked and with ``tracking=none``, whole processes (imports included), and MLflow's own
   opening in a new process (importing it, its sqlite store, one query): the least a run adds
-  that opens its store before training.
+  that opens its store before training; and with ``tracking.detach=true`` (the run recorded by
+  a process of its own, :mod:`.recording`), with how long after the command's start the run
+  was in the store. Each detached run's recording is waited for before the next command.
 
 ``--sweep``: times ``python -m optlab -m`` (untracked) as a whole, the basic launcher against
 ``hydra/launcher=joblib`` with ``--workers`` workers (each on its share of the cores); prints
@@ -70,10 +73,13 @@ def timed_run(conf) -> dict:
     trained = time.perf_counter()
     if tracker is not None:
         tracker.close("FINISHED")
-        if tracker.status != "FINISHED" or tracker.kept_count:
+        handed_over = tracker.record is None or tracker.background is not None
+        if tracker.status != "FINISHED" or not handed_over or (tracker.record is None and tracker.kept_count):
             message = tracker.undelivered_message()
             raise SystemExit(f"python -m optlab.app.bench: the tracked run was not stored whole: {message}")
     end = time.perf_counter()
+    if tracker is not None and tracker.record is not None:
+        recorded(tracker.uri)  # (not timed: its process must not slow the next run)
     return {
         "seconds": end - begin,
         "train": trained - started,
@@ -85,6 +91,16 @@ def timed_run(conf) -> dict:
     }
 
 
+def recorded(uri: str) -> None:
+    """Wait until the runs recorded in the background in ``uri`` are in it; SystemExit if one failed."""
+    from .recording import failure_lines, settle
+
+    busy, failed = settle(uri)
+    if busy or failed:
+        lines = failure_lines(failed, uri) or [f"{len(busy)} runs still being recorded"]
+        raise SystemExit("python -m optlab.app.bench: " + "\n".join(lines))
+
+
 def bench_tracking(overrides, repeats: int, store: str) -> dict:
     """Median seconds of the run untracked and tracked into ``store`` (alternating), and of the same
     run of one epoch: the ratio and the fixed cost per run (see the module's docstring)."""
@@ -94,7 +110,15 @@ def bench_tracking(overrides, repeats: int, store: str) -> dict:
     short = [*overrides, "trainer.epochs=1"]
     short_off, short_on = compose([*short, "tracking=none"]), compose([*short, *track])
     short_bare = compose([*short, *track, "tracking.plots=false"])
-    confs = {"off": off, "on": on, "short_off": short_off, "short_on": short_on, "short_bare": short_bare}
+    short_detached = compose([*short, *track, "tracking.detach=true"])
+    confs = {
+        "off": off,
+        "on": on,
+        "short_off": short_off,
+        "short_on": short_on,
+        "short_bare": short_bare,
+        "short_detached": short_detached,
+    }
     for conf in confs.values():  # warm-up: kernels, data, imports, the store
         timed_run(conf)
     runs: dict[str, list[dict]] = {name: [] for name in confs}
@@ -115,6 +139,7 @@ def bench_tracking(overrides, repeats: int, store: str) -> dict:
         "whole_ratio": paired("on", "off", lambda a, b: a / b),
         "fixed": paired("short_on", "short_off", lambda a, b: a - b),
         "fixed_bare": paired("short_bare", "short_off", lambda a, b: a - b),
+        "fixed_detached": paired("short_detached", "short_off", lambda a, b: a - b),
         "steps": runs["on"][0]["steps"],
         "points": runs["on"][0]["points"],
         "fixed_start": median("short_on", "start"),
@@ -143,15 +168,28 @@ def timed_command(arguments, cwd) -> float:
 def bench_shell(repeats: int, store: str) -> dict:
     """Median seconds of :data:`SHELL` from the shell, tracked (into ``store``'s mlflow.db) and untracked."""
     tracked, untracked = [*SHELL, "trainer.progress_bar=false"], [*SHELL, "trainer.progress_bar=false", "tracking=none"]
+    detached = [*tracked, "tracking.detach=true"]
+    uri = f"sqlite:///{os.path.join(store, 'mlflow.db')}"
     timed_command(tracked, store)  # warm-up: the store, numba's cache
     timed_command(untracked, store)
-    on, off, opening = [], [], []
+    on, off, opening, apart, landed = [], [], [], [], []
     for _ in range(repeats):
         off.append(timed_command(untracked, store))
         on.append(timed_command(tracked, store))
+        start = time.perf_counter()
+        apart.append(timed_command(detached, store))
+        recorded(uri)  # (the next command must not share the cores with its recording)
+        landed.append(time.perf_counter() - start)
         opening.append(mlflow_opening(store))
     added = statistics.median(a - b for a, b in zip(on, off))
-    return {"on": statistics.median(on), "off": statistics.median(off), "added": added, "mlflow": min(opening)}
+    return {
+        "on": statistics.median(on),
+        "off": statistics.median(off),
+        "added": added,
+        "mlflow": min(opening),
+        "detached": statistics.median(apart),
+        "landed": statistics.median(landed),
+    }
 
 
 #: what any run that writes to MLflow's default store pays before its first write, in a new process
@@ -250,7 +288,8 @@ def main(argv=None) -> int:
         f"fixed cost per run (the same run of 1 epoch, tracked less untracked, {result['fixed_points']} points): "
         f"{result['fixed']:.3f} s   (opening the run {result['fixed_start']:.3f} s, "
         f"its end {result['fixed_close']:.3f} s, of which drawing the plots {result['fixed_plots']:.3f} s); "
-        f"with tracking.plots=false {result['fixed_bare']:.3f} s"
+        f"with tracking.plots=false {result['fixed_bare']:.3f} s; with tracking.detach=true "
+        f"{result['fixed_detached']:.3f} s (the run recorded by a process of its own)"
     )
     if shell is not None:
         print(
@@ -262,6 +301,10 @@ def main(argv=None) -> int:
             f"with the untracked run {shell['off'] + shell['mlflow']:.2f} s, "
             f"ratio {(shell['off'] + shell['mlflow']) / shell['off']:.2f}: "
             "the least for a run that opens its store first"
+        )
+        print(
+            f"  with tracking.detach=true: {shell['detached']:.2f} s, ratio {shell['detached'] / shell['off']:.2f} to "
+            f"tracking=none (the run in the store {shell['landed']:.2f} s after the command started)"
         )
     return 0
 

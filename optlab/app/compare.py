@@ -503,6 +503,7 @@ def main(argv=None) -> int:
     except ValueError as error:
         return _fail(str(error))
     uri = args.uri or default_uri()
+    _settle(uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
         return _fail(f"no MLflow store at {uri}; run `python -m optlab` first, or pass --uri")
     import logging
@@ -530,6 +531,23 @@ def main(argv=None) -> int:
         else:
             print(f"logged to the sweep's parent run {result['parent']}: {stem}.txt, {stem}.png")
     return 0
+
+
+def _settle(uri: str) -> None:
+    """Wait for the runs being recorded in the background in ``uri`` (``tracking.detach=true``), and
+    say which could not be, or are not yet after ``recording.WAIT_SECONDS``."""
+    from .recording import WAIT_SECONDS, failure_lines, settle
+
+    busy, failed = settle(uri, stream=sys.stderr)
+    for line in failure_lines(failed, uri):
+        print(line, file=sys.stderr)
+    if busy:
+        count = len(busy)
+        print(
+            f"optlab.compare: warning: {count} run{'s are' if count > 1 else ' is'} still being recorded in the "
+            f"background after {WAIT_SECONDS:g} s: the comparison leaves {'them' if count > 1 else 'it'} out",
+            file=sys.stderr,
+        )
 
 
 def artifact_stem(result: dict, default_metric: str | None) -> str:

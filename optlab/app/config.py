@@ -103,6 +103,11 @@ def check_overrides(overrides: list[str], own_configs: bool = True, multirun: bo
                 f"{override.input_line}: several values make a sweep, which needs -m (python -m optlab -m ...); "
                 f"for a list write {key}=[a,b]"
             )
+        if multirun and key == "tracking.detach" and any(v.lower() == "true" for v in _choices(override)):
+            raise ConfigError(
+                "tracking.detach=true is for a single run: a sweep's runs are recorded as each ends "
+                "(leave out tracking.detach)"
+            )
         if tracking_off and group == "tracking" and len(parts) == 2 and parts[1] != "enabled":
             raise ConfigError(f"{key} is set but tracking=none: nothing is logged (leave out tracking=none to log)")
         if own_configs and key in HYDRA_GROUPS and not override.is_delete():

@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,12 +29,16 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..files import _write_atomic, write_bytes_atomic
 from .run import Terminated, handling, raise_stop
 from .store import TrackingError, check_store, http_limits, shown, store_lock
 from .tracking import (
     BATCH,
     RETRY_DELAYS,
     UNDELIVERED_TAG,
+    _not_kept,
+    dataset_inputs,
+    experiment_id,
     kept_metrics,
     metric_digest,
     read_kept_header,
@@ -115,6 +122,101 @@ def _plots(path: Path, names: list[str], progress) -> tuple[Path, list[Path]]:
     return folder, [file for file in files if file.is_file()]
 
 
+RECORD_TAG = "optlab.record"  # a detached run's record id, on its run: delivering again continues that run
+
+
+def _open_recorded(client, uri: str, path: Path, header: dict) -> str:
+    """The run of a detached run's record (``header["record"]``): found by its tag if an earlier
+    delivery opened it, else opened now as :meth:`.MlflowTracker.start` would have (its start time,
+    tags, params, data sets and ``config.yaml``). The file's header then names the run."""
+    import yaml
+    from mlflow.entities import Param, ViewType
+
+    record, start = header.get("record"), header.get("start")
+    if not (isinstance(record, str) and record.isalnum() and isinstance(start, dict)):
+        raise TrackingError(f"{path} names no run and no run to open: it is not a file written by optlab")
+    experiment = experiment_id(client, uri, header["experiment"])
+    found = client.search_runs(
+        [experiment], filter_string=f"tags.`{RECORD_TAG}` = '{record}'", run_view_type=ViewType.ALL, max_results=1
+    )
+    if found:
+        run_id = found[0].info.run_id
+    else:
+        tags = {**{str(k): str(v) for k, v in (start.get("tags") or {}).items()}, RECORD_TAG: record}
+        run = client.create_run(
+            experiment, start_time=start.get("start_time"), tags=tags, run_name=header.get("run_name")
+        )
+        run_id = run.info.run_id
+        items = [Param(str(k), str(v)) for k, v in (start.get("params") or {}).items()]
+        for first in range(0, len(items), 100):
+            client.log_batch(run_id, params=items[first : first + 100])
+        if start.get("datasets"):
+            client.log_inputs(run_id, datasets=dataset_inputs(start["datasets"]))
+        if start.get("config"):
+            client.log_text(run_id, yaml.safe_dump(start["config"], sort_keys=False), "config.yaml")
+    named = {**header, "run_id": run_id}
+    named.pop("start")
+    _rewrite_header(path, named)
+    return run_id
+
+
+def draw_recorded(path: Path, header: dict) -> dict:
+    """Draw the plots of a detached run's record (its header's ``drawing``: the metrics drawn, whose
+    points are the file's, and a 2-D problem's path) into the folder beside it, as a run's kept plots;
+    returns the header, rewritten to name them. A plot that fails is the run's ``plot_error`` tag."""
+    from ..problems import get as problem_named
+    from .plots import draw
+    from .run import _component
+
+    drawing = header["drawing"]
+    error, images = None, {}
+    try:
+        if not isinstance(drawing, dict) or not all(isinstance(k, str) for k in drawing.get("series", [])):
+            raise TrackingError(_not_kept(path))
+        series: dict[str, list] = {key: [] for key in drawing.get("series", [])}
+        for key, value, _, step in kept_metrics(path):
+            if key in series:
+                series[key].append((step, value))
+        request = {"title": str(drawing.get("title", "")), "series": {k: sorted(v) for k, v in series.items()}}
+        if drawing.get("path"):
+            config = (header.get("start") or {}).get("config") or {}
+            start = drawing.get("start")
+            request.update(
+                problem=_component("problem", problem_named, config["problem"]),
+                path=np.asarray(drawing["path"], dtype=float),
+                start=None if start is None else np.asarray(start, dtype=float),
+            )
+        images = draw(request)
+    except TrackingError:
+        raise
+    except Exception as exc:  # a plot must never cost the run its record
+        error = f"{type(exc).__name__}: {exc}"
+    folder = path.with_suffix("")
+    if images:
+        folder.mkdir(exist_ok=True)
+        for name, data in images.items():
+            write_bytes_atomic(folder / name, data)
+    end = header.get("end")
+    if error is not None and end:
+        end = dict(end)
+        end["tags"] = {**(end.get("tags") or {}), "plot_error": error[:5000]}
+    named = {**header, "plots": sorted({*(header.get("plots") or []), *images}), "drawing": None, "end": end}
+    _rewrite_header(path, named)
+    return named
+
+
+def _rewrite_header(path: Path, header: dict) -> None:
+    """Replace the first line of a kept file (atomically: the old file or the new one)."""
+
+    def write(file):
+        file.write((json.dumps(header) + "\n").encode("utf-8"))
+        with open(path, "rb") as old:
+            old.readline()
+            shutil.copyfileobj(old, file)
+
+    _write_atomic(os.fspath(path), write)
+
+
 def deliver(path: Path, uri: str | None = None, progress=None) -> Delivered:
     """Deliver one kept file (its metrics, plots and end status); ``progress``: a stream for progress lines.
 
@@ -125,13 +227,17 @@ def deliver(path: Path, uri: str | None = None, progress=None) -> Delivered:
     from mlflow.exceptions import MlflowException
 
     header = read_kept_header(path)
+    if header.get("drawing") is not None:  # a detached run's plots, drawn here the first time
+        header = draw_recorded(path, header)
     wanted, keys = _scan(path)
     folder, plots = _plots(path, header.get("plots") or [], progress)
     uri = uri or header["tracking_uri"]
     run_id = header["run_id"]
     with http_limits(uri):
-        with store_lock(uri):
-            client = check_store(uri, create=False)
+        with store_lock(uri):  # a detached run's store may not exist yet
+            client = check_store(uri, create=run_id is None)
+        if run_id is None:
+            run_id = _open_recorded(client, uri, path, header)
         try:
             client.get_run(run_id)
         except MlflowException as exc:
@@ -235,3 +341,31 @@ def _deliver_all(args) -> int:
         logged = f" and the plot{'s' if len(plots) > 1 else ''} {', '.join(plots)}" if plots else ""
         print(f"{path}: {written} metrics{logged} written to {shown(uri)}{already}; file removed")
     return status
+
+
+def background(file: str) -> int:
+    """Record a detached run's file in its store (the process :func:`.recording.spawn` starts; its
+    output is the record's log). On success the file, its plots, its listing and the log go; on a
+    failure the file stays and the log's last line says why (:func:`.recording.reason`)."""
+    from .recording import forget
+
+    path = Path(file)
+    print(f"optlab.deliver: recording {path} (pid {os.getpid()})", flush=True)
+    try:
+        with handling(raise_stop):
+            deliver(path)
+    except KeyboardInterrupt as interrupt:
+        print(
+            f"optlab.deliver: error: stopped ({str(interrupt) or 'interrupted'}) before the run was recorded",
+            flush=True,
+        )
+        return 143
+    except TrackingError as exc:
+        print(f"optlab.deliver: error: {exc}", flush=True)
+        return 1
+    except Exception as exc:
+        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        print(f"optlab.deliver: error: the store failed ({type(exc).__name__}: {line})", flush=True)
+        return 1
+    forget(path)
+    return 0

@@ -531,6 +531,7 @@ def tracker_for(conf: dict, problem, optimizer, sweep: dict, output_dir=None, th
         objective=conf["metric"],
         datasets=problem.datasets(),
         plots=tracking.get("plots", True),
+        detach=tracking.get("detach", False) and not sweep,  # (a sweep's runs are recorded as they end)
     )
 
 
@@ -565,6 +566,7 @@ def run(conf: dict, sweep: dict | None = None, output_dir=None, worker: bool = F
                 raise stopped_by(STOPPED_BY)
             if tracker is not None:
                 tracker.start(problem, helper=not worker)  # (a worker's neighbours use the other cores)
+                _say_unrecorded(tracker.uri)
             start = time.perf_counter()
             try:
                 history = fit(trainer)
@@ -656,9 +658,21 @@ def append_to_log(text: str, output_dir) -> str | None:
     return path
 
 
+def _say_unrecorded(uri: str) -> None:
+    """Warn of runs of earlier commands that could not be recorded in the background in this store."""
+    from .recording import failed, failure_lines
+
+    lines = failure_lines(failed(uri), uri)
+    if lines:
+        print("\n".join(lines), file=sys.stderr, flush=True)
+
+
 def _status_line(tracker) -> str:
     if tracker is None:
         return ""
+    if tracker.record is not None and tracker.status is not None:
+        where = "is being recorded in the background" if tracker.background else "is not recorded"
+        return f"; its MLflow run {where}, marked {tracker.status}"
     if tracker.status is None:
         return (
             "; no MLflow run was recorded"
@@ -725,15 +739,24 @@ def summary(conf, trainer, history, seconds, tracker) -> None:
             f"\noptlab: warning: the loss became {diverged[1]} by epoch {diverged[0] + 1} (the run diverged): {hint}",
             file=sys.stderr,
         )
-    if tracker is not None:
-        from .store import shown
+    if tracker is None:
+        return
+    from .store import shown
 
+    if tracker.record is None:
         print(
             f"\nlogged to MLflow: {shown(tracker.uri)}  (experiment {tracker.experiment!r}, run {tracker.run_id})",
             file=out,
         )
         print(tracker.ui_hint(), file=out)
-        undelivered = tracker.undelivered_message()
-        if undelivered and tracker.kept_error is None:  # (one lost is the run's error: see run())
-            out.flush()
-            print(f"\noptlab: warning: {undelivered}", file=sys.stderr)
+    elif tracker.background is not None:
+        print(
+            f"\nrecording in MLflow in the background: {shown(tracker.uri)}  (experiment {tracker.experiment!r}, "
+            f"run {tracker.run_name!r}; python -m optlab.compare waits for it)",
+            file=out,
+        )
+        print(tracker.ui_hint(), file=out)
+    undelivered = tracker.undelivered_message()
+    if undelivered and tracker.kept_error is None:  # (one lost is the run's error: see run())
+        out.flush()
+        print(f"\noptlab: warning: {undelivered}", file=sys.stderr)

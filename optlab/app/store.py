@@ -77,9 +77,13 @@ def scheme_of(uri: str) -> str:
 
 def sqlite_path(uri: str) -> Path | None:
     """The file of a ``sqlite:`` URI (absolute), or None for an in-memory database."""
-    from sqlalchemy.engine import make_url
+    plain = re.fullmatch(r"sqlite:///([^?%@]*)", uri)  # SQLAlchemy's reading of it (its import: 0.17 s)
+    if plain is not None:
+        database = plain.group(1)
+    else:
+        from sqlalchemy.engine import make_url
 
-    database = make_url(uri).database
+        database = make_url(uri).database
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
     return Path(database).absolute()
@@ -133,14 +137,7 @@ def prepare_sqlite(uri: str, create: bool = True) -> None:
     if path is None:
         return
     name = shown(uri)
-    try:
-        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise TrackingError(
-            f"tracking store {name}: its folder {path.parent} is not writable ({exc.strerror or exc}); {ADVICE}"
-        ) from None
+    _check_folder(path, name)
     for stale in leftovers(path.parent, re.escape(path.name)):  # a creator killed outright (we hold the lock)
         with contextlib.suppress(OSError):
             stale.unlink()
@@ -176,6 +173,18 @@ def prepare_sqlite(uri: str, create: bool = True) -> None:
             raise TrackingError(state)  # a half-made store: the message says what to do
         time.sleep(0.5)
         waited += 0.5
+
+
+def _check_folder(path: Path, name: str) -> None:
+    """TrackingError unless a file can be created beside the store ``path`` (named ``name``)."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise TrackingError(
+            f"tracking store {name}: its folder {path.parent} is not writable ({exc.strerror or exc}); {ADVICE}"
+        ) from None
 
 
 def inspect_sqlite(path: Path, name: str) -> str:
@@ -276,9 +285,9 @@ def schema_revisions() -> tuple[str | None, set[str]]:
 def _revisions_from_lines() -> tuple[str, set[str]] | None:
     import importlib.util
 
-    try:
-        spec = importlib.util.find_spec("mlflow.store.db_migrations")
-        folder = Path(next(iter(spec.submodule_search_locations))) / "versions"
+    try:  # found, not imported: a submodule's spec would import mlflow (seconds)
+        spec = importlib.util.find_spec("mlflow")
+        folder = Path(next(iter(spec.submodule_search_locations))) / "store" / "db_migrations" / "versions"
         texts = [path.read_text(encoding="utf-8") for path in folder.glob("*.py") if path.name != "__init__.py"]
     except (ImportError, AttributeError, StopIteration, OSError, ValueError, TypeError):
         return None
@@ -391,6 +400,18 @@ def cache_folder() -> Path | None:
         try:
             base = Path.home() / ".cache"
         except RuntimeError:  # no home directory (HOME unset, no passwd entry)
+            return None
+    return Path(base) / "optlab"
+
+
+def state_folder() -> Path | None:
+    """optlab's state: ``$XDG_STATE_HOME/optlab``, by default ``~/.local/state/optlab``; None without a home.
+    Holds what outlives a command: the runs being recorded in the background (:mod:`.recording`)."""
+    base = os.environ.get("XDG_STATE_HOME", "")
+    if not os.path.isabs(base):
+        try:
+            base = Path.home() / ".local" / "state"
+        except RuntimeError:
             return None
     return Path(base) / "optlab"
 
@@ -727,6 +748,35 @@ def check_store(uri: str, create: bool = True):
             f"tracking.uri {shown(uri)}: MLflow has no store for scheme {scheme!r}; supported schemes: {known} "
             "(e.g. sqlite:///mlflow.db or http://host:5000); or train without tracking: tracking=none"
         ) from None
+
+
+def preflight(uri: str) -> None:
+    """:func:`check_store` without MLflow (its import takes seconds), for a run recorded in the background:
+    a dead server, a folder store, an in-memory database, an unwritable folder and an existing file that
+    is not a sound MLflow store raise TrackingError (one line). A missing store is left to be created
+    by the background process."""
+    scheme = scheme_of(uri)
+    if scheme in ("http", "https"):
+        probe_http(uri)
+    if scheme in ("", "file") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
+        raise TrackingError(_folder_store_refused(uri))
+    if scheme != "sqlite":
+        return
+    path = sqlite_path(uri)
+    if path is None:
+        raise TrackingError(
+            f"tracking store {shown(uri)} is an in-memory database: it would vanish with the run; "
+            f"use a file (sqlite:///mlflow.db), or {ADVICE}"
+        )
+    with store_lock(uri):
+        try:
+            there = path.stat().st_size > 0
+        except OSError:
+            there = False
+        if there:
+            prepare_sqlite(uri, create=False)
+            return
+    _check_folder(path, shown(uri))
 
 
 def _folder_store_refused(uri: str) -> str:

@@ -164,10 +164,13 @@ class MlflowTracker(Callback):
         objective: str | None = None,
         datasets: list[dict] | None = None,
         plots: bool = True,
+        detach: bool = False,
     ):
         super().__init__()
         if not isinstance(plots, bool):
             raise TrackingError(f"tracking.plots must be true or false; received {plots!r}")
+        if not isinstance(detach, bool):
+            raise TrackingError(f"tracking.detach must be true or false; received {detach!r}")
         if log_every != "auto" and (not isinstance(log_every, int) or isinstance(log_every, bool) or log_every < 1):
             raise TrackingError(f'tracking.log_every must be "auto" or an integer >= 1; received {log_every!r}')
         if not isinstance(max_points, int) or isinstance(max_points, bool) or max_points < 3:
@@ -208,6 +211,12 @@ class MlflowTracker(Callback):
         self.kept_error: str | None = None
         self.plots_error: str | None = None
         self.plots = plots  # (tracking.plots)
+        self.detach = detach  # (tracking.detach) the run is recorded by a process started at its end
+        self.record: str | None = None  # a detached run's record id (its file's name, and a tag of the run)
+        self.background: int | None = None  # the pid of the process recording a detached run
+        self.spawn_error = ""
+        self._drawing: dict | None = None
+        self._start_time = 0
         self._plotted = plots  # this run's plots are drawn at its end (not a sweep's parent's)
         self.metrics_logged = 0  # points handed to the writer
         self.plot_seconds = 0.0  # spent drawing the plots at the run's end (for the benchmark)
@@ -242,6 +251,9 @@ class MlflowTracker(Callback):
         parallel sweep's worker, whose neighbours use the other cores) the plots are drawn here.
         """
         self._plotted = plots = self.plots if plots is None else plots
+        if self.detach:  # (its plots are drawn by the process that records it)
+            self._start_detached()
+            return
         if plots and helper:
             self._painter = painting.shared()
             self._painter.start()
@@ -271,6 +283,20 @@ class MlflowTracker(Callback):
         except BaseException:  # Ctrl-C, SIGTERM: no run left RUNNING
             self._abort_start("KILLED", "interrupted while the run was being opened")
             raise
+
+    def _start_detached(self) -> None:
+        """A run recorded in the background: nothing of MLflow's in this process. The store, the
+        run's folder and optlab's record of background runs are checked; the run is opened by
+        the recording process, at its end (see :meth:`_close_detached`)."""
+        import uuid
+
+        from .recording import check_recordable
+        from .store import preflight
+
+        preflight(self.uri)
+        check_recordable(self.output_dir)
+        self.record = uuid.uuid4().hex
+        self._start_time = int(time.time() * 1000)
 
     def reopen(self, run_id: str) -> None:
         """Continue the run ``run_id`` (a repeated sweep's parent): marked RUNNING again, its
@@ -330,28 +356,7 @@ class MlflowTracker(Callback):
             self._http = None
 
     def _experiment_id(self) -> str:
-        experiment = self.client.get_experiment_by_name(self.experiment)
-        if experiment is None:
-            location = None
-            database = sqlite_path(self.uri) if scheme_of(self.uri) == "sqlite" else None
-            if database is not None and "MLFLOW_TRACKING_URI" not in os.environ:
-                location = (database.parent / "mlartifacts").as_uri()  # absolute: a relative URI works too
-            try:
-                return self.client.create_experiment(self.experiment, artifact_location=location)
-            except Exception as exc:
-                experiment = self.client.get_experiment_by_name(self.experiment)  # a parallel run created it
-                if experiment is None:
-                    raise TrackingError(
-                        f"tracking store {shown(self.uri)}: cannot create experiment {self.experiment!r} "
-                        f"({_short(exc)}); pick another name with tracking.experiment=..., or {ADVICE}"
-                    ) from None
-        if experiment.lifecycle_stage != "active":
-            raise TrackingError(
-                f"tracking store {shown(self.uri)}: experiment {self.experiment!r} is deleted; restore it with "
-                f"`mlflow experiments restore --experiment-id {experiment.experiment_id}` "
-                f"(MLFLOW_TRACKING_URI={shown(self.uri)}), or pick another name with tracking.experiment=..."
-            )
-        return experiment.experiment_id
+        return experiment_id(self.client, self.uri, self.experiment)
 
     def _log_start(self) -> None:
         import yaml
@@ -494,6 +499,9 @@ class MlflowTracker(Callback):
         if self._closed:
             return
         self._closed = True
+        if self.record is not None:
+            self._close_detached(status, error)
+            return
         if self.run_id is None or self._writer is None:
             self.status = None
             self._release_http()
@@ -531,6 +539,38 @@ class MlflowTracker(Callback):
         with signals_held():  # a Ctrl-C now waits (a few seconds at most) for the status to be set
             self._keep_unwritten()
             self._end(status, error, plot_error or self.plots_error, STATUS_TIMEOUT)
+
+    def _close_detached(self, status: str, error: str | None) -> None:
+        """Write the run's record (its start, every point, what its plots show, its end) in the run's
+        folder, and start the process that records it in the store and draws its plots
+        (:mod:`.recording`). Signals wait for it (a fraction of a second)."""
+        from .recording import spawn
+
+        with signals_held():
+            self._add_extras()
+            self._add_summary()
+            tags = {"error": error[:5000]} if error else {}
+            self._kept_end = {"status": status, "end_time": int(time.time() * 1000), "tags": tags}
+            self._drawing = self._drawing_request() if self._plotted else None
+            metrics, self._pending = self._pending, []
+            self._keep(metrics)
+            if self.kept_path is not None and self.kept_error is None:
+                try:
+                    self.background = spawn(self.kept_path, self.uri)
+                except OSError as exc:
+                    self.spawn_error = f"the process recording it could not be started ({exc.strerror or exc})"
+            self.status = status
+
+    def _drawing_request(self) -> dict:
+        """What a detached run's plots show, for the process that draws them (:func:`.deliver.draw_recorded`):
+        the metrics drawn (their points are the record's), and on a 2-D problem the path."""
+        drawing = {"title": self.run_name, "series": sorted(self._series)}
+        trainer = self.trainer
+        if trainer is not None and trainer.problem.record_path and trainer.history.path:
+            history = trainer.history
+            start = None if history.start is None else np.asarray(history.start, dtype=float).tolist()
+            drawing.update(path=np.asarray(history.path, dtype=float).tolist(), start=start)
+        return drawing
 
     def _add_extras(self) -> None:
         """Each metric's last and best points, if not sent yet (once; a repeat after an interrupt is harmless)."""
@@ -614,7 +654,7 @@ class MlflowTracker(Callback):
             metrics = list(metrics)
             self._unconfirmed.extend(metrics[:unconfirmed])
             self._kept.extend(map(metric_line, metrics))
-            path = self.output_dir / f"undelivered-{self.run_id}.jsonl"
+            path = self.output_dir / f"undelivered-{self.run_id or self.record}.jsonl"
             header = {
                 "format": KEPT_FORMAT,
                 "version": 1,
@@ -625,6 +665,8 @@ class MlflowTracker(Callback):
                 "end": self._kept_end,
                 "plots": self.kept_plots,  # in the folder undelivered-<run_id>/ beside this file
             }
+            if self.record is not None:  # a detached run: the store has nothing of it yet
+                header.update(record=self.record, start=self._recorded_start(), drawing=self._drawing)
             try:
                 if self._kept or self._kept_end is not None or self.kept_plots:
                     path.parent.mkdir(parents=True, exist_ok=True)
@@ -645,7 +687,7 @@ class MlflowTracker(Callback):
         """Keep the plots the store did not take as files in ``undelivered-<run_id>/``, beside the kept metrics."""
         with self._keep_lock:
             images, self._images = self._images, {}
-        folder = self.output_dir / f"undelivered-{self.run_id}"
+        folder = self.output_dir / f"undelivered-{self.run_id or self.record}"
         kept = []
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -659,6 +701,16 @@ class MlflowTracker(Callback):
         if kept:
             self.kept_plots = sorted({*self.kept_plots, *kept})
             self._keep([])
+
+    def _recorded_start(self) -> dict:
+        """What opening the run logs (:meth:`start`), for the process that records a detached run."""
+        return {
+            "start_time": self._start_time,
+            "tags": self.tags,
+            "params": params_of(self.config),
+            "config": self.config,
+            "datasets": self.datasets,
+        }
 
     def _kept_what(self) -> str:
         """``up to 96 metrics and the plots curves.png, path.png``: what the kept file holds."""
@@ -683,6 +735,8 @@ class MlflowTracker(Callback):
         True numbers: "up to N metrics" when the store did not say whether it took some of them.
         """
         store = shown(self.uri)
+        if self.record is not None:
+            return self._detached_message(store)
         what = []
         if self.kept_count or self.kept_plots:
             what.append(f"{self._kept_what()} could not be written to {store}{self._unconfirmed_note()}")
@@ -697,6 +751,17 @@ class MlflowTracker(Callback):
         path = self.kept_path
         where = f"{path} and {path.with_suffix('')}{os.sep}" if self.kept_plots else f"{path}"
         return f"{' and '.join(what)}; kept in {where}; deliver them with: python -m optlab.deliver {path}"
+
+    def _detached_message(self, store: str) -> str | None:
+        lost = f"; plots {self.plots_error}" if self.plots_error is not None else ""
+        if self.kept_error is not None:
+            return f"its record could not be written ({self.kept_error}), so nothing of it will be in {store}"
+        if self.kept_path is not None and self.background is None:
+            return (
+                f"its record is kept in {self.kept_path}, but {self.spawn_error}; record it in {store} with: "
+                f"python -m optlab.deliver {self.kept_path}{lost}"
+            )
+        return lost[2:] or None
 
     def ui_hint(self) -> str:
         """The line telling where to see the run: a tracking server's own page for it; for a store
@@ -745,6 +810,33 @@ class MlflowTracker(Callback):
                 self.client.log_artifact(self.run_id, str(file))
                 with self._keep_lock:
                     self._images.pop(name, None)
+
+
+def experiment_id(client, uri: str, name: str) -> str:
+    """The id of the active experiment ``name`` in the store, created if missing (its artifacts beside a
+    local sqlite store); TrackingError (one line) for a deleted one or one that cannot be created."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        location = None
+        database = sqlite_path(uri) if scheme_of(uri) == "sqlite" else None
+        if database is not None and "MLFLOW_TRACKING_URI" not in os.environ:
+            location = (database.parent / "mlartifacts").as_uri()  # absolute: a relative URI works too
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except Exception as exc:
+            experiment = client.get_experiment_by_name(name)  # a parallel run created it
+            if experiment is None:
+                raise TrackingError(
+                    f"tracking store {shown(uri)}: cannot create experiment {name!r} "
+                    f"({_short(exc)}); pick another name with tracking.experiment=..., or {ADVICE}"
+                ) from None
+    if experiment.lifecycle_stage != "active":
+        raise TrackingError(
+            f"tracking store {shown(uri)}: experiment {name!r} is deleted; restore it with "
+            f"`mlflow experiments restore --experiment-id {experiment.experiment_id}` "
+            f"(MLFLOW_TRACKING_URI={shown(uri)}), or pick another name with tracking.experiment=..."
+        )
+    return experiment.experiment_id
 
 
 def dataset_inputs(datasets: list[dict]):

@@ -1,0 +1,238 @@
+"""Runs recorded in the background (``tracking.detach=true``): the command returns when training
+ends, a process of its own records the run; what it records, how a comparison waits for it, and
+what becomes of a recording that fails or is cut short."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from cli_helpers import client, optlab, runs
+
+from optlab.app import deliver as delivering
+from optlab.app import recording
+from optlab.app.tracking import read_kept_header
+
+RUN = ["problem=rosenbrock", "trainer.epochs=25", "trainer.progress_bar=false"]
+DETACH = "tracking.detach=true"
+
+
+@pytest.fixture(autouse=True)
+def state(tmp_path_factory, monkeypatch):
+    """optlab's state folder (where records handed over are listed) in a new folder of the test's."""
+    folder = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("XDG_STATE_HOME", str(folder))
+    return folder / "optlab" / "recording"
+
+
+def _settled(cwd: Path, wait: float = 120) -> None:
+    busy, _ = recording.settle(f"sqlite:///{cwd / 'mlflow.db'}", wait)
+    assert not busy, "a recording process did not end"
+
+
+def _points(c, run) -> dict:
+    """Every stored point of the run, by key, as (step, value) sorted."""
+    return {k: sorted((m.step, m.value) for m in c.get_metric_history(run.info.run_id, k)) for k in run.data.metrics}
+
+
+def test_a_detached_run_records_what_a_run_recorded_as_it_ends_records(tmp_path, state):
+    # the same run twice, the second detached: the store must hold the same run, point for point
+    attached = optlab(tmp_path, *RUN)
+    assert attached.returncode == 0, attached.stderr
+    detached = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "optlab", *RUN, DETACH],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert detached.returncode == 0, detached.stderr
+    assert "recording in MLflow in the background" in detached.stdout
+    # the command itself never imported MLflow (its record went to a process of its own)
+    imported = {
+        line.rsplit("|", 1)[-1].strip() for line in detached.stderr.splitlines() if line.startswith("import time:")
+    }
+    assert "mlflow" not in imported and "numpy" in imported
+    _settled(tmp_path)
+    c, found = runs(tmp_path)
+    first, second = sorted(found, key=lambda r: r.info.start_time)
+    assert first.info.status == second.info.status == "FINISHED"
+    assert second.data.params == first.data.params and len(first.data.params) > 10
+    assert second.data.tags.pop("optlab.record").isalnum() and "optlab.record" not in first.data.tags
+    assert second.data.tags == first.data.tags
+    a, b = _points(c, first), _points(c, second)
+    assert a.keys() == b.keys() and "train/loss" in a
+    timing = {"summary/train_seconds"}  # the run's own clock: differs between any two runs
+    assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
+    artifacts = {r.info.run_id: sorted(x.path for x in c.list_artifacts(r.info.run_id)) for r in (first, second)}
+    assert artifacts[first.info.run_id] == artifacts[second.info.run_id] == ["config.yaml", "curves.png", "path.png"]
+    png = Path(c.download_artifacts(second.info.run_id, "path.png", str(tmp_path)))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    config = c.download_artifacts(first.info.run_id, "config.yaml", str(tmp_path / "a"))
+    again = c.download_artifacts(second.info.run_id, "config.yaml", str(tmp_path / "b"))
+    assert Path(config).read_text() == Path(again).read_text().replace("detach: true", "detach: false")
+    assert [d.dataset.digest for d in c.get_run(first.info.run_id).inputs.dataset_inputs] == [
+        d.dataset.digest for d in c.get_run(second.info.run_id).inputs.dataset_inputs
+    ]
+    assert second.info.start_time <= second.info.end_time
+    # once recorded, nothing of the record is left: not the file, its plots, its log or its listing
+    assert not list((tmp_path / ".optlab").rglob("undelivered-*")) and not list(state.glob("*"))
+
+
+def test_a_comparison_waits_for_runs_being_recorded(tmp_path):
+    # the first runs in a new folder: the store itself is made by the recording processes
+    for optimizer in ("adam", "sgd"):
+        result = optlab(tmp_path, *RUN, DETACH, f"optimizer={optimizer}")
+        assert result.returncode == 0, result.stderr
+    compared = optlab(tmp_path, module="optlab.compare")
+    assert compared.returncode == 0, compared.stderr
+    assert "2 runs" in compared.stdout and "adam rosenbrock" in compared.stdout and "sgd rosenbrock" in compared.stdout
+
+
+def test_a_sweep_is_not_detached(tmp_path):
+    result = optlab(tmp_path, "-m", *RUN, "optimizer=adam,sgd", DETACH)
+    assert result.returncode == 2, result.stderr
+    assert "tracking.detach" in result.stderr and "single run" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_store_refused_before_training_leaves_nothing(tmp_path):
+    (tmp_path / "mlflow.db").write_bytes(b"not a database")
+    result = optlab(tmp_path, *RUN, DETACH)
+    assert result.returncode == 2, result.stderr
+    assert "is not an SQLite database" in result.stderr and "Traceback" not in result.stderr
+    assert (tmp_path / "mlflow.db").read_bytes() == b"not a database"
+    assert not list(tmp_path.rglob("undelivered-*"))
+
+
+def test_a_recording_that_fails_is_kept_said_and_delivered_later(tmp_path, state):
+    c = client(tmp_path)
+    gone = c.create_experiment("gone")
+    c.delete_experiment(gone)
+    result = optlab(tmp_path, *RUN, DETACH, "tracking.experiment=gone")
+    assert result.returncode == 0, result.stderr
+    busy, failed = recording.settle(f"sqlite:///{tmp_path / 'mlflow.db'}", 120)
+    assert not busy and len(failed) == 1
+    (record,) = failed
+    assert record.path.is_file() and "experiment 'gone' is deleted" in recording.reason(record)
+    # every later command on the store says so, naming the file, until it is delivered
+    later = optlab(tmp_path, *RUN, "trainer.epochs=2")
+    assert later.returncode == 0, later.stderr
+    assert "1 run could not be recorded in the background" in later.stderr and str(record.path) in later.stderr
+    compared = optlab(tmp_path, module="optlab.compare")
+    assert str(record.path) in compared.stderr
+    c.restore_experiment(gone)
+    delivered = optlab(tmp_path, str(record.path), module="optlab.deliver")
+    assert delivered.returncode == 0, delivered.stderr
+    (run,) = c.search_runs([gone])
+    assert run.info.status == "FINISHED" and len(run.data.params) > 10
+    assert sorted(x.path for x in c.list_artifacts(run.info.run_id)) == ["config.yaml", "curves.png", "path.png"]
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "train/loss")] == list(range(1, 26))
+    assert not record.path.exists() and not record.path.with_suffix("").exists()
+    quiet = optlab(tmp_path, *RUN, "trainer.epochs=2")
+    assert "could not be recorded" not in quiet.stderr and not list(state.glob("*"))
+
+
+def test_a_delivery_cut_after_opening_the_run_continues_that_run(tmp_path, monkeypatch):
+    # the recording process dies after the store opened the run, before the file said so:
+    # delivering again must find that run by its record tag, not open a second one
+    result = optlab(tmp_path, *RUN, DETACH)
+    assert result.returncode == 0, result.stderr
+    _settled(tmp_path)
+    c, (recorded,) = runs(tmp_path)
+    reference = _points(c, recorded)
+    (path,) = _record_kept_by_hand(tmp_path)
+    header = read_kept_header(path)
+    calls, rewrite = [], delivering._rewrite_header
+
+    def cut(path, header):
+        if header.get("run_id") is None:  # (the plots drawn: not yet the run opened)
+            return rewrite(path, header)
+        calls.append(header)
+        raise ConnectionError("the recording process died here")
+
+    monkeypatch.setattr(delivering, "_rewrite_header", cut)
+    with pytest.raises(ConnectionError):
+        delivering.deliver(path)
+    monkeypatch.undo()
+    delivering.deliver(path)
+    c, found = runs(tmp_path)
+    mine = [r for r in found if r.data.tags.get("optlab.record") == header["record"]]
+    assert len(found) == 2 and len(mine) == 1 and len(calls) == 1
+    (run,) = mine
+    assert run.info.status == "FINISHED"
+    points = _points(c, run)
+    assert points.keys() == reference.keys()
+    assert all(len(points[k]) == len(reference[k]) for k in points)  # every point once
+    assert not path.exists()
+
+
+def _record_kept_by_hand(tmp_path: Path) -> list[Path]:
+    """A detached run's record, left unrecorded: the run made again with its recording process
+    replaced by nothing."""
+    code = (
+        "import sys, optlab.app.recording as r\n"
+        "r.spawn = lambda path, uri: 0\n"
+        "from optlab.app.entry import main\n"
+        "sys.argv = ['optlab', *sys.argv[1:]]\n"
+        "main()\n"
+    )
+    made = subprocess.run(
+        [sys.executable, "-c", code, *RUN, DETACH],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert made.returncode == 0, made.stderr
+    return sorted(tmp_path.rglob("undelivered-*.jsonl"))
+
+
+def test_ctrl_c_in_a_detached_run_records_it_killed_with_its_points(tmp_path, spawn):
+    args = ["problem=quadratic", "trainer.epochs=100000000", "tracking.log_every=1", "print_every_epoch=[loss]", DETACH]
+    proc = spawn(
+        [sys.executable, "-m", "optlab", "trainer.progress_bar=false", *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    training = threading.Event()
+
+    def read():
+        for _ in proc.stdout:
+            training.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    assert training.wait(300), proc.stderr.read()
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    err = proc.stderr.read()
+    assert proc.wait(120) == 130, err
+    assert "its MLflow run is being recorded in the background, marked KILLED" in err and "Traceback" not in err
+    _settled(tmp_path)
+    c, (run,) = runs(tmp_path)
+    assert run.info.status == "KILLED" and run.data.tags["error"] == "interrupted (Ctrl-C)"
+    steps = [m.step for m in c.get_metric_history(run.info.run_id, "train/loss")]
+    assert len(steps) >= 3 and steps == list(range(1, len(steps) + 1))  # every step, none missing
+    assert "summary/steps" in run.data.metrics and run.data.metrics["summary/steps"] >= steps[-1]
+
+
+def test_the_listing_of_a_record_names_its_store_and_files(tmp_path, state):
+    # (what settle() reads: written before the process starts, atomically)
+    result = optlab(tmp_path, *RUN, DETACH)
+    assert result.returncode == 0, result.stderr
+    _settled(tmp_path)
+    assert not list(state.glob("*.json"))
+    listing = state / "x.json"
+    record = tmp_path / "undelivered-abc.jsonl"
+    listing.write_text(
+        json.dumps({"record": str(record), "log": str(record.with_suffix(".log")), "uri": "sqlite:///x"})
+    )
+    assert recording.records("sqlite:///x") == [] and not listing.exists()  # its record is gone: done with
