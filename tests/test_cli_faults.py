@@ -110,7 +110,7 @@ BAD_INPUT = [
     # a setting the config does not have, without +: Hydra's message was 4 lines, without the known ones
     (("trainer.epochz=3",), "trainer.epochz is not an option (did you mean 'epochs'?). Known: trainer.batch_size,"),
     (("seeds=2",), "seeds is not an option (did you mean 'seed'?). Known: callbacks, metric,"),
-    (("tracking.urii=x",), "tracking.urii is not an option (did you mean 'uri'?). Known: tracking.detach, tracking.enabled,"),
+    (("tracking.urii=x",), "tracking.urii is not an option (did you mean 'uri'?). Known: tracking.detach, tracking.en"),
     (("experiment=seed_tutorial",), "experiment=seed_tutorial: a preset is added with + (+experiment=seed_tutorial)"),
     # the re-probe: a raw KeyError, and Hydra's messages of 5 to 6 lines
     (("~optimizer",), "~optimizer: every run needs an optimizer; choose one with optimizer=NAME instead"),

@@ -76,7 +76,7 @@ def test_a_detached_run_records_what_a_run_recorded_as_it_ends_records(tmp_path,
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     config = c.download_artifacts(first.info.run_id, "config.yaml", str(tmp_path / "a"))
     again = c.download_artifacts(second.info.run_id, "config.yaml", str(tmp_path / "b"))
-    assert Path(config).read_text() == Path(again).read_text().replace("detach: true", "detach: false")
+    assert Path(config).read_text() == Path(again).read_text().replace("detach: true", "detach: auto")
     assert [d.dataset.digest for d in c.get_run(first.info.run_id).inputs.dataset_inputs] == [
         d.dataset.digest for d in c.get_run(second.info.run_id).inputs.dataset_inputs
     ]
@@ -134,7 +134,7 @@ def test_a_recording_that_fails_is_kept_said_and_delivered_later(tmp_path, state
     assert run.info.status == "FINISHED" and len(run.data.params) > 10
     assert sorted(x.path for x in c.list_artifacts(run.info.run_id)) == ["config.yaml", "curves.png", "path.png"]
     assert [m.step for m in c.get_metric_history(run.info.run_id, "train/loss")] == list(range(1, 26))
-    assert not record.path.exists() and not record.path.with_suffix("").exists()
+    assert not record.path.exists() and not record.path.with_suffix("").exists() and not record.log.exists()
     quiet = optlab(tmp_path, *RUN, "trainer.epochs=2")
     assert "could not be recorded" not in quiet.stderr and not list(state.glob("*"))
 
@@ -236,3 +236,72 @@ def test_the_listing_of_a_record_names_its_store_and_files(tmp_path, state):
         json.dumps({"record": str(record), "log": str(record.with_suffix(".log")), "uri": "sqlite:///x"})
     )
     assert recording.records("sqlite:///x") == [] and not listing.exists()  # its record is gone: done with
+
+
+def _on_a_terminal(cwd: Path, *args: str) -> tuple[int, str]:
+    """``python -m optlab ARGS``, its output on a pseudo-terminal (someone at the shell): its status and output."""
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "optlab", *args], cwd=cwd, stdout=follower, stderr=follower, stdin=subprocess.DEVNULL
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # (the terminal's other end closed: the process ended)
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    return proc.wait(120), b"".join(chunks).decode(errors="replace")
+
+
+def test_by_default_a_run_at_a_terminal_is_recorded_in_the_background_and_a_scripts_as_it_ends(tmp_path):
+    code, shown = _on_a_terminal(tmp_path, *RUN)
+    assert code == 0, shown
+    assert "recording in MLflow in the background" in shown
+    piped = optlab(tmp_path, *RUN, "optimizer=sgd")
+    assert piped.returncode == 0, piped.stderr
+    assert "logged to MLflow" in piped.stdout
+    assert "sgd" in [r.data.tags["optimizer"] for r in runs(tmp_path)[1]]  # in the store as the command returned
+    _settled(tmp_path)
+    _, found = runs(tmp_path)
+    assert sorted(r.data.tags["optimizer"] for r in found) == ["adam", "sgd"]
+    assert [r.data.tags.get("optlab.record") is not None for r in sorted(found, key=lambda r: r.info.start_time)] == [
+        True,
+        False,
+    ]
+    code, shown = _on_a_terminal(tmp_path, *RUN, "tracking.detach=false")
+    assert code == 0 and "logged to MLflow" in shown and len(runs(tmp_path)[1]) == 3
+
+
+def test_a_bad_detach_value_is_one_line(tmp_path):
+    result = optlab(tmp_path, *RUN, "tracking.detach=sometimes")
+    assert result.returncode == 2, result.stderr
+    assert "tracking.detach must be true, false or auto; received 'sometimes'" in result.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_record_being_recorded_is_not_delivered_twice_at_once(tmp_path):
+    import fcntl
+    import os
+
+    (path,) = _record_kept_by_hand(tmp_path)
+    before = path.read_bytes()
+    log = os.open(path.with_suffix(".log"), os.O_WRONLY | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(log, fcntl.LOCK_EX)  # as its recording process holds it
+        result = optlab(tmp_path, str(path), module="optlab.deliver")
+    finally:
+        os.close(log)
+    assert result.returncode == 1, result.stderr
+    assert "is being recorded right now by the process its run started" in result.stderr
+    assert path.read_bytes() == before and not (tmp_path / "mlflow.db").exists()
+    delivered = optlab(tmp_path, str(path), module="optlab.deliver")  # (the lock released: its process is gone)
+    assert delivered.returncode == 0, delivered.stderr
+    assert len(runs(tmp_path)[1]) == 1 and not path.exists()

@@ -217,16 +217,24 @@ def _rewrite_header(path: Path, header: dict) -> None:
     _write_atomic(os.fspath(path), write)
 
 
-def deliver(path: Path, uri: str | None = None, progress=None) -> Delivered:
+def deliver(path: Path, uri: str | None = None, progress=None, recorder: bool = False) -> Delivered:
     """Deliver one kept file (its metrics, plots and end status); ``progress``: a stream for progress lines.
 
-    Raises TrackingError for a file optlab did not write or a store that cannot be used;
-    anything the store refuses propagates, and the file stays.
+    Raises TrackingError for a file optlab did not write, one that its recording process (a
+    detached run's, :mod:`.recording`) is delivering now (``recorder``: this is that process),
+    or a store that cannot be used; anything the store refuses propagates, and the file stays.
     """
     from mlflow.entities import RunTag
     from mlflow.exceptions import MlflowException
 
+    from .recording import being_recorded
+
     header = read_kept_header(path)
+    if not recorder and being_recorded(path):
+        raise TrackingError(
+            f"{path} is being recorded right now by the process its run started; wait for it "
+            "(python -m optlab.compare waits for it)"
+        )
     if header.get("drawing") is not None:  # a detached run's plots, drawn here the first time
         header = draw_recorded(path, header)
     wanted, keys = _scan(path)
@@ -313,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _deliver_all(args) -> int:
+    from .recording import forget
+
     status = 0
     for path in args.files:
         try:
@@ -337,6 +347,7 @@ def _deliver_all(args) -> int:
             print(f"optlab.deliver: error: {message}", file=sys.stderr)
             status = max(status, 1)
             continue
+        forget(path)  # a detached run's: its listing and its recording's log
         already = f" ({skipped} were already there)" if skipped else ""
         logged = f" and the plot{'s' if len(plots) > 1 else ''} {', '.join(plots)}" if plots else ""
         print(f"{path}: {written} metrics{logged} written to {shown(uri)}{already}; file removed")
@@ -353,7 +364,7 @@ def background(file: str) -> int:
     print(f"optlab.deliver: recording {path} (pid {os.getpid()})", flush=True)
     try:
         with handling(raise_stop):
-            deliver(path)
+            deliver(path, recorder=True)
     except KeyboardInterrupt as interrupt:
         print(
             f"optlab.deliver: error: stopped ({str(interrupt) or 'interrupted'}) before the run was recorded",

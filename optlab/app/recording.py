@@ -66,6 +66,17 @@ def _writable(place: Path) -> str | None:
     return None
 
 
+def recordable(output_dir) -> bool:
+    """Whether :func:`check_recordable` passes (``output_dir`` None: the tracker's default folder)."""
+    from .tracking import default_output_dir
+
+    try:
+        check_recordable(Path(output_dir) if output_dir is not None else default_output_dir())
+    except TrackingError:
+        return False
+    return True
+
+
 def check_recordable(output_dir: Path) -> None:
     """TrackingError (one line) unless a run can be recorded in the background here: the run's folder
     (for its record) and optlab's state folder (to list it) writable, file locks available."""
@@ -163,8 +174,15 @@ def records(uri: str) -> list[Record]:
 
 def running(record: Record) -> bool:
     """True while the process recording ``record`` holds its log's lock."""
+    return being_recorded(record.path)
+
+
+def being_recorded(path: Path) -> bool:
+    """True while a process records the detached run's file ``path`` (it holds the lock on its log)."""
+    if fcntl is None:
+        return False
     try:
-        descriptor = os.open(record.log, os.O_RDONLY)
+        descriptor = os.open(path.with_suffix(".log"), os.O_RDONLY)
     except OSError:
         return False
     try:

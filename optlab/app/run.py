@@ -518,6 +518,7 @@ def tracker_for(conf: dict, problem, optimizer, sweep: dict, output_dir=None, th
         return None
     from .tracking import MlflowTracker, hydra_output_dir
 
+    output_dir = output_dir or hydra_output_dir()
     return MlflowTracker(
         tracking.get("uri"),
         tracking.get("experiment", "optlab"),
@@ -527,12 +528,27 @@ def tracker_for(conf: dict, problem, optimizer, sweep: dict, output_dir=None, th
         tracking.get("log_every", "auto"),
         max_points=tracking.get("max_points", 200),
         flush_timeout=tracking.get("flush_timeout", 10.0),
-        output_dir=output_dir or hydra_output_dir(),
+        output_dir=output_dir,
         objective=conf["metric"],
         datasets=problem.datasets(),
         plots=tracking.get("plots", True),
-        detach=tracking.get("detach", False) and not sweep,  # (a sweep's runs are recorded as they end)
+        detach=detached(tracking.get("detach", "auto"), sweep, output_dir),
     )
+
+
+def detached(detach, sweep: dict, output_dir) -> bool:
+    """``tracking.detach``: true, false, or ``auto``: a single run whose output is a terminal (someone
+    waiting at the shell) is recorded in the background where it can be; a script's, a pipe's or a
+    job's run is in the store when the command returns. A sweep's runs are recorded as each ends."""
+    if detach not in (True, False, "auto"):
+        raise ConfigError(f"tracking.detach must be true, false or auto; received {detach!r}")
+    if sweep:
+        return False
+    if detach == "auto":
+        from .recording import recordable
+
+        return sys.stdout.isatty() and recordable(output_dir)
+    return detach
 
 
 def run(conf: dict, sweep: dict | None = None, output_dir=None, worker: bool = False, threads=None) -> float:

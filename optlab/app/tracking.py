@@ -82,6 +82,11 @@ def hydra_output_dir() -> Path | None:
     return None
 
 
+def default_output_dir() -> Path:
+    """Where a run outside Hydra keeps what the store did not take: ``.optlab/undelivered/`` here."""
+    return Path.cwd() / ".optlab" / "undelivered"
+
+
 # -- thinning ------------------------------------------------------------------------------------
 
 
@@ -199,7 +204,7 @@ class MlflowTracker(Callback):
         self.log_every = log_every
         self.max_points = max_points
         self.flush_timeout = float(flush_timeout)
-        self.output_dir = Path(output_dir) if output_dir is not None else Path.cwd() / ".optlab" / "undelivered"
+        self.output_dir = Path(output_dir) if output_dir is not None else default_output_dir()
         self.run_id = None
         self.experiment_id = None
         self.client = None
