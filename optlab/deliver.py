@@ -3,9 +3,7 @@
 import sys
 
 from optlab.app.deliver import main
-from optlab.app.entry import skip_final_collection
+from optlab.app.entry import command
 
 if __name__ == "__main__":
-    status = main()
-    skip_final_collection()
-    sys.exit(status)
+    sys.exit(command(main))

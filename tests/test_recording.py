@@ -305,3 +305,21 @@ def test_a_record_being_recorded_is_not_delivered_twice_at_once(tmp_path):
     delivered = optlab(tmp_path, str(path), module="optlab.deliver")  # (the lock released: its process is gone)
     assert delivered.returncode == 0, delivered.stderr
     assert len(runs(tmp_path)[1]) == 1 and not path.exists()
+
+
+def test_deliver_into_a_reader_that_goes_away_delivers_and_is_no_traceback(tmp_path):
+    # `python -m optlab.deliver FILE | head -0`: the file is delivered; the line about it has no reader
+    import os
+
+    (path,) = _record_kept_by_hand(tmp_path)
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "optlab.deliver", str(path)],
+            cwd=tmp_path, stdout=write, stderr=subprocess.PIPE, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert done.returncode == 1 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert not path.exists() and runs(tmp_path)[1][0].info.status == "FINISHED"

@@ -7,8 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-from ..entry import skip_final_collection
-
 #: the command that started the study, as given, and when (the whole command's time, for the timing)
 COMMAND: list[str] = []
 STARTED: list[float] = []
@@ -123,7 +121,4 @@ def main(argv: list[str] | None = None) -> None:
         # your own presets (./conf/study/NAME.yaml) beside optlab's
         argv.append(f"hydra.searchpath=[pkg://optlab.conf,file://{Path('conf').resolve()}]")
     sys.argv = [sys.argv[0], *argv]
-    try:
-        hydra.main(config_path="conf", config_name="study", version_base="1.3")(_task)()
-    finally:
-        skip_final_collection()
+    hydra.main(config_path="conf", config_name="study", version_base="1.3")(_task)()  # (entry.main ends it)
