@@ -297,3 +297,21 @@ def test_a_reader_that_goes_away_is_no_traceback(tmp_path):
     finally:
         os.close(write)
     assert done.returncode == 1 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("args", [["optlab.problems"], ["optlab.bench", "--only", "tiny", "--optimizers", "sgd"]])
+def test_the_librarys_commands_into_a_reader_that_goes_away_are_no_traceback(tmp_path, args):
+    # `python -m optlab.bench | head -3`: the benchmark prints for minutes after head has gone
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", *args], cwd=tmp_path, stdout=write, stderr=subprocess.PIPE, text=True, timeout=300
+        )
+    finally:
+        os.close(write)
+    assert done.returncode == 1 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr

@@ -6,12 +6,14 @@ store is opened) ends in one line and exit status 130 / 143, not a traceback or 
 a run's own handlers (``optlab.app.run.stop_signals``) take over while it trains and is written.
 """
 
-import gc
 import os
 import signal
 import sys
 
+from ..commands import command, skip_final_collection
 from .signals import handle_hangup, ignore_signals
+
+__all__ = ["command", "main", "skip_final_collection"]
 
 
 class _Stopped(KeyboardInterrupt):
@@ -67,27 +69,6 @@ def main(argv=None, app=None) -> None:
         sys.exit(128 + signum)
     finally:
         skip_final_collection()
-
-
-def command(main) -> int:
-    """The exit status of a ``python -m`` command's ``main()``, its end spared (:func:`skip_final_collection`);
-    a reader that goes away (``| head``) ends it with status 1 and no ``BrokenPipeError`` traceback."""
-    try:
-        status = main()
-        sys.stdout.flush()  # (a reader gone is found here at the latest)
-    except BrokenPipeError:  # the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python's own flush at exit)
-        status = 1
-    skip_final_collection()
-    return status
-
-
-def skip_final_collection() -> None:
-    """Spare the process's end Python's last garbage collections: with MLflow's and SQLAlchemy's
-    modules loaded they took 0.7-0.8 s after the last line (0.07 s frozen), with matplotlib and
-    scipy's 1.4-1.7 s. Exit handlers still run; only objects left in reference cycles are not
-    finalized (optlab closes and renames its files before this)."""
-    gc.freeze()
 
 
 def _exit_now(code) -> None:

@@ -66,10 +66,14 @@ def _writable(place: Path) -> str | None:
     return None
 
 
+def default_output_dir() -> Path:
+    """Where a run outside Hydra keeps what the store did not take (and a detached run its record):
+    ``.optlab/undelivered/`` here."""
+    return Path.cwd() / ".optlab" / "undelivered"
+
+
 def recordable(output_dir) -> bool:
     """Whether :func:`check_recordable` passes (``output_dir`` None: the tracker's default folder)."""
-    from .tracking import default_output_dir
-
     try:
         check_recordable(Path(output_dir) if output_dir is not None else default_output_dir())
     except TrackingError:

@@ -41,6 +41,7 @@ from ..files import _write_atomic, write_text_atomic
 from . import painter as painting
 from .keys import RATE, STEP_LOSS, metric_key, params_of
 from .plots import draw
+from .recording import default_output_dir
 from .store import (
     ADVICE,
     TrackingError,
@@ -80,11 +81,6 @@ def hydra_output_dir() -> Path | None:
     except Exception:  # no Hydra job: the default folder serves
         pass
     return None
-
-
-def default_output_dir() -> Path:
-    """Where a run outside Hydra keeps what the store did not take: ``.optlab/undelivered/`` here."""
-    return Path.cwd() / ".optlab" / "undelivered"
 
 
 # -- thinning ------------------------------------------------------------------------------------
