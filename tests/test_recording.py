@@ -121,6 +121,7 @@ def test_a_recording_that_fails_is_kept_said_and_delivered_later(tmp_path, state
     assert not busy and len(failed) == 1
     (record,) = failed
     assert record.path.is_file() and "experiment 'gone' is deleted" in recording.reason(record)
+    assert "niceness 10)" in record.log.read_text()  # (below the next run's training)
     # every later command on the store says so, naming the file, until it is delivered
     later = optlab(tmp_path, *RUN, "trainer.epochs=2")
     assert later.returncode == 0, later.stderr

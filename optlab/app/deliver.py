@@ -122,6 +122,7 @@ def _plots(path: Path, names: list[str], progress) -> tuple[Path, list[Path]]:
     return folder, [file for file in files if file.is_file()]
 
 
+NICENESS = 10  # a recording process's priority below the command's: it yields the cores to training
 RECORD_TAG = "optlab.record"  # a detached run's record id, on its run: delivering again continues that run
 
 
@@ -361,7 +362,10 @@ def background(file: str) -> int:
     from .recording import forget
 
     path = Path(file)
-    print(f"optlab.deliver: recording {path} (pid {os.getpid()})", flush=True)
+    with contextlib.suppress(OSError, AttributeError):  # (Windows has no nice)
+        os.nice(NICENESS)  # the next run's training (and its timing) comes first
+    niceness = os.nice(0) if hasattr(os, "nice") else 0
+    print(f"optlab.deliver: recording {path} (pid {os.getpid()}, niceness {niceness})", flush=True)
     try:
         with handling(raise_stop):
             deliver(path, recorder=True)
