@@ -174,6 +174,27 @@ def test_a_delivery_cut_after_opening_the_run_continues_that_run(tmp_path, monke
     assert not path.exists()
 
 
+def test_a_delivery_cut_as_the_run_was_opened_logs_its_params_and_config_when_continued(tmp_path, monkeypatch):
+    # killed between create_run and the params (a fault probe: 4 of 4 such runs ended with no params)
+    (path,) = _record_kept_by_hand(tmp_path)
+    opening = delivering._log_opening
+
+    def cut(client, run_id, start):
+        monkeypatch.setattr(delivering, "_log_opening", opening)
+        raise ConnectionError("the recording process died here")
+
+    monkeypatch.setattr(delivering, "_log_opening", cut)
+    with pytest.raises(ConnectionError):
+        delivering.deliver(path)
+    c, (opened,) = runs(tmp_path)
+    assert opened.data.params == {} and opened.info.status == "RUNNING"
+    delivering.deliver(path)
+    c, (run,) = runs(tmp_path)
+    assert run.info.run_id == opened.info.run_id and run.info.status == "FINISHED"
+    assert len(run.data.params) > 10 and run.data.params["optimizer.name"] == "adam"
+    assert "config.yaml" in [a.path for a in c.list_artifacts(run.info.run_id)]
+
+
 def _record_kept_by_hand(tmp_path: Path) -> list[Path]:
     """A detached run's record, left unrecorded: the run made again with its recording process
     replaced by nothing."""

@@ -130,8 +130,7 @@ def _open_recorded(client, uri: str, path: Path, header: dict) -> str:
     """The run of a detached run's record (``header["record"]``): found by its tag if an earlier
     delivery opened it, else opened now as :meth:`.MlflowTracker.start` would have (its start time,
     tags, params, data sets and ``config.yaml``). The file's header then names the run."""
-    import yaml
-    from mlflow.entities import Param, ViewType
+    from mlflow.entities import ViewType
 
     record, start = header.get("record"), header.get("start")
     if not (isinstance(record, str) and record.isalnum() and isinstance(start, dict)):
@@ -140,7 +139,7 @@ def _open_recorded(client, uri: str, path: Path, header: dict) -> str:
     found = client.search_runs(
         [experiment], filter_string=f"tags.`{RECORD_TAG}` = '{record}'", run_view_type=ViewType.ALL, max_results=1
     )
-    if found:
+    if found:  # opened by a delivery cut short: what it logged of the opening may be missing
         run_id = found[0].info.run_id
     else:
         tags = {**{str(k): str(v) for k, v in (start.get("tags") or {}).items()}, RECORD_TAG: record}
@@ -148,17 +147,28 @@ def _open_recorded(client, uri: str, path: Path, header: dict) -> str:
             experiment, start_time=start.get("start_time"), tags=tags, run_name=header.get("run_name")
         )
         run_id = run.info.run_id
-        items = [Param(str(k), str(v)) for k, v in (start.get("params") or {}).items()]
-        for first in range(0, len(items), 100):
-            client.log_batch(run_id, params=items[first : first + 100])
-        if start.get("datasets"):
-            client.log_inputs(run_id, datasets=dataset_inputs(start["datasets"]))
-        if start.get("config"):
-            client.log_text(run_id, yaml.safe_dump(start["config"], sort_keys=False), "config.yaml")
+    _log_opening(client, run_id, start)
     named = {**header, "run_id": run_id}
     named.pop("start")
     _rewrite_header(path, named)
     return run_id
+
+
+def _log_opening(client, run_id: str, start: dict) -> None:
+    """A detached run's params, data sets and ``config.yaml`` (what opening a run logs), each unless the
+    run has it already: a delivery cut short between opening the run and naming it in the file is
+    continued whole."""
+    import yaml
+    from mlflow.entities import Param
+
+    run = client.get_run(run_id)
+    items = [Param(str(k), str(v)) for k, v in (start.get("params") or {}).items() if str(k) not in run.data.params]
+    for first in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[first : first + 100])
+    if start.get("datasets") and not run.inputs.dataset_inputs:
+        client.log_inputs(run_id, datasets=dataset_inputs(start["datasets"]))
+    if start.get("config"):  # (the same file again: replaced)
+        client.log_text(run_id, yaml.safe_dump(start["config"], sort_keys=False), "config.yaml")
 
 
 def draw_recorded(path: Path, header: dict) -> dict:
