@@ -195,6 +195,22 @@ def test_a_delivery_cut_as_the_run_was_opened_logs_its_params_and_config_when_co
     assert "config.yaml" in [a.path for a in c.list_artifacts(run.info.run_id)]
 
 
+def test_a_store_gone_before_its_run_is_recorded_is_not_made_anew(tmp_path):
+    # a fault probe: the store deleted between the command's end and its recording: a new store
+    # held that one run, and nothing was said
+    first = optlab(tmp_path, *RUN, "tracking.detach=false")
+    assert first.returncode == 0, first.stderr
+    (path,) = _record_kept_by_hand(tmp_path)
+    (tmp_path / "mlflow.db").rename(tmp_path / "moved.db")
+    result = optlab(tmp_path, str(path), module="optlab.deliver")
+    assert result.returncode == 1, result.stderr
+    assert "there is no MLflow store at" in result.stderr and "which was there when the run started" in result.stderr
+    assert not (tmp_path / "mlflow.db").exists() and path.is_file()
+    moved = optlab(tmp_path, str(path), "--tracking-uri", f"sqlite:///{tmp_path / 'moved.db'}", module="optlab.deliver")
+    assert moved.returncode == 0, moved.stderr
+    assert len(runs(tmp_path, db="moved.db")[1]) == 2 and not path.exists()
+
+
 def _record_kept_by_hand(tmp_path: Path) -> list[Path]:
     """A detached run's record, left unrecorded: the run made again with its recording process
     replaced by nothing."""

@@ -253,8 +253,17 @@ def deliver(path: Path, uri: str | None = None, progress=None, recorder: bool = 
     uri = uri or header["tracking_uri"]
     run_id = header["run_id"]
     with http_limits(uri):
+        existed = bool((header.get("start") or {}).get("store_existed"))
         with store_lock(uri):  # a detached run's store may not exist yet
-            client = check_store(uri, create=run_id is None)
+            try:
+                client = check_store(uri, create=run_id is None and not existed and uri == header["tracking_uri"])
+            except TrackingError as exc:
+                if not existed or "there is no MLflow store" not in str(exc):
+                    raise
+                raise TrackingError(
+                    f"{exc}, which was there when the run started (moved or deleted?); the file is kept: "
+                    f"give its store with python -m optlab.deliver {path} --tracking-uri URI"
+                ) from None
         if run_id is None:
             run_id = _open_recorded(client, uri, path, header)
         try:

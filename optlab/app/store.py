@@ -750,18 +750,18 @@ def check_store(uri: str, create: bool = True):
         ) from None
 
 
-def preflight(uri: str) -> None:
+def preflight(uri: str) -> bool:
     """:func:`check_store` without MLflow (its import takes seconds), for a run recorded in the background:
     a dead server, a folder store, an in-memory database, an unwritable folder and an existing file that
     is not a sound MLflow store raise TrackingError (one line). A missing store is left to be created
-    by the background process."""
+    by the background process. Returns whether the store is there (a sqlite file; any server)."""
     scheme = scheme_of(uri)
     if scheme in ("http", "https"):
         probe_http(uri)
     if scheme in ("", "file") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
         raise TrackingError(_folder_store_refused(uri))
     if scheme != "sqlite":
-        return
+        return True
     path = sqlite_path(uri)
     if path is None:
         raise TrackingError(
@@ -775,8 +775,9 @@ def preflight(uri: str) -> None:
             there = False
         if there:
             prepare_sqlite(uri, create=False)
-            return
+            return True
     _check_folder(path, shown(uri))
+    return False
 
 
 def _folder_store_refused(uri: str) -> str:

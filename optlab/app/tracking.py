@@ -218,6 +218,7 @@ class MlflowTracker(Callback):
         self.spawn_error = ""
         self._drawing: dict | None = None
         self._start_time = 0
+        self._store_existed = False
         self._plotted = plots  # this run's plots are drawn at its end (not a sweep's parent's)
         self.metrics_logged = 0  # points handed to the writer
         self.plot_seconds = 0.0  # spent drawing the plots at the run's end (for the benchmark)
@@ -294,7 +295,7 @@ class MlflowTracker(Callback):
         from .recording import check_recordable
         from .store import preflight
 
-        preflight(self.uri)
+        self._store_existed = preflight(self.uri)
         check_recordable(self.output_dir)
         self.record = uuid.uuid4().hex
         self._start_time = int(time.time() * 1000)
@@ -711,6 +712,7 @@ class MlflowTracker(Callback):
             "params": params_of(self.config),
             "config": self.config,
             "datasets": self.datasets,
+            "store_existed": self._store_existed,  # (one that went away meanwhile is not made anew)
         }
 
     def _kept_what(self) -> str:
