@@ -315,3 +315,17 @@ def test_the_librarys_commands_into_a_reader_that_goes_away_are_no_traceback(tmp
     finally:
         os.close(write)
     assert done.returncode == 1 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+
+
+def test_a_store_that_is_not_one_is_one_line(tmp_path):
+    # a fault probe: a store damaged after its runs were recorded gave compare a page of SQLAlchemy's traceback
+    import subprocess
+    import sys
+
+    (tmp_path / "mlflow.db").write_bytes(b"garbage, not a database" * 100)
+    done = subprocess.run(
+        [sys.executable, "-m", "optlab.compare"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2, done.stderr
+    assert "is not an SQLite database" in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1

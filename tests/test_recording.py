@@ -316,6 +316,9 @@ def test_by_default_a_run_at_a_terminal_is_recorded_in_the_background_and_a_scri
     ]
     code, shown = _on_a_terminal(tmp_path, *RUN, "tracking.detach=false")
     assert code == 0 and "logged to MLflow" in shown and len(runs(tmp_path)[1]) == 3
+    # every point kept (log_every=1 on a long run: millions, held until the end if detached): recorded as it ends
+    code, shown = _on_a_terminal(tmp_path, *RUN, "tracking.log_every=1")
+    assert code == 0 and "logged to MLflow" in shown and len(runs(tmp_path)[1]) == 4
 
 
 def test_a_bad_detach_value_is_one_line(tmp_path):
@@ -361,3 +364,18 @@ def test_deliver_into_a_reader_that_goes_away_delivers_and_is_no_traceback(tmp_p
         os.close(write)
     assert done.returncode == 1 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
     assert not path.exists() and runs(tmp_path)[1][0].info.status == "FINISHED"
+
+
+def test_a_recording_process_that_died_is_said_to_have_died(tmp_path, state):
+    # a fault probe: after a SIGKILL the warning gave the log's first line as the reason
+    (path,) = _record_kept_by_hand(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    state.mkdir(parents=True, exist_ok=True)
+    log = path.with_suffix(".log")
+    log.write_text(f"optlab.deliver: recording {path} (pid 4242, niceness 10)\n")
+    (state / "x.json").write_text(json.dumps({"record": str(path), "log": str(log), "uri": uri}))
+    (record,) = recording.failed(uri)
+    assert (
+        recording.reason(record)
+        == "its process (pid 4242) ended before it was recorded (killed, or the machine went down)"
+    )

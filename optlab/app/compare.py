@@ -506,6 +506,9 @@ def main(argv=None) -> int:
     _settle(uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
         return _fail(f"no MLflow store at {uri}; run `python -m optlab` first, or pass --uri")
+    unsound = _unsound_store(uri)
+    if unsound:
+        return _fail(unsound)
     import logging
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -533,6 +536,23 @@ def main(argv=None) -> int:
     return 0
 
 
+def _unsound_store(uri: str) -> str | None:
+    """What is wrong with a local sqlite store (not SQLite, damaged, not MLflow's, half-made), in one
+    line, or None: MLflow's own answer to those is a page of SQLAlchemy's traceback."""
+    from .store import TrackingError, inspect_sqlite, scheme_of, shown, sqlite_path
+
+    path = sqlite_path(uri) if scheme_of(uri) == "sqlite" else None
+    if path is None or not os.access(path, os.R_OK | os.W_OK):
+        return None
+    try:
+        state = inspect_sqlite(path, shown(uri))
+    except TrackingError as error:
+        return str(error).split("; pick another store")[0]
+    if state == "empty":
+        return f"no MLflow store at {uri} (an empty file); run `python -m optlab` first, or pass --uri"
+    return None if state == "store" else state
+
+
 def _settle(uri: str) -> None:
     """Wait for the runs being recorded in the background in ``uri`` (``tracking.detach=true``), and
     say which could not be, or are not yet after ``recording.WAIT_SECONDS``."""
@@ -545,7 +565,8 @@ def _settle(uri: str) -> None:
         count = len(busy)
         print(
             f"optlab.compare: warning: {count} run{'s are' if count > 1 else ' is'} still being recorded in the "
-            f"background after {WAIT_SECONDS:g} s: the comparison leaves {'them' if count > 1 else 'it'} out",
+            f"background after {WAIT_SECONDS:g} s: the comparison shows what the store has of "
+            f"{'them' if count > 1 else 'it'} so far (RUNNING, or not yet there)",
             file=sys.stderr,
         )
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -201,7 +202,7 @@ def being_recorded(path: Path) -> bool:
 
 
 def reason(record: Record) -> str:
-    """Why a recording failed: the last ``error:`` line of its log."""
+    """Why a recording failed: the last ``error:`` line of its log, or that its process ended without one."""
     try:
         lines = record.log.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
@@ -209,7 +210,9 @@ def reason(record: Record) -> str:
     errors = [line.split("error: ", 1)[1] for line in lines if "error: " in line]
     if errors:
         return errors[-1][:500]
-    return (lines[-1][:300] if lines else "its process ended without a word") + f" (see {record.log})"
+    pid = re.search(r"\(pid (\d+)", lines[0]) if lines else None
+    process = f"its process (pid {pid.group(1)})" if pid else "its process"
+    return f"{process} ended before it was recorded (killed, or the machine went down)"
 
 
 def failed(uri: str) -> list[Record]:

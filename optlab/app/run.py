@@ -532,13 +532,14 @@ def tracker_for(conf: dict, problem, optimizer, sweep: dict, output_dir=None, th
         objective=conf["metric"],
         datasets=problem.datasets(),
         plots=tracking.get("plots", True),
-        detach=detached(tracking.get("detach", "auto"), sweep, output_dir),
+        detach=detached(tracking.get("detach", "auto"), sweep, output_dir, tracking.get("log_every", "auto")),
     )
 
 
-def detached(detach, sweep: dict, output_dir) -> bool:
+def detached(detach, sweep: dict, output_dir, log_every="auto") -> bool:
     """``tracking.detach``: true, false, or ``auto``: a single run whose output is a terminal (someone
-    waiting at the shell) is recorded in the background where it can be; a script's, a pipe's or a
+    waiting at the shell) is recorded in the background where it can be, if its points are thinned
+    (``tracking.log_every=auto``: a detached run holds them until its end); a script's, a pipe's or a
     job's run is in the store when the command returns. A sweep's runs are recorded as each ends."""
     if detach not in (True, False, "auto"):
         raise ConfigError(f"tracking.detach must be true, false or auto; received {detach!r}")
@@ -547,7 +548,7 @@ def detached(detach, sweep: dict, output_dir) -> bool:
     if detach == "auto":
         from .recording import recordable
 
-        return sys.stdout.isatty() and recordable(output_dir)
+        return log_every == "auto" and sys.stdout.isatty() and recordable(output_dir)
     return detach
 
 
