@@ -111,9 +111,11 @@ def spawn(path: Path, uri: str) -> int:
     descriptor = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
+        # once the run is recorded (or kept), the process ends at once: Python's own shutdown with
+        # MLflow loaded took seconds of one core from the next run's training
         code = (
-            f"import sys; sys.path[:] = {sys.path!r}; from optlab.app.deliver import background; "
-            f"sys.exit(background({str(path)!r}))"
+            f"import os, sys; sys.path[:] = {sys.path!r}; from optlab.app.deliver import background; "
+            f"status = background({str(path)!r}); sys.stdout.flush(); os._exit(status)"
         )
         process = subprocess.Popen(
             [sys.executable, "-c", code],
