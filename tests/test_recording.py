@@ -379,3 +379,25 @@ def test_a_recording_process_that_died_is_said_to_have_died(tmp_path, state):
         recording.reason(record)
         == "its process (pid 4242) ended before it was recorded (killed, or the machine went down)"
     )
+
+
+def test_a_state_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatch):
+    (tmp_path / "state").write_text("a file where optlab's state folder should be")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    result = optlab(tmp_path, *RUN, DETACH)
+    assert result.returncode == 2, result.stderr
+    assert "optlab: error: the run cannot be recorded in the background: " in result.stderr
+    assert "is not writable (Not a directory); record it as it ends with tracking.detach=false" in result.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_ui_command_for_a_store_in_a_folder_with_a_space_can_be_pasted(tmp_path):
+    import shlex
+
+    folder = tmp_path / "my runs"
+    folder.mkdir()
+    result = optlab(folder, *RUN)
+    assert result.returncode == 0, result.stderr
+    line = next(x for x in result.stdout.splitlines() if x.startswith("open it with:"))
+    words = shlex.split(line.split("open it with:", 1)[1].split("   then")[0])
+    assert words[:2] == ["mlflow", "ui"] and words[3] == f"sqlite:///{folder / 'mlflow.db'}"

@@ -95,7 +95,7 @@ def check_recordable(output_dir: Path) -> None:
     ) or _writable(output_dir)
     if problem is not None:
         raise TrackingError(
-            f"a run recorded in the background needs {problem}; or record it as it ends: tracking.detach=false"
+            f"the run cannot be recorded in the background: {problem}; record it as it ends with tracking.detach=false"
         )
 
 

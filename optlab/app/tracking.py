@@ -777,7 +777,9 @@ class MlflowTracker(Callback):
             host = url.netloc.rpartition("@")[2]  # no user or password in a line on the screen
             return f"open it at:  {urlunsplit((url.scheme, host, url.path.rstrip('/'), '', ''))}{page}"
         uri = shown(self.uri)
-        backend = uri if "://" in uri else f"file:{uri}"
+        import shlex
+
+        backend = shlex.quote(uri if "://" in uri else f"file:{uri}")  # (a folder's name with a space)
         return f"open it with:  mlflow ui --backend-store-uri {backend} --host 127.0.0.1   then http://127.0.0.1:5000{page}"
 
     # -- artifacts --------------------------------------------------------------------------
