@@ -37,9 +37,9 @@ from .tracking import (
     RETRY_DELAYS,
     UNDELIVERED_TAG,
     _not_kept,
-    dataset_inputs,
     experiment_id,
     kept_metrics,
+    log_opening,
     metric_digest,
     read_kept_header,
     stored_digests,
@@ -155,20 +155,10 @@ def _open_recorded(client, uri: str, path: Path, header: dict) -> str:
 
 
 def _log_opening(client, run_id: str, start: dict) -> None:
-    """A detached run's params, data sets and ``config.yaml`` (what opening a run logs), each unless the
-    run has it already: a delivery cut short between opening the run and naming it in the file is
-    continued whole."""
-    import yaml
-    from mlflow.entities import Param
-
-    run = client.get_run(run_id)
-    items = [Param(str(k), str(v)) for k, v in (start.get("params") or {}).items() if str(k) not in run.data.params]
-    for first in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[first : first + 100])
-    if start.get("datasets") and not run.inputs.dataset_inputs:
-        client.log_inputs(run_id, datasets=dataset_inputs(start["datasets"]))
-    if start.get("config"):  # (the same file again: replaced)
-        client.log_text(run_id, yaml.safe_dump(start["config"], sort_keys=False), "config.yaml")
+    """A detached run's opening (:func:`.tracking.log_opening`), each part unless the run has it already:
+    a delivery cut short between opening the run and naming it in the file is continued whole."""
+    config = start.get("config") or {}
+    log_opening(client, run_id, start.get("params") or {}, start.get("datasets") or [], config, client.get_run(run_id))
 
 
 def draw_recorded(path: Path, header: dict) -> dict:

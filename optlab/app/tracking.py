@@ -361,16 +361,7 @@ class MlflowTracker(Callback):
         return experiment_id(self.client, self.uri, self.experiment)
 
     def _log_start(self) -> None:
-        import yaml
-        from mlflow.entities import Param
-
-        items = [Param(k, v) for k, v in params_of(self.config).items()]
-        for start in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[start : start + 100])
-        if self.datasets:
-            self.client.log_inputs(self.run_id, datasets=dataset_inputs(self.datasets))
-        if self.config:  # (a sweep's parent has none of its own)
-            self.client.log_text(self.run_id, yaml.safe_dump(self.config, sort_keys=False), "config.yaml")
+        log_opening(self.client, self.run_id, params_of(self.config), self.datasets, self.config)
         self._last_flush = time.time()
         self._writer = Writer(self.client, self.run_id, self._keep)
         self._writer.start()
@@ -842,6 +833,23 @@ def experiment_id(client, uri: str, name: str) -> str:
             f"(MLFLOW_TRACKING_URI={shown(uri)}), or pick another name with tracking.experiment=..."
         )
     return experiment.experiment_id
+
+
+def log_opening(client, run_id: str, params: dict, datasets: list, config: dict, run=None) -> None:
+    """What opening a run logs: its params (100 a call), its data sets and ``config.yaml`` (none for a
+    sweep's parent). With ``run`` (the run as the store has it: a delivery continued after a crash),
+    only the params and data sets it lacks; ``config.yaml`` is replaced by the same file."""
+    import yaml
+    from mlflow.entities import Param
+
+    have = run.data.params if run is not None else {}
+    items = [Param(str(k), str(v)) for k, v in params.items() if str(k) not in have]
+    for first in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[first : first + 100])
+    if datasets and (run is None or not run.inputs.dataset_inputs):
+        client.log_inputs(run_id, datasets=dataset_inputs(datasets))
+    if config:
+        client.log_text(run_id, yaml.safe_dump(config, sort_keys=False), "config.yaml")
 
 
 def dataset_inputs(datasets: list[dict]):
