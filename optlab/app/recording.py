@@ -179,11 +179,6 @@ def records(uri: str) -> list[Record]:
     return found
 
 
-def running(record: Record) -> bool:
-    """True while the process recording ``record`` holds its log's lock."""
-    return being_recorded(record.path)
-
-
 def being_recorded(path: Path) -> bool:
     """True while a process records the detached run's file ``path`` (it holds the lock on its log)."""
     if fcntl is None:
@@ -219,7 +214,7 @@ def reason(record: Record) -> str:
 
 def failed(uri: str) -> list[Record]:
     """Records for ``uri`` whose process ended without recording them."""
-    return [record for record in records(uri) if not running(record) and record.path.exists()]
+    return [record for record in records(uri) if not being_recorded(record.path) and record.path.exists()]
 
 
 def failure_lines(failures: list[Record], uri: str) -> list[str]:
@@ -244,7 +239,7 @@ def settle(uri: str, wait: float = WAIT_SECONDS, stream=None) -> tuple[list[Reco
     said = False
     while True:
         found = records(uri)
-        busy = [record for record in found if running(record)]
+        busy = [record for record in found if being_recorded(record.path)]
         if not busy or time.monotonic() - started >= wait:
             done = [record for record in found if record not in busy and record.path.exists()]
             return busy, done
