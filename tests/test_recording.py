@@ -150,28 +150,67 @@ def test_a_delivery_cut_after_opening_the_run_continues_that_run(tmp_path, monke
     reference = _points(c, recorded)
     (path,) = _record_kept_by_hand(tmp_path)
     header = read_kept_header(path)
-    calls, rewrite = [], delivering._rewrite_header
+    calls = []
 
-    def cut(path, header):
-        if header.get("run_id") is None:  # (the plots drawn: not yet the run opened)
-            return rewrite(path, header)
-        calls.append(header)
+    def cut(client, run_id, metrics):
+        calls.append(run_id)
         raise ConnectionError("the recording process died here")
 
-    monkeypatch.setattr(delivering, "_rewrite_header", cut)
+    monkeypatch.setattr(delivering, "_log", cut)
     with pytest.raises(ConnectionError):
         delivering.deliver(path)
+    assert read_kept_header(path) == header  # (a delivery never writes the file)
     monkeypatch.undo()
     delivering.deliver(path)
     c, found = runs(tmp_path)
     mine = [r for r in found if r.data.tags.get("optlab.record") == header["record"]]
-    assert len(found) == 2 and len(mine) == 1 and len(calls) == 1
+    assert len(found) == 2 and len(mine) == 1 and calls == [mine[0].info.run_id]
     (run,) = mine
-    assert run.info.status == "FINISHED"
+    assert run.info.status == "FINISHED" and len(run.data.params) > 10
+    assert sorted(x.path for x in c.list_artifacts(run.info.run_id)) == ["config.yaml", "curves.png", "path.png"]
     points = _points(c, run)
     assert points.keys() == reference.keys()
     assert all(len(points[k]) == len(reference[k]) for k in points)  # every point once
     assert not path.exists()
+
+
+def test_a_record_whose_folder_is_deleted_while_it_is_recorded_is_recorded_whole(tmp_path, monkeypatch):
+    # a fault probe: the run's folder deleted while its recording process wrote the run (2 of 8
+    # trials) left a RUNNING run with no points in the store
+    import shutil
+
+    (path,) = _record_kept_by_hand(tmp_path)
+    log = delivering._log
+
+    def deleting(client, run_id, metrics):  # the folder goes as the first points are written
+        if path.parent.exists():
+            shutil.rmtree(path.parent)
+        log(client, run_id, metrics)
+
+    monkeypatch.setattr(delivering, "_log", deleting)
+    delivering.deliver(path, recorder=True)
+    assert not path.parent.exists()
+    c, (run,) = runs(tmp_path)
+    assert run.info.status == "FINISHED" and len(run.data.params) > 10
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "train/loss")] == list(range(1, 26))
+    assert sorted(x.path for x in c.list_artifacts(run.info.run_id)) == ["config.yaml", "curves.png", "path.png"]
+
+
+def test_a_file_being_delivered_is_not_delivered_again_at_once(tmp_path):
+    # a fault probe: of two `optlab.deliver FILE` at once, the second said "the store failed (No
+    # such file)" once the first had removed the file
+    import fcntl
+
+    (path,) = _record_kept_by_hand(tmp_path)
+    before = path.read_bytes()
+    with open(path) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a delivery of it holds it
+        result = optlab(tmp_path, str(path), module="optlab.deliver")
+    assert result.returncode == 1, result.stderr
+    assert f"optlab.deliver: error: {path} is being delivered right now by another process; wait for it" in (
+        result.stderr
+    )
+    assert path.read_bytes() == before and not (tmp_path / "mlflow.db").exists()
 
 
 def test_a_delivery_cut_as_the_run_was_opened_logs_its_params_and_config_when_continued(tmp_path, monkeypatch):

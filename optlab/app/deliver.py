@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from ..files import _write_atomic, write_bytes_atomic
+from ..files import write_bytes_atomic
 from .run import Terminated, handling, raise_stop
 from .store import TrackingError, check_store, http_limits, shown, store_lock
 from .tracking import (
@@ -44,6 +43,11 @@ from .tracking import (
     read_kept_header,
     stored_digests,
 )
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock against two deliveries of one file at once
+    fcntl = None
 
 PROGRESS_SECONDS = 10.0  # a line this often when the output is not a terminal
 
@@ -102,11 +106,11 @@ def _log(client, run_id: str, metrics: list) -> None:
             time.sleep(delay)
 
 
-def _scan(path: Path) -> tuple[np.ndarray, list[str]]:
+def _scan(source) -> tuple[np.ndarray, list[str]]:
     """Every line of the file checked before anything is written: its metrics' digests (in file order) and keys."""
     keys: set[str] = set()
     found = bytearray()
-    for metric in kept_metrics(path):
+    for metric in kept_metrics(source):
         keys.add(metric[0])
         found += metric_digest(*metric)
     return np.frombuffer(bytes(found), dtype="S16"), sorted(keys)
@@ -129,7 +133,7 @@ RECORD_TAG = "optlab.record"  # a detached run's record id, on its run: deliveri
 def _open_recorded(client, uri: str, path: Path, header: dict) -> str:
     """The run of a detached run's record (``header["record"]``): found by its tag if an earlier
     delivery opened it, else opened now as :meth:`.MlflowTracker.start` would have (its start time,
-    tags, params, data sets and ``config.yaml``). The file's header then names the run."""
+    tags, params, data sets and ``config.yaml``)."""
     from mlflow.entities import ViewType
 
     record, start = header.get("record"), header.get("start")
@@ -148,9 +152,6 @@ def _open_recorded(client, uri: str, path: Path, header: dict) -> str:
         )
         run_id = run.info.run_id
     _log_opening(client, run_id, start)
-    named = {**header, "run_id": run_id}
-    named.pop("start")
-    _rewrite_header(path, named)
     return run_id
 
 
@@ -161,10 +162,10 @@ def _log_opening(client, run_id: str, start: dict) -> None:
     log_opening(client, run_id, start.get("params") or {}, start.get("datasets") or [], config, client.get_run(run_id))
 
 
-def draw_recorded(path: Path, header: dict) -> dict:
-    """Draw the plots of a detached run's record (its header's ``drawing``: the metrics drawn, whose
-    points are the file's, and a 2-D problem's path) into the folder beside it, as a run's kept plots;
-    returns the header, rewritten to name them. A plot that fails is the run's ``plot_error`` tag."""
+def draw_recorded(source, header: dict) -> tuple[dict[str, bytes], dict]:
+    """The plots of a detached run's record (its header's ``drawing``: the metrics drawn, whose points
+    are the record's, read from ``source``, and a 2-D problem's path), as PNGs by name, and the run's
+    end with a plot that failed as its ``plot_error`` tag."""
     from ..problems import get as problem_named
     from .plots import draw
     from .run import _component
@@ -173,9 +174,9 @@ def draw_recorded(path: Path, header: dict) -> dict:
     error, images = None, {}
     try:
         if not isinstance(drawing, dict) or not all(isinstance(k, str) for k in drawing.get("series", [])):
-            raise TrackingError(_not_kept(path))
+            raise TrackingError(_not_kept(Path(getattr(source, "name", source))))
         series: dict[str, list] = {key: [] for key in drawing.get("series", [])}
-        for key, value, _, step in kept_metrics(path):
+        for key, value, _, step in kept_metrics(source):
             if key in series:
                 series[key].append((step, value))
         request = {"title": str(drawing.get("title", "")), "series": {k: sorted(v) for k, v in series.items()}}
@@ -192,57 +193,57 @@ def draw_recorded(path: Path, header: dict) -> dict:
         raise
     except Exception as exc:  # a plot must never cost the run its record
         error = f"{type(exc).__name__}: {exc}"
-    folder = path.with_suffix("")
-    if images:
-        folder.mkdir(exist_ok=True)
-        for name, data in images.items():
-            write_bytes_atomic(folder / name, data)
     end = header.get("end")
     if error is not None and end:
         end = dict(end)
         end["tags"] = {**(end.get("tags") or {}), "plot_error": error[:5000]}
-    named = {**header, "plots": sorted({*(header.get("plots") or []), *images}), "drawing": None, "end": end}
-    _rewrite_header(path, named)
-    return named
-
-
-def _rewrite_header(path: Path, header: dict) -> None:
-    """Replace the first line of a kept file (atomically: the old file or the new one)."""
-
-    def write(file):
-        file.write((json.dumps(header) + "\n").encode("utf-8"))
-        with open(path, "rb") as old:
-            old.readline()
-            shutil.copyfileobj(old, file)
-
-    _write_atomic(os.fspath(path), write)
+    return images, end
 
 
 def deliver(path: Path, uri: str | None = None, progress=None, recorder: bool = False) -> Delivered:
     """Deliver one kept file (its metrics, plots and end status); ``progress``: a stream for progress lines.
 
-    Raises TrackingError for a file optlab did not write, one that its recording process (a
-    detached run's, :mod:`.recording`) is delivering now (``recorder``: this is that process),
-    or a store that cannot be used; anything the store refuses propagates, and the file stays.
+    The file is read through one descriptor, locked from start to end, and never written: removed
+    meanwhile (its folder deleted), it is still delivered whole, and a second delivery of it at
+    once is refused. Raises TrackingError for a file optlab did not write, one being delivered by
+    another process, one that its recording process (a detached run's, :mod:`.recording`) is
+    recording now (``recorder``: this is that process), or a store that cannot be used; anything
+    the store refuses propagates, and the file stays.
     """
-    from mlflow.entities import RunTag
-    from mlflow.exceptions import MlflowException
-
     from .recording import being_recorded
 
-    header = read_kept_header(path)
+    read_kept_header(path)  # a missing file, or one optlab did not write, said as such
     if not recorder and being_recorded(path):
         raise TrackingError(
             f"{path} is being recorded right now by the process its run started; wait for it "
             "(python -m optlab.compare waits for it)"
         )
-    if header.get("drawing") is not None:  # a detached run's plots, drawn here the first time
-        header = draw_recorded(path, header)
-    wanted, keys = _scan(path)
+    try:
+        source = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise TrackingError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    with source:
+        if fcntl is not None:
+            try:
+                fcntl.flock(source.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise TrackingError(f"{path} is being delivered right now by another process; wait for it") from None
+        return _deliver(path, source, read_kept_header(path, source), uri, progress)
+
+
+def _deliver(path: Path, source, header: dict, uri: str | None, progress) -> Delivered:
+    from mlflow.entities import RunTag
+    from mlflow.exceptions import MlflowException
+
+    end = header.get("end")
+    images: dict[str, bytes] = {}
+    if header.get("drawing") is not None:  # a detached run's plots, drawn from its points
+        images, end = draw_recorded(source, header)
+    wanted, keys = _scan(source)
     folder, plots = _plots(path, header.get("plots") or [], progress)
     uri = uri or header["tracking_uri"]
     run_id = header["run_id"]
-    with http_limits(uri):
+    with http_limits(uri), tempfile.TemporaryDirectory(prefix="optlab-plots-") as drawn:
         existed = bool((header.get("start") or {}).get("store_existed"))
         with store_lock(uri):  # a detached run's store may not exist yet
             try:
@@ -268,7 +269,7 @@ def deliver(path: Path, uri: str | None = None, progress=None, recorder: bool = 
         bar = Progress(progress, "writing", int(len(wanted) - present.sum()))
         try:
             chunk: list = []
-            for index, metric in enumerate(kept_metrics(path)):
+            for index, metric in enumerate(kept_metrics(source)):
                 if index >= len(wanted):
                     raise TrackingError(f"{path} changed while it was being delivered; deliver it again")
                 if not present[index]:
@@ -282,9 +283,11 @@ def deliver(path: Path, uri: str | None = None, progress=None, recorder: bool = 
                 bar.update(len(chunk))
         finally:
             bar.close()
-        for file in plots:
+        for name, data in images.items():  # drawn now: logged from a folder of this call's, gone with it
+            write_bytes_atomic(Path(drawn) / name, data)
+        files = [*plots, *(Path(drawn) / name for name in images)]
+        for file in files:
             client.log_artifact(run_id, str(file))
-        end = header.get("end")
         if end:
             tags = end.get("tags") or {}
             if tags:
@@ -300,8 +303,8 @@ def deliver(path: Path, uri: str | None = None, progress=None, recorder: bool = 
                 f"{missing} of the metrics in {path} are still not in tracking store {shown(uri)}; "
                 "the file is kept, try again"
             )
-        logged = {item.path: item.file_size for item in client.list_artifacts(run_id)} if plots else {}
-        absent = [f.name for f in plots if f.name not in logged or logged[f.name] not in (None, f.stat().st_size)]
+        logged = {item.path: item.file_size for item in client.list_artifacts(run_id)} if files else {}
+        absent = [f.name for f in files if f.name not in logged or logged[f.name] not in (None, f.stat().st_size)]
         if absent:
             raise TrackingError(
                 f"the plots {', '.join(absent)} of {path} are not in the run's artifacts; the file is kept, try again"
@@ -311,12 +314,12 @@ def deliver(path: Path, uri: str | None = None, progress=None, recorder: bool = 
             client.delete_tag(run_id, UNDELIVERED_TAG)
     skipped = int(np.isin(unique, wanted[present]).sum())
     for file in plots:  # ours: kept by the run, now in the store
-        file.unlink()
+        file.unlink(missing_ok=True)
     if plots:
         with contextlib.suppress(OSError):
             folder.rmdir()  # the run made it for its plots; only if nothing else is in it
-    path.unlink()
-    return Delivered(len(unique) - skipped, skipped, uri, [f.name for f in plots])
+    path.unlink(missing_ok=True)  # (removed meanwhile, with its folder: delivered all the same)
+    return Delivered(len(unique) - skipped, skipped, uri, [f.name for f in files])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1018,15 +1018,16 @@ def metric_line(metric) -> str:
     return f"[{quoted}, {text}, {int(timestamp)}, {int(step)}]"
 
 
-def read_kept_header(path: Path) -> dict:
-    """The header of a file of undelivered metrics; TrackingError if optlab did not write it."""
-    if not path.exists():
+def read_kept_header(path: Path, file=None) -> dict:
+    """The header of a file of undelivered metrics; TrackingError if optlab did not write it.
+    ``file``: the file already open for reading (text), read from its start instead of ``path``."""
+    if file is None and not path.exists():
         raise TrackingError(f"{path}: no such file (kept files are named undelivered-<run id>.jsonl)")
-    if not KEPT_NAME.fullmatch(path.name) or not path.is_file():
+    if not KEPT_NAME.fullmatch(path.name) or (file is None and not path.is_file()):
         raise TrackingError(_not_kept(path))
     try:
-        with open(path, encoding="utf-8") as file:
-            header = json.loads(file.readline())
+        with _kept_lines(path if file is None else file) as lines:
+            header = json.loads(lines.readline())
     except OSError as exc:
         raise TrackingError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     except (ValueError, UnicodeDecodeError):
@@ -1042,11 +1043,23 @@ def read_kept_header(path: Path) -> dict:
     return header
 
 
-def kept_metrics(path: Path):
-    """The metrics of a kept file, one (key, value, timestamp_ms, step) at a time: memory does not grow with the
-    file. TrackingError at the first line that is not one."""
+@contextlib.contextmanager
+def _kept_lines(source):
+    """A kept file's lines from its start: ``source`` is its path, or the file open for reading (text)."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, encoding="utf-8") as file:
+            yield file
+    else:
+        source.seek(0)
+        yield source
+
+
+def kept_metrics(source):
+    """The metrics of a kept file (``source``: its path, or the file open for reading, read from its
+    start), one (key, value, timestamp_ms, step) at a time: memory does not grow with the file.
+    TrackingError at the first line that is not one."""
     try:
-        with open(path, encoding="utf-8") as file:
+        with _kept_lines(source) as file:
             file.readline()
             for line in file:
                 if not line.strip():
@@ -1063,7 +1076,7 @@ def kept_metrics(path: Path):
                     raise ValueError
                 yield tuple(metric)
     except (ValueError, UnicodeDecodeError):
-        raise TrackingError(_not_kept(path)) from None
+        raise TrackingError(_not_kept(getattr(source, "name", source))) from None
 
 
 def read_kept(path: Path) -> tuple[dict, list[tuple]]:
