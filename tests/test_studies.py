@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -380,7 +381,7 @@ def test_cli_study_stopped_then_resumed_records_one_parent_and_every_child_once(
     import signal
     import time
 
-    from cli_helpers import client
+    from cli_helpers import client, optlab
 
     # stopped by SIGTERM (a cluster's time limit) once a few runs are stored
     process = subprocess.Popen(
@@ -409,7 +410,11 @@ def test_cli_study_stopped_then_resumed_records_one_parent_and_every_child_once(
     c = client(tmp_path)
     exp = c.get_experiment_by_name("optlab")
     stopped = [r for r in c.search_runs([exp.experiment_id]) if r.data.tags.get("optlab.kind") == "study"]
-    assert [p.info.status for p in stopped] == ["KILLED"], err  # (the study's own lines say why, if not)
+    (status,) = [p.info.status for p in stopped]
+    # KILLED; or, on a loaded machine (once in CI), not marked in the time a stopped run waits for its
+    # store, and said so, its status kept for optlab.deliver
+    unmarked = re.search(r"the study's parent run: .*python -m optlab\.deliver (\S+\.jsonl)", err)
+    assert status == "KILLED" or (status == "RUNNING" and unmarked), err
 
     # the same command: the stored runs reused, the rest run, the parent reopened
     result = _cli(tmp_path, *ARGS)
@@ -437,6 +442,10 @@ def test_cli_study_stopped_then_resumed_records_one_parent_and_every_child_once(
     assert {f"algoperf/{o}" for o in ("sgd", "adam")} <= set(parent.data.metrics)
     artifacts = {a.path for a in c.list_artifacts(parent.info.run_id, "report")}
     assert {"report/report.md", "report/profile.png", "report/curves.png"} <= artifacts
+    if unmarked:  # delivered now, the stopped parent's kept status does not undo its end
+        delivered = optlab(tmp_path, unmarked.group(1), module="optlab.deliver")
+        assert delivered.returncode == 0, delivered.stderr
+        assert c.get_run(parent.info.run_id).info.status == "FINISHED"
     folder = next(studies.glob("tiny-*"))
     assert (folder / "report" / "report.md").read_text().count("| sgd |") == 4  # the spaces, two problems, the profile
 

@@ -374,6 +374,30 @@ def test_a_status_the_store_refuses_is_kept_and_set_by_deliver(tmp_path):
     assert run.info.status == "FAILED" and run.data.tags["error"] == "ValueError: boom"
 
 
+def test_a_kept_status_older_than_the_runs_own_end_does_not_replace_it(tmp_path, capsys):
+    # a study stopped before its parent run could be marked KILLED keeps that status; repeated, the
+    # study reopens the parent and finishes it: delivering the kept file then set it KILLED again
+    import time
+
+    tracker = make_tracker(tmp_path)
+    tracker.start()
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("store gone")
+
+    tracker.client.set_terminated = refuse
+    train(tracker)
+    tracker.close("KILLED", "terminated (SIGTERM)")
+    client = client_for(tmp_path)
+    time.sleep(0.01)
+    client.set_terminated(tracker.run_id, "FINISHED")  # the run, continued, ended after the kept end
+    assert deliver.main([str(tracker.kept_path)]) == 0
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED"
+    assert "its status KILLED, not set: the run ended later, FINISHED; file removed" in capsys.readouterr().out
+    assert not tracker.kept_path.exists()
+
+
 def test_close_without_a_run_does_nothing(tmp_path):
     tracker = make_tracker(tmp_path)
     tracker.close("FINISHED")  # never started

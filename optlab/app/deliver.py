@@ -57,6 +57,7 @@ class Delivered(NamedTuple):
     skipped: int  # distinct points the store had already
     uri: str
     plots: list[str]  # plots logged as artifacts
+    superseded: str | None = None  # the kept status, not set since the run ended after it: why
 
 
 class Progress:
@@ -288,11 +289,16 @@ def _deliver(path: Path, source, header: dict, uri: str | None, progress) -> Del
         files = [*plots, *(Path(drawn) / name for name in images)]
         for file in files:
             client.log_artifact(run_id, str(file))
+        later = None  # the run's own end, when it ended after the one kept (the run was continued)
         if end:
-            tags = end.get("tags") or {}
-            if tags:
-                client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-            client.set_terminated(run_id, status=end["status"], end_time=end.get("end_time"))
+            info = client.get_run(run_id).info
+            if info.status != "RUNNING" and (info.end_time or 0) > (end.get("end_time") or 0):
+                later = info.status
+            else:
+                tags = end.get("tags") or {}
+                if tags:
+                    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+                client.set_terminated(run_id, status=end["status"], end_time=end.get("end_time"))
         unique = np.unique(wanted)
         missing = 0  # with nothing to write, every point was found in the store already
         if bar.total:
@@ -319,7 +325,8 @@ def _deliver(path: Path, source, header: dict, uri: str | None, progress) -> Del
         with contextlib.suppress(OSError):
             folder.rmdir()  # the run made it for its plots; only if nothing else is in it
     path.unlink(missing_ok=True)  # (removed meanwhile, with its folder: delivered all the same)
-    return Delivered(len(unique) - skipped, skipped, uri, [f.name for f in files])
+    kept_end = None if later is None else f"{end['status']}, not set: the run ended later, {later}"
+    return Delivered(len(unique) - skipped, skipped, uri, [f.name for f in files], kept_end)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -339,7 +346,7 @@ def _deliver_all(args) -> int:
     status = 0
     for path in args.files:
         try:
-            written, skipped, uri, plots = deliver(path, args.tracking_uri, progress=sys.stderr)
+            written, skipped, uri, plots, superseded = deliver(path, args.tracking_uri, progress=sys.stderr)
         except KeyboardInterrupt as interrupt:  # what the store took stays there; delivering again skips it
             print(
                 f"\noptlab.deliver: {str(interrupt) or 'interrupted (Ctrl-C)'}: {path} is kept (what the store took "
@@ -363,7 +370,8 @@ def _deliver_all(args) -> int:
         forget(path)  # a detached run's: its listing and its recording's log
         already = f" ({skipped} were already there)" if skipped else ""
         logged = f" and the plot{'s' if len(plots) > 1 else ''} {', '.join(plots)}" if plots else ""
-        print(f"{path}: {written} metrics{logged} written to {shown(uri)}{already}; file removed")
+        status_kept = f"; its status {superseded}" if superseded else ""
+        print(f"{path}: {written} metrics{logged} written to {shown(uri)}{already}{status_kept}; file removed")
     return status
 
 
