@@ -207,10 +207,93 @@ def test_a_file_being_delivered_is_not_delivered_again_at_once(tmp_path):
         fcntl.flock(held, fcntl.LOCK_EX)  # as a delivery of it holds it
         result = optlab(tmp_path, str(path), module="optlab.deliver")
     assert result.returncode == 1, result.stderr
-    assert f"optlab.deliver: error: {path} is being delivered right now by another process; wait for it" in (
+    assert f"optlab.deliver: error: {path} is being delivered by another process right now; wait for it" in (
         result.stderr
     )
     assert path.read_bytes() == before and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_detached_runs_points_go_to_its_record_as_they_come_not_into_memory(tmp_path, monkeypatch):
+    # explicit tracking.detach=true with log_every=1 held every point in memory to the end (4-8 GB
+    # for millions of steps, a fault probe): past SPILL_POINTS they are appended to the record
+    import fcntl
+
+    import optlab
+    from optlab.app import tracking
+    from optlab.callbacks import Callback
+    from optlab.trainer import Trainer
+
+    monkeypatch.setattr(tracking, "SPILL_POINTS", 50)
+    monkeypatch.setattr(recording, "spawn", lambda path, uri: 0)  # (the record stays, to be read)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = tracking.MlflowTracker(uri, "tests", {"a": 1}, {}, "spilled", 1, output_dir=tmp_path, detach=True)
+    seen = {}
+
+    class Look(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 299:
+                (path,) = tmp_path.glob("undelivered-*.jsonl")
+                seen["header"] = read_kept_header(path)
+                seen["lines"] = len(path.read_text().splitlines()) - 1
+                seen["held"] = len(tracker._pending)
+                with open(path) as file, pytest.raises(BlockingIOError):  # locked by the run
+                    fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    tracker.start()
+    trainer = Trainer(optlab.problems.get("quadratic"), optlab.optimizers.SGD(), [tracker, Look()], epochs=500)
+    trainer.fit()
+    tracker.close("FINISHED")
+    assert seen["header"]["end"] is None and seen["header"]["record"] == tracker.record
+    assert seen["lines"] >= 250 and seen["held"] < 50  # written as they came, the rest held: fewer than 50
+    header, metrics = tracking.read_kept(tracker.kept_path)
+    assert header["end"]["status"] == "FINISHED" and header["start"]["params"] == {"a": "1"}
+    assert len(metrics) == tracker.kept_count == tracker.metrics_logged
+    assert [m[3] for m in metrics if m[0] == "train/loss"] == list(range(1, 501))  # every step, once, in order
+    with open(tracker.kept_path) as file:  # (unlocked: the recording process takes over)
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    delivered = delivering.deliver(tracker.kept_path)
+    assert delivered.written == len(metrics)
+    c = client(tmp_path)
+    (run,) = c.search_runs([c.get_experiment_by_name("tests").experiment_id])
+    assert run.info.status == "FINISHED" and len(c.get_metric_history(run.info.run_id, "train/loss")) == 500
+
+
+def test_a_detached_run_killed_as_it_trains_leaves_its_points_for_deliver(tmp_path, spawn):
+    # SIGKILL (the machine's out-of-memory killer, a cluster's hard limit): the points written so far are
+    # kept in a record optlab.deliver takes, the run recorded KILLED, and nothing delivers it meanwhile
+    code = (
+        "import sys, optlab.app.tracking as t\n"
+        "t.SPILL_POINTS = 50\n"
+        "from optlab.app.entry import main\n"
+        "sys.argv = ['optlab', *sys.argv[1:]]\n"
+        "main()\n"
+    )
+    args = ["problem=quadratic", "trainer.epochs=100000000", "tracking.log_every=1", "trainer.progress_bar=false"]
+    proc = spawn(
+        [sys.executable, "-c", code, *args, DETACH],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 300
+    found = []
+    while time.monotonic() < deadline and not found:
+        found = [p for p in tmp_path.rglob("undelivered-*.jsonl") if len(p.read_bytes().splitlines()) > 200]
+        time.sleep(0.05)
+    assert found, proc.stderr.read() if proc.poll() is not None else "no record written"
+    (path,) = found
+    busy = optlab(tmp_path, str(path), module="optlab.deliver")
+    assert busy.returncode == 1 and "is being written by its run, which has not ended; wait for it" in busy.stderr
+    proc.kill()
+    proc.wait(60)
+    delivered = optlab(tmp_path, str(path), module="optlab.deliver")
+    assert delivered.returncode == 0, delivered.stderr
+    c, (run,) = runs(tmp_path)
+    assert run.info.status == "KILLED" and run.data.tags["error"] == delivering.UNENDED
+    assert run.data.params["optimizer.name"] == "adam" and run.data.tags["optlab.record"].isalnum()
+    steps = [m.step for m in c.get_metric_history(run.info.run_id, "train/loss")]
+    assert len(steps) > 200 and steps == list(range(1, len(steps) + 1))
+    assert run.info.end_time >= run.info.start_time and not path.exists()
 
 
 def test_a_delivery_cut_as_the_run_was_opened_logs_its_params_and_config_when_continued(tmp_path, monkeypatch):

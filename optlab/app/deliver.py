@@ -50,6 +50,8 @@ except ImportError:  # Windows: no lock against two deliveries of one file at on
     fcntl = None
 
 PROGRESS_SECONDS = 10.0  # a line this often when the output is not a terminal
+#: the error tag of a detached run whose record has no end: the points it wrote as it ran, no more
+UNENDED = "the run ended without completing its record (its process was killed, or its folder refused the last write)"
 
 
 class Delivered(NamedTuple):
@@ -107,14 +109,17 @@ def _log(client, run_id: str, metrics: list) -> None:
             time.sleep(delay)
 
 
-def _scan(source) -> tuple[np.ndarray, list[str]]:
-    """Every line of the file checked before anything is written: its metrics' digests (in file order) and keys."""
+def _scan(source) -> tuple[np.ndarray, list[str], int | None]:
+    """Every line of the file checked before anything is written: its metrics' digests (in file
+    order), keys, and latest timestamp (None without metrics)."""
     keys: set[str] = set()
     found = bytearray()
+    latest = None
     for metric in kept_metrics(source):
         keys.add(metric[0])
         found += metric_digest(*metric)
-    return np.frombuffer(bytes(found), dtype="S16"), sorted(keys)
+        latest = metric[2] if latest is None else max(latest, metric[2])
+    return np.frombuffer(bytes(found), dtype="S16"), sorted(keys), latest
 
 
 def _plots(path: Path, names: list[str], progress) -> tuple[Path, list[Path]]:
@@ -224,12 +229,16 @@ def deliver(path: Path, uri: str | None = None, progress=None, recorder: bool = 
     except OSError as exc:
         raise TrackingError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     with source:
+        header = read_kept_header(path, source)
         if fcntl is not None:
             try:
                 fcntl.flock(source.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise TrackingError(f"{path} is being delivered right now by another process; wait for it") from None
-        return _deliver(path, source, read_kept_header(path, source), uri, progress)
+                training = header.get("record") is not None and header.get("end") is None
+                doing = "written by its run, which has not ended"
+                doing = doing if training else "delivered by another process right now"
+                raise TrackingError(f"{path} is being {doing}; wait for it") from None
+        return _deliver(path, source, header, uri, progress)
 
 
 def _deliver(path: Path, source, header: dict, uri: str | None, progress) -> Delivered:
@@ -240,7 +249,9 @@ def _deliver(path: Path, source, header: dict, uri: str | None, progress) -> Del
     images: dict[str, bytes] = {}
     if header.get("drawing") is not None:  # a detached run's plots, drawn from its points
         images, end = draw_recorded(source, header)
-    wanted, keys = _scan(source)
+    wanted, keys, latest = _scan(source)
+    if end is None and header.get("record") is not None:  # a detached run's record, not completed
+        end = {"status": "KILLED", "end_time": latest, "tags": {"error": UNENDED}}
     folder, plots = _plots(path, header.get("plots") or [], progress)
     uri = uri or header["tracking_uri"]
     run_id = header["run_id"]

@@ -36,6 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # Windows: no detached runs (recording.check_recordable says so)
+    fcntl = None
+
 from ..callbacks import Callback
 from ..files import _write_atomic, write_text_atomic
 from . import painter as painting
@@ -58,6 +63,7 @@ from .store import (
 
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 FLUSH_SECONDS = 10.0  # metrics are handed to the writer this often during a run (and all at its end)
+SPILL_POINTS = 20_000  # a detached run's points held in memory before they are appended to its record
 RETRY_DELAYS = (0.5, 1.0, 2.0)  # seconds between the tries of one write (never past close()'s deadline)
 MAX_WAITING = 8  # batches waiting for the writer; more are merged into the last one
 STATUS_TIMEOUT = 5.0  # seconds granted to set the terminal status once the flush is over
@@ -95,12 +101,15 @@ def stride_for(count: int, max_points: int) -> int:
 
 class Series:
     """One metric's points: every ``stride``-th from the first is sent at once; the last and the best
-    (``direction`` is ``"min"``, ``"max"`` or None) are sent at the end (:meth:`extras`) unless already sent."""
+    (``direction`` is ``"min"``, ``"max"`` or None) are sent at the end (:meth:`extras`) unless already sent.
+    ``points`` keeps those sent, for the plots drawn by this process (``plotted``; a detached run's are
+    drawn from its record)."""
 
-    __slots__ = ("best", "count", "last", "lower", "points", "stride")
+    __slots__ = ("best", "count", "last", "lower", "plotted", "points", "stride")
 
-    def __init__(self, stride: int, direction: str | None):
+    def __init__(self, stride: int, direction: str | None, plotted: bool = True):
         self.stride = stride
+        self.plotted = plotted
         self.lower = None if direction is None else direction == "min"
         self.count = 0
         self.last = None  # (value, timestamp_ms, step, sent)
@@ -117,7 +126,7 @@ class Series:
             best = self.best
             if best is None or (value < best[0] if lower else value > best[0]):
                 self.best = point
-        if send:
+        if send and self.plotted:
             self.points.append((step, value))
         return send
 
@@ -237,6 +246,11 @@ class MlflowTracker(Callback):
         self._extras_added = False
         self._kept_end: dict | None = None
         self._keep_lock = threading.Lock()
+        # a detached run's record, written as its points come (see _spill): the open file (locked),
+        # the end of its header and of its last complete point, and the points in it
+        self._spill = None
+        self._spill_start = self._spill_end = self._spilled = 0
+        self._spill_error: str | None = None
         self._step_losses = True
         self._last_rate = None
         self._scheduled = False
@@ -374,7 +388,8 @@ class MlflowTracker(Callback):
             from ..callbacks import direction
 
             problem = getattr(self.trainer, "problem", None)
-            series = self._series[key] = Series(stride, direction(name, getattr(problem, "metric_directions", None)))
+            way = direction(name, getattr(problem, "metric_directions", None))
+            series = self._series[key] = Series(stride, way, plotted=self.record is None)
         return series
 
     def _add(self, key: str, value: float, timestamp: int, step: int, stride: int, name: str | None = None):
@@ -387,11 +402,50 @@ class MlflowTracker(Callback):
         if now - self._last_flush >= FLUSH_SECONDS:
             self._last_flush = now
             self._hand_over()
+        elif self._writer is None and len(self._pending) >= SPILL_POINTS and self.record is not None:
+            self._write_points()
 
     def _hand_over(self) -> None:
         if self._pending and self._writer is not None:
             self._writer.put(self._pending)  # then cleared: an interrupt in between duplicates, never loses
             self._pending = []
+
+    def _write_points(self) -> None:
+        """Append a detached run's points so far to its record, so that memory does not grow with
+        them (``tracking.log_every=N`` on a long run). The record is created by this run (never
+        opened if it exists), its header saying the run has not ended, and locked until the run's
+        end rewrites it whole; a run killed meanwhile leaves it for ``optlab.deliver``, which
+        records the run KILLED with these points. If the folder refuses a write, the points stay
+        in memory, as they would without it."""
+        if self._spill_error is not None:
+            return
+        with self._keep_lock:
+            metrics, self._pending = self._pending, []
+            data = "".join(metric_line(m) + "\n" for m in metrics).encode("utf-8")
+            try:
+                if self._spill is None:
+                    path = self.output_dir / f"undelivered-{self.record}.jsonl"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    spill = open(path, "x+b")
+                    try:
+                        fcntl.flock(spill.fileno(), fcntl.LOCK_EX)
+                        spill.write((json.dumps(self._kept_header(path)) + "\n").encode("utf-8"))
+                        spill.flush()
+                    except BaseException:
+                        spill.close()
+                        path.unlink()
+                        raise
+                    self._spill = spill
+                    self._spill_start = self._spill_end = spill.tell()
+                self._spill.seek(self._spill_end)
+                self._spill.write(data)
+                self._spill.flush()
+            except OSError as exc:
+                self._spill_error = f"{exc.strerror or exc}"
+                self._pending = metrics + self._pending
+                return
+            self._spill_end += len(data)
+            self._spilled += len(metrics)
 
     # -- callback hooks ---------------------------------------------------------------------
     def on_train_begin(self, logs=None):
@@ -552,6 +606,8 @@ class MlflowTracker(Callback):
                     self.background = spawn(self.kept_path, self.uri)
                 except OSError as exc:
                     self.spawn_error = f"the process recording it could not be started ({exc.strerror or exc})"
+            if self._spill is not None:  # (rewritten whole above, or left as it was if that failed)
+                self._spill.close()
             self.status = status
 
     def _drawing_request(self) -> dict:
@@ -648,20 +704,11 @@ class MlflowTracker(Callback):
             self._unconfirmed.extend(metrics[:unconfirmed])
             self._kept.extend(map(metric_line, metrics))
             path = self.output_dir / f"undelivered-{self.run_id or self.record}.jsonl"
-            header = {
-                "format": KEPT_FORMAT,
-                "version": 1,
-                "tracking_uri": self.uri,
-                "experiment": self.experiment,
-                "run_id": self.run_id,
-                "run_name": self.run_name,
-                "end": self._kept_end,
-                "plots": self.kept_plots,  # in the folder undelivered-<run_id>/ beside this file
-            }
-            if self.record is not None:  # a detached run: the store has nothing of it yet
-                header.update(record=self.record, start=self._recorded_start(), drawing=self._drawing)
+            header = self._kept_header(path)
             try:
-                if self._kept or self._kept_end is not None or self.kept_plots:
+                if self._spill is not None:  # a detached run's points written so far, then the rest
+                    _write_atomic(os.fspath(path), lambda file: self._write_record(file, header))
+                elif self._kept or self._kept_end is not None or self.kept_plots:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     write_text_atomic(path, "\n".join([json.dumps(header), *self._kept]) + "\n")
                 else:
@@ -673,8 +720,39 @@ class MlflowTracker(Callback):
             else:
                 self.kept_error = None
                 self.kept_path = path
-            self.kept_count = len(self._kept)
+            self.kept_count = self._spilled + len(self._kept)
             self.kept_unconfirmed = len(self._unconfirmed)
+
+    def _kept_header(self, path: Path) -> dict:
+        """The first line of the kept file ``path``: what it is for, and how the run ended (None: not yet)."""
+        header = {
+            "format": KEPT_FORMAT,
+            "version": 1,
+            "tracking_uri": self.uri,
+            "experiment": self.experiment,
+            "run_id": self.run_id,
+            "run_name": self.run_name,
+            "end": self._kept_end,
+            "plots": self.kept_plots,  # in the folder undelivered-<run_id>/ beside this file
+        }
+        if self.record is not None:  # a detached run: the store has nothing of it yet
+            header.update(record=self.record, start=self._recorded_start(), drawing=self._drawing)
+        return header
+
+    def _write_record(self, file, header: dict) -> None:
+        """A detached run's whole record: ``header``, the points appended so far (up to the last one
+        written whole), the rest."""
+        file.write((json.dumps(header) + "\n").encode("utf-8"))
+        self._spill.seek(self._spill_start)
+        left = self._spill_end - self._spill_start
+        while left:
+            chunk = self._spill.read(min(left, 1 << 20))
+            if not chunk:
+                raise OSError(f"{self._spill.name} is shorter than was written to it")
+            file.write(chunk)
+            left -= len(chunk)
+        if self._kept:
+            file.write(("\n".join(self._kept) + "\n").encode("utf-8"))
 
     def _keep_images(self) -> None:
         """Keep the plots the store did not take as files in ``undelivered-<run_id>/``, beside the kept metrics."""
@@ -748,6 +826,12 @@ class MlflowTracker(Callback):
 
     def _detached_message(self, store: str) -> str | None:
         lost = f"; plots {self.plots_error}" if self.plots_error is not None else ""
+        if self.kept_error is not None and self._spill is not None:
+            return (
+                f"its record could not be completed ({self.kept_error}); the points it had written so far are in "
+                f"{self._spill.name}: python -m optlab.deliver {self._spill.name} records the run in {store} with "
+                "them, marked KILLED"
+            )
         if self.kept_error is not None:
             return f"its record could not be written ({self.kept_error}), so nothing of it will be in {store}"
         if self.kept_path is not None and self.background is None:
