@@ -540,8 +540,8 @@ def detached(detach, sweep: dict, output_dir, log_every="auto") -> bool:
     """``tracking.detach``: true, false, or ``auto``: a single run whose output is a terminal (someone
     waiting at the shell) is recorded in the background where it can be, if its points are thinned
     (``tracking.log_every=auto``: every point of a long run would take the store minutes after the
-    command returned); a script's, a pipe's or a
-    job's run is in the store when the command returns. A sweep's runs are recorded as each ends."""
+    command returned); a script's, a pipe's or a job's run is in the store when the command
+    returns. A sweep's runs are recorded as each ends."""
     if detach not in (True, False, "auto"):
         raise ConfigError(f"tracking.detach must be true, false or auto; received {detach!r}")
     if sweep:
