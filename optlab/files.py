@@ -56,6 +56,23 @@ def save_npz_atomic(path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
     _write_atomic(path, lambda fh: np.savez(fh, **payload))
 
 
+def refusal(folder, make: bool = False) -> str | None:
+    """Why no file can be created in ``folder`` (made first, with its parents, if ``make``), as the
+    system says it (``Permission denied``), or None if one can. A real file tells, where ``os.access``
+    says yes to root everywhere; it is removed at once."""
+    import tempfile
+
+    try:
+        if make:
+            os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".optlab-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return f"{exc.strerror or exc}"
+    return None
+
+
 def write_text_atomic(path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` the same way: the old file or the new one, never half."""
     _write_atomic(os.fspath(path), lambda fh: fh.write(text.encode("utf-8")))

@@ -25,13 +25,12 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import NamedTuple
 
-from ..files import write_text_atomic
+from ..files import refusal, write_text_atomic
 from .store import TrackingError, scheme_of, shown, sqlite_path, state_folder
 
 try:
@@ -57,14 +56,8 @@ def folder() -> Path | None:
 
 
 def _writable(place: Path) -> str | None:
-    try:
-        place.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=place, prefix=".optlab-probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        return f"{place} is not writable ({exc.strerror or exc})"
-    return None
+    reason = refusal(place, make=True)
+    return None if reason is None else f"{place} is not writable ({reason})"
 
 
 def default_output_dir() -> Path:

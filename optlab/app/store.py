@@ -18,7 +18,6 @@ import contextlib
 import functools
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 
@@ -177,14 +176,11 @@ def prepare_sqlite(uri: str, create: bool = True) -> None:
 
 def _check_folder(path: Path, name: str) -> None:
     """TrackingError unless a file can be created beside the store ``path`` (named ``name``)."""
-    try:
-        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise TrackingError(
-            f"tracking store {name}: its folder {path.parent} is not writable ({exc.strerror or exc}); {ADVICE}"
-        ) from None
+    from ..files import refusal
+
+    reason = refusal(path.parent)
+    if reason is not None:
+        raise TrackingError(f"tracking store {name}: its folder {path.parent} is not writable ({reason}); {ADVICE}")
 
 
 def inspect_sqlite(path: Path, name: str) -> str:

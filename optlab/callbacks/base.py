@@ -319,10 +319,8 @@ def check_writable(path, what: str) -> None:
         folder = os.path.dirname(folder)
     if not os.path.isdir(folder):
         raise ValueError(f"{what}: cannot create a folder under {folder}, which is a file")
-    import tempfile
+    from ..files import refusal
 
-    try:  # access() says yes to root everywhere; only a real file tells (this one is removed at once)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".optlab-probe-"):
-            pass
-    except OSError as error:
-        raise ValueError(f"{what}: cannot write in {folder} ({error.strerror or error})") from None
+    reason = refusal(folder)
+    if reason is not None:
+        raise ValueError(f"{what}: cannot write in {folder} ({reason})")
