@@ -557,6 +557,13 @@ def test_optlabs_own_warnings_are_one_line(tmp_path):
     )
 
 
+def test_a_run_of_no_epoch_says_it_took_no_step(tmp_path):
+    # trainer.epochs=0 warned "metric 'loss' was not logged (logged: )"
+    result = optlab(tmp_path, "trainer.epochs=0", "problem=rosenbrock", "tracking=none", *FAST)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "optlab: warning: the run took no step (trainer.epochs=0): nothing was logged"
+
+
 #: ``python -m optlab`` on a full disk: the store takes no metric, and the file that would keep them cannot be written
 RECORD_LOST = """
 import errno, sys

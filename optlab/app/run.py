@@ -618,7 +618,13 @@ def run(conf: dict, sweep: dict | None = None, output_dir=None, worker: bool = F
             raise RunStopped(_interrupt_line(reason, tracker), code) from None
     metric = conf["metric"]
     values = history.history.get(metric)
-    if not values:
+    if not values and not trainer.step:
+        print(
+            f"optlab: warning: the run took no step (trainer.epochs={trainer.epochs}): nothing was logged",
+            file=sys.stderr,
+        )
+        value = math.nan
+    elif not values:
         print(
             f"optlab: warning: metric {metric!r} was not logged (logged: {', '.join(history.history)}); "
             "set metric=... for sweeps and comparisons",
