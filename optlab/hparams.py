@@ -120,7 +120,7 @@ class Hyper:
         return text + (" or None" if self.optional else "")
 
     def _error(self, owner: str, value, why: str = "") -> ValueError:
-        why = f" ({why})" if why else ""
+        why = f" ({why})" if why else quoted_truth(value) if self.kind is bool else ""
         text = repr(value)
         text = text if len(text) <= 80 else text[:77] + "..."
         return ValueError(f"{owner}: `{self.name}` must be {self.allowed()}; received {self.name}={text}{why}")
@@ -358,3 +358,12 @@ def _snake(name: str) -> str:
             out.append("_")
         out.append(ch.lower())
     return "".join(out)
+
+
+def quoted_truth(value) -> str:
+    """`` (a string: without the quotes it is a boolean)`` for ``"false"`` or ``"true"`` given where a
+    boolean is wanted (``key='false'`` on the command line, ``amsgrad="false"`` in Python), else
+    ``""``: the note for an error that would otherwise read "must be true or false; received 'false'"."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return " (a string: without the quotes it is a boolean)"
+    return ""

@@ -147,6 +147,15 @@ BAD_INPUT = [
         "optimizer_groups[0].optimizer: SGD: `momentum` must be",
     ),
     (("callbacks=[backup_and_restore]", "callbacks.backup_and_restore.backup_dir=blocker"), "blocker"),
+    # a quoted boolean is a string: "must be true or false; received 'false'" said nothing more
+    (
+        ("trainer.progress_bar='false'",),
+        "trainer.progress_bar must be true or false; received trainer.progress_bar='false' (a string: without the "
+        "quotes it is a boolean)",
+    ),
+    (("tracking.detach='true'",), "received 'true' (a string: without the quotes it is a boolean)"),
+    (("tracking.plots='False'",), "received 'False' (a string: without the quotes it is a boolean)"),
+    (("optimizer=adam", "optimizer.amsgrad='false'"), "received amsgrad='false' (a string: without the quotes it is"),
 ]
 
 

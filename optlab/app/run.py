@@ -16,6 +16,7 @@ import numpy as np
 from .. import __version__, callbacks, optimizers, problems, schedules
 from ..callbacks import Callback, ProgressBar, direction
 from ..files import write_text_atomic
+from ..hparams import quoted_truth
 from ..names import closest, counted, did_you_mean
 from ..trainer import Trainer
 from .config import INTERNAL_CALLBACKS, MISSING, ConfigError, main_config, not_an_option, preset_keys
@@ -178,7 +179,7 @@ def check_settings(conf: dict) -> None:
 
     def check(key: str, ok: bool, allowed: str, value) -> None:
         if not ok:
-            raise ConfigError(f"{key} must be {allowed}; received {key}={value!r}")
+            raise ConfigError(f"{key} must be {allowed}; received {key}={value!r}{quoted_truth(value)}")
 
     trainer, tracking = conf["trainer"], conf.get("tracking") or {}
     try:  # the trainer's own declarations: the same checks as Trainer(...), made before it exists
@@ -543,7 +544,7 @@ def detached(detach, sweep: dict, output_dir, log_every="auto") -> bool:
     command returned); a script's, a pipe's or a job's run is in the store when the command
     returns. A sweep's runs are recorded as each ends."""
     if detach not in (True, False, "auto"):
-        raise ConfigError(f"tracking.detach must be true, false or auto; received {detach!r}")
+        raise ConfigError(f"tracking.detach must be true, false or auto; received {detach!r}{quoted_truth(detach)}")
     if sweep:
         return False
     if detach == "auto":

@@ -43,6 +43,7 @@ except ImportError:  # Windows: no detached runs (recording.check_recordable say
 
 from ..callbacks import Callback
 from ..files import _write_atomic, write_text_atomic
+from ..hparams import quoted_truth
 from . import painter as painting
 from .keys import RATE, STEP_LOSS, metric_key, params_of
 from .plots import draw
@@ -178,9 +179,9 @@ class MlflowTracker(Callback):
     ):
         super().__init__()
         if not isinstance(plots, bool):
-            raise TrackingError(f"tracking.plots must be true or false; received {plots!r}")
+            raise TrackingError(f"tracking.plots must be true or false; received {plots!r}{quoted_truth(plots)}")
         if not isinstance(detach, bool):
-            raise TrackingError(f"tracking.detach must be true or false; received {detach!r}")
+            raise TrackingError(f"tracking.detach must be true or false; received {detach!r}{quoted_truth(detach)}")
         if log_every != "auto" and (not isinstance(log_every, int) or isinstance(log_every, bool) or log_every < 1):
             raise TrackingError(f'tracking.log_every must be "auto" or an integer >= 1; received {log_every!r}')
         if not isinstance(max_points, int) or isinstance(max_points, bool) or max_points < 3:
