@@ -425,7 +425,16 @@ def _faulty(template: Path, fault: str) -> None:
         connection.close()
 
 
-@pytest.mark.parametrize("fault", ["damaged", "used", "a table dropped", "a row added", "a trigger added"])
+UNSOUND = {  # what is wrong, as the warning says it
+    "damaged": "is damaged",
+    "used": "its table runs holds 1 row, where an empty store holds 0",
+    "a table dropped": "its schema changed since it was made",
+    "a row added": "its table registered_models holds 1 row, where an empty store holds 0",
+    "a trigger added": "its schema changed since it was made",
+}
+
+
+@pytest.mark.parametrize("fault", list(UNSOUND))
 def test_an_unsound_cached_store_is_set_aside_not_copied_nor_replaced(tmp_path, no_cached_store, fault):
     from optlab.app import store
 
@@ -434,8 +443,11 @@ def test_an_unsound_cached_store_is_set_aside_not_copied_nor_replaced(tmp_path, 
     _faulty(template, fault)
     before = template.read_bytes()
     db = tmp_path / "mlflow.db"
-    with pytest.warns(UserWarning, match="was not sound .* it is kept as .*, and a new one is made"):
+    with pytest.warns(UserWarning, match="was not sound .* it is kept as .*, and a new one is made") as warned:
         assert store.create_sqlite_store(db)
+    assert UNSOUND[fault] in str(warned[0].message), str(
+        warned[0].message
+    )  # (it said only "damaged, changed, or used")
     # the new store is whole: its schema, its Default experiment and nothing else
     assert _clauses(_schema_and_rows(db)[0]) == _clauses(_schema_and_rows(template)[0])
     _, rows = _schema_and_rows(db)

@@ -445,9 +445,10 @@ def empty_store() -> Path | None:
                     return None
                 for stale in leftovers(folder, r"mlflow-[^/]+-empty\.db"):  # a builder killed outright
                     stale.unlink()
-                if not _is_empty_store(template):
+                unsound = _unsound(template)
+                if unsound is not None:
                     if os.path.lexists(template):
-                        _set_aside(template)
+                        _set_aside(template, unsound)
                     _build_empty_store(template)
         finally:
             os.close(descriptor)
@@ -476,16 +477,15 @@ def _build_empty_store(template: Path) -> None:
         _remove_with_journals(temp)
 
 
-def _set_aside(path: Path) -> None:
+def _set_aside(path: Path, why: str) -> None:
     """Rename what is at the cached store's name (damaged, changed, used as a store: maybe someone's
-    runs) beside it: never replaced."""
+    runs; ``why``) beside it: never replaced."""
     import warnings
 
     aside = path.with_name(f"{path.name}.unsound-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     os.rename(path, aside)
     warnings.warn(
-        f"the cached empty MLflow store {path} was not sound (damaged, changed, or used as a store); "
-        f"it is kept as {aside}, and a new one is made",
+        f"the cached empty MLflow store {path} was not sound ({why}); it is kept as {aside}, and a new one is made",
         stacklevel=3,
     )
 
@@ -512,27 +512,38 @@ def _is_empty_store(path: Path) -> bool:
     """Is ``path`` a sound store of this MLflow's schema, unchanged since it was made empty (its schema's
     digest), with no rows beyond its schema's revision and the default workspace? False if missing
     or damaged."""
+    return _unsound(path) is None
+
+
+def _unsound(path: Path) -> str | None:
+    """Why ``path`` is not :func:`_is_empty_store` (``"missing"``, what is wrong), or None if it is."""
     import sqlite3
     from urllib.parse import quote
 
     try:
-        if not path.is_file() or inspect_sqlite(path, str(path)) != "store":
-            return False
+        if not path.is_file():
+            return "missing"
+        state = inspect_sqlite(path, str(path))
+        if state != "store":
+            return "an SQLite file without MLflow's schema" if state == "empty" else state
         connection = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
         try:
             if connection.execute("PRAGMA user_version").fetchone()[0] != _schema_digest(connection):
-                return False
+                return "its schema changed since it was made"
             tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-            return all(
-                connection.execute(f"SELECT count(*) FROM {_quoted(table)}").fetchone()[0]
-                <= _EMPTY_STORE_ROWS.get(table, 0)
-                for table in tables
-                if not table.startswith("sqlite_")
-            )
+            for table in tables:
+                if table.startswith("sqlite_"):
+                    continue
+                rows = connection.execute(f"SELECT count(*) FROM {_quoted(table)}").fetchone()[0]
+                empty = _EMPTY_STORE_ROWS.get(table, 0)
+                if rows > empty:
+                    held = f"{rows} row{'s' if rows > 1 else ''}"
+                    return f"its table {table} holds {held}, where an empty store holds {empty}"
+            return None
         finally:
             connection.close()
-    except (OSError, sqlite3.Error, TrackingError):
-        return False
+    except (OSError, sqlite3.Error, TrackingError) as exc:
+        return f"{exc}".splitlines()[0][:300] if str(exc) else type(exc).__name__
 
 
 def _same_folder(a: Path, b: Path) -> bool:
