@@ -13,10 +13,16 @@ def command(main) -> int:
         status = main()
         sys.stdout.flush()  # (a reader gone is found here at the latest)
     except BrokenPipeError:  # the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python's own flush at exit)
-        status = 1
+        status = reader_gone()
     skip_final_collection()
     return status
+
+
+def reader_gone() -> int:
+    """The exit status of a command whose output's reader went away (``| head``): 1. What is left in
+    Python's buffer goes nowhere, so that Python's own flush at exit raises no second error."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 1
 
 
 def skip_final_collection() -> None:

@@ -299,8 +299,18 @@ def test_a_reader_that_goes_away_is_no_traceback(tmp_path):
     assert done.returncode == 1 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
 
 
-@pytest.mark.parametrize("args", [["optlab.problems"], ["optlab.bench", "--only", "tiny", "--optimizers", "sgd"]])
-def test_the_librarys_commands_into_a_reader_that_goes_away_are_no_traceback(tmp_path, args):
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["optlab.problems"],
+        ["optlab.bench", "--only", "tiny", "--optimizers", "sgd"],
+        # `python -m optlab --help | head`, `optlab.study --help`, `optlab.plugins`: tracebacks, found this session
+        ["optlab", "--help"],
+        ["optlab.study", "--help"],
+        ["optlab.plugins"],
+    ],
+)
+def test_the_commands_into_a_reader_that_goes_away_are_no_traceback(tmp_path, args):
     # `python -m optlab.bench | head -3`: the benchmark prints for minutes after head has gone
     import os
     import subprocess

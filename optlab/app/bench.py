@@ -310,4 +310,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .entry import command
+
+    sys.exit(command(main))

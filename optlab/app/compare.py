@@ -602,4 +602,6 @@ def log_to_parent(result: dict, table: str, uri: str) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .entry import command
+
+    sys.exit(command(main))

@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 
-from ..commands import command, skip_final_collection
+from ..commands import command, reader_gone, skip_final_collection
 from .signals import handle_hangup, ignore_signals
 
 __all__ = ["command", "main", "skip_final_collection"]
@@ -61,6 +61,8 @@ def main(argv=None, app=None) -> None:
             _ignore_signals()
             _exit_now(stop.code)
         raise
+    except BrokenPipeError:  # the output's reader went away (`--help | head`): it has what it wanted
+        sys.exit(reader_gone())
     except KeyboardInterrupt as interrupt:  # outside a run: a run catches its own
         signum = _first_signal() or getattr(interrupt, "signum", signal.SIGINT)
         reason = str(interrupt) or "interrupted (Ctrl-C)"

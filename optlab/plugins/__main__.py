@@ -2,7 +2,8 @@
 
 import sys
 
+from optlab.app.entry import command
 from optlab.app.plugins_cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command(main))
