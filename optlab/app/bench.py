@@ -310,6 +310,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from .entry import command
+    from ..commands import command
 
     sys.exit(command(main))

@@ -602,6 +602,6 @@ def log_to_parent(result: dict, table: str, uri: str) -> str:
 
 
 if __name__ == "__main__":
-    from .entry import command
+    from ..commands import command
 
     sys.exit(command(main))
