@@ -236,6 +236,13 @@ def test_a_group_none_of_whose_seeds_logged_the_metric_says_so(tmp_path):
     assert "problem.name=b: 3 from 1 seed (1 of 2 without a finite value)" in text
     with pytest.raises(LookupError, match=r"logged metrics: loss, val_loss$"):
         compare(sweep="all", metric="bogus", uri=uri, output=str(tmp_path / "cmp.png"))
+    # runs of no step (trainer.epochs=0): "logged metrics: " and nothing after it
+    empty = tmp_path / "empty.db"
+    uri_empty = f"sqlite:///{empty}"
+    other = MlflowClient(uri_empty)
+    other.set_terminated(other.create_run(other.create_experiment("optlab")).info.run_id)
+    with pytest.raises(LookupError, match=r"^no run logged 'loss': the 1 run found logged no metric at all$"):
+        compare(sweep="all", metric="loss", uri=uri_empty, output=str(tmp_path / "cmp.png"))
 
 
 def test_the_latest_study_is_not_called_a_study_named_latest(tmp_path):

@@ -140,6 +140,9 @@ def compare(
     missing = [r["run"] for r in rows if math.isnan(r["final"])]
     if len(missing) == len(rows):
         logged = sorted({key for run in runs for key in run.data.metrics})  # (each run's, not the first's)
+        if not logged:  # (runs of no step: trainer.epochs=0, or stopped before their first)
+            found = counted(len(runs), "run")
+            raise LookupError(f"no run logged {metric!r}: the {found} found logged no metric at all")
         raise LookupError(f"no run logged {metric!r}; logged metrics: {', '.join(logged)}")
     reverse = pick is max
     rows.sort(key=lambda r: (math.isnan(r["final"]), -r["final"] if reverse else r["final"]))
