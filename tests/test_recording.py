@@ -286,6 +286,8 @@ def test_a_detached_run_killed_as_it_trains_leaves_its_points_for_deliver(tmp_pa
     assert busy.returncode == 1 and "is being written by its run, which has not ended; wait for it" in busy.stderr
     proc.kill()
     proc.wait(60)
+    with open(path, "a") as record:  # killed in the middle of a write: an unfinished last line
+        record.write('["train/loss", 0.12')
     delivered = optlab(tmp_path, str(path), module="optlab.deliver")
     assert delivered.returncode == 0, delivered.stderr
     c, (run,) = runs(tmp_path)

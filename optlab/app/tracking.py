@@ -247,7 +247,7 @@ class MlflowTracker(Callback):
         self._extras_added = False
         self._kept_end: dict | None = None
         self._keep_lock = threading.Lock()
-        # a detached run's record, written as its points come (see _spill): the open file (locked),
+        # a detached run's record, written as its points come (_write_points): the open file (locked),
         # the end of its header and of its last complete point, and the points in it
         self._spill = None
         self._spill_start = self._spill_end = self._spilled = 0
@@ -1142,11 +1142,14 @@ def _kept_lines(source):
 def kept_metrics(source):
     """The metrics of a kept file (``source``: its path, or the file open for reading, read from its
     start), one (key, value, timestamp_ms, step) at a time: memory does not grow with the file.
-    TrackingError at the first line that is not one."""
+    TrackingError at the first line that is not one, except an unfinished last line (no newline): a
+    detached run's record, written as the run goes, ends so if the run was killed as it wrote."""
     try:
         with _kept_lines(source) as file:
             file.readline()
             for line in file:
+                if not line.endswith("\n"):
+                    break  # (every line written whole ends with one)
                 if not line.strip():
                     continue
                 metric = json.loads(line)
