@@ -196,6 +196,30 @@ def test_a_record_whose_folder_is_deleted_while_it_is_recorded_is_recorded_whole
     assert sorted(x.path for x in c.list_artifacts(run.info.run_id)) == ["config.yaml", "curves.png", "path.png"]
 
 
+def test_a_record_replaced_while_it_is_delivered_is_not_removed(tmp_path, monkeypatch):
+    # a delivery that opened a detached run's record as the run's end replaced it removed, at its
+    # end, whatever was at the path: the new record, which nothing else may have delivered yet
+    import os
+
+    (path,) = _record_kept_by_hand(tmp_path)
+    newer = path.read_bytes()
+    log = delivering._log
+
+    def replacing(client, run_id, metrics):
+        if not (tmp_path / "new").exists():
+            (tmp_path / "new").write_bytes(newer)
+            os.replace(tmp_path / "new", path)  # (atomically, as a run's end rewrites its record)
+        log(client, run_id, metrics)
+
+    monkeypatch.setattr(delivering, "_log", replacing)
+    delivering.deliver(path, recorder=True)
+    assert path.read_bytes() == newer  # left for its own delivery
+    monkeypatch.undo()
+    again = delivering.deliver(path)
+    assert again.written == 0 and again.skipped > 0 and not path.exists()
+    assert len(runs(tmp_path)[1]) == 1
+
+
 def test_a_file_being_delivered_is_not_delivered_again_at_once(tmp_path):
     # a fault probe: of two `optlab.deliver FILE` at once, the second said "the store failed (No
     # such file)" once the first had removed the file

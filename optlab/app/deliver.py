@@ -224,21 +224,33 @@ def deliver(path: Path, uri: str | None = None, progress=None, recorder: bool = 
             f"{path} is being recorded right now by the process its run started; wait for it "
             "(python -m optlab.compare waits for it)"
         )
+    for _ in range(3):  # (a run's end replaces the record it wrote as it went: the new one is read)
+        try:
+            source = open(path, encoding="utf-8")
+        except OSError as exc:
+            raise TrackingError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        with source:
+            header = read_kept_header(path, source)
+            if fcntl is not None:
+                try:
+                    fcntl.flock(source.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    training = header.get("record") is not None and header.get("end") is None
+                    doing = "written by its run, which has not ended"
+                    doing = doing if training else "delivered by another process right now"
+                    raise TrackingError(f"{path} is being {doing}; wait for it") from None
+            if _still(path, source):
+                return _deliver(path, source, header, uri, progress)
+    raise TrackingError(f"{path} keeps being replaced while it is opened; deliver it again")
+
+
+def _still(path: Path, source) -> bool:
+    """Whether ``path`` is still the file open as ``source`` (not replaced, not removed)."""
     try:
-        source = open(path, encoding="utf-8")
-    except OSError as exc:
-        raise TrackingError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    with source:
-        header = read_kept_header(path, source)
-        if fcntl is not None:
-            try:
-                fcntl.flock(source.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                training = header.get("record") is not None and header.get("end") is None
-                doing = "written by its run, which has not ended"
-                doing = doing if training else "delivered by another process right now"
-                raise TrackingError(f"{path} is being {doing}; wait for it") from None
-        return _deliver(path, source, header, uri, progress)
+        now, mine = os.stat(path), os.fstat(source.fileno())
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def _deliver(path: Path, source, header: dict, uri: str | None, progress) -> Delivered:
@@ -335,7 +347,8 @@ def _deliver(path: Path, source, header: dict, uri: str | None, progress) -> Del
     if plots:
         with contextlib.suppress(OSError):
             folder.rmdir()  # the run made it for its plots; only if nothing else is in it
-    path.unlink(missing_ok=True)  # (removed meanwhile, with its folder: delivered all the same)
+    if _still(path, source):  # (removed meanwhile, with its folder: delivered all the same; replaced: not ours)
+        path.unlink(missing_ok=True)
     kept_end = None if later is None else f"{end['status']}, not set: the run ended later, {later}"
     return Delivered(len(unique) - skipped, skipped, uri, [f.name for f in files], kept_end)
 
