@@ -282,6 +282,41 @@ def test_a_detached_runs_points_go_to_its_record_as_they_come_not_into_memory(tm
     assert run.info.status == "FINISHED" and len(c.get_metric_history(run.info.run_id, "train/loss")) == 500
 
 
+def test_a_detached_run_whose_record_cannot_be_completed_says_where_its_points_are(tmp_path, monkeypatch):
+    # the disk full at the run's end: the record it wrote as it went stays, and the run says so
+    import errno
+
+    import optlab
+    from optlab.app import tracking
+    from optlab.trainer import Trainer
+
+    monkeypatch.setattr(tracking, "SPILL_POINTS", 50)
+    monkeypatch.setattr(recording, "spawn", lambda path, uri: pytest.fail("nothing to record"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = tracking.MlflowTracker(uri, "tests", {"a": 1}, {}, "full", 1, output_dir=tmp_path, detach=True)
+    tracker.start()
+    Trainer(optlab.problems.get("quadratic"), optlab.optimizers.SGD(), [tracker], epochs=300).fit()
+
+    def full(path, write):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tracking, "_write_atomic", full)
+    tracker.close("FINISHED")
+    (path,) = tmp_path.glob("undelivered-*.jsonl")
+    assert tracker.undelivered_message() == (
+        f"its record could not be completed ({path}: No space left on device); the points it had written so far "
+        f"are in {path}: python -m optlab.deliver {path} records the run in {uri} with them, marked KILLED"
+    )
+    header, metrics = tracking.read_kept(path)
+    assert header["end"] is None and len(metrics) >= 250
+    monkeypatch.undo()
+    delivering.deliver(path)
+    c = client(tmp_path)
+    (run,) = c.search_runs([c.get_experiment_by_name("tests").experiment_id])
+    assert run.info.status == "KILLED" and run.data.tags["error"] == delivering.UNENDED
+    assert len(c.get_metric_history(run.info.run_id, "train/loss")) == len([m for m in metrics if m[0] == "train/loss"])
+
+
 def test_a_detached_run_killed_as_it_trains_leaves_its_points_for_deliver(tmp_path, spawn):
     # SIGKILL (the machine's out-of-memory killer, a cluster's hard limit): the points written so far are
     # kept in a record optlab.deliver takes, the run recorded KILLED, and nothing delivers it meanwhile
