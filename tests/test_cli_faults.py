@@ -253,6 +253,50 @@ def test_a_signal_whose_exception_python_drops_still_stops_the_run(tmp_path, spa
     assert f"the MLflow run {run.info.run_id} is marked KILLED" in err
 
 
+#: a SIGTERM before the run, inside a weak-reference callback (as inside numba's compiler, which calls
+#: Python from C), where Python drops what the signal handler raises
+SIGNAL_IN_A_CALLBACK_BEFORE_THE_RUN = """
+import os, signal, sys, weakref
+import optlab.app.run as running
+
+class Thing:
+    pass
+
+def strike(ref):
+    os.kill(os.getpid(), signal.SIGTERM)
+    sum(range(100_000))  # the handler runs here, inside the callback
+
+build = running.build
+
+def building(conf):
+    thing = Thing()
+    ref = weakref.ref(thing, strike)
+    del thing
+    return build(conf)
+
+running.build = building
+from optlab.app.entry import main
+sys.argv = ["optlab", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_signal_whose_exception_python_drops_before_the_run_still_stops_the_command(tmp_path):
+    # a fault probe: a SIGTERM during numba's compilation, inside a callback from C, was ignored:
+    # the run went on and ended FINISHED, with exit status 0
+    result = subprocess.run(
+        [sys.executable, "-c", SIGNAL_IN_A_CALLBACK_BEFORE_THE_RUN, "problem=quadratic", "trainer.epochs=3", *FAST],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 143, result.stderr
+    assert "optlab: terminated (SIGTERM) outside a run: nothing was being recorded" in result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 #: ``python -m optlab`` that sends itself the signal $SIGNAL while Hydra's configs are registered
 SIGNAL_BEFORE_THE_RUN = """
 import os, sys

@@ -9,6 +9,7 @@ a run's own handlers (``optlab.app.run.stop_signals``) take over while it trains
 import os
 import signal
 import sys
+import threading
 
 from ..commands import command, reader_gone, skip_final_collection
 from .signals import handle_hangup, ignore_signals
@@ -25,6 +26,9 @@ class _Stopped(KeyboardInterrupt):
 
 
 def _outside_a_run(signum, frame):
+    if _lost:  # sent again (see _dropped): the first one's exception never reached the program
+        _lost.clear()
+        raise _Stopped(signum)
     first = _first_signal()
     if first is not None:  # a run or this handler was stopped already: Python is winding up, do not wait
         sys.stderr.flush()
@@ -34,6 +38,21 @@ def _outside_a_run(signum, frame):
 
 
 _received: list[int] = []
+_lost: list[int] = []  # a signal whose exception Python dropped, sent again
+
+
+def _dropped(info, hook) -> None:
+    """``sys.unraisablehook`` while a command runs: a signal's exception raised where Python drops
+    it (a weak-reference callback, a finalizer, a C library's callback: numba's compiler calls
+    Python from C) is not lost: the signal is sent again shortly, to stop the command where it can
+    (during training, a run's own hook stops it at the next step). Anything else goes to ``hook``."""
+    if isinstance(info.exc_value, _Stopped):
+        _lost[:] = [info.exc_value.signum]
+        again = threading.Timer(0.05, signal.pthread_kill, (threading.main_thread().ident, info.exc_value.signum))
+        again.daemon = True
+        again.start()
+        return
+    hook(info)
 
 
 def _first_signal() -> int | None:
@@ -51,6 +70,8 @@ def main(argv=None, app=None) -> None:
         if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
             signal.signal(signum, _outside_a_run)
     handle_hangup()
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda info: _dropped(info, hook)
     try:
         if app is None:
             from .main import main as app
@@ -70,6 +91,7 @@ def main(argv=None, app=None) -> None:
         _ignore_signals()
         sys.exit(128 + signum)
     finally:
+        sys.unraisablehook = hook
         skip_final_collection()
 
 
