@@ -243,6 +243,39 @@ def test_runtime_registration_without_packaging():
     assert optlab.optimizers.registry.source("test_runtime_slow_sgd") == "<runtime>"
 
 
+def test_a_hook_optlab_would_never_call_is_said(tmp_path):
+    # a newcomer's plugin: `def register_optimizer(register)` (singular), marked, was silently never
+    # called ("Unknown optimizer", and optlab.plugins listed the plugin as loaded); so was a hook
+    # left unmarked
+    import types
+
+    module = types.ModuleType("typo_plugin")
+
+    @optlab.hookimpl
+    def register_optimizer(register):
+        raise AssertionError("never called")
+
+    def register_schedules(register):
+        raise AssertionError("never called")
+
+    module.register_optimizer = register_optimizer
+    module.register_schedules = register_schedules
+    with pytest.warns(plugins.PluginWarning) as warned:
+        plugins.register(module, name="test-typo-plugin")
+    said = sorted(str(w.message) for w in warned)
+    assert said == [
+        "optlab plugin from distribution '<runtime>' (function register_optimizer) is never called: it is marked "
+        "@optlab.hookimpl, but optlab has no hook 'register_optimizer' (did you mean 'register_optimizers'?); its "
+        "hooks: register_optimizers, register_schedules, register_callbacks, register_problems",
+        "optlab plugin from distribution '<runtime>' (function register_schedules) is never called: it is not "
+        "marked @optlab.hookimpl",
+    ]
+    assert {(d, w) for d, w, _ in plugins.failures()} >= {
+        ("<runtime>", "function register_optimizer"),
+        ("<runtime>", "function register_schedules"),
+    }
+
+
 def test_hooks_are_documented():
     from optlab import hookspecs
 

@@ -110,7 +110,36 @@ def _register_plugin(plugin, name: str, distribution: str, version: str, entry_p
         _warn(distribution, f"entry point {entry_point}", _error_text(error), "failed and is skipped")
         return False
     _state.plugins.append(PluginInfo(name, distribution, version, entry_point))
+    _check_hooks(plugin, distribution)
     return True
+
+
+def _check_hooks(plugin, distribution: str) -> None:
+    """Warn of a plugin's function that optlab will never call: marked ``@optlab.hookimpl`` under a
+    name that is no hook (a typo: ``register_optimizer``), or named as a hook and not marked."""
+    from ..names import did_you_mean
+
+    pm = manager()
+    hooks = [f"register_{kind}" for kind in REGISTRIES]
+    for attr in dir(plugin):
+        if attr.startswith("_"):
+            continue
+        try:
+            options = pm.parse_hookimpl_opts(plugin, attr)
+        except Exception:  # (an attribute that raises when read: not a hook)
+            continue
+        if options is not None:
+            name = options.get("specname") or attr
+            if name not in hooks:
+                _warn(
+                    distribution,
+                    f"function {attr}",
+                    f"it is marked @optlab.hookimpl, but optlab has no hook {name!r}{did_you_mean(name, hooks)}; "
+                    f"its hooks: {', '.join(hooks)}",
+                    "is never called",
+                )
+        elif attr in hooks and callable(getattr(plugin, attr, None)):
+            _warn(distribution, f"function {attr}", "it is not marked @optlab.hookimpl", "is never called")
 
 
 def _hashable(plugin, name: str):
