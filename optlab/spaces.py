@@ -208,6 +208,43 @@ def check_space(cls, space: dict) -> None:
                 raise ValueError(f"{cls.registry_name}: search space of `{name}` is {item}: {error}") from None
 
 
+def widened(cls, name: str, space: Space, value, fraction: float) -> tuple[str, Space | None] | None:
+    """Where ``value`` lies on an edge of ``space`` (within ``fraction`` of its range, in its own
+    scale): ``("low" or "high", the space widened at that end)``; None off the edges and for a
+    choice. A log range widens by a factor of 100, a linear one by half its width, each at most to
+    what the hyperparameter ``name`` of optimizer class ``cls`` accepts (halfway to an open bound);
+    ``(end, None)`` when that end is the hyperparameter's own bound already."""
+    if isinstance(space, Choice):
+        return None
+    u = space.to_unit(value)
+    end = "low" if u <= fraction else "high" if u >= 1.0 - fraction else None
+    if end is None:
+        return None
+    low, high = space.bounds()
+    old = low if end == "low" else high
+    log = isinstance(space, LogUniform)
+    if log:
+        new = old / 100 if end == "low" else old * 100
+    else:
+        new = old - (high - low) / 2 if end == "low" else old + (high - low) / 2
+    hyper = cls.hyperparameters()[name]
+    bound, open_ = (hyper.low, hyper.low_open) if end == "low" else (hyper.high, hyper.high_open)
+    if bound is not None and (new < bound if end == "low" else new > bound):
+        if not open_:
+            new = bound
+        else:  # halfway to a bound it must not reach, in the range's own scale
+            new = math.sqrt(old * bound) if log and bound > 0 else (old + bound) / 2
+    new = float(f"{new:.6g}")
+    if new == old:
+        return end, None
+    try:
+        wider = type(space)(new, high) if end == "low" else type(space)(low, new)
+        hyper.validate(new, cls.__name__)
+    except ValueError:
+        return end, None
+    return end, wider
+
+
 def tuned(**spaces: Space) -> MappingProxyType:
     """An optimizer's declared ``search_space`` (read-only: it belongs to the class)::
 

@@ -284,7 +284,29 @@ def test_an_edge_setting_is_warned_about(tmp_path):
     )
     results = study.run()
     assert results["chosen"]["seed_linear|adam"]["edge"] == ["learning_rate"]
-    assert any("edge of its search space" in line for line in lines)
+    # which end, and the override that widens it there (it said "space.<optimizer>.<name>=...")
+    said = (
+        "adam on seed_linear: the tuned learning_rate=0.01 lies at the high end of its search space "
+        'log(0.0001, 0.01): widen it there (space.adam.learning_rate="log(0.0001, 1)") or the comparison is '
+        "about the space"
+    )
+    assert f"optlab: warning: {said}" in lines
+    assert f"- {said}." in markdown(study.spec, results, "")
+
+
+def test_an_edge_is_widened_at_its_end_as_far_as_the_hyperparameter_goes():
+    from optlab.optimizers import SGD, Adam
+    from optlab.spaces import Choice, Uniform, widened
+
+    assert widened(SGD, "learning_rate", LogUniform(1e-3, 10), 0.001, 0.05) == ("low", LogUniform(1e-5, 10))
+    assert widened(SGD, "learning_rate", LogUniform(1e-3, 10), 9.0, 0.05) == ("high", LogUniform(1e-3, 1000))
+    assert widened(SGD, "learning_rate", LogUniform(1e-3, 10), 0.1, 0.05) is None  # (mid-range: log 0.1 is 0.5)
+    # a linear range by half its width, but beta_2 < 1: halfway from 0.999 to 1
+    assert widened(Adam, "beta_2", Uniform(0.9, 0.999), 0.999, 0.05) == ("high", Uniform(0.9, 0.9995))
+    assert widened(Adam, "beta_2", Uniform(0.9, 0.999), 0.9, 0.05) == ("low", Uniform(0.8505, 0.999))
+    # momentum >= 0: a range that starts at 0 cannot widen there
+    assert widened(SGD, "momentum", Uniform(0.0, 0.99), 0.0, 0.05) == ("low", None)
+    assert widened(SGD, "nesterov", Choice(True, False), True, 0.05) is None
 
 
 # -- the command line ------------------------------------------------------------------------------

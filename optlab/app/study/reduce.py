@@ -83,6 +83,27 @@ def choose(spec: Spec, table: dict) -> dict:
     return chosen
 
 
+def edge_notes(spec: Spec, optimizer: str, best: dict) -> list[str]:
+    """What to say of each hyperparameter of ``optimizer``'s tuned setting ``best`` that lies on an
+    edge of its space (:func:`choose`): which end, and the override that widens it there."""
+    from ... import optimizers
+    from ...spaces import widened
+
+    cls = optimizers.registry.get(optimizer)
+    spaces = spec.spaces(optimizer)
+    notes = []
+    for name in best["edge"]:
+        value, space = best["hparams"][name], spaces[name]
+        end, wider = widened(cls, name, space, value, EDGE) or ("", None)
+        where = f"the tuned {name}={value:g} lies at the {end} end of its search space {space}"
+        if wider is None:
+            notes.append(f"{where}, which is the end of what {name} accepts: its best may lie there")
+        else:
+            override = f'space.{optimizer}.{name}="{wider}"'
+            notes.append(f"{where}: widen it there ({override}) or the comparison is about the space")
+    return notes
+
+
 def final_runs(spec: Spec, chosen: dict) -> list[dict]:
     """The reruns: each tuned setting, and each optimizer's defaults, on every final seed."""
     runs = []

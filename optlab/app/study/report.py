@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ...names import counted
+from .reduce import edge_notes
 from .spec import Spec
 
 
@@ -437,10 +438,7 @@ def markdown(spec: Spec, results: dict, command: str) -> str:
         lines += ["## Warnings", ""]
         for key, c in edges:
             problem, opt = key.split("|")
-            lines.append(
-                f"- {opt} on {problem}: the tuned {', '.join(c['edge'])} lies on the edge of its search space; "
-                "a wider space may change this comparison."
-            )
+            lines += [f"- {opt} on {problem}: {note}." for note in edge_notes(spec, opt, c)]
         lines.append("")
     fit = timing.get("fit_seconds", timing["train_seconds"])
     probes = timing.get("probe_seconds", 0.0)

@@ -176,12 +176,8 @@ class Study:
         table = reducing.tuning_table(spec, tuning)
         chosen = reducing.choose(spec, table)
         for (problem, optimizer), best in chosen.items():
-            if best["edge"]:
-                values = ", ".join(f"{k}={best['hparams'][k]:g}" for k in best["edge"])
-                self.say(
-                    f"optlab: warning: {optimizer} on {problem}: the tuned {values} lies on the edge of its "
-                    "search space: widen it (space.<optimizer>.<name>=...) or the comparison is about the space"
-                )
+            for note in reducing.edge_notes(spec, optimizer, best):
+                self.say(f"optlab: warning: {optimizer} on {problem}: {note}")
         finals = self.execute(reducing.final_runs(spec, chosen), "final")
         self.finals = finals
         results = reducing.reduce(spec, tuning, finals, chosen)
