@@ -141,15 +141,26 @@ def remove_stale_temps(path) -> list[str]:
     is removed only if it was made on this host (same host name) by a process that no longer
     exists. Another host's file, a live process's file and any other file are never touched.
     """
+    removed = []
+    for name in stale_temps(path):
+        try:
+            os.unlink(name)
+        except OSError:  # another writer removed it first; a cleanup never fails a write
+            continue
+        removed.append(name)
+    return removed
+
+
+def stale_temps(path) -> list[str]:
+    """The temporary files of ``path`` (:func:`create_temp`'s) whose writers died on this host."""
     path = os.path.abspath(os.fspath(path))
     folder = os.path.dirname(path)
     start = os.path.basename(_temp_prefix(path)) + _host()
     # the pid and the random part are the last two fields, so a host name with '-' is unambiguous
     pattern = re.compile(re.escape(start) + r"-([0-9]+)-[0-9a-f]{8}")
-    removed = []
     try:
         with os.scandir(folder) as entries:
-            stale = [
+            return [
                 entry.path
                 for entry in entries
                 if entry.name.startswith(start)
@@ -158,14 +169,7 @@ def remove_stale_temps(path) -> list[str]:
                 and not _alive(int(match.group(1)))
             ]
     except OSError:
-        return removed
-    for name in stale:
-        try:
-            os.unlink(name)
-        except OSError:  # another writer removed it first; a cleanup never fails a write
-            continue
-        removed.append(name)
-    return removed
+        return []
 
 
 def _temp_prefix(path: str) -> str:

@@ -282,6 +282,43 @@ def test_a_detached_runs_points_go_to_its_record_as_they_come_not_into_memory(tm
     assert run.info.status == "FINISHED" and len(c.get_metric_history(run.info.run_id, "train/loss")) == 500
 
 
+@pytest.mark.parametrize("whole", [True, False])
+def test_a_run_killed_as_its_end_rewrote_its_record_is_delivered_from_what_it_left(tmp_path, monkeypatch, whole):
+    # a fault probe, 6 of 6 SIGKILLs as a detached run's end rewrote its record: the run, trained to
+    # its end, was recorded KILLED with the points written as it went, and the whole new record
+    # stayed beside it as a temporary file nothing removes
+    import optlab
+    from optlab import files
+    from optlab.app import tracking
+    from optlab.trainer import Trainer
+
+    monkeypatch.setattr(tracking, "SPILL_POINTS", 50)
+    monkeypatch.setattr(recording, "spawn", lambda path, uri: 0)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = tracking.MlflowTracker(uri, "tests", {"a": 1}, {}, "cut", 1, output_dir=tmp_path, detach=True)
+    tracker.start()
+    Trainer(optlab.problems.get("quadratic"), optlab.optimizers.SGD(), [tracker], epochs=500).fit()
+    (path,) = tmp_path.glob("undelivered-*.jsonl")
+    as_it_went = path.read_bytes()
+    tracker.close("FINISHED")
+    # what the kill left: the new record in a temporary file of a writer now dead, the old in place
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    temp = Path(files._temp_prefix(str(path)) + f"{files._host()}-{int(dead.stdout)}-0badf00d")
+    new = path.read_bytes()
+    temp.write_bytes(new if whole else new[: len(new) - 100])  # (or cut short as it was written)
+    path.write_bytes(as_it_went)
+    delivering.deliver(path)
+    c = client(tmp_path)
+    (run,) = c.search_runs([c.get_experiment_by_name("tests").experiment_id])
+    steps = [m.step for m in c.get_metric_history(run.info.run_id, "train/loss")]
+    if whole:  # the new record, complete: the run as it ended, every point
+        assert run.info.status == "FINISHED" and steps == list(range(1, 501))
+    else:  # not complete: the record it wrote as it went, KILLED
+        assert run.info.status == "KILLED" and run.data.tags["error"] == delivering.UNENDED
+        assert 250 <= len(steps) < 500 and steps == list(range(1, len(steps) + 1))
+    assert not path.exists() and not temp.exists()  # (nothing of it left behind)
+
+
 def test_a_detached_run_whose_record_cannot_be_completed_says_where_its_points_are(tmp_path, monkeypatch):
     # the disk full at the run's end: the record it wrote as it went stays, and the run says so
     import errno

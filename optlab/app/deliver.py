@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..files import write_bytes_atomic
+from ..files import remove_stale_temps, stale_temps, write_bytes_atomic
 from .run import Terminated, handling, raise_stop
 from .store import TrackingError, check_store, http_limits, shown, store_lock
 from .tracking import (
@@ -218,7 +218,9 @@ def deliver(path: Path, uri: str | None = None, progress=None, recorder: bool = 
     """
     from .recording import being_recorded
 
-    read_kept_header(path)  # a missing file, or one optlab did not write, said as such
+    first = read_kept_header(path)  # a missing file, or one optlab did not write, said as such
+    if first.get("record") is not None and first.get("end") is None:
+        _salvage(path, first)
     if not recorder and being_recorded(path):
         raise TrackingError(
             f"{path} is being recorded right now by the process its run started; wait for it "
@@ -242,6 +244,23 @@ def deliver(path: Path, uri: str | None = None, progress=None, recorder: bool = 
             if _still(path, source):
                 return _deliver(path, source, header, uri, progress)
     raise TrackingError(f"{path} keeps being replaced while it is opened; deliver it again")
+
+
+def _salvage(path: Path, header: dict) -> None:
+    """A detached run killed while its end rewrote its record leaves the record it wrote as it went
+    at ``path`` (``header``: no end) and the whole new one in a temporary file beside it, whose
+    writer is dead: that one is put in place if it is complete (as many points as its header
+    says), so that the run is delivered with its end and every point."""
+    for temp in stale_temps(path):
+        try:
+            with open(temp, encoding="utf-8") as file:
+                new = read_kept_header(path, file)
+                whole = new.get("points") == sum(1 for _ in kept_metrics(file))
+            if new.get("record") == header["record"] and new.get("end") is not None and whole:
+                os.replace(temp, path)
+                return
+        except (OSError, TrackingError):  # (being salvaged by another delivery, or not a record)
+            continue
 
 
 def _still(path: Path, source) -> bool:
@@ -349,6 +368,7 @@ def _deliver(path: Path, source, header: dict, uri: str | None, progress) -> Del
             folder.rmdir()  # the run made it for its plots; only if nothing else is in it
     if _still(path, source):  # (removed meanwhile, with its folder: delivered all the same; replaced: not ours)
         path.unlink(missing_ok=True)
+    remove_stale_temps(path)  # a new version of the file its writer did not finish: optlab's, and delivered
     kept_end = None if later is None else f"{end['status']}, not set: the run ended later, {later}"
     return Delivered(len(unique) - skipped, skipped, uri, [f.name for f in files], kept_end)
 

@@ -705,7 +705,7 @@ class MlflowTracker(Callback):
             self._unconfirmed.extend(metrics[:unconfirmed])
             self._kept.extend(map(metric_line, metrics))
             path = self.output_dir / f"undelivered-{self.run_id or self.record}.jsonl"
-            header = self._kept_header(path)
+            header = self._kept_header(path, self._spilled + len(self._kept))
             try:
                 if self._spill is not None:  # a detached run's points written so far, then the rest
                     _write_atomic(os.fspath(path), lambda file: self._write_record(file, header))
@@ -724,8 +724,9 @@ class MlflowTracker(Callback):
             self.kept_count = self._spilled + len(self._kept)
             self.kept_unconfirmed = len(self._unconfirmed)
 
-    def _kept_header(self, path: Path) -> dict:
-        """The first line of the kept file ``path``: what it is for, and how the run ended (None: not yet)."""
+    def _kept_header(self, path: Path, points: int | None = None) -> dict:
+        """The first line of the kept file ``path``: what it is for, how the run ended (None: not yet),
+        and how many ``points`` the file holds (None: a record still being written)."""
         header = {
             "format": KEPT_FORMAT,
             "version": 1,
@@ -735,6 +736,7 @@ class MlflowTracker(Callback):
             "run_name": self.run_name,
             "end": self._kept_end,
             "plots": self.kept_plots,  # in the folder undelivered-<run_id>/ beside this file
+            "points": points,  # (a copy cut short is told from the whole file by it)
         }
         if self.record is not None:  # a detached run: the store has nothing of it yet
             header.update(record=self.record, start=self._recorded_start(), drawing=self._drawing)
