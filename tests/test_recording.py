@@ -220,6 +220,26 @@ def test_a_record_replaced_while_it_is_delivered_is_not_removed(tmp_path, monkey
     assert len(runs(tmp_path)[1]) == 1
 
 
+def test_a_file_delivered_from_a_read_only_folder_is_delivered_and_said_to_stay(tmp_path, monkeypatch, capsys):
+    # a fault probe (a read-only bind mount over the run's folder): every metric was written, then
+    # the file could not be removed and deliver said "the store failed (...); try again" (it would, forever)
+    import errno
+
+    (path,) = _record_kept_by_hand(tmp_path)
+    unlink = Path.unlink
+
+    def read_only(self, missing_ok=False):
+        if self == path:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    assert delivering.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.endswith("; it could not be removed (Read-only file system): remove it by hand\n"), out
+    assert path.exists() and runs(tmp_path)[1][0].info.status == "FINISHED"
+
+
 def test_a_file_being_delivered_is_not_delivered_again_at_once(tmp_path):
     # a fault probe: of two `optlab.deliver FILE` at once, the second said "the store failed (No
     # such file)" once the first had removed the file

@@ -60,6 +60,7 @@ class Delivered(NamedTuple):
     uri: str
     plots: list[str]  # plots logged as artifacts
     superseded: str | None = None  # the kept status, not set since the run ended after it: why
+    left: str | None = None  # why the delivered file could not be removed (it stays; delivering it again is harmless)
 
 
 class Progress:
@@ -361,16 +362,20 @@ def _deliver(path: Path, source, header: dict, uri: str | None, progress) -> Del
         if UNDELIVERED_TAG in run.data.tags:
             client.delete_tag(run_id, UNDELIVERED_TAG)
     skipped = int(np.isin(unique, wanted[present]).sum())
-    for file in plots:  # ours: kept by the run, now in the store
-        file.unlink(missing_ok=True)
-    if plots:
-        with contextlib.suppress(OSError):
-            folder.rmdir()  # the run made it for its plots; only if nothing else is in it
-    if _still(path, source):  # (removed meanwhile, with its folder: delivered all the same; replaced: not ours)
-        path.unlink(missing_ok=True)
+    left = None  # why the file could not be removed (a read-only folder): delivered all the same
+    try:
+        for file in plots:  # ours: kept by the run, now in the store
+            file.unlink(missing_ok=True)
+        if plots:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # the run made it for its plots; only if nothing else is in it
+        if _still(path, source):  # (removed meanwhile, with its folder: delivered all the same; replaced: not ours)
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        left = exc.strerror or str(exc)
     remove_stale_temps(path)  # a new version of the file its writer did not finish: optlab's, and delivered
     kept_end = None if later is None else f"{end['status']}, not set: the run ended later, {later}"
-    return Delivered(len(unique) - skipped, skipped, uri, [f.name for f in files], kept_end)
+    return Delivered(len(unique) - skipped, skipped, uri, [f.name for f in files], kept_end, left)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -390,7 +395,7 @@ def _deliver_all(args) -> int:
     status = 0
     for path in args.files:
         try:
-            written, skipped, uri, plots, superseded = deliver(path, args.tracking_uri, progress=sys.stderr)
+            written, skipped, uri, plots, superseded, left = deliver(path, args.tracking_uri, progress=sys.stderr)
         except KeyboardInterrupt as interrupt:  # what the store took stays there; delivering again skips it
             print(
                 f"\noptlab.deliver: {str(interrupt) or 'interrupted (Ctrl-C)'}: {path} is kept (what the store took "
@@ -415,7 +420,8 @@ def _deliver_all(args) -> int:
         already = f" ({skipped} were already there)" if skipped else ""
         logged = f" and the plot{'s' if len(plots) > 1 else ''} {', '.join(plots)}" if plots else ""
         status_kept = f"; its status {superseded}" if superseded else ""
-        print(f"{path}: {written} metrics{logged} written to {shown(uri)}{already}{status_kept}; file removed")
+        removed = f"; it could not be removed ({left}): remove it by hand" if left else "; file removed"
+        print(f"{path}: {written} metrics{logged} written to {shown(uri)}{already}{status_kept}{removed}")
     return status
 
 

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from ..files import refusal, write_text_atomic
+from ..files import refusal, remove_stale_temps, write_text_atomic
 from .store import TrackingError, scheme_of, shown, sqlite_path, state_folder
 
 try:
@@ -137,6 +137,7 @@ def forget(path: Path) -> None:
     if listed is not None:
         with contextlib.suppress(OSError):
             (listed / f"{record}.json").unlink()
+        remove_stale_temps(listed / f"{record}.json")  # (a line being written as its writer was killed)
     with contextlib.suppress(OSError):
         path.with_suffix(".log").unlink()
 
