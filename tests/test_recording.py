@@ -400,18 +400,27 @@ def test_a_detached_run_killed_as_it_trains_leaves_its_points_for_deliver(tmp_pa
     (path,) = found
     busy = optlab(tmp_path, str(path), module="optlab.deliver")
     assert busy.returncode == 1 and "is being written by its run, which has not ended; wait for it" in busy.stderr
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert [r.path for r in recording.records(uri)] == [path] and recording.failed(uri) == []  # (listed, in hand)
     proc.kill()
     proc.wait(60)
+    # killed: later commands on the store name the record (a probe: nothing told the user it existed)
+    (record,) = recording.failed(uri)
+    assert record.path == path and recording.reason(record).startswith("its run ended before its record was complete")
+    later = optlab(tmp_path, "problem=quadratic", "trainer.epochs=2", "trainer.progress_bar=false")
+    assert "1 run could not be recorded in the background" in later.stderr and str(path) in later.stderr
     with open(path, "a") as record:  # killed in the middle of a write: an unfinished last line
         record.write('["train/loss", 0.12')
     delivered = optlab(tmp_path, str(path), module="optlab.deliver")
     assert delivered.returncode == 0, delivered.stderr
-    c, (run,) = runs(tmp_path)
+    c, found_runs = runs(tmp_path)
+    (run,) = [r for r in found_runs if r.data.tags.get("optlab.record")]
     assert run.info.status == "KILLED" and run.data.tags["error"] == delivering.UNENDED
     assert run.data.params["optimizer.name"] == "adam" and run.data.tags["optlab.record"].isalnum()
     steps = [m.step for m in c.get_metric_history(run.info.run_id, "train/loss")]
     assert len(steps) > 200 and steps == list(range(1, len(steps) + 1))
     assert run.info.end_time >= run.info.start_time and not path.exists()
+    assert recording.records(uri) == []  # (its listing gone with it)
 
 
 def test_a_delivery_cut_as_the_run_was_opened_logs_its_params_and_config_when_continued(tmp_path, monkeypatch):

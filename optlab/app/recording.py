@@ -97,10 +97,7 @@ def spawn(path: Path, uri: str) -> int:
 
     The log is created (never opened if it exists) and locked here, then inherited: the lock is
     held from now until the process ends."""
-    record = path.stem.removeprefix("undelivered-")
-    entry = folder() / f"{record}.json"
-    log = path.with_suffix(".log")
-    write_text_atomic(entry, json.dumps({"record": str(path), "log": str(log), "uri": uri}))
+    entry, log = listed(path, uri), path.with_suffix(".log")
     descriptor = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
@@ -128,6 +125,13 @@ def spawn(path: Path, uri: str) -> int:
     # reaped when it ends, should this process outlive it (a notebook, a benchmark)
     threading.Thread(target=process.wait, name="optlab-recording", daemon=True).start()
     return process.pid
+
+
+def listed(path: Path, uri: str) -> Path:
+    """List the record ``path`` of a run for the store ``uri`` in :func:`folder` (atomically); returns its line."""
+    entry = folder() / f"{path.stem.removeprefix('undelivered-')}.json"
+    write_text_atomic(entry, json.dumps({"record": str(path), "log": str(path.with_suffix(".log")), "uri": uri}))
+    return entry
 
 
 def forget(path: Path) -> None:
@@ -175,10 +179,19 @@ def records(uri: str) -> list[Record]:
 
 def being_recorded(path: Path) -> bool:
     """True while a process records the detached run's file ``path`` (it holds the lock on its log)."""
+    return _locked(path.with_suffix(".log"))
+
+
+def in_hand(path: Path) -> bool:
+    """True while a process holds the record ``path`` itself: its run, writing it as it goes, or a delivery."""
+    return _locked(path)
+
+
+def _locked(path: Path) -> bool:
     if fcntl is None:
         return False
     try:
-        descriptor = os.open(path.with_suffix(".log"), os.O_RDONLY)
+        descriptor = os.open(path, os.O_RDONLY)
     except OSError:
         return False
     try:
@@ -196,6 +209,11 @@ def reason(record: Record) -> str:
     """Why a recording failed: the last ``error:`` line of its log, or that its process ended without one."""
     try:
         lines = record.log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:  # never handed over: its run was killed as it wrote it
+        return (
+            "its run ended before its record was complete (killed, or its folder refused the last write); "
+            "the record holds the points it wrote as it went"
+        )
     except OSError:
         return "its process left no log"
     errors = [line.split("error: ", 1)[1] for line in lines if "error: " in line]
@@ -208,7 +226,12 @@ def reason(record: Record) -> str:
 
 def failed(uri: str) -> list[Record]:
     """Records for ``uri`` whose process ended without recording them."""
-    return [record for record in records(uri) if not being_recorded(record.path) and record.path.exists()]
+    return [record for record in records(uri) if _unattended(record)]
+
+
+def _unattended(record: Record) -> bool:
+    """A record no process works on (none records, delivers or writes it), still there."""
+    return not being_recorded(record.path) and not in_hand(record.path) and record.path.exists()
 
 
 def failure_lines(failures: list[Record], uri: str) -> list[str]:
@@ -235,7 +258,7 @@ def settle(uri: str, wait: float = WAIT_SECONDS, stream=None) -> tuple[list[Reco
         found = records(uri)
         busy = [record for record in found if being_recorded(record.path)]
         if not busy or time.monotonic() - started >= wait:
-            done = [record for record in found if record not in busy and record.path.exists()]
+            done = [record for record in found if record not in busy and _unattended(record)]
             return busy, done
         if not said and stream is not None and time.monotonic() - started >= SAY_AFTER:
             count = len(busy)

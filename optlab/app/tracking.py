@@ -47,7 +47,7 @@ from ..hparams import quoted_truth
 from . import painter as painting
 from .keys import RATE, STEP_LOSS, metric_key, params_of
 from .plots import draw
-from .recording import default_output_dir
+from .recording import default_output_dir, listed
 from .store import (
     ADVICE,
     TrackingError,
@@ -438,6 +438,8 @@ class MlflowTracker(Callback):
                         raise
                     self._spill = spill
                     self._spill_start = self._spill_end = spill.tell()
+                    with contextlib.suppress(OSError):  # listed: later commands name it, should the run be killed
+                        listed(path, self.uri)
                 self._spill.seek(self._spill_end)
                 self._spill.write(data)
                 self._spill.flush()
