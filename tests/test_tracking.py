@@ -792,3 +792,16 @@ def test_deliver_names_a_missing_file_as_missing(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         f"optlab.deliver: error: {missing}: no such file (kept files are named undelivered-<run id>.jsonl)"
     )
+
+
+def test_deliver_names_an_empty_record_as_empty(tmp_path, capsys):
+    # a fault probe (from the code): a run killed between creating its record and writing its first
+    # line leaves an empty file, which deliver called "not a file ... written by optlab"
+    empty = tmp_path / "undelivered-0123abcd.jsonl"
+    empty.touch()
+    assert deliver.main([str(empty)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"optlab.deliver: error: {empty} is empty: its run was killed as it created it, before anything was in "
+        "it; there is nothing to deliver (remove it)"
+    )
+    assert empty.exists()  # (not optlab's to remove: it cannot tell that it made it)

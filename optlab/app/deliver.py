@@ -405,9 +405,8 @@ def _deliver_all(args) -> int:
             return 143 if isinstance(interrupt, Terminated) else 130
         except TrackingError as exc:
             print(f"optlab.deliver: error: {exc}", file=sys.stderr)
-            user_error = any(
-                text in str(exc) for text in ("not a file of undelivered", "no such file", "cannot be read")
-            )
+            mistakes = ("not a file of undelivered", "no such file", "cannot be read", "is empty:")
+            user_error = any(text in str(exc) for text in mistakes)
             status = max(status, 2 if user_error else 1)
             continue
         except Exception as exc:

@@ -1116,11 +1116,17 @@ def read_kept_header(path: Path, file=None) -> dict:
         raise TrackingError(_not_kept(path))
     try:
         with _kept_lines(path if file is None else file) as lines:
-            header = json.loads(lines.readline())
+            first = lines.readline()
+        header = json.loads(first) if first else None
     except OSError as exc:
         raise TrackingError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     except (ValueError, UnicodeDecodeError):
         raise TrackingError(_not_kept(path)) from None
+    if not first:
+        raise TrackingError(
+            f"{path} is empty: its run was killed as it created it, before anything was in it; "
+            "there is nothing to deliver (remove it)"
+        )
     plots = header.get("plots", []) if isinstance(header, dict) else None
     if (
         not isinstance(header, dict)
