@@ -66,7 +66,11 @@ class Kernel:
         fn.__module__ = self.fn.__module__
         # only loops written with prange make a function parallel (a driver calling parallel kernels is not)
         own_parallel = parallel and "prange" in self.fn.__code__.co_names
-        return numba.njit(cache=True, parallel=own_parallel, error_model="numpy", fastmath=self._fastmath)(fn)
+        # numba caches a function by its file: one defined in ``exec`` or ``python -`` (``<string>``,
+        # ``<stdin>``) has none, and caching it raises; it is compiled in each process instead
+        source = self.fn.__code__.co_filename
+        cache = not source.startswith("<") or source.startswith("<ipython-input")
+        return numba.njit(cache=cache, parallel=own_parallel, error_model="numpy", fastmath=self._fastmath)(fn)
 
     @property
     def serial(self):

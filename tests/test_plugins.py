@@ -276,6 +276,26 @@ def test_a_hook_optlab_would_never_call_is_said(tmp_path):
     }
 
 
+def test_a_kernel_defined_without_a_file_compiles():
+    # a newcomer's kernel typed into `python -` failed with numba's "cannot cache function
+    # '_signum_serial': no locator available for file '<string>'"
+    import numpy as np
+
+    code = (
+        "import numpy as np\n"
+        "from optlab.kernels import kernel, prange\n"
+        "@kernel\n"
+        "def _signum(p, g, lr):\n"
+        "    for i in prange(p.shape[0]):\n"
+        "        p[i] -= lr * np.sign(g[i])\n"
+    )
+    namespace: dict = {}
+    exec(compile(code, "<string>", "exec"), namespace)
+    p = np.ones(4, np.float32)
+    namespace["_signum"](p, np.array([1, -1, 0, 2], np.float32), np.float32(0.5))
+    assert p.tolist() == [0.5, 1.5, 1.0, 0.5]  # 1 - 0.5 * sign(g)
+
+
 def test_hooks_are_documented():
     from optlab import hookspecs
 
