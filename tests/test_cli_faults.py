@@ -147,6 +147,13 @@ BAD_INPUT = [
         "optimizer_groups[0].optimizer: SGD: `momentum` must be",
     ),
     (("callbacks=[backup_and_restore]", "callbacks.backup_and_restore.backup_dir=blocker"), "blocker"),
+    # another optimizer's argument: "Adam has no argument 'momentum'. Did you mean 'ema_momentum'?" misled
+    (
+        ("optimizer=adam", "optimizer.momentum=0.9"),
+        "optimizer.momentum: Adam has no argument 'momentum'. It is an argument of muon, rmsprop, sgd: choose one of "
+        "them with optimizer=NAME. Accepted arguments: learning_rate, beta_1,",
+    ),
+    (("optimizer=adam", "optimizer.beta1=0.9"), "Adam has no argument 'beta1'. Did you mean 'beta_1'?"),
     # a quoted boolean is a string: "must be true or false; received 'false'" said nothing more
     (
         ("trainer.progress_bar='false'",),

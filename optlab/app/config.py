@@ -156,9 +156,17 @@ def check_overrides(overrides: list[str], own_configs: bool = True, multirun: bo
                 cls = registry.get(component)
                 accepted = list(cls.hyperparameters())
                 if parts[1] not in accepted:
+                    # another component's argument (momentum for Adam: SGD's) says so before a near name
+                    others = [n for n in registry.names() if parts[1] in registry.get(n).hyperparameters()]
+                    hint = (
+                        f" It is an argument of {', '.join(others[:6])}{', ...' if len(others) > 6 else ''}: "
+                        f"choose one of them with {group}=NAME."
+                        if others
+                        else _closest(parts[1], accepted)
+                    )
                     raise ConfigError(
-                        f"{group}.{parts[1]}: {cls.__name__} has no argument {parts[1]!r}."
-                        f"{_closest(parts[1], accepted)} Accepted arguments: {', '.join(accepted)}"
+                        f"{group}.{parts[1]}: {cls.__name__} has no argument {parts[1]!r}.{hint} "
+                        f"Accepted arguments: {', '.join(accepted)}"
                     )
             elif not any(parts[1] in registry.get(n).hyperparameters() for n in registry.names()):
                 raise ConfigError(f"{group}.{parts[1]}: no {group} has an argument {parts[1]!r}")
