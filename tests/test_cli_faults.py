@@ -147,6 +147,8 @@ BAD_INPUT = [
         "optimizer_groups[0].optimizer: SGD: `momentum` must be",
     ),
     (("callbacks=[backup_and_restore]", "callbacks.backup_and_restore.backup_dir=blocker"), "blocker"),
+    # problem.name=quadratic kept mlp_digits's arguments: "Quadratic: argument(s) not recognized: ..."
+    (("problem.name=quadratic",), "problem.name=quadratic: a problem is chosen with problem=quadratic"),
     # another optimizer's argument: "Adam has no argument 'momentum'. Did you mean 'ema_momentum'?" misled
     (
         ("optimizer=adam", "optimizer.momentum=0.9"),

@@ -145,7 +145,13 @@ def check_overrides(overrides: list[str], own_configs: bool = True, multirun: bo
             continue  # callbacks.<name>.<arg>: checked when the callback is built
         if group == "callbacks" or override.is_add():
             continue
-        if len(parts) == 2 and parts[1] != "name":
+        if len(parts) == 2 and parts[1] == "name":  # the rest of the node would stay the other component's
+            choice = ",".join(_choices(override))
+            raise ConfigError(
+                f"{override.input_line}: {_a(group)} {group} is chosen with {group}={choice} ({group}.name only "
+                f"names the one chosen, whose other settings would stay)"
+            )
+        if len(parts) == 2:
             component = _selected(overrides, group)
             if component == "none":
                 raise ConfigError(
