@@ -220,7 +220,7 @@ def deliver(path: Path, uri: str | None = None, progress=None, recorder: bool = 
     from .recording import being_recorded
 
     first = read_kept_header(path)  # a missing file, or one optlab did not write, said as such
-    if first.get("record") is not None and first.get("end") is None:
+    if _unended(first):
         _salvage(path, first)
     if not recorder and being_recorded(path):
         raise TrackingError(
@@ -238,13 +238,18 @@ def deliver(path: Path, uri: str | None = None, progress=None, recorder: bool = 
                 try:
                     fcntl.flock(source.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
-                    training = header.get("record") is not None and header.get("end") is None
                     doing = "written by its run, which has not ended"
-                    doing = doing if training else "delivered by another process right now"
+                    doing = doing if _unended(header) else "delivered by another process right now"
                     raise TrackingError(f"{path} is being {doing}; wait for it") from None
             if _still(path, source):
                 return _deliver(path, source, header, uri, progress)
     raise TrackingError(f"{path} keeps being replaced while it is opened; deliver it again")
+
+
+def _unended(header: dict) -> bool:
+    """Whether a kept file is a detached run's record without an end: written as the run went, and
+    the run still writing it or killed before its end."""
+    return header.get("record") is not None and header.get("end") is None
 
 
 def _salvage(path: Path, header: dict) -> None:
@@ -282,7 +287,7 @@ def _deliver(path: Path, source, header: dict, uri: str | None, progress) -> Del
     if header.get("drawing") is not None:  # a detached run's plots, drawn from its points
         images, end = draw_recorded(source, header)
     wanted, keys, latest = _scan(source)
-    if end is None and header.get("record") is not None:  # a detached run's record, not completed
+    if _unended(header):  # (recorded KILLED, its points those it wrote)
         end = {"status": "KILLED", "end_time": latest, "tags": {"error": UNENDED}}
     folder, plots = _plots(path, header.get("plots") or [], progress)
     uri = uri or header["tracking_uri"]
