@@ -216,10 +216,9 @@ def test_a_callback_that_raises_is_one_line_and_the_run_keeps_its_metrics(tmp_pa
 
 #: a run whose SIGTERM arrives inside a weak-reference callback (as it did inside SQLAlchemy's
 #: collection of a connection), where Python drops what the signal handler raises
-SIGNAL_IN_A_WEAKREF_CALLBACK = """
+STRIKE = """
 import os, signal, sys, weakref
 import optlab.app.run as running
-from optlab.callbacks import Callback
 
 class Thing:
     pass
@@ -227,6 +226,11 @@ class Thing:
 def strike(ref):
     os.kill(os.getpid(), signal.SIGTERM)
     sum(range(100_000))  # the handler runs here, inside the callback
+"""
+SIGNAL_IN_A_WEAKREF_CALLBACK = (
+    STRIKE
+    + """
+from optlab.callbacks import Callback
 
 class Strike(Callback):
     def on_epoch_end(self, epoch, logs=None):
@@ -241,6 +245,7 @@ from optlab.app.main import main
 sys.argv = ["optlab", *sys.argv[1:]]
 main()
 """
+)
 
 
 def test_a_signal_whose_exception_python_drops_still_stops_the_run(tmp_path, spawn):
@@ -264,17 +269,9 @@ def test_a_signal_whose_exception_python_drops_still_stops_the_run(tmp_path, spa
 
 #: a SIGTERM before the run, inside a weak-reference callback (as inside numba's compiler, which calls
 #: Python from C), where Python drops what the signal handler raises
-SIGNAL_IN_A_CALLBACK_BEFORE_THE_RUN = """
-import os, signal, sys, weakref
-import optlab.app.run as running
-
-class Thing:
-    pass
-
-def strike(ref):
-    os.kill(os.getpid(), signal.SIGTERM)
-    sum(range(100_000))  # the handler runs here, inside the callback
-
+SIGNAL_IN_A_CALLBACK_BEFORE_THE_RUN = (
+    STRIKE
+    + """
 build = running.build
 
 def building(conf):
@@ -288,6 +285,7 @@ from optlab.app.entry import main
 sys.argv = ["optlab", *sys.argv[1:]]
 main()
 """
+)
 
 
 def test_a_signal_whose_exception_python_drops_before_the_run_still_stops_the_command(tmp_path):

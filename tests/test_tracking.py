@@ -353,7 +353,8 @@ def test_a_run_stopped_before_its_plots_are_drawn_says_so(tmp_path, plots):
     assert len(client_for(tmp_path).get_metric_history(tracker.run_id, "train/loss")) == 3
 
 
-def test_a_status_the_store_refuses_is_kept_and_set_by_deliver(tmp_path):
+def status_refused(tmp_path, status: str, error: str):
+    """A trained run whose end status the store refused: kept in its file for ``optlab.deliver``."""
     tracker = make_tracker(tmp_path)
     tracker.start()
 
@@ -362,7 +363,12 @@ def test_a_status_the_store_refuses_is_kept_and_set_by_deliver(tmp_path):
 
     tracker.client.set_terminated = refuse
     train(tracker)
-    tracker.close("FAILED", "ValueError: boom")
+    tracker.close(status, error)
+    return tracker
+
+
+def test_a_status_the_store_refuses_is_kept_and_set_by_deliver(tmp_path):
+    tracker = status_refused(tmp_path, "FAILED", "ValueError: boom")
     assert tracker.status is None and tracker.kept_count == 0
     header = json.loads(tracker.kept_path.read_text().splitlines()[0])
     assert header["end"]["status"] == "FAILED" and header["run_id"] == tracker.run_id
@@ -379,15 +385,7 @@ def test_a_kept_status_older_than_the_runs_own_end_does_not_replace_it(tmp_path,
     # study reopens the parent and finishes it: delivering the kept file then set it KILLED again
     import time
 
-    tracker = make_tracker(tmp_path)
-    tracker.start()
-
-    def refuse(*args, **kwargs):
-        raise RuntimeError("store gone")
-
-    tracker.client.set_terminated = refuse
-    train(tracker)
-    tracker.close("KILLED", "terminated (SIGTERM)")
+    tracker = status_refused(tmp_path, "KILLED", "terminated (SIGTERM)")
     client = client_for(tmp_path)
     time.sleep(0.01)
     client.set_terminated(tracker.run_id, "FINISHED")  # the run, continued, ended after the kept end
