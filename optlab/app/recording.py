@@ -136,12 +136,12 @@ def listed(path: Path, uri: str) -> Path:
 
 def forget(path: Path) -> None:
     """``path`` is in the store: its line in :func:`folder` and its log go (both optlab's own)."""
-    record = path.stem.removeprefix("undelivered-")
-    listed = folder()
-    if listed is not None:
+    where = folder()
+    if where is not None:
+        entry = where / f"{path.stem.removeprefix('undelivered-')}.json"
         with contextlib.suppress(OSError):
-            (listed / f"{record}.json").unlink()
-        remove_stale_temps(listed / f"{record}.json")  # (a line being written as its writer was killed)
+            entry.unlink()
+        remove_stale_temps(entry)  # (a line being written as its writer was killed)
     with contextlib.suppress(OSError):
         path.with_suffix(".log").unlink()
 

@@ -430,7 +430,7 @@ class MlflowTracker(Callback):
                     spill = open(path, "x+b")
                     try:
                         fcntl.flock(spill.fileno(), fcntl.LOCK_EX)
-                        spill.write((json.dumps(self._kept_header(path)) + "\n").encode("utf-8"))
+                        spill.write((json.dumps(self._kept_header()) + "\n").encode("utf-8"))
                         spill.flush()
                     except BaseException:
                         spill.close()
@@ -707,7 +707,7 @@ class MlflowTracker(Callback):
             self._unconfirmed.extend(metrics[:unconfirmed])
             self._kept.extend(map(metric_line, metrics))
             path = self.output_dir / f"undelivered-{self.run_id or self.record}.jsonl"
-            header = self._kept_header(path, self._spilled + len(self._kept))
+            header = self._kept_header(self._spilled + len(self._kept))
             try:
                 if self._spill is not None:  # a detached run's points written so far, then the rest
                     _write_atomic(os.fspath(path), lambda file: self._write_record(file, header))
@@ -726,9 +726,9 @@ class MlflowTracker(Callback):
             self.kept_count = self._spilled + len(self._kept)
             self.kept_unconfirmed = len(self._unconfirmed)
 
-    def _kept_header(self, path: Path, points: int | None = None) -> dict:
-        """The first line of the kept file ``path``: what it is for, how the run ended (None: not yet),
-        and how many ``points`` the file holds (None: a record still being written)."""
+    def _kept_header(self, points: int | None = None) -> dict:
+        """The first line of a kept file: what it is for, how the run ended (None: not yet), and how
+        many ``points`` the file holds (None: a record still being written)."""
         header = {
             "format": KEPT_FORMAT,
             "version": 1,
