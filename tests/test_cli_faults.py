@@ -147,6 +147,12 @@ BAD_INPUT = [
         "optimizer_groups[0].optimizer: SGD: `momentum` must be",
     ),
     (("callbacks=[backup_and_restore]", "callbacks.backup_and_restore.backup_dir=blocker"), "blocker"),
+    # a schedule starts from the optimizer's rate: its error named only initial_learning_rate, never set
+    (
+        ("schedule=cosine_decay", "optimizer.learning_rate=-1"),
+        "optimizer.learning_rate=-1, the initial rate of the schedule: schedule: CosineDecay: "
+        "`initial_learning_rate` must be a float >= 0",
+    ),
     # problem.name=quadratic kept mlp_digits's arguments: "Quadratic: argument(s) not recognized: ..."
     (("problem.name=quadratic",), "problem.name=quadratic: a problem is chosen with problem=quadratic"),
     # another optimizer's argument: "Adam has no argument 'momentum'. Did you mean 'ema_momentum'?" misled

@@ -63,7 +63,15 @@ def build(conf: dict):
         missing = [k for k, v in schedule_conf.items() if v == MISSING]
         if missing:
             raise ConfigError(f"schedule.{missing[0]} is required (e.g. schedule.{missing[0]}=...)")
-        schedule = _component("schedule", schedules.get, schedule_conf)
+        try:
+            schedule = _component("schedule", schedules.get, schedule_conf)
+        except ConfigError as error:  # the rate it starts from is the optimizer's: say so, by the key set
+            rate = (conf.get("optimizer") or {}).get("learning_rate")
+            cls = schedules.registry.get(schedule_conf["name"]) if schedule_conf["name"] in schedules.registry else None
+            filled = [n for n, h in (cls.hyperparameters() if cls else {}).items() if h.fill == "learning_rate"]
+            if not any(f"`{n}`" in str(error) and schedule_conf.get(n) == rate for n in filled):
+                raise
+            raise ConfigError(f"optimizer.learning_rate={rate!r}, the initial rate of the schedule: {error}") from None
     # the optimizer is built with its schedule (whose initial rate is the optimizer's learning_rate)
     overrides = {} if schedule is None else {"learning_rate": schedule}
     optimizer = _component("optimizer", lambda c: optimizers.get(c, **overrides), conf["optimizer"])
