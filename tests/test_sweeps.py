@@ -12,6 +12,8 @@ def test_optuna_sweep_runs_a_small_learning_rate_search(tmp_path):
     result = optlab(tmp_path, "-m", "+experiment=lr_search", "hydra.sweeper.n_trials=3", "trainer.epochs=50")
     assert result.returncode == 0, result.stderr
     assert "Best parameters: {'optimizer.learning_rate'" in result.stdout + result.stderr
+    # into a pipe, Optuna's lines came with colour codes ("\x1b[32m[I 2026-...]\x1b[0m", a newcomer's try)
+    assert "\x1b[" not in result.stdout + result.stderr
     _, found = runs(tmp_path)
     assert len(found) == 3
     rates = {float(r.data.params["optimizer.learning_rate"]) for r in found}

@@ -70,6 +70,9 @@ def main(argv=None, app=None) -> None:
         if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
             signal.signal(signum, _outside_a_run)
     handle_hangup()
+    if not (sys.stderr.isatty() or "FORCE_COLOR" in os.environ):
+        # colour codes in a log file or a pipe are noise: Optuna's lines (colorlog) honour NO_COLOR only
+        os.environ.setdefault("NO_COLOR", "1")
     hook = sys.unraisablehook
     sys.unraisablehook = lambda info: _dropped(info, hook)
     try:
