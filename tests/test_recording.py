@@ -374,6 +374,35 @@ def test_a_detached_run_whose_record_cannot_be_completed_says_where_its_points_a
     assert len(c.get_metric_history(run.info.run_id, "train/loss")) == len([m for m in metrics if m[0] == "train/loss"])
 
 
+def test_a_detached_runs_points_go_to_its_record_as_often_as_an_attached_runs_go_to_the_store(tmp_path, monkeypatch):
+    # a re-probe: appended only once 20,000 points waited, a slow run killed lost all it had logged
+    # (hours of points, at a step a second); now also every FLUSH_SECONDS, as an attached run's writer
+    import optlab
+    from optlab.app import tracking
+    from optlab.callbacks import Callback
+    from optlab.trainer import Trainer
+
+    monkeypatch.setattr(tracking, "FLUSH_SECONDS", 0.0)  # (every step: the cadence without the wait)
+    monkeypatch.setattr(recording, "spawn", lambda path, uri: 0)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = tracking.MlflowTracker(uri, "tests", {"a": 1}, {}, "slow", 1, output_dir=tmp_path, detach=True)
+    seen = {}
+
+    class Look(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 9:
+                (path,) = tmp_path.glob("undelivered-*.jsonl")
+                _, metrics = tracking.read_kept(path)
+                seen["steps"] = [m[3] for m in metrics if m[0] == "train/loss"]
+
+    tracker.start()
+    Trainer(optlab.problems.get("quadratic"), optlab.optimizers.SGD(), [tracker, Look()], epochs=20).fit()
+    tracker.close("FINISHED")
+    assert seen["steps"] == list(range(1, 11))  # all ten epochs' losses in the record, as they came
+    _, metrics = tracking.read_kept(tracker.kept_path)
+    assert [m[3] for m in metrics if m[0] == "train/loss"] == list(range(1, 21))
+
+
 def test_a_detached_run_killed_as_it_trains_leaves_its_points_for_deliver(tmp_path, spawn):
     # SIGKILL (the machine's out-of-memory killer, a cluster's hard limit): the points written so far are
     # kept in a record optlab.deliver takes, the run recorded KILLED, and nothing delivers it meanwhile

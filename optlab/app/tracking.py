@@ -64,7 +64,7 @@ from .store import (
 
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 FLUSH_SECONDS = 10.0  # metrics are handed to the writer this often during a run (and all at its end)
-SPILL_POINTS = 20_000  # a detached run's points held in memory before they are appended to its record
+SPILL_POINTS = 20_000  # a detached run's points held in memory at most before they are appended to its record
 RETRY_DELAYS = (0.5, 1.0, 2.0)  # seconds between the tries of one write (never past close()'s deadline)
 MAX_WAITING = 8  # batches waiting for the writer; more are merged into the last one
 STATUS_TIMEOUT = 5.0  # seconds granted to set the terminal status once the flush is over
@@ -400,20 +400,25 @@ class MlflowTracker(Callback):
             self.metrics_logged += 1
 
     def _maybe_hand_over(self, now: float) -> None:
-        if now - self._last_flush >= FLUSH_SECONDS:
+        if now - self._last_flush >= FLUSH_SECONDS or (self._writer is None and len(self._pending) >= SPILL_POINTS):
             self._last_flush = now
             self._hand_over()
-        elif self._writer is None and len(self._pending) >= SPILL_POINTS and self.record is not None:
-            self._write_points()
 
     def _hand_over(self) -> None:
-        if self._pending and self._writer is not None:
+        """The points so far to the writer, or a detached run's to its record (:meth:`_write_points`)."""
+        if not self._pending:
+            return
+        if self._writer is not None:
             self._writer.put(self._pending)  # then cleared: an interrupt in between duplicates, never loses
             self._pending = []
+        elif self.record is not None:
+            self._write_points()
 
     def _write_points(self) -> None:
-        """Append a detached run's points so far to its record, so that memory does not grow with
-        them (``tracking.log_every=N`` on a long run). The record is created by this run (never
+        """Append a detached run's points so far to its record (every ``FLUSH_SECONDS``, as an attached
+        run hands them to the store, and whenever ``SPILL_POINTS`` wait), so that a run killed loses
+        seconds of them at most and memory does not grow with them (``tracking.log_every=N`` on a
+        long run). The record is created by this run (never
         opened if it exists), its header saying the run has not ended, and locked until the run's
         end rewrites it whole; a run killed meanwhile leaves it for ``optlab.deliver``, which
         records the run KILLED with these points. If the folder refuses a write, the points stay
