@@ -441,7 +441,10 @@ def test_the_tracking_benchmark_reports_the_ratio_the_fixed_cost_and_the_runs_fr
     assert 0 < mlflow_alone and least == pytest.approx(untracked + mlflow_alone, abs=0.011)
     detached = float(lines[5].split("with tracking.detach=true: ")[1].split(" s")[0])
     landed = float(lines[5].split("in the store ")[1].split(" s")[0])
-    assert float(lines[5].split("ratio ")[1].split()[0]) == pytest.approx(detached / untracked, abs=0.006)
+    # the ratio is printed to 2 decimals from the unrounded times, which are printed to 2 decimals too:
+    # its worst case apart from detached / untracked is the rounding of the three (0.006 failed once in CI)
+    rounding = 0.005 + 0.005 / untracked * (1 + detached / untracked)
+    assert float(lines[5].split("ratio ")[1].split()[0]) == pytest.approx(detached / untracked, abs=rounding)
     assert 0 < detached < landed  # (one repeat: the same command, then its recording)
     assert not list((tmp_path / "optlab" / "recording").glob("*"))  # every run recorded
 
