@@ -435,10 +435,11 @@ def test_the_tracking_benchmark_reports_the_ratio_the_fixed_cost_and_the_runs_fr
     tracked = float(shell.split("tracked ")[1].split(" s")[0])
     untracked = float(shell.split("tracking=none ")[1].split(" s")[0])
     added = float(shell.split("(+")[1].split(" s")[0])
-    assert added == pytest.approx(tracked - untracked, abs=0.011)  # one repeat: the one difference
+    # each figure printed to 2 decimals from the unrounded times: apart by their three roundings at most
+    assert added == pytest.approx(tracked - untracked, abs=0.015)  # one repeat: the one difference
     mlflow_alone = float(lines[4].split("one query): ")[1].split(" s")[0])
     least = float(lines[4].split("with the untracked run ")[1].split(" s")[0])
-    assert 0 < mlflow_alone and least == pytest.approx(untracked + mlflow_alone, abs=0.011)
+    assert 0 < mlflow_alone and least == pytest.approx(untracked + mlflow_alone, abs=0.015)
     detached = float(lines[5].split("with tracking.detach=true: ")[1].split(" s")[0])
     landed = float(lines[5].split("in the store ")[1].split(" s")[0])
     # the ratio is printed to 2 decimals from the unrounded times, which are printed to 2 decimals too:
