@@ -264,3 +264,52 @@ def test_kernels_load_from_numbas_cache_in_a_new_process(tmp_path):
     assert first_misses == 1 and first_hits == 0  # compiled and written
     assert second_hits == 1 and second_misses == 0  # loaded, not compiled
     assert any(tmp_path.rglob("*.nbi"))
+
+
+# -- serial variants: arrays declared not to overlap -------------------------------------------------
+
+#: rules whose kernels reduce over a parameter (row and column sums, norms, Newton-Schulz), where the
+#: parallel variants may sum in another order: their variants are compared in test_matrix_optimizers
+REDUCING = {"Adafactor", "Lamb", "Muon"}
+
+
+@pytest.mark.parametrize("cls", [c for c in BUILTIN if c.__name__ not in REDUCING], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_serial_and_parallel_variants_take_the_same_steps(cls, dtype, monkeypatch):
+    """The serial variants are compiled with their arrays declared not aliased (LLVM vectorizes
+    them without run-time overlap checks); element by element they must still compute what the
+    parallel variants do, with the generic options' passes (clipping, decay, EMA) too."""
+    n = PARALLEL_MIN_SIZE + 1_001
+    rng = np.random.default_rng(7)
+    p0 = rng.standard_normal(n).astype(dtype)
+    grads = [rng.standard_normal(n).astype(dtype) for _ in range(3)]
+    results = []
+    for threshold in (PARALLEL_MIN_SIZE, 10**12):  # parallel over the array, then serial
+        monkeypatch.setattr(optlab.kernels, "PARALLEL_MIN_SIZE", threshold)
+        for options in ({}, {"clipvalue": 0.5, "weight_decay": 0.01, "use_ema": True}):
+            p = p0.copy()
+            opt = cls(learning_rate=0.01, **options)
+            for g in grads:
+                opt.apply([g], [p])
+            results.append(p)
+    np.testing.assert_array_equal(results[0], results[2])
+    np.testing.assert_array_equal(results[1], results[3])
+    assert not np.array_equal(results[0], p0)
+
+
+@pytest.mark.parametrize("variant", ["serial", "parallel"])
+def test_a_kernel_writing_the_array_it_reads_at_the_same_index_is_exact(variant):
+    """``scale_into(v, v, s)`` (a sparse gradient's rows scaled in place) reads and writes one array:
+    declared not aliased, each element is still read before it is written."""
+    from optlab import kernels as K
+
+    x = np.linspace(-3.0, 3.0, PARALLEL_MIN_SIZE + 17, dtype=np.float32)
+    expected_scaled = x * np.float32(0.5)
+    expected_clipped = np.clip(expected_scaled, -1.0, 1.0)
+    expected_ratio = expected_clipped * np.float32(2.0) / np.float32(4.0)
+    getattr(K.scale_into, variant)(x, x, np.float32(0.5))
+    np.testing.assert_array_equal(x, expected_scaled)
+    getattr(K.clip_into, variant)(x, x, np.float32(1.0))
+    np.testing.assert_array_equal(x, expected_clipped)
+    getattr(K.mul_div_into, variant)(x, x, np.float32(2.0), np.float32(4.0))
+    np.testing.assert_array_equal(x, expected_ratio)
