@@ -318,7 +318,7 @@ def bench_fresh_grads(name: str = "adam", arrays: int = MANY_ARRAYS, size: int =
         cases[label] = step
     gathered = np.empty(arrays * size, np.float32)
 
-    def copy():  # the gradients gathered into one buffer, alone: what any path that gathers them pays
+    def copy():  # the gradients gathered into one buffer, alone: what a step that gathered them would pay
         turn[0] += 1
         np.concatenate(fresh[turn[0] % 3], out=gathered)
 
@@ -677,7 +677,7 @@ def main(argv=None) -> int:
             print(
                 f"  adam  {arrays:>4} x {size:<8} flat {_fmt_time(row['flat'])}  separate fresh "
                 f"{_fmt_time(row['fresh'])}  fresh/flat = {row['fresh'] / row['flat']:.2f}   "
-                f"(np.concatenate of the gradients alone {_fmt_time(row['copy'])}: "
+                f"(read in place; a gather would add np.concatenate alone, {_fmt_time(row['copy'])}: "
                 f"(flat + it)/flat = {(row['flat'] + row['copy']) / row['flat']:.2f})"
             )
 

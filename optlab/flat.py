@@ -93,7 +93,7 @@ def flat_view(arrays: Sequence[np.ndarray]) -> np.ndarray | None:
     for a in arrays:
         if a.base is not base or a.dtype != dtype or not a.flags.c_contiguous:
             return None
-        if a.__array_interface__["data"][0] != expected:
+        if a.size and a.__array_interface__["data"][0] != expected:  # (an empty view's address is any)
             return None
         expected += a.nbytes
         total += a.size

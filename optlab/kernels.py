@@ -20,10 +20,14 @@ and no switch to pass at each call (docs/benchmark.md has the measurements).
 
 from __future__ import annotations
 
+import hashlib
+import marshal
 import math
 import types
 
 import numpy as np
+
+from .inplace import Pieces
 
 prange = range  # inside kernels; replaced by numba.prange when compiled
 
@@ -34,19 +38,32 @@ PARALLEL_MIN_SIZE = 1 << 15
 class Kernel:
     """A kernel compiled on demand; ``k(x, ...)`` picks serial or parallel by ``x.size``."""
 
-    def __init__(self, fn, parallel: bool = True, fastmath=False, constants: dict | None = None):
+    def __init__(self, fn, parallel: bool = True, fastmath=False, constants: dict | None = None, elementwise=False):
         self.fn = fn
         self._fastmath = fastmath
         self._constants = dict(constants or {})
         self.__name__ = fn.__name__
         self.__doc__ = fn.__doc__
         self._parallel = parallel
+        self.elementwise = elementwise
         self._serial_impl = None
         self._parallel_impl = None
+        self._pieces_impl = [None, None]  # (serial, parallel) over a gradient in pieces
 
     def specialize(self, **constants) -> Kernel:
         """This kernel with the module globals ``constants`` fixed (compiled as constants)."""
-        return Kernel(self.fn, self._parallel, self._fastmath, {**self._constants, **constants})
+        return Kernel(self.fn, self._parallel, self._fastmath, {**self._constants, **constants}, self.elementwise)
+
+    def _suffix(self, parallel: bool) -> str:
+        # numba's on-disk cache is keyed by qualified name, not by the globals' values: name each variant
+        suffix = "".join(f"_{k.lower()}_{v}" for k, v in sorted(self._constants.items()))
+        return suffix + ("_parallel" if parallel else "_serial_unaliased")
+
+    def _cached(self) -> bool:
+        # numba caches a function by its file: one defined in ``exec`` or ``python -`` (``<string>``,
+        # ``<stdin>``) has none, and caching it raises; it is compiled in each process instead
+        source = self.fn.__code__.co_filename
+        return not source.startswith("<") or source.startswith("<ipython-input")
 
     def _compile(self, parallel: bool):
         import numba
@@ -58,19 +75,19 @@ class Kernel:
             value = namespace.get(key)
             if isinstance(value, Kernel) and value is not self:
                 namespace[key] = value.parallel if parallel else value.serial
-        # numba's on-disk cache is keyed by qualified name, not by the globals' values: name each variant
-        suffix = "".join(f"_{k.lower()}_{v}" for k, v in sorted(self._constants.items()))
-        suffix += "_parallel" if parallel else "_serial_unaliased"
-        fn = types.FunctionType(self.fn.__code__, namespace, self.fn.__name__ + suffix, self.fn.__defaults__)
+        fn = types.FunctionType(
+            self.fn.__code__, namespace, self.fn.__name__ + self._suffix(parallel), self.fn.__defaults__
+        )
         fn.__qualname__ = fn.__name__
         fn.__module__ = self.fn.__module__
         # only loops written with prange make a function parallel (a driver calling parallel kernels is not)
         own_parallel = parallel and "prange" in self.fn.__code__.co_names
-        # numba caches a function by its file: one defined in ``exec`` or ``python -`` (``<string>``,
-        # ``<stdin>``) has none, and caching it raises; it is compiled in each process instead
-        source = self.fn.__code__.co_filename
-        cache = not source.startswith("<") or source.startswith("<ipython-input")
-        options = {"cache": cache, "parallel": own_parallel, "error_model": "numpy", "fastmath": self._fastmath}
+        options = {
+            "cache": self._cached(),
+            "parallel": own_parallel,
+            "error_model": "numpy",
+            "fastmath": self._fastmath,
+        }
         if not own_parallel:  # (a parallel loop's body is compiled with its arrays not aliased already)
             options["pipeline_class"] = _unaliased_pipeline()
         return numba.njit(**options)(fn)
@@ -90,18 +107,70 @@ class Kernel:
         return self._parallel_impl
 
     def __call__(self, x, *args):
+        if args and args[0].__class__ is Pieces:
+            return self.over_pieces(x, *args)
         return self.variant(x)(x, *args)
 
-    def variant(self, x):
-        """The compiled variant for ``x``: parallel from ``PARALLEL_MIN_SIZE`` elements, else serial.
+    def variant(self, x, g=None):
+        """The compiled variant for ``x``: parallel from ``PARALLEL_MIN_SIZE`` elements, else serial
+        (``over_pieces`` when ``g``, the second argument, is a gradient in ``Pieces``).
 
-        ``k.variant(x)(x, ...)`` is ``k(x, ...)`` without re-packing the arguments: 0.35 us less a
-        call, a fair share of a small step's fixed cost (the rules called at every step use it)."""
+        ``k.variant(x, g)(x, g, ...)`` is ``k(x, g, ...)`` without re-packing the arguments: 0.35 us
+        less a call, a fair share of a small step's fixed cost (the rules called at every step use it)."""
+        if g.__class__ is Pieces:
+            return self.over_pieces
         if x.shape[0] >= PARALLEL_MIN_SIZE:
             impl = self._parallel_impl  # straight from the instance: a property's call costs too
             return impl if impl is not None else self.parallel
         impl = self._serial_impl
         return impl if impl is not None else self.serial
+
+    def over_pieces(self, x, g, *args):
+        """``k(x, g, ...)`` with ``g`` a gradient in ``Pieces``: an ``elementwise`` kernel reads the
+        pieces in place, its serial variant called on each task's elements (from ``prange`` over
+        the tasks, from ``PARALLEL_MIN_SIZE`` elements); any other kernel gets them gathered."""
+        if not self.elementwise:
+            return self.variant(x)(x, g.gathered(), *args)
+        parallel = self._parallel and x.shape[0] >= PARALLEL_MIN_SIZE
+        impl = self._pieces_impl[parallel]
+        if impl is None:
+            impl = self._pieces_impl[parallel] = self._compile_over_pieces(parallel)
+        return impl(g.tasks, g.addresses, g.offsets, x, *args)
+
+    def _compile_over_pieces(self, parallel: bool):
+        import numba
+
+        from . import inplace
+
+        namespace = {
+            **inplace.__dict__,
+            "prange": numba.prange if parallel else range,
+            "KERNEL": self.serial,
+            "piece": inplace.compiled("piece"),
+            "cut": inplace.compiled("cut"),
+        }
+        # cached under a name of the kernel's module, name, variant and code (its and the kernels it
+        # calls): the driver's file is not the kernel's, so numba would not see the kernel change
+        code = hashlib.sha1()
+        for fn in self._code_of():
+            code.update(marshal.dumps(fn.__code__))
+        where = f"{self.fn.__module__}_{self.fn.__qualname__}".replace(".", "_").replace("<", "").replace(">", "")
+        name = f"{where}{self._suffix(parallel)}_over_pieces_{code.hexdigest()[:12]}"
+        fn = types.FunctionType(inplace.over_pieces.__code__, namespace, name)
+        fn.__qualname__ = name
+        fn.__module__ = inplace.__name__
+        return numba.njit(cache=self._cached(), parallel=parallel, error_model="numpy")(fn)
+
+    def _code_of(self, seen=None) -> list:
+        """This kernel's function and those of the kernels it calls, in turn."""
+        seen = [] if seen is None else seen
+        if self.fn not in seen:
+            seen.append(self.fn)
+            for key in self.fn.__code__.co_names:
+                value = self.fn.__globals__.get(key)
+                if isinstance(value, Kernel):
+                    value._code_of(seen)
+        return seen
 
 
 _PIPELINE = None
@@ -144,49 +213,52 @@ def _unaliased_pipeline():
     return _PIPELINE
 
 
-def kernel(fn=None, *, parallel: bool = True, fastmath=False):
+def kernel(fn=None, *, parallel: bool = True, fastmath=False, elementwise=False):
     """Decorator: make ``fn`` a lazily compiled numba kernel (see module docs).
 
     ``fastmath`` is passed to numba; kernels with a sum reduction use ``{"reassoc"}`` so that
     LLVM may split the sum into SIMD lanes (without it, the loop runs at the add's latency).
+    ``elementwise=True`` declares that the kernel ``k(x, g, ...)`` computes each element from the
+    same element of its arrays alone (no sum, no neighbour): it may then run over any split of its
+    elements, and reads a gradient ``g`` given in ``Pieces`` in place (``optlab.inplace``).
     """
     if fn is None:
-        return lambda f: Kernel(f, parallel, fastmath)
-    return Kernel(fn, parallel, fastmath)
+        return lambda f: Kernel(f, parallel, fastmath, elementwise=elementwise)
+    return Kernel(fn, parallel, fastmath, elementwise=elementwise)
 
 
 # --- generic passes used by the optimizer base class ------------------------
 
 
-@kernel
+@kernel(elementwise=True)
 def scale_into(out, g, s):
     """out = g * s"""
     for i in prange(out.shape[0]):
         out[i] = g[i] * s
 
 
-@kernel
+@kernel(elementwise=True)
 def mul_div_into(out, g, a, b):
     """out = g * a / b (Keras's clip-by-norm rounding order)"""
     for i in prange(out.shape[0]):
         out[i] = g[i] * a / b
 
 
-@kernel
+@kernel(elementwise=True)
 def clip_into(out, g, v):
     """out = clip(g, -v, v)"""
     for i in prange(out.shape[0]):
         out[i] = min(max(g[i], -v), v)
 
 
-@kernel
+@kernel(elementwise=True)
 def accumulate(acc, g):
     """acc += g"""
     for i in prange(acc.shape[0]):
         acc[i] += g[i]
 
 
-@kernel
+@kernel(elementwise=True)
 def average_into(out, g, acc, n):
     """out = (g + acc) / n; acc = 0 (the update step of gradient accumulation)"""
     for i in prange(out.shape[0]):
@@ -194,14 +266,14 @@ def average_into(out, g, acc, n):
         acc[i] = 0
 
 
-@kernel
+@kernel(elementwise=True)
 def decay(p, c):
     """p = p - p * c (decoupled weight decay, c = weight_decay * learning_rate)"""
     for i in prange(p.shape[0]):
         p[i] = p[i] - p[i] * c
 
 
-@kernel
+@kernel(elementwise=True)
 def ema(avg, p, momentum, one_minus):
     """avg = momentum * avg + (1 - momentum) * p"""
     for i in prange(avg.shape[0]):

@@ -13,6 +13,7 @@ import pytest
 
 import optlab
 from optlab.callbacks import Callback, CallbackList, History
+from optlab.kernels import kernel, prange
 from optlab.trainer import Trainer
 
 SHAPES = [(3, 4), (5,), (), (2, 1, 3)]
@@ -504,3 +505,206 @@ def test_a_rule_of_its_own_for_weight_decay_follows_its_hyperparameters_between_
     opt.adam_weight_decay = 0.2
     opt.apply([np.zeros(2)], params)
     np.testing.assert_allclose(params[0], [0.675, 0.675], rtol=1e-15)
+
+
+# -- separate gradients read in place (optlab.inplace) ----------------------------------------------
+
+#: shapes that make every kind of task: a parameter split into several (over TASK_SIZE, and over
+#: PARALLEL_MIN_SIZE in all: the parallel driver), small ones, a scalar and an empty one
+IN_PLACE_SHAPES = [(40_000,), (3, 4), (), (0, 2), (5, 7, 2)]
+IN_PLACE_RULES = sorted(c.registry_name for c in optlab.optimizers.BUILTIN if c.reads_gradient_in_place)
+
+
+def _in_place_run(name, dtype, make_params, make_grads, options=None, steps=4):
+    rng = np.random.default_rng(11)
+    start = [rng.standard_normal(s).astype(dtype) for s in IN_PLACE_SHAPES]
+    grads = [[rng.standard_normal(s).astype(dtype) for s in IN_PLACE_SHAPES] for _ in range(steps)]
+    params = make_params(start)
+    opt = optlab.optimizers.get({"name": name, "learning_rate": 0.01, **(options or {})})
+    for g in grads:
+        opt.apply(make_grads(g, params), params)
+    return [np.array(p) for p in params], opt
+
+
+def _reference(name, dtype, options=None):
+    """The plain way: separate parameter arrays, each gradient a copy."""
+    return _in_place_run(name, dtype, lambda s: [p.copy() for p in s], lambda g, p: [a.copy() for a in g], options)[0]
+
+
+def test_every_rule_that_says_so_reads_gradients_in_place():
+    assert set(IN_PLACE_RULES) >= {"adam", "adamw", "sgd", "rmsprop", "adagrad", "adadelta", "adamax", "nadam"}
+    assert {"lamb", "adafactor", "muon"}.isdisjoint(IN_PLACE_RULES)  # (their kernels sum over a parameter)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", IN_PLACE_RULES)
+def test_fresh_separate_gradients_of_flat_parameters_are_read_in_place_and_match(name, dtype, monkeypatch):
+    from optlab import inplace
+    from optlab.optimizers.layout import Plan
+
+    copies = []  # after the first step (checked, gathered), no step may copy the gradients
+    for cls, method in ((Plan, "work"), (inplace.Pieces, "gathered")):
+        original = getattr(cls, method)
+        monkeypatch.setattr(cls, method, lambda *a, _f=original, **k: copies.append(_f) or _f(*a, **k))
+
+    before = []  # the copies made before each step
+
+    def fresh(g, params):
+        before.append(len(copies))
+        return [a.copy() for a in g]
+
+    result, opt = _in_place_run(name, dtype, lambda s: optlab.flatten(s, dtype=dtype), fresh)
+    assert before[0] == 0 and before[1] >= 1 and before[1:] == [len(copies)] * 3, (before, len(copies))
+    assert opt._plan._in_place is not None
+    monkeypatch.undo()
+    reference = _reference(name, dtype)
+    for a, b in zip(reference, result):
+        assert a.tobytes() == b.tobytes()
+
+
+def _into_flat_gradients(g, params):
+    grads = optlab.flat_like(params)
+    for view, a in zip(grads, g):
+        view[...] = a
+    return grads
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_gradients_with_a_norm_to_clip_are_gathered_and_match(name):
+    """(Against flat gradients: a global norm summed over one buffer rounds otherwise than over many.)"""
+    for options in ({"clipnorm": 0.1}, {"global_clipnorm": 0.1}, {"clipvalue": 0.01, "loss_scale_factor": 2.0}):
+        reference, _ = _in_place_run(
+            name, np.float32, lambda s: optlab.flatten(s, dtype=np.float32), _into_flat_gradients, options
+        )
+        result, _ = _in_place_run(
+            name, np.float32, lambda s: optlab.flatten(s, dtype=np.float32), lambda g, p: [a.copy() for a in g], options
+        )
+        for a, b in zip(reference, result):
+            assert a.tobytes() == b.tobytes(), options
+
+
+class _Sub(np.ndarray):
+    pass
+
+
+def _unaligned(a):
+    raw = np.zeros(a.nbytes + 1, np.uint8)
+    out = np.frombuffer(raw.data, dtype=a.dtype, count=a.size, offset=1).reshape(a.shape)
+    out = out.copy() if out.flags.aligned else out  # (copy: a platform where it happens to align)
+    raw[1:] = np.frombuffer(a.tobytes(), np.uint8)
+    return out
+
+
+#: gradients a step must not read in place (each becomes gradient 1 of the list): the checked path
+#: converts or gathers them, and the step is the plain one
+MISFITS = {
+    "not C-contiguous": lambda a, p: np.asfortranarray(a),
+    "not aligned": lambda a, p: _unaligned(a),
+    "an ndarray subclass": lambda a, p: a.view(_Sub),
+    "an equal dtype object, not the same": lambda a, p: a.astype(np.dtype(a.dtype.str, metadata={"m": 1})),
+}
+
+
+@pytest.mark.parametrize("misfit", sorted(MISFITS))
+def test_a_gradient_that_cannot_be_read_in_place_takes_the_checked_path(misfit):
+    reference = _reference("adam", np.float32)
+
+    def grads(g, params):
+        out = [a.copy() for a in g]
+        out[1] = MISFITS[misfit](out[1], params)
+        return out
+
+    result, _ = _in_place_run("adam", np.float32, lambda s: optlab.flatten(s, dtype=np.float32), grads)
+    for a, b in zip(reference, result):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_flat_parameters_with_an_empty_array_are_one_flat_buffer():
+    """An empty view's address is any (numpy gives a reshaped one its base's): it breaks no run."""
+    params = optlab.flat_parameters([(4,), (0, 2), (3,)], np.float32)
+    assert optlab.flat.flat_view(params) is not None
+    opt = optlab.optimizers.get({"name": "sgd", "learning_rate": 1.0})
+    grads = optlab.flat_like(params)
+    grads.flat[:] = np.arange(7)
+    for make in (lambda: grads, lambda: [a.copy() for a in grads]):  # back to back, then separate
+        opt.apply(make(), params)
+    np.testing.assert_array_equal(params.flat, -2.0 * np.arange(7))
+
+
+def test_gradients_overlapping_the_parameters_are_copied_before_the_step():
+    """Gradients that are the parameters themselves, crossed: read in place, the step would read
+    values it has already written; each must be the parameters' values before the step."""
+    start = [np.arange(40_000, dtype=np.float64) / 7, np.arange(40_000, dtype=np.float64)[::-1] / 3]
+    plain, flat = [p.copy() for p in start], optlab.flatten(start, dtype=np.float64)
+    a, b = optlab.optimizers.get("sgd"), optlab.optimizers.get("sgd")
+    for _ in range(3):
+        a.apply([plain[1].copy(), plain[0].copy()], plain)
+        b.apply([flat[1], flat[0]], flat)
+    for p, q in zip(plain, flat):
+        assert p.tobytes() == q.tobytes()
+
+
+def test_without_a_checked_memory_layout_every_step_gathers(monkeypatch):
+    from optlab import inplace
+
+    monkeypatch.setattr(inplace, "_LAYOUT", None)  # (an interpreter whose objects are laid out otherwise)
+    reference = _reference("adam", np.float32)
+    result, opt = _in_place_run(
+        "adam", np.float32, lambda s: optlab.flatten(s, dtype=np.float32), lambda g, p: [a.copy() for a in g]
+    )
+    assert opt._plan._in_place is None
+    for a, b in zip(reference, result):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_the_memory_layout_is_checked_on_known_arrays():
+    from optlab import inplace
+
+    right = inplace._offsets()
+    assert inplace._reads_right(right)
+    # any field holding a value, read a word off, is caught (before the pointers are followed)
+    for name in ("type", "data", "nd", "descr", "flags", "size"):
+        assert not inplace._reads_right({**right, name: right[name] + 8}), name
+    # a header two words longer (a debug build's) is caught by the first field compared
+    assert not inplace._reads_right({name: offset + 16 for name, offset in right.items()})
+
+
+def test_a_rule_of_its_own_over_an_in_place_rule_gets_one_flat_gradient():
+    """A subclass overriding ``update`` reads ``grad`` as an array unless it says otherwise."""
+    seen = []
+
+    class Doubled(optlab.optimizers.SGD):
+        def update(self, param, grad, state, lr, step, seg):
+            seen.append(type(grad))
+            super().update(param, grad * 2, state, lr, step, seg)  # numpy on the gradient
+
+    assert optlab.optimizers.SGD.reads_gradient_in_place and not Doubled.reads_gradient_in_place
+    params = optlab.flat_parameters([(3,), (2,)], np.float64, fill=1.0)
+    opt = Doubled(learning_rate=0.5)
+    for _ in range(2):
+        opt.apply([np.ones(3), np.full(2, 2.0)], params)
+    assert seen == [np.ndarray, np.ndarray]
+    np.testing.assert_array_equal(params.flat, [-1.0, -1.0, -1.0, -3.0, -3.0])
+
+
+@kernel
+def _shift_by_total(p, g):
+    total = 0.0
+    for i in range(g.shape[0]):
+        total += g[i]
+    for i in prange(p.shape[0]):
+        p[i] -= total
+
+
+def test_a_kernel_not_elementwise_given_pieces_gets_them_gathered():
+    class Total(optlab.optimizers.Optimizer):
+        reads_gradient_in_place = True
+
+        def update(self, param, grad, state, lr, step, seg):
+            _shift_by_total(param, grad)
+
+    params = optlab.flat_parameters([(3,), (2,)], np.float64)
+    opt = Total(learning_rate=0.1)
+    for _ in range(2):
+        opt.apply([np.ones(3), np.full(2, 2.0)], params)
+    np.testing.assert_array_equal(params.flat, -14.0)  # (3 + 4) per step, over the whole gradient

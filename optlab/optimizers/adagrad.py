@@ -9,7 +9,7 @@ from .base import Optimizer
 from .layout import Slot
 
 
-@kernel
+@kernel(elementwise=True)
 def _adagrad(p, g, acc, lr, eps):
     for i in prange(p.shape[0]):
         acc[i] += g[i] * g[i]
@@ -27,6 +27,7 @@ class Adagrad(Optimizer):
     and Stochastic Optimization", JMLR 12.
     """
 
+    reads_gradient_in_place = True  # (update hands grad to element-wise kernels alone)
     registry_name = "adagrad"
     search_space = tuned(learning_rate=LogUniform(1e-3, 10.0))  # what a study tunes (optlab.spaces)
     initial_accumulator_value = Hyper(0.1, low=0.0, doc="starting value of the accumulator")

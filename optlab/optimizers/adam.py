@@ -23,7 +23,7 @@ def adam_alpha(p, lr, b1, b2, step):
     return lr * np.sqrt(one - b2**t) / (one - b1**t)
 
 
-@kernel
+@kernel(elementwise=True)
 def _adam(p, g, m, v, vhat, lr, b1, b2, one_minus_b1, one_minus_b2, eps, step, c):
     """One Adam step; ``AMSGRAD``: the step uses and updates ``vhat``; ``DECAY``: ``p`` decays by ``c`` first."""
     alpha = adam_alpha(p, lr, b1, b2, step)
@@ -67,6 +67,7 @@ class Adam(Optimizer):
     Reddi, Kale and Kumar, 2018, "On the Convergence of Adam and Beyond" (AMSGrad).
     """
 
+    reads_gradient_in_place = True  # (update hands grad to element-wise kernels alone)
     registry_name = "adam"
     search_space = tuned(learning_rate=LogUniform(1e-4, 1.0))  # what a study tunes (optlab.spaces)
     beta_1 = Hyper(0.9, low=0.0, high=1.0, high_open=True, doc="decay of the first moment")
@@ -90,7 +91,7 @@ class Adam(Optimizer):
             constants = derived[dt] = (*betas, typed(dt, hypers["epsilon"]))
         lr = lr if type(lr) is dt else dt(lr)  # (a Python float would make the kernel's arithmetic float64)
         v, vhat = state["velocity"], state.get("velocity_hat")
-        kernel = _ADAM[vhat is not None, decay is not None].variant(param)
+        kernel = _ADAM[vhat is not None, decay is not None].variant(param, grad)
         vhat = v if vhat is None else vhat  # read only by the AMSGrad variants
         c = 0.0 if decay is None else decay  # read only by the variants with DECAY
         kernel(param, grad, state["momentum"], v, vhat, lr, *constants, step, c)

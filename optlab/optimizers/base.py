@@ -37,6 +37,7 @@ import numpy as np
 from .. import files
 from .. import kernels as K
 from ..hparams import DERIVED, Configurable, Hyper
+from ..inplace import Pieces
 from ..names import auto_name
 from ..sparse import Densified, IndexedSlices, rows_of
 from . import state as _state
@@ -140,6 +141,12 @@ class Optimizer(Configurable):
     #: applies to the whole call, and must compute ``p - p * c`` before its own step, bit for bit
     #: what the separate pass would; a subclass overriding ``update`` without ``decay`` does not fuse.
     fuses_weight_decay: ClassVar[bool] = False
+    #: whether ``update`` hands ``grad`` only to ``@kernel(elementwise=True)`` functions, as their
+    #: second argument: the gradient of flat parameters may then come as ``optlab.inplace.Pieces``,
+    #: separate arrays read in place instead of gathered into one (a kernel not element-wise gets
+    #: them gathered). Declared by the class that writes ``update``: a subclass overriding it
+    #: without declaring it again reads ``grad`` as one flat array, as any rule may.
+    reads_gradient_in_place: ClassVar[bool] = False
     #: derived too: the class overrides ``weight_decay_rate`` / ``begin_step`` (read at every step)
     _decay_by_rule: ClassVar[bool] = False
     _begins_steps: ClassVar[bool] = False
@@ -161,6 +168,8 @@ class Optimizer(Configurable):
             rate.__set_name__(cls, "learning_rate")
         super().__init_subclass__(**kwargs)
         cls.fuses_weight_decay = "decay" in inspect.signature(cls.update).parameters
+        if "update" in cls.__dict__ and "reads_gradient_in_place" not in cls.__dict__:
+            cls.reads_gradient_in_place = False  # (a rule of its own: it says so itself if it may)
         cls._decay_by_rule = cls.weight_decay_rate is not Optimizer.weight_decay_rate
         cls._begins_steps = cls.begin_step is not Optimizer.begin_step
 
@@ -383,7 +392,7 @@ class Optimizer(Configurable):
                 if i in constraints:
                     raise ValueError(f"{owner}: parameter {label(layout, i)} has two constraints; give it one")
                 constraints[i] = fn
-        plan = Plan(layout, params, owner)
+        plan = Plan(layout, params, owner, in_place=self.reads_gradient_in_place)
         self._exclude_wd, self._overwrite = excluded, overwrite
         self._constraints = {i: fn for i, fn in constraints.items() if i not in overwrite}
         layout.params_known = True
@@ -670,6 +679,8 @@ class Optimizer(Configurable):
     def _clip(self, work, dt, rows=()):
         """Keras's clipping (one of clipnorm, global_clipnorm, clipvalue) of ``work`` and ``rows``:
         a sparse gradient's norm is its values' (the rows it leaves out are zero)."""
+        if self.clipnorm is not None or self.global_clipnorm is not None:  # (norms of whole arrays)
+            work = [(chunk, g.gathered() if g.__class__ is Pieces else g) for chunk, g in work]
         if self.clipnorm is not None:
             c = dt(self.clipnorm)
             out = []

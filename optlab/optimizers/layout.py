@@ -7,9 +7,11 @@ accumulator as one flat buffer over all its parameters, back to back: parameter 
 views of one flat buffer (``optlab.flat_parameters``), a step is one ``Chunk`` and one kernel
 call over everything; otherwise one chunk per array. Gradients are checked at every step by
 their signature (ndarrays of the parameters' shapes and dtype), so fresh arrays cost no more
-than the same ones; with flat parameters, gradients that are not views of one flat buffer are
-gathered into a scratch buffer (one ``np.concatenate``), and the plan remembers whether the
-last step's arrays were flat, so that the same arrays are not looked at again.
+than the same ones. With flat parameters and a rule that reads gradients in place
+(``reads_gradient_in_place``), separate gradient arrays are checked and read where they are
+(``optlab.inplace``); for other rules they are gathered into a scratch buffer (one
+``np.concatenate``), and the plan remembers whether the last step's arrays were flat, so that
+the same arrays are not looked at again.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from operator import is_
 
 import numpy as np
 
+from .. import inplace
 from ..flat import flat_view
 
 
@@ -199,9 +202,9 @@ class Layout:
 class Plan:
     """How steps walk ``params`` (the arrays a layout was built for): chunks, and the gradient cache."""
 
-    __slots__ = ("_axis", "_grads", "chunks", "flat", "layout", "owner", "params")
+    __slots__ = ("_axis", "_grads", "_in_place", "chunks", "flat", "layout", "owner", "params")
 
-    def __init__(self, layout: Layout, params: list, owner: str):
+    def __init__(self, layout: Layout, params: list, owner: str, in_place: bool = False):
         if len(params) != len(layout.shapes):
             raise ValueError(
                 f"{owner} was built for {count_of(len(layout.shapes))}, received {len(params)} (an optimizer "
@@ -224,6 +227,10 @@ class Plan:
         self._grads: tuple[tuple, np.ndarray | None, list | None] | None = None
         # how np.concatenate gathers gradients: along their axis when all are 1-D (no ravel each), else flattened
         self._axis = 0 if all(len(s) == 1 for s in layout.shapes) else None
+        # flat parameters whose update rule reads a gradient in pieces: separate gradients read in place
+        self._in_place = None
+        if in_place and self.flat is not None and len(params) > 1 and inplace.layout() is not None:
+            self._in_place = _InPlace(self, layout, self.flat)
 
     def fitting(self, grads: list, params: list) -> list[tuple[Chunk, np.ndarray]] | None:
         """The step's work when ``params`` are this plan's very arrays and ``grads`` conform to them
@@ -231,6 +238,10 @@ class Plan:
         mine, layout = self.params, self.layout
         if len(params) != len(mine) or len(grads) != len(mine) or not all(map(is_, params, mine)):
             return None
+        if self._in_place is not None:
+            work = self._in_place.work(grads)
+            if work is not None:
+                return work
         if not _conforming(grads, layout.shapes, layout.dtype):
             return None
         return self.work(grads, (), True)
@@ -305,6 +316,54 @@ class Plan:
                 raise ValueError(f"gradient {i} has shape {g.shape}/{g.dtype}; parameter has {p.shape}/{p.dtype}")
             work.append((self.layout.chunk(i, i + 1, p.reshape(-1)), np.ascontiguousarray(g).reshape(-1)))
         return work
+
+
+class _InPlace:
+    """A flat plan's gradients read where they are (``optlab.inplace``): each step's list is read by
+    one compiled call, which checks every array against its parameter and gives their addresses;
+    the step's work is then the chunk with the gradient in ``Pieces``, or None (the checked path)."""
+
+    __slots__ = ("addresses", "descr", "dims", "high", "locate", "low", "nbytes", "ndims", "separate", "whole")
+
+    def __init__(self, plan: Plan, layout: Layout, flat: np.ndarray):
+        n = len(layout.shapes)
+        self.ndims = np.array([len(s) for s in layout.shapes], dtype=np.intc)
+        self.dims = np.zeros((n, max(1, int(self.ndims.max()))), dtype=np.intp)
+        for k, shape in enumerate(layout.shapes):
+            self.dims[k, : len(shape)] = shape
+        self.nbytes = np.diff(layout.offsets).astype(np.intp) * layout.dtype.itemsize
+        self.descr = id(layout.dtype)  # (the dtype object itself, as the signature check wants it)
+        self.low = flat.ctypes.data  # the parameters' bytes: a gradient overlapping them is gathered
+        self.high = self.low + flat.nbytes
+        self.addresses = np.zeros(n, dtype=np.intp)
+        chunk, whole = plan.chunks[0], np.array([0, layout.size], dtype=np.intp)
+
+        def scratch():
+            return layout.scratch(0, layout.size)
+
+        separate = inplace.Pieces(
+            self.addresses, layout.offsets.astype(np.intp), inplace.tasks_of(layout.offsets), scratch, plan._axis
+        )
+        back_to_back = inplace.Pieces(self.addresses[:1], whole, inplace.tasks_of(whole), scratch, plan._axis)
+        self.separate, self.whole = [(chunk, separate)], [(chunk, back_to_back)]
+        self.locate = None
+
+    def work(self, grads: list):
+        locate = self.locate
+        if locate is None:
+            locate = self.locate = inplace.compiled("locate")
+        held = tuple(grads)  # (the arrays, held for the step: another thread may change the list)
+        found = locate(
+            id(held), _NDARRAY, self.descr, self.ndims, self.dims, self.nbytes, self.low, self.high, self.addresses
+        )
+        if found >= 0:
+            return None
+        work = self.whole if found == -2 else self.separate
+        work[0][1].arrays = held
+        return work
+
+
+_NDARRAY = id(np.ndarray)
 
 
 def check_parameters(params: list, owner: str) -> None:

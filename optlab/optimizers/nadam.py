@@ -9,7 +9,7 @@ from .base import Optimizer
 from .layout import Slot
 
 
-@kernel
+@kernel(elementwise=True)
 def _nadam(p, g, m, v, lr, one_minus_b1, one_minus_b2, c_m, c_g, v_scale, eps):
     for i in prange(p.shape[0]):
         m[i] += (g[i] - m[i]) * one_minus_b1
@@ -33,6 +33,7 @@ class Nadam(Optimizer):
     Reference: Dozat, 2016, "Incorporating Nesterov Momentum into Adam", ICLR workshop.
     """
 
+    reads_gradient_in_place = True  # (update hands grad to element-wise kernels alone)
     registry_name = "nadam"
     search_space = tuned(learning_rate=LogUniform(1e-4, 1.0))  # what a study tunes (optlab.spaces)
     beta_1 = Hyper(0.9, low=0.0, high=1.0, high_open=True, doc="decay of the first moment")

@@ -9,14 +9,14 @@ from .base import Optimizer
 from .layout import Slot
 
 
-@kernel
+@kernel(elementwise=True)
 def _rmsprop(p, g, v, lr, rho, one_minus_rho, eps):
     for i in prange(p.shape[0]):
         v[i] = rho * v[i] + one_minus_rho * (g[i] * g[i])
         p[i] -= lr * g[i] / math.sqrt(v[i] + eps)
 
 
-@kernel
+@kernel(elementwise=True)
 def _rmsprop_general(p, g, v, a, mo, lr, rho, one_minus_rho, eps, momentum, centered, use_momentum):
     for i in prange(p.shape[0]):
         v[i] = rho * v[i] + one_minus_rho * (g[i] * g[i])
@@ -47,6 +47,7 @@ class RMSprop(Optimizer):
     centered: Graves, 2013, "Generating sequences with recurrent neural networks".
     """
 
+    reads_gradient_in_place = True  # (update hands grad to element-wise kernels alone)
     registry_name = "rmsprop"
     search_space = tuned(learning_rate=LogUniform(1e-4, 1.0))  # what a study tunes (optlab.spaces)
     rho = Hyper(0.9, low=0.0, high=1.0, high_open=True, doc="decay of the squared-gradient average")

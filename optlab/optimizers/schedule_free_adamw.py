@@ -9,7 +9,7 @@ from .base import LearningRate, Optimizer
 from .layout import Slot
 
 
-@kernel
+@kernel(elementwise=True)
 def _sf_adamw(y, g, z, v, lr, one_minus_b2, bc2, eps, b1, one_minus_b1, w, one_minus_w):
     for i in prange(y.shape[0]):
         v[i] += (g[i] * g[i] - v[i]) * one_minus_b2
@@ -37,6 +37,7 @@ class ScheduleFreeAdamW(Optimizer):
     Reference: Defazio et al., 2024, "The Road Less Scheduled", arXiv:2405.15682.
     """
 
+    reads_gradient_in_place = True  # (update hands grad to element-wise kernels alone)
     registry_name = "schedule_free_adamw"
     search_space = tuned(learning_rate=LogUniform(1e-4, 1.0))  # what a study tunes (optlab.spaces)
     learning_rate = LearningRate(0.0025)

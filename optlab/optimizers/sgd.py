@@ -6,20 +6,20 @@ from ..spaces import LogUniform, tuned
 from .base import LearningRate, Optimizer
 
 
-@kernel
+@kernel(elementwise=True)
 def _sgd(p, g, lr):
     for i in prange(p.shape[0]):
         p[i] -= g[i] * lr
 
 
-@kernel
+@kernel(elementwise=True)
 def _sgd_momentum(p, g, m, lr, momentum):
     for i in prange(p.shape[0]):
         m[i] = m[i] * momentum - g[i] * lr
         p[i] += m[i]
 
 
-@kernel
+@kernel(elementwise=True)
 def _sgd_nesterov(p, g, m, lr, momentum):
     for i in prange(p.shape[0]):
         m[i] = m[i] * momentum - g[i] * lr
@@ -35,6 +35,7 @@ class SGD(Optimizer):
     Reference: Sutskever et al., 2013, "On the importance of initialization and momentum in deep learning".
     """
 
+    reads_gradient_in_place = True  # (update hands grad to element-wise kernels alone)
     registry_name = "sgd"
     search_space = tuned(learning_rate=LogUniform(1e-3, 10.0))  # what a study tunes (optlab.spaces)
     learning_rate = LearningRate(0.01)
@@ -49,7 +50,7 @@ class SGD(Optimizer):
 
     def update(self, param, grad, state, lr, step, seg):
         if "momentum" not in state:
-            _sgd.variant(param)(param, grad, lr)
+            _sgd.variant(param, grad)(param, grad, lr)
             return
         mu = param.dtype.type(self.momentum)
         (_sgd_nesterov if self.nesterov else _sgd_momentum)(param, grad, state["momentum"], lr, mu)
