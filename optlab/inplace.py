@@ -106,16 +106,19 @@ def tasks_of(offsets: np.ndarray) -> np.ndarray:
 
 
 class Pieces:
-    """A flat gradient left where it is: piece ``k`` (elements ``offsets[k]:offsets[k+1]`` of the
-    flat gradient) is the array at address ``addresses[k]``; ``tasks`` split the pieces for a
-    kernel's threads (``tasks_of``). A kernel given one as its second argument reads it in place
-    (``Kernel``); ``gathered()`` copies it into one array for whatever needs one."""
+    """A flat array left where it is, in pieces: piece ``k`` (elements ``offsets[k]:offsets[k+1]``
+    of the flat array) is the array at address ``addresses[k]``; ``tasks`` split the pieces for a
+    kernel's threads (``tasks_of``). An element-wise kernel given a gradient in pieces as its
+    second argument (and the parameters as an array or in pieces as its first) reads them in place
+    (``Kernel``); ``gathered()`` copies them into one array for whatever needs one. Like an array,
+    it has a ``dtype`` and a ``shape``, ``(size,)``; ``like`` is an empty array of the dtype."""
 
-    __slots__ = ("addresses", "arrays", "axis", "offsets", "scratch", "tasks")
+    __slots__ = ("addresses", "arrays", "axis", "dtype", "like", "offsets", "scratch", "shape", "tasks")
 
-    def __init__(self, addresses, offsets, tasks, scratch, axis):
+    def __init__(self, addresses, offsets, tasks, scratch, axis, dtype):
         self.addresses, self.offsets, self.tasks = addresses, offsets, tasks
         self.scratch, self.axis = scratch, axis  # (a flat array to gather into; the axis to gather along)
+        self.dtype, self.like, self.shape = np.dtype(dtype), np.empty(0, dtype), (int(offsets[-1]),)
         self.arrays: tuple = ()  # the arrays read, held from the step's start (for ``gathered``)
 
     def gathered(self) -> np.ndarray:
@@ -169,12 +172,13 @@ def _compile() -> dict:
         return numba.carray(at(address), n, like.dtype)
 
     @numba.njit(cache=True)
-    def locate(held, ndarray, descr, ndims, dims, sizes, low, high, addresses):
+    def locate(held, ndarray, descr, ndims, dims, sizes, lows, highs, addresses):
         """Read the tuple at address ``held``: -1 when its items are ndarrays of the dtype object
         ``descr``, of ``ndims[k]`` dimensions ``dims[k]``, C-contiguous, aligned and outside the
-        bytes ``low:high``, their data addresses then in ``addresses`` (-2: and back to back, where
-        the first that holds bytes starts in ``addresses[0]``); else the index of the first that is
-        not (the tuple's length if that differs)."""
+        bytes ``lows[j]:highs[j]`` (the parameters', in order), their data addresses then in
+        ``addresses`` (-2: and back to back, where the first that holds bytes starts in
+        ``addresses[0]``); else the index of the first that is not (the tuple's length if that
+        differs; ``n + 1 + k`` if array ``k`` overlaps a parameter)."""
         n = ndims.shape[0]
         if word(held + size_at) != n:
             return n
@@ -193,8 +197,10 @@ def _compile() -> dict:
                     return k
             data = word(obj + data_at)
             nbytes = sizes[k]
-            if nbytes and data < high and low < data + nbytes:
-                return k
+            if nbytes:  # (the last parameter range starting before this array's end must end before it)
+                j = np.searchsorted(lows, data + nbytes)
+                if j and highs[j - 1] > data:
+                    return n + 1 + k
             if nbytes:  # (an empty array's address is any: it holds no byte)
                 if not following:
                     first = data
@@ -230,3 +236,16 @@ def over_pieces(tasks, addresses, offsets, x, *rest):
         e = offsets[k] + tasks[t, 2]
         g = piece(addresses[k] + tasks[t, 1] * x.itemsize, e - s, x)  # noqa: F821
         KERNEL(x[s:e], g, *cut(rest, s, e))  # noqa: F821
+
+
+def over_both(tasks, xaddresses, gaddresses, offsets, like, *rest):
+    """``over_pieces`` with the parameters in pieces too (at ``xaddresses``; ``like``, an empty array
+    of their dtype)."""
+    for t in prange(tasks.shape[0]):  # noqa: F821 (bound by the variant)
+        k = tasks[t, 0]
+        s = offsets[k] + tasks[t, 1]
+        e = offsets[k] + tasks[t, 2]
+        skip = tasks[t, 1] * like.itemsize
+        x = piece(xaddresses[k] + skip, e - s, like)  # noqa: F821
+        g = piece(gaddresses[k] + skip, e - s, like)  # noqa: F821
+        KERNEL(x, g, *cut(rest, s, e))  # noqa: F821

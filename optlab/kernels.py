@@ -48,7 +48,7 @@ class Kernel:
         self.elementwise = elementwise
         self._serial_impl = None
         self._parallel_impl = None
-        self._pieces_impl = [None, None]  # (serial, parallel) over a gradient in pieces
+        self._pieces_impl: dict = {}  # (parallel, parameters in pieces too) -> the kernel over pieces
 
     def specialize(self, **constants) -> Kernel:
         """This kernel with the module globals ``constants`` fixed (compiled as constants)."""
@@ -107,7 +107,7 @@ class Kernel:
         return self._parallel_impl
 
     def __call__(self, x, *args):
-        if args and args[0].__class__ is Pieces:
+        if args and args[0].__class__ is Pieces:  # (parameters in pieces come with gradients in pieces)
             return self.over_pieces(x, *args)
         return self.variant(x)(x, *args)
 
@@ -126,21 +126,37 @@ class Kernel:
         return impl if impl is not None else self.serial
 
     def over_pieces(self, x, g, *args):
-        """``k(x, g, ...)`` with ``g`` a gradient in ``Pieces``: an ``elementwise`` kernel reads the
-        pieces in place, its serial variant called on each task's elements (from ``prange`` over
-        the tasks, from ``PARALLEL_MIN_SIZE`` elements); any other kernel gets them gathered."""
+        """``k(x, g, ...)`` with ``g`` a gradient in ``Pieces`` (and ``x``, the parameters, an array
+        or ``Pieces`` too): an ``elementwise`` kernel reads the pieces in place, its serial variant
+        called on each task's elements (from ``prange`` over the tasks, from ``PARALLEL_MIN_SIZE``
+        elements); any other kernel gets the gradient gathered, or with parameters in pieces, runs
+        once per parameter (as over separate arrays)."""
+        both = x.__class__ is Pieces
         if not self.elementwise:
+            if both:  # once per parameter, as over separate arrays (its elements of the others' arrays)
+                size = x.shape[0]
+                offsets = x.offsets
+                for k, (xk, gk) in enumerate(zip(x.arrays, g.arrays)):
+                    a, b = offsets[k], offsets[k + 1]
+                    cut = [r[a:b] if r.__class__ is np.ndarray and r.shape == (size,) else r for r in args]
+                    xk = xk.reshape(-1)
+                    self.variant(xk)(xk, gk.reshape(-1), *cut)
+                return None
             return self.variant(x)(x, g.gathered(), *args)
         parallel = self._parallel and x.shape[0] >= PARALLEL_MIN_SIZE
-        impl = self._pieces_impl[parallel]
+        impl = self._pieces_impl.get((parallel, both))
         if impl is None:
-            impl = self._pieces_impl[parallel] = self._compile_over_pieces(parallel)
+            impl = self._pieces_impl[parallel, both] = self._compile_over_pieces(parallel, both)
+        if both:
+            return impl(g.tasks, x.addresses, g.addresses, g.offsets, x.like, *args)
         return impl(g.tasks, g.addresses, g.offsets, x, *args)
 
-    def _compile_over_pieces(self, parallel: bool):
+    def _compile_over_pieces(self, parallel: bool, both: bool):
         import numba
 
         from . import inplace
+
+        template = inplace.over_both if both else inplace.over_pieces
 
         namespace = {
             **inplace.__dict__,
@@ -155,8 +171,8 @@ class Kernel:
         for fn in self._code_of():
             code.update(marshal.dumps(fn.__code__))
         where = f"{self.fn.__module__}_{self.fn.__qualname__}".replace(".", "_").replace("<", "").replace(">", "")
-        name = f"{where}{self._suffix(parallel)}_over_pieces_{code.hexdigest()[:12]}"
-        fn = types.FunctionType(inplace.over_pieces.__code__, namespace, name)
+        name = f"{where}{self._suffix(parallel)}_{template.__name__}_{code.hexdigest()[:12]}"
+        fn = types.FunctionType(template.__code__, namespace, name)
         fn.__qualname__ = name
         fn.__module__ = inplace.__name__
         return numba.njit(cache=self._cached(), parallel=parallel, error_model="numpy")(fn)

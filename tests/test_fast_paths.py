@@ -512,7 +512,7 @@ def test_a_rule_of_its_own_for_weight_decay_follows_its_hyperparameters_between_
 #: shapes that make every kind of task: a parameter split into several (over TASK_SIZE, and over
 #: PARALLEL_MIN_SIZE in all: the parallel driver), small ones, a scalar and an empty one
 IN_PLACE_SHAPES = [(40_000,), (3, 4), (), (0, 2), (5, 7, 2)]
-IN_PLACE_RULES = sorted(c.registry_name for c in optlab.optimizers.BUILTIN if c.reads_gradient_in_place)
+IN_PLACE_RULES = sorted(c.registry_name for c in optlab.optimizers.BUILTIN if c.elementwise_update)
 
 
 def _in_place_run(name, dtype, make_params, make_grads, options=None, steps=4):
@@ -527,8 +527,25 @@ def _in_place_run(name, dtype, make_params, make_grads, options=None, steps=4):
 
 
 def _reference(name, dtype, options=None):
-    """The plain way: separate parameter arrays, each gradient a copy."""
-    return _in_place_run(name, dtype, lambda s: [p.copy() for p in s], lambda g, p: [a.copy() for a in g], options)[0]
+    """The plain way: separate parameter arrays, each gradient a copy, one update per array (nothing
+    read in place: the memory layout taken as unconfirmed)."""
+    from optlab import inplace
+
+    saved, inplace._LAYOUT = inplace._LAYOUT, None
+    try:
+        result, opt = _in_place_run(
+            name, dtype, lambda s: [p.copy() for p in s], lambda g, p: [a.copy() for a in g], options
+        )
+    finally:
+        inplace._LAYOUT = saved
+    assert opt._plan._in_place is None
+    return result
+
+
+LAYOUTS = {
+    "flat": lambda dtype: lambda s: optlab.flatten(s, dtype=dtype),
+    "separate": lambda dtype: lambda s: [p.copy() for p in s],
+}
 
 
 def test_every_rule_that_says_so_reads_gradients_in_place():
@@ -536,9 +553,13 @@ def test_every_rule_that_says_so_reads_gradients_in_place():
     assert {"lamb", "adafactor", "muon"}.isdisjoint(IN_PLACE_RULES)  # (their kernels sum over a parameter)
 
 
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", IN_PLACE_RULES)
-def test_fresh_separate_gradients_of_flat_parameters_are_read_in_place_and_match(name, dtype, monkeypatch):
+def test_fresh_separate_gradients_are_read_in_place_and_match(name, dtype, layout, monkeypatch):
+    """Flat parameters with separate gradients, and separate parameters: after the first step
+    (checked), every step is one update over all of them, gradients (and separate parameters)
+    read where they are; bit for bit the steps of one update per array."""
     from optlab import inplace
     from optlab.optimizers.layout import Plan
 
@@ -553,9 +574,15 @@ def test_fresh_separate_gradients_of_flat_parameters_are_read_in_place_and_match
         before.append(len(copies))
         return [a.copy() for a in g]
 
-    result, opt = _in_place_run(name, dtype, lambda s: optlab.flatten(s, dtype=dtype), fresh)
+    updates = []
+    cls = optlab.optimizers.get(name).__class__
+    original_update = cls.update
+    monkeypatch.setattr(cls, "update", lambda self, *a, **k: updates.append(1) or original_update(self, *a, **k))
+    result, opt = _in_place_run(name, dtype, LAYOUTS[layout](dtype), fresh)
     assert before[0] == 0 and before[1] >= 1 and before[1:] == [len(copies)] * 3, (before, len(copies))
     assert opt._plan._in_place is not None
+    first = 1 if layout == "flat" else len(IN_PLACE_SHAPES)
+    assert len(updates) == first + 3  # (AdamW's default weight decay: fused, one rate for all)
     monkeypatch.undo()
     reference = _reference(name, dtype)
     for a, b in zip(reference, result):
@@ -605,8 +632,9 @@ MISFITS = {
 }
 
 
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("misfit", sorted(MISFITS))
-def test_a_gradient_that_cannot_be_read_in_place_takes_the_checked_path(misfit):
+def test_a_gradient_that_cannot_be_read_in_place_takes_the_checked_path(misfit, layout):
     reference = _reference("adam", np.float32)
 
     def grads(g, params):
@@ -614,9 +642,55 @@ def test_a_gradient_that_cannot_be_read_in_place_takes_the_checked_path(misfit):
         out[1] = MISFITS[misfit](out[1], params)
         return out
 
-    result, _ = _in_place_run("adam", np.float32, lambda s: optlab.flatten(s, dtype=np.float32), grads)
+    result, _ = _in_place_run("adam", np.float32, LAYOUTS[layout](np.float32), grads)
     for a, b in zip(reference, result):
         assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_steps_with_other_generic_options_match(layout):
+    """Separate parameters are read in place only for a step that is the update alone or with a
+    weight decay fused at one rate; every other step takes one update per array. All match."""
+    cases = [
+        ("adamw", {}),
+        ("adamw", {"weight_decay": 0.1, "use_ema": True}),
+        ("lion", {"weight_decay": 0.01}),
+        ("sgd", {"clipvalue": 0.05, "momentum": 0.9}),
+        ("rmsprop", {"gradient_accumulation_steps": 2, "centered": True}),
+    ]
+    for name, options in cases:
+        reference = _reference(name, np.float32, options)
+        result, _ = _in_place_run(
+            name, np.float32, LAYOUTS[layout](np.float32), lambda g, p: [a.copy() for a in g], options
+        )
+        for a, b in zip(reference, result):
+            assert a.tobytes() == b.tobytes(), (name, options)
+
+
+def test_a_weight_decay_at_other_rates_takes_one_update_per_array_and_matches():
+    def excluding(opt):
+        opt.exclude_from_weight_decay(var_names=["b"])
+        return opt
+
+    start = {"w": np.full(40_000, 2.0), "b": np.full(3, 2.0)}
+    results = []
+    for layout in ("reference", "separate"):
+        from optlab import inplace
+
+        saved = inplace._LAYOUT
+        if layout == "reference":
+            inplace._LAYOUT = None
+        try:
+            params = {k: v.copy() for k, v in start.items()}
+            opt = excluding(optlab.optimizers.get({"name": "adamw", "weight_decay": 0.5, "learning_rate": 0.01}))
+            for k in range(3):
+                opt.apply({n: np.full(v.shape, 0.1 * k) for n, v in params.items()}, params)
+        finally:
+            inplace._LAYOUT = saved
+        results.append(params)
+    assert results[0]["b"][0] != results[0]["w"][0]  # (the exclusion holds: the rates differ)
+    for name in start:
+        assert results[0][name].tobytes() == results[1][name].tobytes()
 
 
 def test_flat_parameters_with_an_empty_array_are_one_flat_buffer():
@@ -635,13 +709,17 @@ def test_gradients_overlapping_the_parameters_are_copied_before_the_step():
     """Gradients that are the parameters themselves, crossed: read in place, the step would read
     values it has already written; each must be the parameters' values before the step."""
     start = [np.arange(40_000, dtype=np.float64) / 7, np.arange(40_000, dtype=np.float64)[::-1] / 3]
-    plain, flat = [p.copy() for p in start], optlab.flatten(start, dtype=np.float64)
-    a, b = optlab.optimizers.get("sgd"), optlab.optimizers.get("sgd")
+    plain = [p.copy() for p in start]
+    a = optlab.optimizers.get("sgd")
     for _ in range(3):
         a.apply([plain[1].copy(), plain[0].copy()], plain)
-        b.apply([flat[1], flat[0]], flat)
-    for p, q in zip(plain, flat):
-        assert p.tobytes() == q.tobytes()
+    for make in (lambda: optlab.flatten(start, dtype=np.float64), lambda: [p.copy() for p in start]):
+        params = make()
+        b = optlab.optimizers.get("sgd")
+        for _ in range(3):
+            b.apply([params[1], params[0]], params)
+        for p, q in zip(plain, params):
+            assert p.tobytes() == q.tobytes()
 
 
 def test_without_a_checked_memory_layout_every_step_gathers(monkeypatch):
@@ -678,7 +756,7 @@ def test_a_rule_of_its_own_over_an_in_place_rule_gets_one_flat_gradient():
             seen.append(type(grad))
             super().update(param, grad * 2, state, lr, step, seg)  # numpy on the gradient
 
-    assert optlab.optimizers.SGD.reads_gradient_in_place and not Doubled.reads_gradient_in_place
+    assert optlab.optimizers.SGD.elementwise_update and not Doubled.elementwise_update
     params = optlab.flat_parameters([(3,), (2,)], np.float64, fill=1.0)
     opt = Doubled(learning_rate=0.5)
     for _ in range(2):
@@ -696,9 +774,9 @@ def _shift_by_total(p, g):
         p[i] -= total
 
 
-def test_a_kernel_not_elementwise_given_pieces_gets_them_gathered():
+def test_a_kernel_not_elementwise_given_pieces_gets_them_gathered_or_runs_per_array():
     class Total(optlab.optimizers.Optimizer):
-        reads_gradient_in_place = True
+        elementwise_update = True
 
         def update(self, param, grad, state, lr, step, seg):
             _shift_by_total(param, grad)
@@ -708,3 +786,10 @@ def test_a_kernel_not_elementwise_given_pieces_gets_them_gathered():
     for _ in range(2):
         opt.apply([np.ones(3), np.full(2, 2.0)], params)
     np.testing.assert_array_equal(params.flat, -14.0)  # (3 + 4) per step, over the whole gradient
+    # separate parameters: one call per array, as the steps over separate arrays always were
+    separate = [np.zeros(3), np.zeros(2)]
+    opt = Total(learning_rate=0.1)
+    for _ in range(3):
+        opt.apply([np.ones(3), np.full(2, 2.0)], separate)
+    np.testing.assert_array_equal(separate[0], -9.0)
+    np.testing.assert_array_equal(separate[1], -12.0)

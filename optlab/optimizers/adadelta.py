@@ -31,7 +31,7 @@ class Adadelta(Optimizer):
     Reference: Zeiler, 2012, "ADADELTA: An Adaptive Learning Rate Method", arXiv:1212.5701.
     """
 
-    reads_gradient_in_place = True  # (update hands grad to element-wise kernels alone)
+    elementwise_update = True  # (update hands grad to element-wise kernels alone)
     registry_name = "adadelta"
     search_space = tuned(learning_rate=LogUniform(1e-2, 100.0))  # what a study tunes (optlab.spaces)
     rho = Hyper(0.95, low=0.0, high=1.0, high_open=True, doc="decay of the running averages")

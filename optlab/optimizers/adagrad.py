@@ -27,7 +27,7 @@ class Adagrad(Optimizer):
     and Stochastic Optimization", JMLR 12.
     """
 
-    reads_gradient_in_place = True  # (update hands grad to element-wise kernels alone)
+    elementwise_update = True  # (update hands grad to element-wise kernels alone)
     registry_name = "adagrad"
     search_space = tuned(learning_rate=LogUniform(1e-3, 10.0))  # what a study tunes (optlab.spaces)
     initial_accumulator_value = Hyper(0.1, low=0.0, doc="starting value of the accumulator")

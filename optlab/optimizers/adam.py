@@ -67,7 +67,7 @@ class Adam(Optimizer):
     Reddi, Kale and Kumar, 2018, "On the Convergence of Adam and Beyond" (AMSGrad).
     """
 
-    reads_gradient_in_place = True  # (update hands grad to element-wise kernels alone)
+    elementwise_update = True  # (update hands grad to element-wise kernels alone)
     registry_name = "adam"
     search_space = tuned(learning_rate=LogUniform(1e-4, 1.0))  # what a study tunes (optlab.spaces)
     beta_1 = Hyper(0.9, low=0.0, high=1.0, high_open=True, doc="decay of the first moment")

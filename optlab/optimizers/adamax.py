@@ -25,7 +25,7 @@ class Adamax(Optimizer):
     Reference: Kingma and Ba, 2014, "Adam: A Method for Stochastic Optimization", section 7.1.
     """
 
-    reads_gradient_in_place = True  # (update hands grad to element-wise kernels alone)
+    elementwise_update = True  # (update hands grad to element-wise kernels alone)
     registry_name = "adamax"
     search_space = tuned(learning_rate=LogUniform(1e-4, 1.0))  # what a study tunes (optlab.spaces)
     beta_1 = Hyper(0.9, low=0.0, high=1.0, high_open=True, doc="decay of the first moment")

@@ -141,12 +141,14 @@ class Optimizer(Configurable):
     #: applies to the whole call, and must compute ``p - p * c`` before its own step, bit for bit
     #: what the separate pass would; a subclass overriding ``update`` without ``decay`` does not fuse.
     fuses_weight_decay: ClassVar[bool] = False
-    #: whether ``update`` hands ``grad`` only to ``@kernel(elementwise=True)`` functions, as their
-    #: second argument: the gradient of flat parameters may then come as ``optlab.inplace.Pieces``,
-    #: separate arrays read in place instead of gathered into one (a kernel not element-wise gets
-    #: them gathered). Declared by the class that writes ``update``: a subclass overriding it
-    #: without declaring it again reads ``grad`` as one flat array, as any rule may.
-    reads_gradient_in_place: ClassVar[bool] = False
+    #: whether the rule is element-wise: ``update`` hands ``param`` and ``grad`` only to
+    #: ``@kernel(elementwise=True)`` functions, as their first two arguments, and reads nothing of
+    #: them but ``param.dtype`` and ``param.shape``. Separate arrays can then be read where they
+    #: are (``optlab.inplace``): ``grad`` may come as ``Pieces`` (flat parameters, separate
+    #: gradients), and ``param`` too (separate parameters), one call covering every parameter.
+    #: Declared by the class that writes ``update``: a subclass overriding it without declaring it
+    #: again gets one flat array per call, as any rule may.
+    elementwise_update: ClassVar[bool] = False
     #: derived too: the class overrides ``weight_decay_rate`` / ``begin_step`` (read at every step)
     _decay_by_rule: ClassVar[bool] = False
     _begins_steps: ClassVar[bool] = False
@@ -168,8 +170,8 @@ class Optimizer(Configurable):
             rate.__set_name__(cls, "learning_rate")
         super().__init_subclass__(**kwargs)
         cls.fuses_weight_decay = "decay" in inspect.signature(cls.update).parameters
-        if "update" in cls.__dict__ and "reads_gradient_in_place" not in cls.__dict__:
-            cls.reads_gradient_in_place = False  # (a rule of its own: it says so itself if it may)
+        if "update" in cls.__dict__ and "elementwise_update" not in cls.__dict__:
+            cls.elementwise_update = False  # (a rule of its own: it says so itself if it may)
         cls._decay_by_rule = cls.weight_decay_rate is not Optimizer.weight_decay_rate
         cls._begins_steps = cls.begin_step is not Optimizer.begin_step
 
@@ -392,7 +394,7 @@ class Optimizer(Configurable):
                 if i in constraints:
                     raise ValueError(f"{owner}: parameter {label(layout, i)} has two constraints; give it one")
                 constraints[i] = fn
-        plan = Plan(layout, params, owner, in_place=self.reads_gradient_in_place)
+        plan = Plan(layout, params, owner, in_place=self.elementwise_update)
         self._exclude_wd, self._overwrite = excluded, overwrite
         self._constraints = {i: fn for i, fn in constraints.items() if i not in overwrite}
         layout.params_known = True
@@ -431,7 +433,9 @@ class Optimizer(Configurable):
         """
         plan = self._plan
         if isinstance(params, list) and params and isinstance(grads, list) and plan is not None and not self._overwrite:
-            work = plan.fitting(grads, params)  # the case of every step: nothing to convert, nothing to decide
+            derived = self.__dict__.get(DERIVED) or self._derive()
+            whole = derived["plain"] or (derived["decay_only"] and self._whole(derived))
+            work = plan.fitting(grads, params, whole)  # the case of every step: nothing to convert, nothing to decide
             if work is not None:
                 self._step(work)
                 if self._constraints:
@@ -595,8 +599,34 @@ class Optimizer(Configurable):
             and not self._decay_by_rule
             and not options["use_ema"]
         )
-        derived = options[DERIVED] = {"plain": plain}
+        # a weight decay alone, which the rule applies in its own pass: a step over separate arrays in
+        # pieces can take it when its rate is the same for all of them (``_whole``)
+        decay_only = (
+            self.fuses_weight_decay
+            and (options["weight_decay"] is not None or self._decay_by_rule)
+            and options["loss_scale_factor"] is None
+            and not options["gradient_accumulation_steps"]
+            and options["clipnorm"] is None
+            and options["global_clipnorm"] is None
+            and options["clipvalue"] is None
+            and not options["use_ema"]
+        )
+        derived = options[DERIVED] = {"plain": plain, "decay_only": decay_only}
         return derived
+
+    def _whole(self, derived: dict) -> bool:
+        """Whether a step may run over every parameter at once, separate arrays read in place: the
+        update alone, or with a weight decay the rule fuses at one rate for every parameter (kept
+        with the derived values, for this layout and its exclusions)."""
+        if derived["plain"] or not derived["decay_only"]:
+            return derived["plain"]
+        kept = derived.get("whole")
+        if kept is None or kept[0] is not self._layout or kept[1] is not self._exclude_wd:
+            decays = self._chunk_decays(self._layout.dtype.type)
+            rates = None if decays is None else decays[0]
+            same = rates is None or (rates[0] is not None and all(r == rates[0] for r in rates))
+            kept = derived["whole"] = (self._layout, self._exclude_wd, same)
+        return kept[2]
 
     def _typed_rate(self, lr, dt):
         """``dt(lr)``, made once while the rate stays the same object (a constant rate: every step)."""

@@ -42,7 +42,7 @@ class Ftrl(Optimizer):
     Reference: McMahan et al., 2013, "Ad Click Prediction: a View from the Trenches", KDD.
     """
 
-    reads_gradient_in_place = True  # (update hands grad to element-wise kernels alone)
+    elementwise_update = True  # (update hands grad to element-wise kernels alone)
     registry_name = "ftrl"
     search_space = tuned(learning_rate=LogUniform(1e-3, 10.0))  # what a study tunes (optlab.spaces)
     learning_rate_power = Hyper(-0.5, high=0.0, doc="power of the step-size decay (<= 0)")

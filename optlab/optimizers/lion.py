@@ -39,7 +39,7 @@ class Lion(Optimizer):
     Reference: Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms", arXiv:2302.06675.
     """
 
-    reads_gradient_in_place = True  # (update hands grad to element-wise kernels alone)
+    elementwise_update = True  # (update hands grad to element-wise kernels alone)
     registry_name = "lion"
     search_space = tuned(learning_rate=LogUniform(1e-5, 0.1))  # what a study tunes (optlab.spaces)
     beta_1 = Hyper(0.9, low=0.0, high=1.0, low_open=True, doc="interpolation for the step's sign (0 gives SignSGD)")

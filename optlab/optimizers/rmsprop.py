@@ -47,7 +47,7 @@ class RMSprop(Optimizer):
     centered: Graves, 2013, "Generating sequences with recurrent neural networks".
     """
 
-    reads_gradient_in_place = True  # (update hands grad to element-wise kernels alone)
+    elementwise_update = True  # (update hands grad to element-wise kernels alone)
     registry_name = "rmsprop"
     search_space = tuned(learning_rate=LogUniform(1e-4, 1.0))  # what a study tunes (optlab.spaces)
     rho = Hyper(0.9, low=0.0, high=1.0, high_open=True, doc="decay of the squared-gradient average")

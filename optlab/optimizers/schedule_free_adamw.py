@@ -37,7 +37,7 @@ class ScheduleFreeAdamW(Optimizer):
     Reference: Defazio et al., 2024, "The Road Less Scheduled", arXiv:2405.15682.
     """
 
-    reads_gradient_in_place = True  # (update hands grad to element-wise kernels alone)
+    elementwise_update = True  # (update hands grad to element-wise kernels alone)
     registry_name = "schedule_free_adamw"
     search_space = tuned(learning_rate=LogUniform(1e-4, 1.0))  # what a study tunes (optlab.spaces)
     learning_rate = LearningRate(0.0025)

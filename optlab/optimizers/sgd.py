@@ -35,7 +35,7 @@ class SGD(Optimizer):
     Reference: Sutskever et al., 2013, "On the importance of initialization and momentum in deep learning".
     """
 
-    reads_gradient_in_place = True  # (update hands grad to element-wise kernels alone)
+    elementwise_update = True  # (update hands grad to element-wise kernels alone)
     registry_name = "sgd"
     search_space = tuned(learning_rate=LogUniform(1e-3, 10.0))  # what a study tunes (optlab.spaces)
     learning_rate = LearningRate(0.01)
