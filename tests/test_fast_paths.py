@@ -793,3 +793,21 @@ def test_a_kernel_not_elementwise_given_pieces_gets_them_gathered_or_runs_per_ar
         opt.apply([np.ones(3), np.full(2, 2.0)], separate)
     np.testing.assert_array_equal(separate[0], -9.0)
     np.testing.assert_array_equal(separate[1], -12.0)
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_gradients_read_in_place_are_not_held_after_their_step(layout):
+    import gc
+    import weakref
+
+    params = LAYOUTS[layout](np.float32)([np.ones(s, np.float32) for s in IN_PLACE_SHAPES])
+    opt = optlab.optimizers.get("adam")
+    for _ in range(2):
+        opt.apply([np.ones(s, np.float32) for s in IN_PLACE_SHAPES], params)
+    grads = [np.ones(s, np.float32) for s in IN_PLACE_SHAPES]
+    watch = weakref.ref(grads[0])
+    opt.apply(grads, params)
+    assert opt._plan._in_place is not None
+    del grads
+    gc.collect()
+    assert watch() is None  # (a 1 GB model's gradients would otherwise stay until the next step)

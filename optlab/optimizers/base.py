@@ -438,6 +438,9 @@ class Optimizer(Configurable):
             work = plan.fitting(grads, params, whole)  # the case of every step: nothing to convert, nothing to decide
             if work is not None:
                 self._step(work)
+                read = work[0][1]
+                if read.__class__ is Pieces:
+                    read.arrays = ()  # (the gradients read in place: not held past their step)
                 if self._constraints:
                     self._constrain(grads)
                 return
