@@ -529,15 +529,15 @@ def _in_place_run(name, dtype, make_params, make_grads, options=None, steps=4):
 def _reference(name, dtype, options=None):
     """The plain way: separate parameter arrays, each gradient a copy, one update per array (nothing
     read in place: the memory layout taken as unconfirmed)."""
-    from optlab import inplace
+    from optlab import object_layout
 
-    saved, inplace._LAYOUT = inplace._LAYOUT, None
+    saved, object_layout._LAYOUT = object_layout._LAYOUT, None
     try:
         result, opt = _in_place_run(
             name, dtype, lambda s: [p.copy() for p in s], lambda g, p: [a.copy() for a in g], options
         )
     finally:
-        inplace._LAYOUT = saved
+        object_layout._LAYOUT = saved
     assert opt._plan._in_place is None
     return result
 
@@ -553,9 +553,12 @@ def test_every_rule_that_says_so_reads_gradients_in_place():
     assert {"lamb", "adafactor", "muon"}.isdisjoint(IN_PLACE_RULES)  # (their kernels sum over a parameter)
 
 
+#: every element-wise rule in float32, two in float64 too (each dtype compiles every kernel anew)
+RULES_AND_DTYPES = [(name, np.float32) for name in IN_PLACE_RULES] + [("adam", np.float64), ("sgd", np.float64)]
+
+
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("name", IN_PLACE_RULES)
+@pytest.mark.parametrize(("name", "dtype"), RULES_AND_DTYPES, ids=[f"{n}-{d.__name__}" for n, d in RULES_AND_DTYPES])
 def test_fresh_separate_gradients_are_read_in_place_and_match(name, dtype, layout, monkeypatch):
     """Flat parameters with separate gradients, and separate parameters: after the first step
     (checked), every step is one update over all of them, gradients (and separate parameters)
@@ -675,18 +678,18 @@ def test_a_weight_decay_at_other_rates_takes_one_update_per_array_and_matches():
     start = {"w": np.full(40_000, 2.0), "b": np.full(3, 2.0)}
     results = []
     for layout in ("reference", "separate"):
-        from optlab import inplace
+        from optlab import object_layout
 
-        saved = inplace._LAYOUT
+        saved = object_layout._LAYOUT
         if layout == "reference":
-            inplace._LAYOUT = None
+            object_layout._LAYOUT = None
         try:
             params = {k: v.copy() for k, v in start.items()}
             opt = excluding(optlab.optimizers.get({"name": "adamw", "weight_decay": 0.5, "learning_rate": 0.01}))
             for k in range(3):
                 opt.apply({n: np.full(v.shape, 0.1 * k) for n, v in params.items()}, params)
         finally:
-            inplace._LAYOUT = saved
+            object_layout._LAYOUT = saved
         results.append(params)
     assert results[0]["b"][0] != results[0]["w"][0]  # (the exclusion holds: the rates differ)
     for name in start:
@@ -723,9 +726,9 @@ def test_gradients_overlapping_the_parameters_are_copied_before_the_step():
 
 
 def test_without_a_checked_memory_layout_every_step_gathers(monkeypatch):
-    from optlab import inplace
+    from optlab import object_layout
 
-    monkeypatch.setattr(inplace, "_LAYOUT", None)  # (an interpreter whose objects are laid out otherwise)
+    monkeypatch.setattr(object_layout, "_LAYOUT", None)  # (an interpreter whose objects are laid out otherwise)
     reference = _reference("adam", np.float32)
     result, opt = _in_place_run(
         "adam", np.float32, lambda s: optlab.flatten(s, dtype=np.float32), lambda g, p: [a.copy() for a in g]
@@ -736,15 +739,15 @@ def test_without_a_checked_memory_layout_every_step_gathers(monkeypatch):
 
 
 def test_the_memory_layout_is_checked_on_known_arrays():
-    from optlab import inplace
+    from optlab import object_layout
 
-    right = inplace._offsets()
-    assert inplace._reads_right(right)
+    right = object_layout._offsets()
+    assert object_layout._reads_right(right)
     # any field holding a value, read a word off, is caught (before the pointers are followed)
     for name in ("type", "data", "nd", "descr", "flags", "size"):
-        assert not inplace._reads_right({**right, name: right[name] + 8}), name
+        assert not object_layout._reads_right({**right, name: right[name] + 8}), name
     # a header two words longer (a debug build's) is caught by the first field compared
-    assert not inplace._reads_right({name: offset + 16 for name, offset in right.items()})
+    assert not object_layout._reads_right({name: offset + 16 for name, offset in right.items()})
 
 
 def test_a_rule_of_its_own_over_an_in_place_rule_gets_one_flat_gradient():

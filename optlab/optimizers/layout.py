@@ -24,7 +24,7 @@ from operator import is_
 
 import numpy as np
 
-from .. import inplace
+from .. import inplace, object_layout
 from ..flat import flat_view
 
 
@@ -235,7 +235,7 @@ class Plan:
         self._axis = 0 if all(len(s) == 1 for s in layout.shapes) else None
         # flat parameters whose update rule reads a gradient in pieces: separate gradients read in place
         self._in_place = None
-        if in_place and len(params) > 1 and inplace.layout() is not None and all(p.flags.aligned for p in params):
+        if in_place and len(params) > 1 and object_layout.layout() is not None and all(p.flags.aligned for p in params):
             self._in_place = _InPlace(self, layout)
 
     def fitting(self, grads: list, params: list, whole: bool = False) -> list[tuple[Chunk, np.ndarray]] | None:
