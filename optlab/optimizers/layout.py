@@ -248,15 +248,13 @@ class Plan:
             return None
         in_place = self._in_place
         if in_place is not None and (whole or self.flat is not None):
-            cached = self._grads  # (a few arrays, the last step's views of one buffer: checked faster in Python)
-            if (
-                len(mine) <= FEW_ARRAYS
-                and cached is not None
-                and cached[2] is not None
-                and all(map(is_, grads, cached[0]))
-            ):
+            # a few arrays, the last step's views of one buffer, are checked faster in Python; the first
+            # step's (``cached`` is None) are looked at in Python once, which keeps them if they are
+            cached = self._grads
+            few = len(mine) <= FEW_ARRAYS and self.flat is not None
+            if few and cached is not None and cached[2] is not None and all(map(is_, grads, cached[0])):
                 return cached[2] if _conforming(grads, layout.shapes, layout.dtype) else None
-            work = in_place.work(grads)
+            work = None if few and cached is None else in_place.work(grads)
             if work is OVERLAP:
                 grads = [np.array(g) for g in grads]
             elif work is not None:
