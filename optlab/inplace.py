@@ -54,6 +54,25 @@ class Pieces:
         return np.concatenate(self.arrays, axis=self.axis, out=self.scratch())
 
 
+def _misused(self, *args, **kwargs):
+    raise TypeError(
+        "this update received param or grad as optlab.inplace.Pieces (separate arrays read in place) because its "
+        "optimizer class declares elementwise_update = True, which means update only hands them to "
+        "@kernel(elementwise=True) kernels; an update that computes with them itself must not declare it "
+        "(docs/plugins.md)"
+    )
+
+
+# what an update that computes with ``grad`` or ``param`` would do first: each says why it cannot
+for _name in (
+    "__array__", "__getitem__", "__setitem__", "__len__", "__iter__", "__neg__", "__abs__", "__float__",
+    "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__", "__rtruediv__",
+    "__pow__", "__rpow__", "__lt__", "__le__", "__gt__", "__ge__", "__matmul__", "__rmatmul__",
+    "reshape", "ravel", "copy", "astype", "sum", "mean", "max", "min", "dot", "fill",
+):  # fmt: skip
+    setattr(Pieces, _name, _misused)
+
+
 # -- compiled parts (numba imported on first use: ``optlab._inplace_jit``) --------------------------------
 
 

@@ -818,3 +818,64 @@ def test_gradients_read_in_place_are_not_held_after_their_step(layout):
     del grads
     gc.collect()
     assert watch() is None  # (a 1 GB model's gradients would otherwise stay until the next step)
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_a_gradient_that_is_a_view_of_the_optimizers_own_state_is_read_as_it_was(layout):
+    """``variables`` shows the slots as live views; one given as a gradient is read as it was when
+    the step began (as a gathered copy is), not while the step writes it."""
+    from optlab import object_layout
+
+    results = []
+    for copied in (True, False):
+        params = LAYOUTS[layout](np.float32)([np.full(50_000, 0.5, np.float32), np.full(50_000, 1.5, np.float32)])
+        opt = optlab.optimizers.get({"name": "adam", "learning_rate": 0.1})
+        rng = np.random.default_rng(5)
+        for step in range(4):
+            grads = [rng.standard_normal(50_000).astype(np.float32) for _ in params]
+            if step:
+                slot = opt.variables["0/momentum"]
+                grads[1] = slot.copy() if copied else slot
+            opt.apply(grads, params)
+        assert object_layout.layout() is None or opt._plan._in_place is not None
+        results.append([np.array(p) for p in params])
+    for a, b in zip(*results):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_a_gradient_list_changed_after_its_check_is_not_read_unchecked(monkeypatch):
+    """Another thread replacing an item of the list between the step's check and its read: the step
+    reads what it checked (the list as it was), never an array of another shape."""
+    from optlab.optimizers import layout as layout_module
+
+    shapes = [(50,), (3, 7)]
+    grads = [np.ones(s, np.float32) for s in shapes]
+    expected = [np.full(s, -1.0, np.float32) for s in shapes]  # two SGD steps of 0.5 from 0
+    params = [np.zeros(s, np.float32) for s in shapes]
+    opt = optlab.optimizers.get({"name": "sgd", "learning_rate": 0.5, "clipvalue": 10.0})  # (one call per array)
+    opt.apply(grads, params)
+    checked = layout_module._conforming
+
+    def then_changed(arrays, *args):
+        ok = checked(arrays, *args)
+        grads[0] = np.ones(5, np.float32)  # (the other thread, right after the check)
+        return ok
+
+    monkeypatch.setattr(layout_module, "_conforming", then_changed)
+    opt.apply(grads, params)
+    for p, e in zip(params, expected):
+        np.testing.assert_array_equal(p, e)
+
+
+def test_an_update_computing_with_pieces_is_told_what_its_declaration_means():
+    class Declared(optlab.optimizers.SGD):  # a plugin rule that declares it but computes with grad itself
+        elementwise_update = True
+
+        def update(self, param, grad, state, lr, step, seg):
+            param -= lr * np.sign(grad)
+
+    params = [np.ones(3), np.ones(2)]
+    opt = Declared(learning_rate=0.1)
+    opt.apply([np.ones(3), np.ones(2)], params)  # (the first step is checked: flat arrays)
+    with pytest.raises(TypeError, match=r"declares elementwise_update = True.*must not declare it"):
+        opt.apply([np.ones(3), np.ones(2)], params)

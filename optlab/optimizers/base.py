@@ -435,7 +435,9 @@ class Optimizer(Configurable):
         if isinstance(params, list) and params and isinstance(grads, list) and plan is not None and not self._overwrite:
             derived = self.__dict__.get(DERIVED) or self._derive()
             whole = derived["plain"] or (derived["decay_only"] and self._whole(derived))
-            work = plan.fitting(grads, params, whole)  # the case of every step: nothing to convert, nothing to decide
+            # the case of every step: nothing to convert, nothing to decide (the list as it is now, checked
+            # and read as one: another thread changing it meanwhile cannot put an unchecked array in the step)
+            work = plan.fitting(tuple(grads), params, whole)
             if work is not None:
                 self._step(work)
                 read = work[0][1]
@@ -464,7 +466,9 @@ class Optimizer(Configurable):
                 grads = in_order(grads, names, type(self).__name__, "gradients")
         else:
             params = list(params)
-        if not isinstance(grads, list):
+        if isinstance(grads, list):
+            grads = grads.copy()  # (as it is now: checked and read as one, whatever another thread does to it)
+        else:
             if is_mapping(grads):
                 raise TypeError(
                     f"{type(self).__name__}.apply: gradients given as a dict need the parameters' names: pass the "

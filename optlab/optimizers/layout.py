@@ -364,22 +364,28 @@ class _InPlace:
         def pieces(addresses, offsets):
             return inplace.Pieces(addresses, offsets, inplace.tasks_of(offsets), scratch, plan._axis, layout.dtype)
 
-        # the parameters' bytes, in order: a gradient overlapping them is gathered (read in place, a step
-        # could read what it has already written)
         if plan.flat is not None:
             chunk = plan.chunks[0]
-            self.lows = np.array([plan.flat.ctypes.data], dtype=np.intp)
-            self.highs = self.lows + plan.flat.nbytes
+            held = [(plan.flat.ctypes.data, plan.flat.nbytes)]
             self.whole = [(chunk, pieces(self.addresses[:1], whole))]  # gradients back to back
         else:
             params = pieces(np.array([p.ctypes.data for p in plan.params], dtype=np.intp), offsets)
             params.arrays = tuple(plan.params)  # (for a kernel that is not element-wise: one call each)
             chunk = layout.chunk(0, n, params)
-            held = [(a, a + size) for a, size in zip(params.addresses.tolist(), self.nbytes.tolist()) if size]
-            held.sort()
-            self.lows = np.array([lo for lo, _ in held] or [0], dtype=np.intp)
-            self.highs = np.array([hi for _, hi in held] or [0], dtype=np.intp)
+            held = list(zip(params.addresses.tolist(), self.nbytes.tolist()))
             self.whole = None  # (the parameters are separate arrays: the gradients are read as such)
+        # the bytes a step writes, in order: the parameters' and the optimizer's own buffers (its slots, EMA
+        # and accumulator, which ``variables`` shows). A gradient overlapping them is copied first: read in
+        # place, a step could read what it has already written, as one array's update or another task
+        held += [(buf.ctypes.data, buf.nbytes) for buf in layout.arrays.values()]
+        ranges: list = []
+        for lo, hi in sorted((at, at + size) for at, size in held if size):
+            if ranges and lo <= ranges[-1][1]:  # (merged: the search reads the last range starting before)
+                ranges[-1] = (ranges[-1][0], max(hi, ranges[-1][1]))
+            else:
+                ranges.append((lo, hi))
+        self.lows = np.array([lo for lo, _ in ranges] or [0], dtype=np.intp)
+        self.highs = np.array([hi for _, hi in ranges] or [0], dtype=np.intp)
         self.separate = [(chunk, pieces(self.addresses, offsets))]
         self.locate = None
 
