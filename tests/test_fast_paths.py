@@ -802,13 +802,15 @@ def test_a_kernel_not_elementwise_given_pieces_gets_them_gathered_or_runs_per_ar
     np.testing.assert_array_equal(separate[1], -12.0)
 
 
+@pytest.mark.parametrize("options", [{}, {"clipvalue": 10.0}], ids=["plain", "clipped"])
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_gradients_read_in_place_are_not_held_after_their_step(layout):
+def test_gradients_read_in_place_are_not_held_after_their_step(layout, options):
+    """(Clipped, separate parameters take one call per array, the gradients checked for overlap.)"""
     import gc
     import weakref
 
     params = LAYOUTS[layout](np.float32)([np.ones(s, np.float32) for s in IN_PLACE_SHAPES])
-    opt = optlab.optimizers.get("adam")
+    opt = optlab.optimizers.get({"name": "adam", **options})
     for _ in range(2):
         opt.apply([np.ones(s, np.float32) for s in IN_PLACE_SHAPES], params)
     grads = [np.ones(s, np.float32) for s in IN_PLACE_SHAPES]

@@ -596,28 +596,19 @@ class Optimizer(Configurable):
         clipping, weight decay or EMA; 0.3 us of every small step to find out otherwise); the
         update rules keep their own constants in it too, by the parameters' dtype."""
         options = self.__dict__
-        plain = (
+        alone = (  # none of the options but weight decay
             options["loss_scale_factor"] is None
             and not options["gradient_accumulation_steps"]
             and options["clipnorm"] is None
             and options["global_clipnorm"] is None
             and options["clipvalue"] is None
-            and options["weight_decay"] is None
-            and not self._decay_by_rule
             and not options["use_ema"]
         )
+        decays = options["weight_decay"] is not None or self._decay_by_rule
+        plain = alone and not decays
         # a weight decay alone, which the rule applies in its own pass: a step over separate arrays in
         # pieces can take it when its rate is the same for all of them (``_whole``)
-        decay_only = (
-            self.fuses_weight_decay
-            and (options["weight_decay"] is not None or self._decay_by_rule)
-            and options["loss_scale_factor"] is None
-            and not options["gradient_accumulation_steps"]
-            and options["clipnorm"] is None
-            and options["global_clipnorm"] is None
-            and options["clipvalue"] is None
-            and not options["use_ema"]
-        )
+        decay_only = alone and decays and self.fuses_weight_decay
         derived = options[DERIVED] = {"plain": plain, "decay_only": decay_only}
         return derived
 

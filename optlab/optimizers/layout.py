@@ -286,7 +286,7 @@ class Plan:
                 return self._partial(grads, sparse)
             grads = self._checked(grads)  # raises naming the first misfit, or converts array-likes
         if self.flat is None:
-            if self._in_place is not None and self._in_place.work(grads) is OVERLAP:
+            if self._in_place is not None and self._in_place.overlaps(grads):
                 grads = [np.array(g) for g in grads]  # (a gradient sharing memory with a parameter)
             return [(c, np.ascontiguousarray(g).reshape(-1)) for c, g in zip(self.chunks, grads)]
         if len(grads) == 1:  # one parameter: its gradient is the flat gradient
@@ -390,18 +390,26 @@ class _InPlace:
         self.locate = None
 
     def work(self, grads: list):
-        locate = self.locate
-        if locate is None:
-            locate = self.locate = inplace.compiled("locate")
+        """The step's work over ``grads`` read in place; ``OVERLAP`` or None (the checked path)."""
         held = tuple(grads)  # (the arrays, held for the step: another thread may change the list)
-        found = locate(
-            id(held), _NDARRAY, self.descr, self.ndims, self.dims, self.nbytes, self.lows, self.highs, self.addresses
-        )
+        found = self._locate(held)
         if found >= 0:
             return OVERLAP if found > len(self.ndims) else None
         work = self.whole if found == -2 and self.whole is not None else self.separate
         work[0][1].arrays = held
         return work
+
+    def overlaps(self, grads: list) -> bool:
+        """Whether one of ``grads`` shares memory with a parameter or the optimizer's own buffers."""
+        return self._locate(tuple(grads)) > len(self.ndims)
+
+    def _locate(self, held: tuple) -> int:
+        locate = self.locate
+        if locate is None:
+            locate = self.locate = inplace.compiled("locate")
+        return locate(
+            id(held), _NDARRAY, self.descr, self.ndims, self.dims, self.nbytes, self.lows, self.highs, self.addresses
+        )
 
 
 _NDARRAY = id(np.ndarray)
