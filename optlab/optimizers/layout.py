@@ -233,7 +233,7 @@ class Plan:
         self._grads: tuple[tuple, np.ndarray | None, list | None] | None = None
         # how np.concatenate gathers gradients: along their axis when all are 1-D (no ravel each), else flattened
         self._axis = 0 if all(len(s) == 1 for s in layout.shapes) else None
-        # flat parameters whose update rule reads a gradient in pieces: separate gradients read in place
+        # an element-wise rule over several parameters: separate gradients (and separate parameters) read in place
         self._in_place = None
         if in_place and len(params) > 1 and object_layout.layout() is not None and all(p.flags.aligned for p in params):
             self._in_place = _InPlace(self, layout)
@@ -413,8 +413,8 @@ class _InPlace:
 
 
 _NDARRAY = id(np.ndarray)
-#: ``_InPlace.work``'s answer for gradients of which one shares memory with a parameter: they are copied
-#: first (read as they are, a step could read what it has already written)
+#: ``_InPlace.work``'s answer for gradients of which one shares memory with a parameter or the optimizer's
+#: own buffers: they are copied first (read as they are, a step could read what it has already written)
 OVERLAP: list = []
 
 
