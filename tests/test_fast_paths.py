@@ -729,6 +729,25 @@ def test_gradients_overlapping_the_parameters_are_copied_before_the_step():
             assert p.tobytes() == q.tobytes()
 
 
+@pytest.mark.parametrize(
+    "start, shares",
+    [(0, False), (1, True), (9, True), (10, True), (19, True), (20, False), (21, True), (40, False), (50, False),
+     (51, True), (60, True), (69, True), (70, False), (90, False)],
+)  # fmt: skip
+def test_a_gradient_shares_memory_with_a_parameter_exactly_when_their_bytes_meet(start, shares):
+    """Parameters at ``buffer[10:20]``, ``[30:40]`` and ``[60:70]``; gradient 1 at ``buffer[start:start + 10]``:
+    one that ends where a parameter begins, or begins where one ends, shares none of its bytes."""
+    buffer = np.zeros(100)
+    params = [buffer[10:20], buffer[30:40], buffer[60:70]]
+    opt = optlab.optimizers.get("sgd")
+    opt.apply([np.zeros(10) for _ in params], params)
+    in_place = opt._plan._in_place
+    assert in_place is not None and opt._plan.flat is None
+    grads = [np.zeros(10), buffer[start : start + 10], np.zeros(10)]
+    assert in_place.overlaps(grads) is shares
+    assert in_place.overlaps([grads[1], grads[0], grads[2]]) is shares  # (found as gradient 0 as well)
+
+
 def test_without_a_checked_memory_layout_every_step_gathers(monkeypatch):
     from optlab import object_layout
 
