@@ -514,3 +514,25 @@ def test_a_run_of_one_step_says_one_step(tmp_path):
     result = optlab(tmp_path, "problem=seed_linear", "trainer.epochs=1", "tracking=none", *FAST)
     assert result.returncode == 0, result.stderr
     assert " on seed_linear: 1 step, 1 epoch, " in result.stdout
+
+
+def test_argument_errors_speak_the_command_lines_true_false_and_null():
+    """Python's True, False and None are YAML's true, false and null there; ``None`` typed on the
+    command line is a string, which the message says."""
+    from optlab.app.bench import compose
+    from optlab.app.config import ConfigError
+    from optlab.app.run import build
+
+    cases = {
+        "optimizer.nesterov=abc": "optimizer: SGD: `nesterov` must be true or false; received nesterov='abc'$",
+        "optimizer.clipnorm=None": (
+            r"optimizer: SGD: `clipnorm` must be a float > 0 or null; received clipnorm='None' "
+            r"\(the string 'None': on the command line, no value is written null\)$"
+        ),
+        "optimizer.clipnorm=abc": "`clipnorm` must be a float > 0 or null; received clipnorm='abc'$",
+    }
+    for override, message in cases.items():
+        with pytest.raises(ConfigError, match=message):
+            build(compose(["problem=seed_linear", "optimizer=sgd", override]))
+    _, optimizer, _ = build(compose(["problem=seed_linear", "optimizer=sgd", "optimizer.clipnorm=null"]))
+    assert optimizer.clipnorm is None

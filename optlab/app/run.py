@@ -40,7 +40,18 @@ def _component(kind: str, getter, config: dict):
     try:
         return getter(dict(config))
     except (ValueError, TypeError) as error:
-        raise ConfigError(f"{kind}: {error}") from None
+        raise ConfigError(f"{kind}: {in_yaml(str(error), config)}") from None
+
+
+def in_yaml(message: str, config: dict) -> str:
+    """A library's message about a component's arguments, in the command line's words: YAML's
+    ``true``, ``false`` and ``null`` for Python's ``True``, ``False`` and ``None`` (``clipnorm=None``
+    on the command line is the string 'None', which the message then says)."""
+    message = message.replace("True or False", "true or false").replace(" or None", " or null")
+    for key, value in config.items():
+        if isinstance(value, str) and value.strip().lower() == "none" and f"{key}={value!r}" in message:
+            return f"{message} (the string {value!r}: on the command line, no value is written null)"
+    return message
 
 
 def build(conf: dict):
