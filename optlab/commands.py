@@ -6,6 +6,24 @@ import os
 import sys
 
 
+def check_package() -> None:
+    """Exit in one line (status 2) where a folder named ``optlab/`` in the working directory hides the
+    installed package: a clone's own folder, run from the folder that holds it. Python then takes
+    the clone for a namespace package (an editable install is found after it), and the first
+    import of optlab's parts ended in an ImportError's traceback. Called by each command's module
+    before it imports anything else of optlab."""
+    package = sys.modules.get("optlab")
+    if package is None or getattr(package, "__file__", None) is not None:
+        return
+    folders = " and ".join(str(folder) for folder in getattr(package, "__path__", ()))
+    print(
+        f"optlab: error: Python takes the folder {folders} for the optlab package (a clone's folder, in the "
+        "working directory): run the command from another folder",
+        file=sys.stderr,
+    )
+    sys.exit(2)
+
+
 def command(main) -> int:
     """The exit status of a ``python -m`` command's ``main()``, its end spared (:func:`skip_final_collection`);
     a reader that goes away (``| head``) ends it with status 1 and no ``BrokenPipeError`` traceback."""

@@ -2,8 +2,12 @@
 
 import sys
 
-from optlab.app.deliver import main
-from optlab.app.entry import command
+from optlab.commands import check_package
+
+check_package()
+
+from optlab.app.deliver import main  # noqa: E402
+from optlab.app.entry import command  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(command(main))

@@ -1,7 +1,11 @@
 """``python -m optlab.study``: a fair comparison of optimizers (see ``optlab.app.study`` and docs/studies.md)."""
 
-from optlab.app.entry import main as _entry
-from optlab.app.study.app import main as _study
+from optlab.commands import check_package
+
+check_package()
+
+from optlab.app.entry import main as _entry  # noqa: E402
+from optlab.app.study.app import main as _study  # noqa: E402
 
 
 def main(argv=None) -> None:

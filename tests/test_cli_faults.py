@@ -666,3 +666,21 @@ def test_a_run_whose_metrics_are_neither_stored_nor_kept_exits_with_an_error(tmp
     assert last.startswith("optlab: error: the run trained to its end, but ")
     assert "could not be written to " in last and "nor kept locally (" in last and "No space left on device" in last
     assert "adam on rosenbrock: 5 steps" in done.stdout  # what it trained is said all the same
+
+
+@pytest.mark.parametrize("module", ["optlab", "optlab.compare", "optlab.study", "optlab.problems"])
+def test_a_clones_folder_in_the_working_directory_is_said_in_one_line(tmp_path, module):
+    """From the folder that holds a clone, Python takes the clone's ``optlab/`` for the package (an
+    editable install is found after it): each command says so instead of an ImportError's traceback."""
+    for part in ("optlab/plugins/optlab-adabelief", "optlab/docs", "optlab/tests"):  # (a clone's folders)
+        (tmp_path / part).mkdir(parents=True)
+    code = "import optlab; print(getattr(optlab, '__file__', None))"
+    found = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    if found.stdout.strip() != "None":  # an install found before the working directory (not an editable one)
+        pytest.skip("this installation's optlab is found before the working directory's folder")
+    done = optlab(tmp_path, module=module)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        f"optlab: error: Python takes the folder {tmp_path / 'optlab'} for the optlab package (a clone's folder, "
+        "in the working directory): run the command from another folder\n"
+    )

@@ -8,11 +8,15 @@
 
 from __future__ import annotations
 
-from ..plugins import REGISTRIES
-from .base import SIZE_CLASSES, Budget, Problem, Target
-from .data import LinearRegression, LogisticRegression, MLPDigits, SeedLinear, SoftmaxRegression
-from .factorization import MatrixFactorization
-from .functions import (
+from ..commands import check_package
+
+check_package()  # (python -m optlab.problems imports this package before its __main__)
+
+from ..plugins import REGISTRIES  # noqa: E402
+from .base import SIZE_CLASSES, Budget, Problem, Target  # noqa: E402
+from .data import LinearRegression, LogisticRegression, MLPDigits, SeedLinear, SoftmaxRegression  # noqa: E402
+from .factorization import MatrixFactorization  # noqa: E402
+from .functions import (  # noqa: E402
     AnalyticFunction,
     Beale,
     Himmelblau,
@@ -22,7 +26,7 @@ from .functions import (
     Rosenbrock,
     StyblinskiTang,
 )
-from .nets import AutoencoderDigits, CNNDigits
+from .nets import AutoencoderDigits, CNNDigits  # noqa: E402
 
 BUILTIN = (
     SeedLinear,
