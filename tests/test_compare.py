@@ -346,3 +346,28 @@ def test_a_store_that_is_not_one_is_one_line(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "is not an SQLite database" in done.stderr and "Traceback" not in done.stderr
     assert done.stderr.count("\n") == 1
+
+
+def test_runs_that_all_diverged_are_compared_as_nan(tmp_path):
+    """A sweep whose every run diverged (SGD's default rate on Rosenbrock) was refused with 'no run
+    logged 'loss'; logged metrics: ..., train/loss' (a newcomer's trial): their NaN is what they logged."""
+    from mlflow.tracking import MlflowClient
+
+    from optlab.app.compare import compare
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("optlab")
+    for seed, values in (("0", [5.0, math.inf, math.nan]), ("1", [4.0, math.nan])):
+        run_id = client.create_run(experiment, run_name=f"sgd seed={seed}", tags={"optimizer": "sgd"}).info.run_id
+        client.log_param(run_id, "seed", seed)
+        for step, value in enumerate(values, start=1):
+            client.log_metric(run_id, "train/loss", value, step=step)
+        client.set_terminated(run_id)
+    result = compare(sweep="all", metric="loss", uri=uri, output=str(tmp_path / "cmp.png"))
+    rows = {row["run"]: row for row in result["rows"]}
+    assert set(rows) == {"sgd seed=0", "sgd seed=1"}
+    assert all(math.isnan(row["final"]) and row["logged"] for row in rows.values())
+    assert (rows["sgd seed=0"]["best"], rows["sgd seed=1"]["best"]) == (5.0, 4.0)  # the finite values' best
+    assert "optimizer=sgd: no finite value over 2 seeds" in format_table(result)
+    assert (tmp_path / "cmp.png").stat().st_size > 0

@@ -137,8 +137,7 @@ def compare(
             }
         )
         curves[run.info.run_name] = ([m.step for m in history], values)
-    missing = [r["run"] for r in rows if math.isnan(r["final"])]
-    if len(missing) == len(rows):
+    if not any(r["logged"] for r in rows):  # (runs that diverged logged it: NaN, shown as nan)
         logged = sorted({key for run in runs for key in run.data.metrics})  # (each run's, not the first's)
         if not logged:  # (runs of no step: trainer.epochs=0, or stopped before their first)
             found = counted(len(runs), "run")
