@@ -276,6 +276,17 @@ def test_protocol_end_to_end_and_resume(tmp_path):
     repaired, _ = _study(tmp_path)
     assert repaired.run()["timing"]["runs_run"] == 2
     assert json.loads(files[0].read_text())["key"] == files[0].stem
+    # every run done and no command's timing kept (the one that ran them was stopped before writing it): the
+    # report said "Beyond it, 2532 ms per run", the repeat's whole wall time over no run (a newcomer's trial)
+    (study.store.folder / "results.json").unlink()
+    unknown, _ = _study(tmp_path)
+    after = unknown.run()
+    assert after["timing"]["runs_run"] == 0
+    text = markdown(study.spec, after, "cmd").split("## Timing")[1]
+    stored = [json.loads(p.read_text()) for p in (study.store.folder / "runs").glob("*.json")]
+    assert f"{n_tuning + n_final} runs, all found done in the store, and no timing is kept" in text
+    assert "per run" not in text.replace("time per run beyond training are not known", "")
+    assert f"training {sum(r['fit_seconds'] for r in stored):.1f} s" in text
 
 
 def test_an_edge_setting_is_warned_about(tmp_path):

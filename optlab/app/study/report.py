@@ -440,11 +440,32 @@ def markdown(spec: Spec, results: dict, command: str) -> str:
             problem, opt = key.split("|")
             lines += [f"- {opt} on {problem}: {note}." for note in edge_notes(spec, opt, c)]
         lines.append("")
+    lines += _timing(timing, results)
+    return "\n".join(lines)
+
+
+def _timing(timing: dict, results: dict) -> list[str]:
+    """The report's Timing section: that of the command that ran the runs (``timing``)."""
+    if not timing["runs_run"]:  # every run found done, and no command that ran them wrote its timing
+        recorded = results.get("recorded")
+        lines = [
+            "## Timing",
+            "",
+            f"{counted(timing['runs'], 'run')}, all found done in the store, and no timing is kept of the command "
+            "that ran them (one that is stopped writes none): the study's wall time and its time per run beyond "
+            f"training are not known. This command took {timing['wall_seconds']:.1f} s.",
+        ]
+        if recorded:
+            lines[-1] += (
+                f" The runs' own records: training {recorded['fit_seconds']:.1f} s (the optimizers' steps "
+                f"{recorded['train_seconds']:.1f} s), numba's warm-ups apart {recorded['warmup_seconds']:.1f} s."
+            )
+        return [*lines, ""]
     fit = timing.get("fit_seconds", timing["train_seconds"])
     probes = timing.get("probe_seconds", 0.0)
     setup = max(timing["run_seconds"] - fit - probes, 0.0)
     beyond = beyond_training(timing)
-    lines += [
+    lines = [
         "## Timing",
         "",
         f"{counted(timing['runs'], 'run')} ({timing['runs_run']} ran in "
@@ -467,7 +488,7 @@ def markdown(spec: Spec, results: dict, command: str) -> str:
             "command that ran them.",
             "",
         ]
-    return "\n".join(lines)
+    return lines
 
 
 def write_report(spec: Spec, results: dict, folder, command: str = "", finals: list[dict] | None = None) -> Path:

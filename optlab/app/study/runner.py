@@ -207,6 +207,11 @@ class Study:
         earlier = self._earlier_timing() if not now["runs_run"] else None
         results["timing"] = earlier if earlier is not None else now
         results["timing_now"] = now
+        # every run's own figures, from its record (what a report can say when no command's timing ran them all)
+        results["recorded"] = {
+            key: sum(r.get(key, r["train_seconds"] if key == "fit_seconds" else 0.0) for r in every)
+            for key in ("train_seconds", "fit_seconds", "warmup_seconds")
+        }
         results["spec"] = spec.protocol()
         self.store.write("results.json", json.dumps(results, indent=1, sort_keys=True, default=str) + "\n")
         return results
