@@ -536,3 +536,71 @@ def test_argument_errors_speak_the_command_lines_true_false_and_null():
             build(compose(["problem=seed_linear", "optimizer=sgd", override]))
     _, optimizer, _ = build(compose(["problem=seed_linear", "optimizer=sgd", "optimizer.clipnorm=null"]))
     assert optimizer.clipnorm is None
+
+
+def _main_error(capsys, *argv, app=None):
+    """The exit status and stderr of the command line's ``main`` (``app``: another) stopped before Hydra runs."""
+    from optlab.app.main import main
+
+    with pytest.raises(SystemExit) as stop:
+        (app or main)(list(argv))
+    return stop.value.code, capsys.readouterr().err
+
+
+def test_a_conf_folder_of_your_own_keeps_mistakes_to_one_line(tmp_path, monkeypatch, capsys):
+    """With ./conf (your presets), Hydra's paragraph for a setting the config does not have came back
+    with exit status 1, and a preset's yaml that does not parse was a traceback (a newcomer's trial)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "conf" / "experiment" / "bad.yaml").write_text("optimizer: [sgd\n")
+    (tmp_path / "conf" / "experiment" / "more.yaml").write_text("# @package _global_\ntrainer:\n  epochs: 2\n")
+    epochs = "trainer.epochz is not an option (did you mean 'epochs'?). Known: trainer.batch_size, "
+    cases = {
+        ("trainer.epochz=3",): epochs,
+        ("-m", "trainer.epochz=3,4"): epochs,  # (a sweep's values are set job by job: checked by key)
+        ("+experiment=bad",): f"{tmp_path}/conf/experiment/bad.yaml, line 2, column 1: expected ',' or ']', but got ",
+        ("+experiment=nothing",): (
+            "In 'config': Could not find 'experiment/nothing'; Available options in 'experiment': bad, "
+            "compare_adaptive, lr_search, more, seed_tutorial\n"
+        ),
+    }
+    for argv, message in cases.items():
+        code, err = _main_error(capsys, *argv)
+        assert code == 2 and err.startswith(f"optlab: error: {message}") and err.count("\n") == 1, (argv, err)
+    from optlab.app.config import check_composition, known_key
+
+    # a preset of your own composes (the keys it sets are the config's)
+    mine = f"hydra.searchpath=[file://{tmp_path / 'conf'}]"
+    check_composition("optlab.conf", "config", ["+experiment=more", "trainer.epochs=1", mine], False, known_key)
+
+
+def test_hydras_own_settings_are_checked_before_the_run(capsys):
+    code, err = _main_error(capsys, "hydra/launcher=joblib", "hydra.launcher.n_jobs=abc")
+    assert code == 2 and err == (
+        "optlab: error: Error merging override hydra.launcher.n_jobs=abc (Value 'abc' of type 'str' could not be "
+        "converted to Integer)\n"
+    )
+
+
+def test_a_study_says_a_preset_of_your_own_and_a_sweep_in_one_line(tmp_path, monkeypatch, capsys):
+    from optlab.app.study.app import main as study
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "conf" / "study").mkdir(parents=True)
+    (tmp_path / "conf" / "study" / "bad.yaml").write_text("# @package _global_\nsearch: [random\n")
+    (tmp_path / "conf" / "study" / "typo.yaml").write_text("# @package _global_\nbudgett: 2\n")
+    cases = {
+        ("study=bad",): f"study: {tmp_path}/conf/study/bad.yaml, line 3, column 1: expected ',' or ']', but got ",
+        ("seeds=1,2",): "study: seeds=1,2: a study is one comparison, its settings one value each\n",
+        ("optimizers=sgd,adam",): (
+            "study: optimizers=sgd,adam: a study is one comparison, its settings one value each; a list is written "
+            "optimizers=[sgd,adam]\n"
+        ),
+    }
+    for argv, message in cases.items():
+        code, err = _main_error(capsys, *argv, app=study)
+        assert code == 2 and err.startswith(f"optlab: error: {message}") and err.count("\n") == 1, (argv, err)
+    from optlab.app.study.spec import Spec, SpecError
+
+    with pytest.raises(SpecError, match=r"^study: unknown setting 'budgett' \(did you mean 'budget'\?\); the settings"):
+        Spec.from_config({"budgett": 2})

@@ -124,7 +124,7 @@ def check_overrides(overrides: list[str], own_configs: bool = True, multirun: bo
                     )
             continue
         if own_configs and not (override.is_add() or override.is_delete()) and group != "hydra":
-            _check_known_key(key)
+            known_key(key)
         if group not in GROUPS or override.is_delete():
             continue
         registry = GROUPS[group]
@@ -201,7 +201,7 @@ def canonical_choices(words: list[str]) -> list[str]:
     return out
 
 
-def _check_known_key(key: str) -> None:
+def known_key(key: str) -> None:
     """A setting the config does not have (``trainer.epochz=3``, ``seeds=1``): Hydra's message is
     four lines ("Could not override ... Key 'epochz' is not in struct"), without the known ones."""
     parts = key.split(".")
@@ -364,3 +364,75 @@ def _selected(overrides: list[str], group: str) -> str | None:
         if key.lstrip("+~") == group and "," not in value:
             choice = value
     return choice
+
+
+def check_composition(config_module: str, config_name: str, overrides: list[str], multirun: bool, known_key=None):
+    """Compose the config as Hydra is about to, and say a mistake Hydra would report in one line.
+
+    For what the checks above cannot vouch for: presets of the user's own (``./conf``: a yaml file
+    that does not parse, a key a preset does not have) and Hydra's own settings
+    (``hydra.launcher.n_jobs=abc``). Hydra's messages for these were a paragraph with exit status 1,
+    a yaml error a traceback. ``known_key(key)`` raises a ConfigError naming the known keys, for a
+    key Hydra could not override. A failure of another kind is left for Hydra to report."""
+    import yaml
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from hydra.types import RunMode
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_module(config_module=config_module, version_base="1.3"):
+            config = GlobalHydra.instance().hydra.compose_config(
+                config_name=config_name,
+                overrides=list(overrides),
+                run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN,
+                with_log_configuration=False,
+                validate_sweep_overrides=False,
+            )
+    except (HydraException, OmegaConfBaseException, yaml.YAMLError) as error:
+        raise ConfigError(composition_error(error, known_key)) from None
+    if multirun:  # a sweep's values are set job by job: each key swept must be one the config has
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from omegaconf import OmegaConf
+
+        for override in OverridesParser.create().parse_overrides(list(overrides)):
+            key = override.key_or_group
+            if not override.is_sweep_override() or override.is_add() or override.is_delete() or "/" in key:
+                continue
+            if OmegaConf.select(config, key, default=_ABSENT, throw_on_missing=False) is _ABSENT:
+                if known_key is not None:
+                    known_key(key)
+                raise ConfigError(
+                    f"{override.input_line}: the config has no {key} (add it with +{override.input_line})"
+                )
+
+
+def composition_error(error: BaseException, known_key=None) -> str:
+    """Hydra's (or yaml's) message for a config that does not compose, in one line."""
+    import yaml
+
+    if isinstance(error, yaml.MarkedYAMLError):  # a preset that does not parse: where, and what
+        mark = error.problem_mark
+        where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "a yaml file"
+        return f"{where}: {error.problem}" + (f" ({error.context})" if error.context else "")
+    text = str(error).split("\nConfig search path:")[0].strip()  # (where Hydra looked: not the mistake)
+    key = re.match(r"Could not override '([^']+)'", text)
+    if key and known_key is not None:
+        known_key(key.group(1))  # raises, naming the known ones, for a key the config does not have
+    paragraphs = []
+    for paragraph in re.split(r"\n\s*\n", text):
+        lines = [line.strip() for line in paragraph.splitlines() if line.strip()]
+        if not lines:
+            continue
+        if lines[0].endswith(":") and len(lines) > 1:  # "Available options in 'experiment':" and one per line
+            paragraphs.append(f"{lines[0]} {', '.join(lines[1:])}")
+        else:
+            paragraphs.append(" ".join(lines))
+    cause = error.__cause__
+    if cause is not None and str(cause).strip():
+        paragraphs[-1:] = [f"{paragraphs[-1] if paragraphs else ''} ({str(cause).strip().splitlines()[0]})".strip()]
+    return "; ".join(paragraphs)
+
+
+_ABSENT = object()

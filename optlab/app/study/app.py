@@ -65,7 +65,19 @@ def _override(word: str) -> str:
             value = "'" + value.strip().replace("'", "") + "'"
         if not key.startswith(("+", "~")):
             key = "+" + key
-    return f"{key}={value}"
+    word = f"{key}={value}"
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        several = OverridesParser.create().parse_overrides([word])[0].is_sweep_override()
+    except Exception:  # Hydra's grammar error: Hydra says it
+        several = False
+    if several:  # (each of the study's jobs would be composed with it: "Ambiguous value", after the study began)
+        hint = " (one study at a time)" if bare == "study" else ""
+        if isinstance(DEFAULTS.get(bare), list):
+            hint = f"; a list is written {bare}=[{value}]"
+        raise ValueError(f"{word}: a study is one comparison, its settings one value each{hint}")
+    return word
 
 
 def _check_hydra_words(argv: list[str]) -> None:
@@ -120,5 +132,14 @@ def main(argv: list[str] | None = None) -> None:
     if Path("conf").is_dir() and not any(a.startswith(("hydra.searchpath", "+hydra.searchpath")) for a in argv):
         # your own presets (./conf/study/NAME.yaml) beside optlab's
         argv.append(f"hydra.searchpath=[pkg://optlab.conf,file://{Path('conf').resolve()}]")
+    words = [a for a in argv if not a.startswith("-") and ("=" in a or a.startswith("~"))]
+    if Path("conf").is_dir() or any(w.lstrip("+~").startswith("hydra.") for w in words):
+        from ..config import ConfigError, check_composition
+
+        try:  # presets of your own, and Hydra's settings: composed here to say a mistake in one line
+            check_composition("optlab.app.study.conf", "study", words, multirun="-m" in argv)
+        except ConfigError as error:
+            print(f"optlab: error: study: {error}", file=sys.stderr)
+            sys.exit(2)
     sys.argv = [sys.argv[0], *argv]
     hydra.main(config_path="conf", config_name="study", version_base="1.3")(_task)()  # (entry.main ends it)

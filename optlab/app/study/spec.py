@@ -104,7 +104,10 @@ class Spec:
 
         unknown = sorted(set(conf) - set(DEFAULTS))
         if unknown:
-            raise SpecError(f"study: unknown setting {unknown[0]!r}; the settings are {', '.join(DEFAULTS)}")
+            from ...names import did_you_mean
+
+            hint = did_you_mean(unknown[0], list(DEFAULTS))
+            raise SpecError(f"study: unknown setting {unknown[0]!r}{hint}; the settings are {', '.join(DEFAULTS)}")
         c = {**DEFAULTS, **{k: v for k, v in conf.items() if v is not None}}
         name = c["name"]
         if not isinstance(name, str) or not name.strip() or any(ch in name for ch in "/\\ "):
