@@ -218,7 +218,8 @@ def test_a_closed_terminal_marks_the_run_killed_and_keeps_its_metrics(tmp_path, 
     assert proc.returncode == 143, err  # handled as SIGTERM (conftest's spawn starts it with SIGHUP's default)
     assert "Traceback" not in err
     c, (run,) = runs(tmp_path)
-    assert run.info.status == "KILLED" and f"the MLflow run {run.info.run_id} is marked KILLED" in err
+    assert run.info.status == "KILLED" and f"hung up (SIGHUP); the MLflow run {run.info.run_id} is marked KILLED" in err
+    assert run.data.tags["error"] == "hung up (SIGHUP)"  # (it said SIGTERM: a newcomer's trial)
     steps = sorted(m.step for m in c.get_metric_history(run.info.run_id, "train/loss"))
     assert len(steps) > 10 and steps == list(range(1, len(steps) + 1))
 

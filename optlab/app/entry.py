@@ -12,7 +12,7 @@ import sys
 import threading
 
 from ..commands import command, reader_gone, skip_final_collection
-from .signals import handle_hangup, ignore_signals
+from .signals import handle_hangup, ignore_signals, terminated
 
 __all__ = ["command", "main", "skip_final_collection"]
 
@@ -21,7 +21,7 @@ class _Stopped(KeyboardInterrupt):
     """A signal outside a run."""
 
     def __init__(self, signum: int):
-        super().__init__("terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted (Ctrl-C)")
+        super().__init__(terminated() if signum == signal.SIGTERM else "interrupted (Ctrl-C)")
         self.signum = signum
 
 

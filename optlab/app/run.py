@@ -20,6 +20,7 @@ from ..hparams import quoted_truth
 from ..names import closest, counted, did_you_mean
 from ..trainer import Trainer
 from .config import INTERNAL_CALLBACKS, MISSING, ConfigError, main_config, not_an_option, preset_keys
+from .signals import terminated
 
 
 class PrintRows(Callback):
@@ -281,7 +282,7 @@ class Terminated(KeyboardInterrupt):
 
 def stopped_by(signum: int) -> KeyboardInterrupt:
     """The exception a signal stops optlab with: :class:`Terminated` for SIGTERM, else Ctrl-C's."""
-    return Terminated("terminated (SIGTERM)") if signum == signal.SIGTERM else KeyboardInterrupt("interrupted (Ctrl-C)")
+    return Terminated(terminated()) if signum == signal.SIGTERM else KeyboardInterrupt("interrupted (Ctrl-C)")
 
 
 def raise_stop(signum, frame):
@@ -357,11 +358,7 @@ def stop_signals(worker: bool = False):
                 file=sys.stderr,
                 flush=True,
             )
-        state.raised = (
-            Terminated("terminated (SIGTERM)")
-            if signum == signal.SIGTERM
-            else KeyboardInterrupt("interrupted (Ctrl-C)")
-        )
+        state.raised = stopped_by(signum)
         state.first = state.first or state.raised
         raise state.raised
 

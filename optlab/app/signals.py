@@ -36,5 +36,15 @@ def handle_hangup() -> None:
         signal.signal(signal.SIGHUP, _hung_up)
 
 
+#: a SIGHUP was handled as SIGTERM in this process (what stopped it is then said as such)
+HUNG_UP: list[bool] = []
+
+
+def terminated() -> str:
+    """What stopped optlab, said for SIGTERM: a closed terminal's SIGHUP, handled as SIGTERM, is named."""
+    return "hung up (SIGHUP)" if HUNG_UP else "terminated (SIGTERM)"
+
+
 def _hung_up(signum, frame) -> None:
+    HUNG_UP[:] = [True]
     os.kill(os.getpid(), signal.SIGTERM)

@@ -1089,11 +1089,7 @@ def _interrupt_within(error: BaseException) -> BaseException | None:
         error = error.__cause__ or error.__context__
     running = sys.modules.get("optlab.app.run")  # the run's signal handler records the signal there
     if running is not None and running.STOPPED_BY is not None:
-        return (
-            running.Terminated("terminated (SIGTERM)")
-            if running.STOPPED_BY == signal.SIGTERM
-            else KeyboardInterrupt("interrupted (Ctrl-C)")
-        )
+        return running.stopped_by(running.STOPPED_BY)
     return None
 
 
@@ -1270,7 +1266,6 @@ def signals_held(redeliver: bool = True):
     Keeps the undelivered metrics and the terminal status from being cut off half-written.
     Only on the main thread (elsewhere a no-op).
     """
-    import signal
 
     if threading.current_thread() is not threading.main_thread():
         yield
