@@ -201,6 +201,48 @@ def test_a_diverging_run_stops_and_scores_nan():
     assert record["diverged"] and math.isnan(record["final"]) and record["steps"] < record["budget_steps"]
 
 
+def test_too_few_final_seeds_for_any_significant_difference_are_said():
+    """The exact two-sided rank-sum test of two samples of n, wholly apart, gives p = 2 / C(2n, n):
+    0.1 for 3, 0.0286 for 4; Holm over m comparisons multiplies the smallest by m."""
+    from optlab.app.study.reduce import significance_note
+
+    one = Spec.from_config({**TINY, "problems": ["beale"], "final_seeds": 3})  # 1 comparison
+    assert significance_note(one) == (
+        "with 3 final seeds the rank-sum test's smallest p-value is 0.1: no difference in this study can be "
+        "significant at 0.05; final_seeds=4 would allow it"
+    )
+    assert significance_note(Spec.from_config({**TINY, "problems": ["beale"], "final_seeds": 4})) is None
+    # 3 optimizers x 2 problems: 4 comparisons; n = 4 gives 4 x 2/70 = 0.114, n = 5 gives 4 x 2/252 = 0.032
+    many = Spec.from_config({**TINY, "optimizers": ["sgd", "adam", "rmsprop"], "final_seeds": 4})
+    assert significance_note(many) == (
+        "with 4 final seeds the rank-sum test's smallest p-value is 0.029, Holm-adjusted over 4 comparisons 0.11: "
+        "no difference in this study can be significant at 0.05; final_seeds=5 would allow it"
+    )
+
+
+def test_a_tuned_setting_worse_than_the_defaults_is_named():
+    from optlab.app.study.reduce import worse_than_defaults
+
+    spec = Spec.from_config({**TINY, "problems": ["beale"]})  # minimised
+
+    def arm(mean, diverged=0):
+        return {"stats": {"mean": mean}, "diverged": diverged, "values": [mean] * 3}
+
+    summaries = {
+        "beale|sgd|final": arm(0.5),
+        "beale|sgd|defaults": arm(0.25),
+        "beale|adam|final": arm(float("nan"), diverged=1),
+        "beale|adam|defaults": arm(0.75),
+    }
+    assert worse_than_defaults(spec, summaries) == [
+        ("beale", "sgd", "mean 0.5 against the defaults' 0.25"),
+        ("beale", "adam", "diverged on 1 of 3 seeds, the defaults on none"),
+    ]
+    summaries["beale|sgd|final"] = arm(0.25)  # as good: nothing to say
+    summaries["beale|adam|defaults"] = arm(float("nan"), diverged=3)  # both diverged: the tuning is not to blame
+    assert worse_than_defaults(spec, summaries) == []
+
+
 # -- the protocol end to end -----------------------------------------------------------------------
 def _study(tmp_path, **settings):
     spec = Spec.from_config({**TINY, **settings})
@@ -259,9 +301,23 @@ def test_protocol_end_to_end_and_resume(tmp_path):
     # the set-up a reader needs to repeat it: budgets (Beale declares 1,000 full-batch epochs), spaces, seed
     assert "| beale | 1000 | full batch | 1000 | suboptimality <= 1e-08 |" in text
     assert "| adam | learning_rate: log(0.0001, 1) |" in text and "Root seed 0 (float32)" in text
+    # the ladder each problem is timed to (Beale's target 1e-8, ideal 0: 10, 3, 1 and 0.5 times it)
+    assert "| beale | 1000 | full batch | 1000 | suboptimality <= 1e-08 | 1e-07, 3e-08, 1e-08, 5e-09 |" in text
+    import numba
+
+    import optlab
+
+    where = f"The runs ran on: optlab {optlab.__version__}, Python {sys.version.split()[0]}, numpy {np.__version__}, "
+    assert where + f"numba {numba.__version__}; " in text and f"{numba.get_num_threads()} numba thread" in text
+    # 2 optimizers x 2 problems: 2 comparisons, 3 final seeds: 2 x 0.1 = 0.2, final_seeds=4 gives 0.057, 5 gives 0.016
+    assert (
+        "- With 3 final seeds the rank-sum test's smallest p-value is 0.1, Holm-adjusted over 2 comparisons 0.2" in text
+    )
+    assert "final_seeds=5 would allow it." in text
     jobs = f"{timing['jobs']} job{'s' if timing['jobs'] != 1 else ''}"
     assert f"{timing['runs']} runs ({timing['runs_run']} ran in {jobs} on" in text
-    assert f"Wall time {timing['wall_seconds']:.1f} s." in text  # (it read "{timing['wall_seconds']:.1f}": a newcomer)
+    # (it read "{timing['wall_seconds']:.1f}": a newcomer)
+    assert f"Wall time {timing['wall_seconds']:.1f} s, from the first run" in text
     assert "{" not in text.split("## Timing")[1]  # no placeholder left unfilled
     assert f"which found all {n_tuning + n_final} runs done and ran none" in text
     # interrupted: the runs that had not finished (files missing) run, the rest is reused

@@ -290,6 +290,14 @@ def test_mean_ci_small_and_non_finite_samples():
     assert math.isnan(mean_ci([1.0, NAN])["mean"])
 
 
+def test_mean_ci_of_equal_values_has_no_spread():
+    """np.std of three 0.9298 is 1.36e-16 (their float mean is not 0.9298): the report read '0.9298 ± 1.4e-16'."""
+    for value, n in ((0.9298, 3), (0.7, 20), (1 / 3, 10)):
+        got = mean_ci([value] * n)
+        assert (got["mean"], got["std"], got["low"], got["high"]) == (value, 0.0, value, value)
+    assert math.isnan(mean_ci([INF, INF])["std"])  # (an infinite one is still a diverged setting's)
+
+
 def test_rank_sum_p_exact_and_diverged_seeds_rank_last():
     # all 3 of a below all 3 of b: U = 0, exact two-sided p = 2 * 1 / C(6, 3) = 0.1
     assert rank_sum_p([1.0, 2.0, 3.0], [4.0, 5.0, 6.0], "min") == pytest.approx(0.1)

@@ -277,7 +277,10 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> dict[str, float]:
             return {"mean": mean, "std": nan, "low": nan, "high": nan, "n": 1}
         from scipy import stats  # imported here: scipy.stats costs about a second, only two measures need it
 
-        std = float(np.std(x, ddof=1))
+        if math.isfinite(x[0]) and np.all(x == x[0]):  # (their float mean and spread are a rounding off: 1.4e-16)
+            mean, std = float(x[0]), 0.0
+        else:
+            std = float(np.std(x, ddof=1))
         half = float(stats.t.ppf((1 + level) / 2, n - 1)) * std / math.sqrt(n)
         return {"mean": mean, "std": std, "low": mean - half, "high": mean + half, "n": n}
 

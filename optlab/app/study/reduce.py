@@ -17,6 +17,7 @@ Plain data in, plain data out (no plotting, no tracking), following
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 
@@ -207,7 +208,19 @@ def reduce(spec: Spec, tuning: list[dict], finals: list[dict], chosen: dict) -> 
         "profile": {"taus": taus.tolist(), **{s: v.tolist() for s, v in profile.items()}},
         "algoperf": measures.algoperf_score(costs),
         "ecdf": ecdf_data(spec, finals),
+        "environments": environments(tuning + finals),
     }
+
+
+def environments(records: list[dict]) -> list[dict]:
+    """Where the runs ran (each record's ``environment``), each with how many runs ran there, most
+    first; runs stored by an optlab that did not record it are counted apart (``environment`` None)."""
+    counts: dict = {}
+    for r in records:
+        env = r.get("environment")
+        key = json.dumps(env, sort_keys=True)
+        counts.setdefault(key, {"environment": env, "runs": 0})["runs"] += 1
+    return sorted(counts.values(), key=lambda e: -e["runs"])
 
 
 def ecdf_data(spec: Spec, finals: list[dict]) -> dict:
@@ -233,4 +246,50 @@ def ecdf_data(spec: Spec, finals: list[dict]) -> dict:
                 "high": high.tolist(),
                 "n": len(runtimes),
             }
+    return out
+
+
+def significance_note(spec: Spec) -> str | None:
+    """What to say when the study's final seeds are too few for any difference to be significant:
+    the rank-sum test's smallest p-value (two samples of ``final_seeds``, wholly apart), Holm-adjusted
+    over the study's comparisons (each problem's leader against every other optimizer), at 0.05 or
+    above. None when the study can find a difference, or compares nothing."""
+    comparisons = (len(spec.optimizers) - 1) * len(spec.problems)
+    if comparisons <= 0:
+        return None
+
+    def floor(n: int) -> float:
+        return measures.rank_sum_p(range(n), range(n, 2 * n), "min") * comparisons
+
+    if floor(spec.final_seeds) < 0.05:
+        return None
+    enough = next((n for n in range(spec.final_seeds + 1, 200) if floor(n) < 0.05), None)
+    smallest = measures.rank_sum_p(range(spec.final_seeds), range(spec.final_seeds, 2 * spec.final_seeds), "min")
+    held = f", Holm-adjusted over {comparisons} comparisons {min(floor(spec.final_seeds), 1.0):.2g}"
+    return (
+        f"with {spec.final_seeds} final seeds the rank-sum test's smallest p-value is {smallest:.2g}"
+        f"{held if comparisons > 1 else ''}: no difference in this study can be significant at 0.05"
+        + (f"; final_seeds={enough} would allow it" if enough else "")
+    )
+
+
+def worse_than_defaults(spec: Spec, summaries: dict) -> list[tuple[str, str, str]]:
+    """``(problem, optimizer, what)`` for each tuned setting that did worse on the final seeds than the
+    optimizer's defaults (a mean past theirs in the metric's direction, or diverging where they did not):
+    the tuning missed the defaults' level, which says more about its budget or space than the optimizer."""
+    out = []
+    for problem in spec.problems:
+        for opt in spec.optimizers:
+            tuned = summaries.get(f"{problem.label}|{opt}|final")
+            defaults = summaries.get(f"{problem.label}|{opt}|defaults")
+            if tuned is None or defaults is None or defaults["diverged"]:
+                continue
+            a, b = tuned["stats"]["mean"], defaults["stats"]["mean"]
+            if tuned["diverged"]:
+                what = f"diverged on {tuned['diverged']} of {len(tuned['values'])} seeds, the defaults on none"
+            elif math.isfinite(a) and math.isfinite(b) and _rank(a, problem.direction) > _rank(b, problem.direction):
+                what = f"mean {a:.4g} against the defaults' {b:.4g}"
+            else:
+                continue
+            out.append((problem.label, opt, what))
     return out

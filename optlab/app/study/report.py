@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ...names import counted
-from .reduce import edge_notes
+from .measures import target_ladder
+from .reduce import edge_notes, significance_note, worse_than_defaults
 from .spec import Spec
 
 
@@ -306,6 +307,27 @@ def beyond_training(timing: dict, wall: float | None = None) -> float:
     return max(spent, 0.0) / max(timing["runs_run"], 1)
 
 
+def _where(environments: list[dict] | None) -> list[str]:
+    """Where the runs ran (the seconds depend on it), from their records."""
+    if not environments:
+        return []
+
+    def said(env: dict | None) -> str:
+        if env is None:
+            return "not recorded (runs stored by an older optlab)"
+        threads = counted(env["threads"], "numba thread")
+        return (
+            f"optlab {env['optlab']}, Python {env['python']}, numpy {env['numpy']}, numba {env['numba']}; "
+            f"{env['cpu']}, {counted(env['cores'] or 0, 'core')}, {threads} a run"
+        )
+
+    if len(environments) == 1:
+        return [f"The runs ran on: {said(environments[0]['environment'])}.", ""]
+    lines = ["The runs ran on:", ""]
+    lines += [f"- {counted(e['runs'], 'run')}: {said(e['environment'])}" for e in environments]
+    return [*lines, ""]
+
+
 def _stats(summary: dict, ci: str) -> str:
     st = summary["stats"]
     if summary["diverged"]:
@@ -313,28 +335,33 @@ def _stats(summary: dict, ci: str) -> str:
     return f"{_fmt(st['mean'])} ± {_fmt(st['std'], 2)} {ci}".strip()
 
 
-def _setup(spec: Spec, summaries: dict) -> list[str]:
-    """What a reader needs to repeat the comparison: each problem's budget and target, each
-    optimizer's search space, the root seed."""
+def _setup(spec: Spec, summaries: dict, results: dict | None = None) -> list[str]:
+    """What a reader needs to repeat the comparison: each problem's budget, target and ladder, each
+    optimizer's search space, the root seed, and where the runs ran."""
     from ... import problems as registry
 
+    factors = ", ".join(f"{f:g}" for f in spec.ladder)
     lines = [
         "## Setup",
         "",
         f"Root seed {spec.seed} ({spec.dtype}); every run trains at its problem's budget, the same for every "
-        "optimizer:",
+        f"optimizer. Runs are timed to each level of a ladder around the target, ideal + f x (target - ideal) "
+        f"for f in {factors} (the ideal: 0 for a loss, 1 for an accuracy; f = 1 is the target):",
         "",
-        "| problem | epochs | batch size | steps a run | target |",
-        "|---|---|---|---|---|",
+        "| problem | epochs | batch size | steps a run | target | ladder |",
+        "|---|---|---|---|---|---|",
     ]
     for problem in spec.problems:
         budget = registry.get({"name": problem.name, **problem.args}).budget
         steps = {v["budget_steps"] for k, v in summaries.items() if k.startswith(f"{problem.label}|")}
         way = "<=" if problem.direction == "min" else ">="
+        levels = ", ".join(f"{level:g}" for level in target_ladder(problem.target, problem.direction, spec.ladder))
         lines.append(
             f"| {problem.label} | {budget.epochs} | {budget.batch_size or 'full batch'} | "
-            f"{', '.join(str(n) for n in sorted(steps)) or '-'} | {problem.metric} {way} {problem.target:g} |"
+            f"{', '.join(str(n) for n in sorted(steps)) or '-'} | {problem.metric} {way} {problem.target:g} | "
+            f"{levels} |"
         )
+    lines += ["", *_where((results or {}).get("environments"))]
     lines += ["", f"Search spaces ({spec.search}, {counted(spec.budget, 'setting')} each):", ""]
     lines += ["| optimizer | search space |", "|---|---|"]
     for opt in spec.optimizers:
@@ -361,7 +388,7 @@ def markdown(spec: Spec, results: dict, command: str) -> str:
         "misses a target is censored (∞), never dropped. Definitions: docs/studies.md.",
         "",
     ]
-    lines += _setup(spec, s)
+    lines += _setup(spec, s, results)
     tests = {(t["problem"], t["other"]): t for t in results["tests"]}
     for problem in spec.problems:
         way = "lower" if problem.direction == "min" else "higher"
@@ -433,13 +460,22 @@ def markdown(spec: Spec, results: dict, command: str) -> str:
         "![tunability](tunability.png)",
         "",
     ]
-    edges = [(k, c) for k, c in results["chosen"].items() if c["edge"]]
-    if edges:
-        lines += ["## Warnings", ""]
-        for key, c in edges:
+    warnings = []
+    for key, c in results["chosen"].items():
+        if c["edge"]:
             problem, opt = key.split("|")
-            lines += [f"- {opt} on {problem}: {note}." for note in edge_notes(spec, opt, c)]
-        lines.append("")
+            warnings += [f"- {opt} on {problem}: {note}." for note in edge_notes(spec, opt, c)]
+    for problem, opt, what in worse_than_defaults(spec, s):
+        warnings.append(
+            f"- {opt} on {problem}: the tuned setting did worse on the final seeds than the defaults ({what}): "
+            f"the tuning ({counted(spec.budget, 'setting')} x {counted(spec.seeds, 'seed')}) missed the defaults' "
+            "level; a larger budget, or a space around the defaults, compares the optimizer rather than the tuning."
+        )
+    note = significance_note(spec)
+    if note:
+        warnings.append(f"- {note[0].upper()}{note[1:]}.")
+    if warnings:
+        lines += ["## Warnings", "", *warnings, ""]
     lines += _timing(timing, results)
     return "\n".join(lines)
 
@@ -470,7 +506,8 @@ def _timing(timing: dict, results: dict) -> list[str]:
         "",
         f"{counted(timing['runs'], 'run')} ({timing['runs_run']} ran in "
         f"{counted(timing['jobs'], 'job')} on {counted(timing['workers'], 'worker')}, {timing['runs_reused']} "
-        f"reused from the store). Wall time {timing['wall_seconds']:.1f} s. "
+        f"reused from the store). Wall time {timing['wall_seconds']:.1f} s, from the first run to the reduction "
+        "(the console's figure adds the command's start: imports, the config). "
         f"The runs' training (the optimizers' steps, {timing['train_seconds']:.1f} s, and the trainer's "
         f"evaluations at epoch ends: what the runs cost alone) took {fit:.1f} s. Beyond it, "
         f"**{beyond * 1000:.0f} ms per run** (wall time x workers, less the training and the warm-ups): the "

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ...names import counted
 from ..run import Terminated, handling, raise_stop
+from .reduce import significance_note
 from .report import beyond_training
 from .runner import Study, StudyFailed
 from .spec import Spec, SpecError
@@ -103,6 +104,9 @@ def _sweep(sweeper, arguments: list[str], spec: Spec, store: Store) -> dict:
         f"{counted(spec.seeds, 'seed')} each, "
         f"the best rerun on {counted(spec.final_seeds, 'seed')}; folder {store.folder}"
     )
+    note = significance_note(spec)
+    if note:  # said before the runs: the seeds can still be changed
+        print(f"optlab: warning: {note}", file=sys.stderr)
     from ..cores import sweep_workers
 
     workers = sweep_workers(config.hydra)
@@ -168,7 +172,7 @@ def _sweep(sweeper, arguments: list[str], spec: Spec, store: Store) -> dict:
     whole = time.perf_counter() - STARTED[0] if STARTED else timing["wall_seconds"]
     beyond = f"; beyond training, {beyond_training(timing, whole) * 1000:.0f} ms per run" if timing["runs_run"] else ""
     print(
-        f"optlab: study {spec.study_id} done in {whole:.1f} s ({timing['runs_run']} runs, "
+        f"optlab: study {spec.study_id} done in {whole:.1f} s, the whole command ({timing['runs_run']} runs, "
         f"{timing['runs_reused']} reused; training {timing.get('fit_seconds', 0.0):.1f} s{beyond})"
     )
     print(f"optlab: report: {Path(report) / 'report.md'}")

@@ -29,6 +29,7 @@ _WARM: set = set()
 #: spectrum, instance), so the runs of a job share one instead of loading or generating it again
 #: (30-90 ms a run for mlp_digits' data or noisy_quadratic's rotation); the trainer's seed decides the rest
 _PROBLEMS: dict = {}
+_ENVIRONMENT: dict = {}
 _KEEP_PROBLEMS = 4
 
 
@@ -137,6 +138,34 @@ def _trainer(run: dict, callbacks, epochs="auto"):
     )
 
 
+def environment() -> dict:
+    """Where a run ran, for the report (its seconds depend on it): the versions of what computes it,
+    the CPU, its cores, and the threads the run's kernels use."""
+    import numba
+
+    if not _ENVIRONMENT:
+        import os
+        import platform
+
+        from ... import __version__
+
+        cpu = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as fh:  # (Linux: the model's name; platform.processor() gives "x86_64")
+                cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+        except OSError:
+            pass
+        _ENVIRONMENT.update(
+            optlab=__version__,
+            python=platform.python_version(),
+            numpy=np.__version__,
+            numba=numba.__version__,
+            cpu=cpu,
+            cores=os.cpu_count(),
+        )
+    return {**_ENVIRONMENT, "threads": numba.get_num_threads()}
+
+
 def warm_up(run: dict) -> float:
     """Two steps and an evaluation of ``run``'s optimizer on its problem, once per process:
     loads or compiles the kernels before anything is timed. Returns the seconds it took (0 if warm)."""
@@ -189,4 +218,5 @@ def run_one(run: dict) -> dict:
         "probe_seconds": probe.probe_seconds,
         "wall_seconds": time.perf_counter() - start,
         "warmup_seconds": warmup,
+        "environment": environment(),
     }
