@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -420,6 +421,59 @@ def test_a_signal_to_a_joblib_sweep_ends_its_workers_and_marks_their_runs(tmp_pa
     assert sorted(r.info.status for r in found) == ["KILLED", "KILLED"]  # the two that had started
     for run in found:  # each kept its metrics, its last epochs included (max_points bounds them)
         assert len(client.get_metric_history(run.info.run_id, "train/loss")) >= 2
+
+
+def test_a_terminal_that_closes_stops_the_run_as_sigterm_does(tmp_path):
+    """A terminal that closes (an ssh session that drops) sends SIGHUP and answers every later write
+    with EIO: the stop's message, written there, ended the command with a traceback nobody saw and
+    exit status 1 (a pseudo-terminal probe). The run itself was kept, and is."""
+    import fcntl
+    import pty
+    import termios
+
+    from conftest import _die_with_parent
+
+    master, terminal = pty.openpty()
+
+    def controlled():  # a session of its own, whose controlling terminal is the pseudo-terminal
+        _die_with_parent()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    args = ("problem=quadratic", "trainer.epochs=100000000", "tracking.detach=false", *FAST)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "optlab", *args],
+        cwd=tmp_path,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        start_new_session=True,
+        preexec_fn=controlled,
+    )
+    os.close(terminal)
+    try:
+        said, reading = [], [True]
+        reader = threading.Thread(target=_drain, args=(master, said, reading), daemon=True)  # (a full terminal blocks)
+        reader.start()
+        assert wait_for(lambda: [r.info.status for r in runs(tmp_path)[1]] == ["RUNNING"])
+        time.sleep(1.0)
+        reading.clear()
+        reader.join()  # (a read in progress would hold the terminal open past its close)
+        os.close(master)  # the terminal closes
+        assert proc.wait(timeout=120) == 143, b"".join(said).decode(errors="replace")[-2000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    client, (run,) = runs(tmp_path)
+    assert run.info.status == "KILLED" and run.data.tags["error"] == "hung up (SIGHUP)"
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) >= 2
+
+
+def _drain(fd: int, into: list, reading: list) -> None:
+    import select
+
+    while reading:
+        if select.select([fd], [], [], 0.1)[0]:
+            into.append(os.read(fd, 65536))
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 
@@ -47,4 +48,12 @@ def terminated() -> str:
 
 def _hung_up(signum, frame) -> None:
     HUNG_UP[:] = [True]
+    for fd in (1, 2):  # a terminal that closed answers every write with EIO: what is said there goes nowhere
+        try:
+            os.write(fd, b"")
+        except OSError as error:
+            if error.errno == errno.EIO:  # (a failed write of the stop's message was the exit status 1)
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, fd)
+                os.close(devnull)
     os.kill(os.getpid(), signal.SIGTERM)
