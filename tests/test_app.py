@@ -605,3 +605,16 @@ def test_a_study_says_a_preset_of_your_own_and_a_sweep_in_one_line(tmp_path, mon
 
     with pytest.raises(SpecError, match=r"^study: unknown setting 'budgett' \(did you mean 'budget'\?\); the settings"):
         Spec.from_config({"budgett": 2})
+
+
+def test_a_swept_floats_run_name_keeps_four_significant_digits():
+    """An Optuna trial's rate named its run 'adam lr=0.04420424869770288 seed=0' (a newcomer's trial)."""
+    from types import SimpleNamespace
+
+    from optlab.app.run import run_name_for
+
+    sweep = {"swept": ["optimizer.learning_rate", "trainer.batch_size"]}
+    optimizer, problem = SimpleNamespace(registry_name="adam"), SimpleNamespace(registry_name="mlp_digits")
+    for given, shown in (("0.04420424869770288", "0.0442"), ("1e-05", "1e-05"), ("0.05", "0.05"), ("3", "3")):
+        sweep["sweep_overrides"] = f"optimizer.learning_rate={given} trainer.batch_size=32"
+        assert run_name_for({"seed": 0}, optimizer, problem, sweep) == f"adam lr={shown} batch_size=32 seed=0"

@@ -955,9 +955,41 @@ def test_a_signal_while_a_study_creates_its_store_is_one_line_and_leaves_no_half
     assert done.returncode == code, done.stderr
     assert "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("optlab: study stopped (") and "before any of its runs: no MLflow run was recorded" in last
+    assert last.startswith("optlab: study stopped, ") and "before any of its runs: no MLflow run was recorded" in last
     assert "stopped ()" not in last  # (a KeyboardInterrupt without a message gave an empty reason)
     assert sorted(p.name for p in tmp_path.iterdir() if "mlflow.db" in p.name) == []  # no store, no half of one
+
+
+STOPPED_DURING_ITS_RUNS = """
+import os, signal, sys
+import optlab.app.study.trial as trial
+original = trial.run_one
+def run_one(run):
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as the first run starts
+    return original(run)
+trial.run_one = run_one
+from optlab.study import main
+sys.argv = ["python -m optlab.study", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_study_stopped_during_its_runs_says_its_parent_run_is_marked_killed(tmp_path):
+    """It said 'study stopped (interrupted (Ctrl-C))' and not that the parent run was marked KILLED,
+    which it was (a newcomer's trial)."""
+    from cli_helpers import runs, script
+
+    args = ["optimizers=[sgd]", "problems=[beale]", "budget=1", "seeds=1", "final_seeds=2"]
+    done = script(tmp_path, STOPPED_DURING_ITS_RUNS, *args)
+    assert done.returncode == 130, done.stderr
+    _, parents = runs(tmp_path, parents=True)
+    (parent,) = [r for r in parents if r.data.tags.get("optlab.kind") == "study"]
+    assert parent.info.status == "KILLED"
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("optlab: study stopped, interrupted (Ctrl-C): the runs that finished are kept in ")
+    assert last.endswith(
+        f"; its MLflow parent run {parent.info.run_id} is marked KILLED; repeat the command to run the rest"
+    )
 
 
 STOPPED_AS_MLFLOW_IS_WRITTEN = """
@@ -987,7 +1019,7 @@ def test_a_study_stopped_while_its_finished_runs_are_written_to_mlflow_says_so_a
     assert "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("optlab: study ") and ", its report is in " in last
-    assert "stopped (interrupted (Ctrl-C)) while its runs were written to MLflow: the parent run " in last
+    assert "stopped, interrupted (Ctrl-C), while its runs were written to MLflow: the parent run " in last
     assert last.endswith("is marked KILLED; repeat the command to write the rest (no run is run again)")
     assert len(list((tmp_path / ".optlab" / "studies").glob("*/report/report.md"))) == 1  # written before the stop
     _, parents = runs(tmp_path, parents=True)

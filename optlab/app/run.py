@@ -514,10 +514,21 @@ def run_name_for(conf: dict, optimizer, problem, sweep: dict) -> str:
         bare = key.lstrip("+~")
         if bare in ("optimizer", "seed") or bare not in {k.lstrip("+~") for k in values}:
             continue
-        value = next(v for k, v in values.items() if k.lstrip("+~") == bare)
+        value = _short(next(v for k, v in values.items() if k.lstrip("+~") == bare))
         parts.append(value if bare == "problem" else f"{SHORT_KEYS.get(bare, bare.rsplit('.', 1)[-1])}={value}")
     parts.append(f"seed={conf['seed']}")
     return " ".join(parts)
+
+
+def _short(value: str) -> str:
+    """A swept value as a run's name shows it: a float to 4 significant digits (an Optuna trial's
+    0.04420424869770288 is 0.0442; its parameter keeps every digit), anything else as given."""
+    if not any(c in value for c in ".eE") or value.lower() in ("nan", "inf", "-inf"):
+        return value
+    try:
+        return f"{float(value):.4g}"
+    except ValueError:
+        return value
 
 
 def total_steps(problem, trainer_conf) -> int:

@@ -78,7 +78,7 @@ def _sweep(sweeper, arguments: list[str], spec: Spec, store: Store) -> dict:
                 what = f"its MLflow parent run {tracker.run_id} is marked {tracker.status or 'RUNNING (not closed)'}"
             reason = str(stop) or "interrupted (Ctrl-C)"
             print(
-                f"\noptlab: study stopped ({reason}) while its MLflow store was opened, before any of its runs: {what}",
+                f"\noptlab: study stopped, {reason}, while its MLflow store was opened, before any of its runs: {what}",
                 file=sys.stderr,
             )
             sys.exit(_status(stop))
@@ -129,8 +129,11 @@ def _sweep(sweeper, arguments: list[str], spec: Spec, store: Store) -> dict:
             log.close("KILLED", timeout=10)
             _report_parent(log)
         reason = str(stop) or "interrupted (Ctrl-C)"
+        parent = ""
+        if log is not None and log.tracker.status is not None:
+            parent = f"; its MLflow parent run {log.run_id} is marked {log.tracker.status}"
         print(
-            f"\noptlab: study stopped ({reason}): the runs that finished are kept in {store.folder}; "
+            f"\noptlab: study stopped, {reason}: the runs that finished are kept in {store.folder}{parent}; "
             "repeat the command to run the rest",
             file=sys.stderr,
         )
@@ -150,8 +153,8 @@ def _sweep(sweeper, arguments: list[str], spec: Spec, store: Store) -> dict:
                 log.close("KILLED", timeout=10)
             _report_parent(log)
             print(
-                f"\noptlab: study {spec.study_id} finished, its report is in {Path(report) / 'report.md'}; stopped "
-                f"({str(stop) or 'interrupted (Ctrl-C)'}) while its runs were written to MLflow: the parent run "
+                f"\noptlab: study {spec.study_id} finished, its report is in {Path(report) / 'report.md'}; stopped, "
+                f"{str(stop) or 'interrupted (Ctrl-C)'}, while its runs were written to MLflow: the parent run "
                 f"{log.run_id} is marked {log.tracker.status or 'RUNNING (not closed)'}; repeat the command to "
                 "write the rest (no run is run again)",
                 file=sys.stderr,
