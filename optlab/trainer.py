@@ -167,6 +167,12 @@ class Trainer:
                     f"Trainer: `target` {target} is reached by getting worse: {metric} is better {better} "
                     f"(write {metric} {'<=' if way == 'min' else '>='} VALUE)"
                 )
+            bound = problem.best_possible(metric)
+            if bound is not None:  # (a typo, mostly: loss <= -1 for loss <= 1e-1)
+                value, what = bound
+                slack = 1e-9 * max(1.0, abs(value))  # (the best value as computed in floating point)
+                if target.value > value + slack if target.direction == "max" else target.value < value - slack:
+                    raise ValueError(f"Trainer: `target` {target}: no run can reach it: {what} is {value:g}")
         return target
 
     # -- what callbacks see ---------------------------------------------------------------------

@@ -35,6 +35,7 @@ ERRORS = [
     (["problem=rosenbrock", "metric=val_acc"], "metric 'val_acc' is not logged by problem 'rosenbrock'. Logged:"),
     (["problem=rosenbrock", "trainer.target='val_loss <= 0.1'"], "problem 'rosenbrock' does not log 'val_loss'"),
     (["trainer.target='val_accuracy <= 0.1'"], "is reached by getting worse: val_accuracy is better higher"),
+    (["problem=seed_linear", "trainer.target='loss <= -1'"], "trainer.target loss <= -1: no run can reach it: loss's"),
     (
         ["problem=rosenbrock", "callbacks=[early_stopping]", "callbacks.early_stopping.monitor=val_accuracy"],
         "callbacks.early_stopping: EarlyStopping: monitor 'val_accuracy' is not logged by this run",

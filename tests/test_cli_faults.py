@@ -141,7 +141,10 @@ BAD_INPUT = [
         "parameter 'a' is matched by two groups: 'a' and '[ab]'",
     ),
     (("optimizer_groups=[{match: '(', optimizer: sgd}]",), "optimizer_groups[0].match '(' is not a regular expression"),
-    (("optimizer_groups=[{match: a, optimizer: sgdd}]",), "optimizer_groups[0].optimizer: Unknown optimizer 'sgdd'"),
+    (  # (without the library's sentence on configs from get_config(), which a command line has none of)
+        ("optimizer_groups=[{match: a, optimizer: sgdd}]",),
+        "optimizer_groups[0].optimizer: Unknown optimizer 'sgdd'. Did you mean 'sgd'? Known: adabelief, adadelta,",
+    ),
     (("optimizer_groups=[{match: a}]",), "optimizer_groups[0] must be {match: <regular expression"),
     (
         ("optimizer_groups=[{match: a, optimizer: {name: sgd, momentum: 2}}]",),

@@ -347,6 +347,13 @@ def test_a_given_target_names_a_logged_metric_pointing_the_way_it_improves():
         Trainer("rosenbrock", "sgd", target="val_loss <= 0.1")
     with pytest.raises(ValueError, match="reached by getting worse: val_accuracy is better higher"):
         Trainer("mlp_digits", "sgd", target="val_accuracy <= 0.9")
+    # past the best the metric can take (a study refused it; a single run took it, and never reached it)
+    with pytest.raises(ValueError, match=r"`target` loss <= -1: no run can reach it: loss's best possible value is 0$"):
+        Trainer("seed_linear", "sgd", target="loss <= -1")
+    with pytest.raises(ValueError, match=r"no run can reach it: val_accuracy's best possible value is 1$"):
+        Trainer("mlp_digits", "sgd", target="val_accuracy >= 1.5")
+    # Rosenbrock's minimum loss, 0 at (1, ..., 1), can be reached: a target at it is one
+    assert Trainer("rosenbrock", "sgd", target="loss <= 0").target == problems.Target("loss", "<=", 0.0)
 
 
 def test_a_declared_target_applies_at_the_arguments_it_was_measured_at():

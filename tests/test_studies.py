@@ -55,7 +55,7 @@ def test_bad_settings_name_the_field_and_what_it_allows():
         ("mlp_digits", "val_loss <= -1", r"val_loss's best possible value is 0\b"),
     ]
     for name, target, why in unreachable:
-        with pytest.raises(SpecError, match=f"{name}: no run can reach the target.*{why}"):
+        with pytest.raises(SpecError, match=f"{name}: `target` .*: no run can reach it: {why}"):
             Spec.from_config({**TINY, "problems": [{"name": name, "target": target}]})
     with pytest.raises(SpecError) as typo:
         Spec.from_config({**TINY, "problems": ["rosenbrok"]})

@@ -282,6 +282,29 @@ class Problem(Configurable):
         """The known minimiser, if there is one (for ``distance_to_optimum``)."""
         return None
 
+    def best_possible(self, metric: str) -> tuple[float, str] | None:
+        """The best value ``metric`` can take on this problem, where it is known, and what it is
+        (``(0.0, "its minimum loss")``): declared (``metric_best``), an accuracy's 1, a distance's 0,
+        or a full-batch function's loss at its known minimiser. A target beyond it is never reached."""
+        bare = metric.removeprefix("val_")
+        declared = self.metric_best.get(metric, self.metric_best.get(bare))
+        if declared is not None:
+            return float(declared), f"{metric}'s best possible value"
+        if bare == "accuracy":
+            return 1.0, "an accuracy's best"
+        if metric == "distance_to_optimum":
+            return 0.0, "the distance's least"
+        optimum = self.optimum()
+        if metric == "loss" and optimum is not None and self.num_examples is None:
+            try:  # a full-batch function: its loss at its known minimiser
+                with np.errstate(all="ignore"):
+                    value = self.loss([np.array(o, dtype=np.float64) for o in optimum])
+            except Exception:  # (a problem whose loss needs more than its parameters: no bound)
+                return None
+            if np.isfinite(value):
+                return float(value), "its minimum loss"
+        return None
+
 
 def distance(params, optimum) -> float:
     return float(np.sqrt(sum(np.sum((np.asarray(p, np.float64) - o) ** 2) for p, o in zip(params, optimum))))

@@ -329,45 +329,11 @@ def _problem(entry) -> ProblemSpec:
     try:
         target = Trainer.parse_target(entry.get("target"), problem)
     except ValueError as error:
-        raise SpecError(f"study: problems: {entry['name']}: {_message(error)}") from None
+        raise SpecError(f"study: problems: {entry['name']}: {_message(error).removeprefix('Trainer: ')}") from None
     if target is None:
         why = "declares no target" if type(problem).target is None else "has its target only at its default arguments"
         raise SpecError(
             f"study: problem {entry['name']!r} {why}: a study times every run to a target; "
             f"give one: {{name: {entry['name']}, target: 'METRIC <= VALUE'}} (python -m optlab.problems lists them)"
         )
-    bound = _best_possible(problem, target.metric)
-    if bound is not None:
-        value, what = bound
-        slack = 1e-9 * max(1.0, abs(value))  # (the minimum as computed in floating point)
-        beyond = target.value > value + slack if target.direction == "max" else target.value < value - slack
-        if beyond:
-            raise SpecError(
-                f"study: problems: {entry['name']}: no run can reach the target '{target}': {what} is "
-                f"{value:g}; a study would count every run as a miss"
-            )
     return ProblemSpec(problem.registry_name, args, target.metric, target.direction, float(target.value))
-
-
-def _best_possible(problem, metric: str):
-    """The best value ``metric`` can take on ``problem``, where it is known, and what it is."""
-    import numpy as np
-
-    bare = metric.removeprefix("val_")
-    declared = problem.metric_best.get(metric, problem.metric_best.get(bare))
-    if declared is not None:
-        return float(declared), f"{metric}'s best possible value"
-    if bare == "accuracy":
-        return 1.0, "an accuracy's best"
-    if metric == "distance_to_optimum":
-        return 0.0, "the distance's least"
-    optimum = problem.optimum()
-    if metric == "loss" and optimum is not None and problem.num_examples is None:
-        try:  # a full-batch function: its loss at its known minimiser
-            with np.errstate(all="ignore"):
-                value = problem.loss([np.array(o, dtype=np.float64) for o in optimum])
-        except Exception:  # (a problem whose loss needs more than its parameters: no bound)
-            return None
-        if np.isfinite(value):
-            return float(value), "its minimum loss"
-    return None
