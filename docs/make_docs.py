@@ -249,14 +249,16 @@ def md_math(text: str) -> str:
         if line.strip() == ".. math::":
             i += 1
             block = []
-            while i < len(lines) and (not lines[i].strip() or lines[i].startswith("        ")):
+            # the block: the lines indented past the directive's own (the docstring dedented or not)
+            deeper = " " * (len(line) - len(line.lstrip()) + 1)
+            while i < len(lines) and (not lines[i].strip() or lines[i].startswith(deeper)):
                 if lines[i].strip():
                     block.append(lines[i].strip())
                 i += 1
             body = "\n".join(block)
             if "&" in body or "\\\\" in body:
                 body = "\\begin{aligned}\n" + body + "\n\\end{aligned}"
-            out_lines.append("$$\n" + body + "\n$$")
+            out_lines.append("$$\n" + body + "\n$$\n")
             continue
         out_lines.append(line.strip())
         i += 1

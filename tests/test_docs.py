@@ -33,6 +33,9 @@ def test_optimizer_reference_covers_every_optimizer_argument_and_paper():
         section = text.split(f"## {cls.__name__}\n", 1)[1].split("\n## ", 1)[0]
         assert "Reference" in section, cls.__name__
         assert "$$" in section or "$" in section, cls.__name__
+        # a display's formula inside it (an indentation slip left every block empty, its formula as text)
+        for block in section.split("$$")[1::2]:
+            assert block.strip(), f"{cls.__name__}: an empty $$ block"
         for name in cls.hyperparameters():
             if name in section or name in text.split("## Options every optimizer takes", 1)[1]:
                 continue
