@@ -19,6 +19,10 @@ FAST = ["trainer.progress_bar=false"]
 
 ERRORS = [
     (["optimizer=adamm"], "Unknown optimizer 'adamm'. Did you mean 'adam'?"),
+    (  # (Hydra's paragraph, "Key 'patiense' is not in struct", exit status 1: a plugin author's trial)
+        ["callbacks=[early_stopping]", "callbacks.early_stopping.patiense=2"],
+        "callbacks.early_stopping.patiense: EarlyStopping has no argument 'patiense'. Did you mean 'patience'?",
+    ),
     (["problem=rosenbrok"], "Did you mean 'rosenbrock'?"),
     (["schedule=cosine_dekay"], "Did you mean 'cosine_decay'?"),
     (["callbacks=[early_stoping]"], "Did you mean 'early_stopping'?"),

@@ -235,6 +235,15 @@ def _check_callback_chosen(setting, name: str, known: list[str], overrides: list
     key = setting.key_or_group
     if name not in known and name.lower() not in GROUPS["callbacks"]:
         raise ConfigError(f"{key}: unknown callback {name!r}.{_closest(name, known)} Known: {', '.join(known)}")
+    argument = key.split(".")[2] if key.count(".") == 2 else None
+    if argument is not None:  # (Hydra's message for one it does not have was "Key 'scal' is not in struct")
+        cls = GROUPS["callbacks"].get(name)
+        accepted = [a for a in cls.hyperparameters() if a != "name"]
+        if argument not in accepted and argument != "name":
+            raise ConfigError(
+                f"{key}: {cls.__name__} has no argument {argument!r}.{_closest(argument, accepted)} "
+                f"Accepted arguments: {', '.join(accepted)}"
+            )
     if any(text.lstrip("+~").startswith("experiment=") for text in overrides):
         return  # a preset may choose it
     lists = [[]]  # the default: no callbacks
