@@ -121,6 +121,19 @@ def _config_round_trip(cls, kwargs):
             f"from_config gives {again.name!r}",
             "do not override `name` handling: the base class writes and restores the label",
         )
+    for hname, value in _away_from_defaults(cls, kwargs):  # (a config that drops or rewrites one passes above)
+        try:
+            opt = cls(**{**kwargs, hname: value})
+        except (TypeError, ValueError):
+            continue  # (another argument's check refuses this combination)
+        again = cls.from_config(json.loads(json.dumps(opt.get_config())))
+        if not _same(getattr(again, hname), getattr(opt, hname)):
+            raise ConformanceError(
+                "config_round_trip",
+                f"{cls.__name__}({hname}={value!r}): from_config(get_config()) gives {hname}={getattr(again, hname)!r}",
+                f"get_config() must hold every argument as the optimizer has it: leave it to the base class, or "
+                f"write {hname!r} from the instance",
+            )
     named = cls.from_config({**config, "name": "conformance_label"})
     if named.name != "conformance_label":
         raise ConformanceError(
@@ -128,6 +141,38 @@ def _config_round_trip(cls, kwargs):
             f"from_config with name='conformance_label' gives an optimizer named {named.name!r}",
             "pass `name` on to the base class's __init__",
         )
+
+
+def _away_from_defaults(cls, kwargs):
+    """``(name, value)`` for each hyperparameter not in ``kwargs``: a valid value other than its default."""
+    for hname, hyper in cls.hyperparameters().items():
+        if hname in kwargs or hname == "name":
+            continue
+        default = hyper.default
+        if hyper.kind is bool:
+            candidates = [not default] if isinstance(default, bool) else [True, False]
+        elif hyper.kind in (int, float) and isinstance(default, (int, float)) and not isinstance(default, bool):
+            candidates = [default * 0.5, default * 2, default + 1, default - 0.5, 0.5, 2]
+            candidates = [hyper.kind(c) if hyper.kind is int else float(c) for c in candidates]
+        elif hyper.kind in (int, float) and default is None:
+            candidates = [0.5, 2, 1]
+        else:
+            continue
+        for value in candidates:
+            if value == default:
+                continue
+            try:
+                hyper.validate(value, cls.__name__)
+            except (TypeError, ValueError):
+                continue
+            yield hname, value
+            break
+
+
+def _same(a, b) -> bool:
+    if hasattr(a, "get_config") and hasattr(b, "get_config"):  # a schedule
+        return type(a) is type(b) and a.get_config() == b.get_config()
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
 
 
 def _dtypes(cls, kwargs):
@@ -240,6 +285,27 @@ def _generic_options(cls, kwargs):
             "clipvalue=0.1 does not give the same step as clipping the gradients by hand",
             "use the `grad` argument of update() as the gradient (the base class clips it)",
         )
+    # weight decay means Keras's p -= lr * wd * p before the rule's step, whether the rule fuses it or not
+    params_a, grads = _problem(np.float32, steps=3)
+    params_b = [p.copy() for p in params_a]
+    a, b = cls(**{**kwargs, "weight_decay": 0.1}), cls(**{**kwargs, "weight_decay": 0.0})
+    b.build(params_b)  # (slots that start at the parameters start before the first decay, as a's do)
+    extra = [
+        np.float32((a.weight_decay_rate(p.shape) or 0.0) - (b.weight_decay_rate(p.shape) or 0.0)) for p in params_b
+    ]
+    for g in grads:
+        a.apply(g, params_a)
+        for p, rate in zip(params_b, extra):  # (a rate by shape: Muon's matrices and the rest differ)
+            p -= p * (np.float32(a.applied_learning_rate) * rate)
+        b.apply(g, params_b)
+    if not np.allclose(_concat(params_a), _concat(params_b), rtol=1e-5, atol=1e-6):
+        raise ConformanceError(
+            "option:weight_decay",
+            "weight_decay=0.1 does not give the step of p -= learning_rate * 0.1 * p followed by the rule's "
+            f"(by up to {np.abs(_concat(params_a) - _concat(params_b)).max():.3g})",
+            "a rule that declares fuses_weight_decay must apply `decay` (a rate, or None) in update(); otherwise "
+            "leave fuses_weight_decay False and the base class applies it",
+        )
     # gradient accumulation: nothing moves until the N-th call
     params, grads = _problem(np.float32, steps=2)
     before = _concat(params)
@@ -251,6 +317,38 @@ def _generic_options(cls, kwargs):
             "option:gradient_accumulation",
             "parameters moved on an accumulating call",
             "do not update parameters outside update(); the base class calls it only on the N-th call",
+        )
+
+
+def _elementwise(cls, kwargs):
+    """A rule declaring ``elementwise_update`` gets separate arrays in pieces of at most
+    ``optlab.inplace.TASK_SIZE`` elements: its kernels must compute each element from the same
+    element alone, so that the steps match the same run with every gradient gathered."""
+    if not getattr(cls, "elementwise_update", False):
+        return
+    from . import object_layout
+
+    shapes = [(40_000,), (3, 7), (25_000,)]  # (larger than a piece: a kernel that reduces sees a part)
+    results = []
+    saved = object_layout._LAYOUT
+    for layout in (None, saved):  # gathered (no object layout: the path is off), then read in place
+        object_layout._LAYOUT = layout
+        try:
+            rng = np.random.default_rng(3)
+            params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+            opt = cls(**kwargs)
+            for _ in range(3):  # (the first step of a plan takes the checked path)
+                opt.apply([rng.standard_normal(s).astype(np.float32) for s in shapes], params)
+        finally:
+            object_layout._LAYOUT = saved
+        results.append(_concat(params))
+    if not np.allclose(results[0], results[1], rtol=1e-5, atol=1e-6, equal_nan=True):
+        raise ConformanceError(
+            "elementwise",
+            f"{cls.__name__} declares elementwise_update = True, but its steps over separate arrays differ from "
+            f"the same steps with the gradients gathered (by up to {np.abs(results[0] - results[1]).max():.3g})",
+            "declare it only when update() hands param and grad to @kernel(elementwise=True) kernels that compute "
+            "each element from that element alone (no sums, norms or neighbours); otherwise leave it False",
         )
 
 
@@ -322,9 +420,10 @@ OPTIMIZER_CHECKS = {
     "finite": _finite,
     "dtypes": _dtypes,
     "in_place": _in_place_no_allocation,
+    "deterministic": _deterministic,  # (before resume: a rule that is not fails resume too, for another reason)
     "resume": _resume_bit_for_bit,
     "generic_options": _generic_options,
-    "deterministic": _deterministic,
+    "elementwise": _elementwise,
     "progress": _progress_on_quadratic,
     "shape_errors": _shape_errors,
 }
@@ -358,16 +457,30 @@ def _schedule_round_trip(cls, kwargs):
             "schedule_config", f"get_config() is not plain JSON data: {error}", "declare arguments with Hyper"
         ) from None
     steps = np.arange(200)
-    if not np.array_equal(again(steps), schedule(steps), equal_nan=True):  # a NaN is the values check's to report
+    # (a NaN is the values check's to report)
+    if not np.array_equal(_over_steps(again, steps), _over_steps(schedule, steps), equal_nan=True):
         raise ConformanceError(
             "schedule_config", "from_config(get_config()) gives other values", "declare every argument with Hyper"
         )
 
 
+def _over_steps(schedule, steps) -> np.ndarray:
+    """``schedule(steps)`` as float64; a value() that does not take an array of steps is named."""
+    try:
+        return np.asarray(schedule(steps), dtype=np.float64)
+    except (ValueError, TypeError) as error:  # ("The truth value of an array ... is ambiguous": an `if step < n`)
+        raise ConformanceError(
+            "schedule_values",
+            f"schedule(array of {steps.size} steps) fails: {type(error).__name__}: {error}",
+            "write value(step) with numpy operations that broadcast over an array of steps (np.where, "
+            "np.minimum, ...), not Python's if on the step",
+        ) from None
+
+
 def _schedule_values(cls, kwargs):
     schedule = cls(**kwargs)
     steps = np.arange(500)
-    values = np.asarray(schedule(steps), dtype=np.float64)
+    values = _over_steps(schedule, steps)
     if values.shape != steps.shape:
         raise ConformanceError(
             "schedule_values",
@@ -402,8 +515,8 @@ def _schedule_drives_optimizer(cls, kwargs):
 
 
 SCHEDULE_CHECKS = {
-    "config_round_trip": _schedule_round_trip,
     "values": _schedule_values,
+    "config_round_trip": _schedule_round_trip,
     "drives_optimizer": _schedule_drives_optimizer,
 }
 

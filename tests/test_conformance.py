@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from test_schedules import EXAMPLES
 
 import optlab
 from optlab.hparams import Hyper
+from optlab.kernels import kernel
 from optlab.optimizers import BUILTIN, SGD, Optimizer
 from optlab.testing import (
     ConformanceError,
@@ -111,6 +114,62 @@ class Unstable(SGD):
             param -= lr * grad / np.abs(grad)
 
 
+class RewritesConfig(optlab.optimizers.Adam):
+    """Writes a constant of its own into the config: the round trip of the config alone held."""
+
+    registry_name = "rewrites_config"
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": 0.5}
+
+
+class DropsEpsilon(optlab.optimizers.Adam):
+    registry_name = "drops_epsilon"
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("epsilon")
+        return config
+
+
+class IgnoresDecay(SGD):
+    """Declares the fused weight decay (``decay`` in update's signature) and never applies it."""
+
+    registry_name = "ignores_decay"
+
+    def update(self, param, grad, state, lr, step, seg, decay=None):
+        param -= lr * grad
+
+
+@kernel(elementwise=True)
+def _normalized_step(x, g, lr):
+    total = 0.0
+    for i in range(g.shape[0]):
+        total += g[i] * g[i]
+    scale = lr / math.sqrt(total + 1e-12)
+    for i in range(x.shape[0]):
+        x[i] -= scale * g[i]
+
+
+class DeclaredElementwise(SGD):
+    """Normalises by the norm of what its kernel is given, declared element-wise: it is not."""
+
+    registry_name = "declared_elementwise"
+    elementwise_update = True
+
+    def update(self, param, grad, state, lr, step, seg):
+        _normalized_step(param, grad, lr)
+
+
+class Noisy(SGD):
+    """Unseeded randomness: a resumed run differs too, but that is not what to fix."""
+
+    registry_name = "noisy"
+
+    def update(self, param, grad, state, lr, step, seg):
+        param -= lr * grad * param.dtype.type(1.0 + 1e-3 * np.random.default_rng().random())
+
+
 @pytest.mark.parametrize(
     ("cls", "prop"),
     [
@@ -119,6 +178,12 @@ class Unstable(SGD):
         (HiddenState, "resume"),
         (Float64Scalars, "dtypes"),
         (Unstable, "finite"),
+        # a plugin author's trial: each passed the kit, or was reported under another property
+        (RewritesConfig, "config_round_trip"),
+        (DropsEpsilon, "config_round_trip"),
+        (IgnoresDecay, "option:weight_decay"),
+        (DeclaredElementwise, "elementwise"),
+        (Noisy, "deterministic"),
     ],
     ids=lambda x: x if isinstance(x, str) else x.__name__,
 )
@@ -141,6 +206,16 @@ class NegativeSchedule(optlab.schedules.LearningRateSchedule):
         return 0.1 - 0.001 * step
 
 
+class BranchingSchedule(optlab.schedules.LearningRateSchedule):
+    registry_name = "branching"
+
+    def value(self, step):
+        return 0.1 if step < 3 else 0.01  # (Python's if: an array of steps has no truth value)
+
+
 def test_broken_schedule_is_caught():
     with pytest.raises(ConformanceError, match="schedule_values"):
         check_schedule(NegativeSchedule)
+    with pytest.raises(ConformanceError) as err:  # (it was numpy's own ValueError, naming no check)
+        check_schedule(BranchingSchedule)
+    assert err.value.property == "schedule_values" and "The truth value of an array" in str(err.value)
