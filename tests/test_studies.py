@@ -83,6 +83,13 @@ def test_search_spaces_are_declared_by_optimizers_and_checked():
     assert parse("log(1e-4, 1)").grid(5) == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1, 1.0])
     assert parse("uniform(0.8, 0.9)").grid(3) == pytest.approx([0.8, 0.85, 0.9])
     assert parse("choice(true, false)").grid(3) == [True, False, True]
+    # a declared space is checked as the class is defined (a study was the first to refuse it: a plugin author)
+    from optlab.spaces import Uniform, tuned
+
+    with pytest.raises(TypeError, match=r"^Beyond.search_space: .*`beta_1` must be a float in \[0, 1\)"):
+        type("Beyond", (optimizers.Adam,), {"search_space": tuned(beta_1=Uniform(0.5, 1.0))})
+    with pytest.raises(TypeError, match=r"names 'beta_3', not one of its hyperparameters \(did you mean 'beta_2'\?\)"):
+        type("Unknown", (optimizers.Adam,), {"search_space": tuned(beta_3=Uniform(0.5, 0.9))})
 
 
 def test_every_optimizer_gets_the_same_budget_and_the_same_seeds():

@@ -174,6 +174,14 @@ class Optimizer(Configurable):
             cls.elementwise_update = False  # (a rule of its own: it says so itself if it may)
         cls._decay_by_rule = cls.weight_decay_rate is not Optimizer.weight_decay_rate
         cls._begins_steps = cls.begin_step is not Optimizer.begin_step
+        declared = cls.__dict__.get("search_space")
+        if declared:  # (a study was the first to say a space naming no hyperparameter, or ends it refuses)
+            from ..spaces import check_space
+
+            try:
+                check_space(cls, dict(declared))
+            except ValueError as error:
+                raise TypeError(f"{cls.__name__}.search_space: {error}") from None
 
     @classmethod
     def _order_hypers(cls, hypers):
