@@ -160,9 +160,10 @@ class Optimizer(Configurable):
             # subclass's own; the rate (float, schedule or callable) is the base class's descriptor
             default = declared.default
             if declared.required or not isinstance(default, (int, float)) or isinstance(default, bool):
+                received = "it has none" if declared.required else f"received {declared.default!r}"
                 raise TypeError(
                     f"{cls.__name__}.learning_rate must have a float default; write "
-                    f"`learning_rate = optlab.optimizers.LearningRate(0.01)` (received {declared.default!r})"
+                    f"`learning_rate = optlab.optimizers.LearningRate(0.01)` ({received})"
                 )
             rate = LearningRate(float(declared.default))
             rate.doc = declared.doc or rate.doc
