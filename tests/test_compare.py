@@ -267,6 +267,27 @@ def test_the_latest_study_is_not_called_a_study_named_latest(tmp_path):
     assert named["note"] == "the latest of 2 studies named 'quick' (quick-0000aaaa, quick-1111bbbb)"
 
 
+def test_a_studys_comparison_leaves_a_sweeps_png_alone(tmp_path, monkeypatch, capsys):
+    """``compare --study`` wrote ./compare.png over a sweep's comparison (a newcomer's trial): its own
+    is compare-<study id>.png unless --output says otherwise."""
+    from mlflow.tracking import MlflowClient
+
+    from optlab.app.compare import main
+
+    monkeypatch.chdir(tmp_path)
+    client = MlflowClient("sqlite:///mlflow.db")
+    experiment = client.create_experiment("optlab")
+    parent = client.create_run(experiment, tags={"optlab.kind": "study", "optlab.study": "tiny-2222cccc"}).info.run_id
+    arm = {"optlab.arm": "final", "optlab.problem": "beale", "optlab.optimizer": "sgd"}
+    client.create_run(experiment, tags={"mlflow.parentRunId": parent, **arm})
+    (tmp_path / "compare.png").write_bytes(b"a sweep's comparison")
+    assert main(["--study", "latest"]) == 0
+    assert "curves: compare-tiny-2222cccc.png" in capsys.readouterr().out
+    assert (tmp_path / "compare.png").read_bytes() == b"a sweep's comparison"
+    assert (tmp_path / "compare-tiny-2222cccc.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["--study", "latest", "--output", "mine"]) == 0 and (tmp_path / "mine.png").exists()
+
+
 def test_runs_of_different_configured_metrics_say_which_one_sorts_them(tmp_path):
     """A sweep over rosenbrock (loss) and logistic_regression (val_loss) was sorted by the first
     run's metric without a word, the others' rows 'not logged' (a newcomer's trial)."""

@@ -189,11 +189,13 @@ def compare(
     }
 
 
-def compare_study(experiment="optlab", study="latest", uri=None, output="compare.png") -> dict:
+def compare_study(experiment="optlab", study="latest", uri=None, output=None) -> dict:
     """A study's final and defaults runs, per problem and optimizer: the final values over seeds and
     the steps to the problem's target; the tuned runs' curves, one line per optimizer with a seed band.
 
-    ``study``: its id (``quick-1a2b3c4d``), its name (the latest study of that name) or ``latest``."""
+    ``study``: its id (``quick-1a2b3c4d``), its name (the latest study of that name) or ``latest``.
+    ``output``: the curves' PNG, by default ``compare-<study id>.png`` (a sweep's comparison is
+    ``compare.png``: one does not replace the other)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri or default_uri())
@@ -248,6 +250,7 @@ def compare_study(experiment="optlab", study="latest", uri=None, output="compare
                 history = sorted(client.get_metric_history(r.info.run_id, metric), key=lambda m: m.step)
                 members.append(([m.step for m in history], [m.value for m in history]))
             curves.setdefault(problem, {})[f"{optimizer} ({len(runs)} seeds)"] = members
+    output = output or f"compare-{parent.data.tags.get(STUDY_TAG) or 'study'}.png"
     _plot_study(curves, output, parent.data.tags.get(STUDY_TAG, ""))
     return {
         "study": parent.data.tags.get(STUDY_TAG),
@@ -498,10 +501,15 @@ def main(argv=None) -> int:
     parser.add_argument("--filter", default="", help="an MLflow filter string, e.g. \"tags.problem = 'rosenbrock'\"")
     parser.add_argument("--metric", help="metric to sort by and plot (default: the runs' configured metric)")
     parser.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db here)")
-    parser.add_argument("--output", default="compare.png", help="the PNG of the curves (default: compare.png)")
+    parser.add_argument(
+        "--output", help="the PNG of the curves (default: compare.png; with --study, compare-<study id>.png)"
+    )
     args = parser.parse_args(argv)
     try:
-        args.output = checked_output(args.output)
+        if args.output is not None or not args.study:
+            args.output = checked_output(args.output or "compare.png")
+        else:  # (compare-<study id>.png, named once the study is found: here, its folder is checked)
+            checked_output("compare-study.png")
     except ValueError as error:
         return _fail(str(error))
     uri = args.uri or default_uri()
