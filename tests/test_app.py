@@ -325,6 +325,9 @@ def test_a_diverging_run_says_so_and_where(tmp_path):
     assert "the run diverged" in result.stderr and "callbacks=[terminate_on_nan]" in result.stderr
     stable = optlab(tmp_path, "optimizer=sgd", "optimizer.learning_rate=0.0005", "problem=rosenbrock", "tracking=none")
     assert "diverged" not in stable.stderr
+    # in a sweep, whose (jobs print side by side: a newcomer's trial)
+    swept = optlab(tmp_path, "-m", "optimizer=sgd", "problem=rosenbrock", "trainer.epochs=50", "tracking=none", *FAST)
+    assert "optlab: warning: job 0 (optimizer=sgd problem=rosenbrock trainer.epochs=50" in swept.stderr, swept.stderr
 
 
 def test_help_shows_usage_and_every_registered_component(tmp_path):

@@ -635,7 +635,7 @@ def run(conf: dict, sweep: dict | None = None, output_dir=None, worker: bool = F
                 raise signals.lost
             if tracker is not None:
                 tracker.close("FINISHED")
-            summary(conf, trainer, history, seconds, tracker)
+            summary(conf, trainer, history, seconds, tracker, sweep)
             if signals.lost is not None:  # ... or while the finished run was written: it is complete
                 raise signals.lost
             if tracker is not None and tracker.kept_error is not None:  # neither in the store nor kept
@@ -762,7 +762,7 @@ def target_line(trainer) -> str:
     )
 
 
-def summary(conf, trainer, history, seconds, tracker) -> None:
+def summary(conf, trainer, history, seconds, tracker, sweep: dict | None = None) -> None:
     out = sys.stdout
     h = history.history
     print(
@@ -793,8 +793,11 @@ def summary(conf, trainer, history, seconds, tracker) -> None:
         if "terminate_on_nan" not in (conf.get("callbacks") or {}):
             hint += ", or callbacks=[terminate_on_nan] to stop at once"
         out.flush()
+        # (a sweep's jobs print side by side: the warning says whose it is)
+        job = f"job {sweep['sweep_job']} ({sweep['sweep_overrides']}): " if (sweep or {}).get("sweep_overrides") else ""
         print(
-            f"\noptlab: warning: the loss became {diverged[1]} by epoch {diverged[0] + 1} (the run diverged): {hint}",
+            f"\noptlab: warning: {job}the loss became {diverged[1]} by epoch {diverged[0] + 1} (the run diverged): "
+            f"{hint}",
             file=sys.stderr,
         )
     if tracker is None:
