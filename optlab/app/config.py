@@ -375,6 +375,16 @@ def _selected(overrides: list[str], group: str) -> str | None:
     return choice
 
 
+def override_words(argv: list[str]) -> list[str]:
+    """The overrides among a command line's words (``key=value``, ``~key``), its options left out."""
+    return [a for a in argv if not a.startswith("-") and ("=" in a or a.startswith("~"))]
+
+
+def sets_hydras(words: list[str]) -> bool:
+    """Whether an override sets one of Hydra's own settings (``hydra.launcher.n_jobs=2``)."""
+    return any(w.lstrip("+~").startswith("hydra.") for w in words)
+
+
 def check_composition(config_module: str, config_name: str, overrides: list[str], multirun: bool, known_key=None):
     """Compose the config as Hydra is about to, and say a mistake Hydra would report in one line.
 

@@ -15,7 +15,16 @@ import sys
 import time
 import warnings
 
-from .config import ConfigError, canonical_choices, check_composition, check_overrides, known_key, register_configs
+from .config import (
+    ConfigError,
+    canonical_choices,
+    check_composition,
+    check_overrides,
+    known_key,
+    override_words,
+    register_configs,
+    sets_hydras,
+)
 from .signals import handle_hangup, ignore_signals
 
 
@@ -217,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.formatwarning = _one_line_warning
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    overrides = [a for a in argv if not a.startswith("-") and ("=" in a or a.startswith("~"))]
+    overrides = override_words(argv)
     own_configs = not (set(argv) & CONFIG_OPTIONS) and not any(o.startswith("hydra.searchpath") for o in overrides)
     if own_configs and os.path.isdir("conf"):  # your own presets: ./conf/experiment/NAME.yaml
         own_configs = False
@@ -230,10 +239,10 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(error))
     argv = canonical_choices(argv)  # optimizer=Adam: Hydra knows the group's option as adam
     register_configs()
-    if not (set(argv) & CONFIG_OPTIONS) and (not own_configs or any(_is_hydras(o) for o in overrides)):
+    if not (set(argv) & CONFIG_OPTIONS) and (not own_configs or sets_hydras(overrides)):
         try:  # presets of your own, and Hydra's settings: composed here to say a mistake in one line
-            words = [a for a in argv if not a.startswith("-") and ("=" in a or a.startswith("~"))]
-            check_composition("optlab.conf", "config", words, bool({"-m", "--multirun"} & set(argv)), known_key)
+            multirun = bool({"-m", "--multirun"} & set(argv))
+            check_composition("optlab.conf", "config", override_words(argv), multirun, known_key)
         except ConfigError as error:
             _fail(str(error))
     flags = [a for a in argv if a in ("-m", "--multirun")]  # Hydra takes them before the overrides only
@@ -263,11 +272,6 @@ def main(argv: list[str] | None = None) -> None:
     except BaseException:
         end_open("FAILED")
         raise
-
-
-def _is_hydras(override: str) -> bool:
-    """Whether ``override`` sets one of Hydra's own settings (``hydra.launcher.n_jobs=2``)."""
-    return override.lstrip("+~").startswith("hydra.")
 
 
 #: Hydra's options that take the next word as their value, and those that bring other configs

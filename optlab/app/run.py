@@ -162,8 +162,8 @@ def optimizer_groups(groups, default, problem):
         name = spec.get("name")
         if isinstance(name, str) and name.lower() not in optimizers.registry:  # (the library's message goes on
             known = optimizers.registry.names()  # about configs from get_config(), which a command line has none of)
-            match = closest(name, known)
-            hint = f" Did you mean {match!r}?" if match else ""  # (as optimizer=NAME says it)
+            near = closest(name, known)
+            hint = f" Did you mean {near!r}?" if near else ""  # (as optimizer=NAME says it)
             raise ConfigError(f"{where}.optimizer: Unknown optimizer {name!r}.{hint} Known: {', '.join(known)}")
         mapping[match] = _component(f"{where}.optimizer", optimizers.get, spec)
     return MultiOptimizer(OptimizerMap(default, mapping))

@@ -132,10 +132,10 @@ def main(argv: list[str] | None = None) -> None:
     if Path("conf").is_dir() and not any(a.startswith(("hydra.searchpath", "+hydra.searchpath")) for a in argv):
         # your own presets (./conf/study/NAME.yaml) beside optlab's
         argv.append(f"hydra.searchpath=[pkg://optlab.conf,file://{Path('conf').resolve()}]")
-    words = [a for a in argv if not a.startswith("-") and ("=" in a or a.startswith("~"))]
-    if Path("conf").is_dir() or any(w.lstrip("+~").startswith("hydra.") for w in words):
-        from ..config import ConfigError, check_composition
+    from ..config import ConfigError, check_composition, override_words, sets_hydras
 
+    words = override_words(argv)
+    if Path("conf").is_dir() or sets_hydras(words):
         try:  # presets of your own, and Hydra's settings: composed here to say a mistake in one line
             check_composition("optlab.app.study.conf", "study", words, multirun="-m" in argv)
         except ConfigError as error:

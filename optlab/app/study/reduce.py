@@ -258,16 +258,16 @@ def significance_note(spec: Spec) -> str | None:
     if comparisons <= 0:
         return None
 
-    def floor(n: int) -> float:
-        return measures.rank_sum_p(range(n), range(n, 2 * n), "min") * comparisons
+    def smallest(n: int) -> float:  # (two samples of n wholly apart)
+        return measures.rank_sum_p(range(n), range(n, 2 * n), "min")
 
-    if floor(spec.final_seeds) < 0.05:
+    n = spec.final_seeds
+    if smallest(n) * comparisons < 0.05:
         return None
-    enough = next((n for n in range(spec.final_seeds + 1, 200) if floor(n) < 0.05), None)
-    smallest = measures.rank_sum_p(range(spec.final_seeds), range(spec.final_seeds, 2 * spec.final_seeds), "min")
-    held = f", Holm-adjusted over {comparisons} comparisons {min(floor(spec.final_seeds), 1.0):.2g}"
+    enough = next((k for k in range(n + 1, 200) if smallest(k) * comparisons < 0.05), None)
+    held = f", Holm-adjusted over {comparisons} comparisons {min(smallest(n) * comparisons, 1.0):.2g}"
     return (
-        f"with {spec.final_seeds} final seeds the rank-sum test's smallest p-value is {smallest:.2g}"
+        f"with {n} final seeds the rank-sum test's smallest p-value is {smallest(n):.2g}"
         f"{held if comparisons > 1 else ''}: no difference in this study can be significant at 0.05"
         + (f"; final_seeds={enough} would allow it" if enough else "")
     )
