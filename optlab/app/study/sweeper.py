@@ -86,7 +86,15 @@ def _sweep(sweeper, arguments: list[str], spec: Spec, store: Store) -> dict:
 
     def launch(payloads: list[dict]) -> list:
         batch = [[*arguments, f"job={encode(p)}"] for p in payloads]
-        returns = sweeper.launcher.launch(batch, initial_job_idx=next_index[0])
+        try:
+            returns = sweeper.launcher.launch(batch, initial_job_idx=next_index[0])
+        except Exception as error:  # a signal inside a library whose cleanup raised over it (Hydra's config
+            from ..tracking import _interrupt_within  # reader's `finally: f.close()`, f unbound): the signal
+
+            interrupt = _interrupt_within(error)
+            if interrupt is None:
+                raise
+            raise interrupt from None
         next_index[0] += len(batch)
         out = []
         for job in returns:
